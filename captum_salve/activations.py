@@ -1,0 +1,174 @@
+"""Collect a site's activations over a dataset into an :class:`ActivationSet`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from captum_salve.files import atomic_path
+from captum_salve.sites import HEAD_INPUT, Site, eval_mode, on_device, recording
+
+__all__ = ["ActivationSet", "ImageData", "collect_activations", "iter_batches"]
+
+ImageData = Dataset | DataLoader | Tensor
+
+
+@dataclass
+class ActivationSet:
+    """Activations of one site over a dataset.
+
+    Attributes:
+        features: (N, M) float tensor, one row per image.
+        labels: (N,) class indices, or None when the data had none.
+        site: Name of the site the rows were read at (``"head_input"`` by default).
+    """
+
+    features: Tensor
+    labels: Tensor | None = None
+    site: str = HEAD_INPUT
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.features, Tensor) or self.features.dim() != 2:
+            shape = tuple(self.features.shape) if isinstance(self.features, Tensor) else type(self.features).__name__
+            raise ValueError(f"features must be an (N, M) tensor, got {shape}")
+        if self.labels is not None and (self.labels.dim() != 1 or len(self.labels) != len(self.features)):
+            raise ValueError(
+                f"labels must be an ({len(self.features)},) tensor matching features, got {tuple(self.labels.shape)}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    @property
+    def dim(self) -> int:
+        """M, the width of one activation vector."""
+        return self.features.shape[1]
+
+    @property
+    def num_classes(self) -> int:
+        """1 + the largest label (labels are class indices)."""
+        return int(self.require_labels().max()) + 1
+
+    def require_labels(self) -> Tensor:
+        """The labels, or an error saying that this use needs them."""
+        if self.labels is None:
+            raise ValueError("these activations carry no labels; collect them from a dataset that yields (image, label)")
+        return self.labels
+
+    def subset(self, index: Tensor) -> ActivationSet:
+        """The rows selected by a boolean mask or an index tensor."""
+        labels = self.labels[index] if self.labels is not None else None
+        return ActivationSet(self.features[index], labels, self.site)
+
+    def save(self, path: str | Path) -> None:
+        """Write the set to one ``.safetensors`` file (atomically)."""
+        tensors = {"features": self.features.contiguous()}
+        if self.labels is not None:
+            tensors["labels"] = self.labels.contiguous()
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"site": self.site, "format": json.dumps({"version": 1})})
+
+    @classmethod
+    def load(cls, path: str | Path) -> ActivationSet:
+        """Read a set written by :meth:`save`."""
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            site = (handle.metadata() or {}).get("site", HEAD_INPUT)
+        tensors = load_file(str(path))
+        if "features" not in tensors:
+            raise ValueError(f"{str(path)!r} holds no 'features' tensor; it was not written by ActivationSet.save")
+        return cls(tensors["features"], tensors.get("labels"), site)
+
+
+def iter_batches(data: ImageData, batch_size: int) -> Iterator[tuple[Tensor, Tensor | None]]:
+    """Yield (images, labels or None) batches from a tensor, a Dataset or a DataLoader."""
+    if isinstance(data, Tensor):
+        if data.dim() != 4:
+            raise ValueError(f"data as a tensor must be images of shape (N, C, H, W), got {tuple(data.shape)}")
+        for start in range(0, len(data), batch_size):
+            yield data[start : start + batch_size], None
+        return
+    if isinstance(data, Dataset):
+        data = DataLoader(data, batch_size=batch_size, shuffle=False)
+    if not isinstance(data, DataLoader):
+        raise TypeError(f"data must be an image tensor, a Dataset or a DataLoader, got {type(data).__name__}")
+    for batch in data:
+        if isinstance(batch, (list, tuple)) and len(batch) == 1:
+            batch = batch[0]
+        if isinstance(batch, Tensor):
+            yield batch, None
+        elif isinstance(batch, (list, tuple)) and len(batch) >= 2:
+            yield batch[0], torch.as_tensor(batch[1])
+        else:
+            raise ValueError("each batch must be images or (images, labels, ...)")
+
+
+def _batch_count(data: ImageData, batch_size: int) -> int | None:
+    if isinstance(data, DataLoader):
+        return len(data)
+    try:
+        return -(-len(data) // batch_size)
+    except TypeError:
+        return None
+
+
+def collect_activations(
+    model: nn.Module,
+    data: ImageData,
+    site: Site | None = None,
+    *,
+    batch_size: int = 64,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> ActivationSet:
+    """Run ``model`` over ``data`` and keep one activation vector per image at ``site``.
+
+    The model runs in eval mode under ``torch.inference_mode()``; each module's
+    train/eval mode is restored afterwards and the hook is always removed. Rows
+    are copied out to the CPU, never aliased to a buffer a later in-place op changes.
+
+    Args:
+        model: A classifier (timm or torchvision ResNet / ViT, or any model whose
+            head :func:`~captum_salve.models.find_head` recognises).
+        data: Images as an (N, C, H, W) tensor, a Dataset of (image, label), or a DataLoader.
+        site: Where to read; default the classifier head's input (pre-logits).
+        batch_size: Images per forward pass when ``data`` is not a DataLoader.
+        device: Where to run; default the model's device. The model is moved there
+            for the call and back after.
+        progress: Show a progress bar.
+
+    Returns:
+        The activations, with labels when the data yields them.
+
+    Example:
+        >>> model = timm.create_model("resnet18", num_classes=10)
+        >>> acts = collect_activations(model, torch.rand(8, 3, 64, 64), progress=False)
+        >>> acts.features.shape
+        torch.Size([8, 512])
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+    bound = (site or Site()).bind(model)
+    features, labels = [], []
+    batches = iter_batches(data, batch_size)
+    bar = tqdm(batches, total=_batch_count(data, batch_size), desc=f"activations @ {bound.name}", disable=not progress)
+    with on_device(model, device) as device, eval_mode(model), recording(model, bound) as rec, torch.inference_mode():
+        for images, batch_labels in bar:
+            model(images.to(device))
+            features.append(rec.take().detach().to("cpu", torch.float32, copy=True))
+            if batch_labels is not None:
+                labels.append(batch_labels.to("cpu", torch.long))
+    if not features:
+        raise ValueError("data is empty: no images to collect activations from")
+    if labels and len(labels) != len(features):
+        raise ValueError("some batches carried labels and others did not")
+    return ActivationSet(torch.cat(features), torch.cat(labels) if labels else None, bound.name)

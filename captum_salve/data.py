@@ -1,0 +1,211 @@
+"""Data: the embedded digits canvas, and loaders for the paper's Imagenette and CIFAR-100.
+
+The digits canvas needs no download: scikit-learn ships 1,797 real handwritten
+digits (8 × 8). Each is scaled up and pasted at a random place on a larger dark
+canvas, its box kept as a ground-truth mask. A planted *shared cue* (a small red
+square shown on most images of two chosen classes, anywhere outside the digit)
+is a known cross-class concept, like the paper's "tower" shared by church and gas pump.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from sklearn.datasets import load_digits
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+__all__ = ["CanvasConfig", "DigitsCanvas", "cifar100", "image_folder", "model_transform"]
+
+SPLITS = ("train", "test")
+_SPLIT_SEED = 1234  # which digits are held out never changes with the canvas seed
+_CUE_COLOR = (1.0, 0.15, 0.15)
+
+
+@dataclass(frozen=True)
+class CanvasConfig:
+    """How digits-canvas images are drawn.
+
+    Attributes:
+        canvas_size: Side of the square image in pixels.
+        digit_size: Side of a pasted digit in pixels.
+        cue_classes: Classes whose images mostly carry the shared cue (empty: no cue).
+        cue_rate: Share of those classes' images that carry it.
+        cue_size: Side of the cue square in pixels.
+        noise: Standard deviation of the background noise.
+        test_fraction: Share of the 1,797 digits held out for the test split.
+    """
+
+    canvas_size: int = 64
+    digit_size: int = 32
+    cue_classes: tuple[int, ...] = (3, 8)
+    cue_rate: float = 0.8
+    cue_size: int = 7
+    noise: float = 0.04
+    test_fraction: float = 0.25
+
+    def __post_init__(self) -> None:
+        if not 8 <= self.digit_size <= self.canvas_size - 2 * self.cue_size - 4:
+            raise ValueError(
+                f"digit_size must be in [8, canvas_size - 2*cue_size - 4 = {self.canvas_size - 2 * self.cue_size - 4}], "
+                f"got {self.digit_size}"
+            )
+        if not 0.0 <= self.cue_rate <= 1.0 or not 0.0 < self.test_fraction < 1.0:
+            raise ValueError("cue_rate must be in [0, 1] and test_fraction in (0, 1)")
+        if any(not 0 <= c <= 9 for c in self.cue_classes):
+            raise ValueError(f"cue_classes must be digits 0-9, got {self.cue_classes}")
+
+
+class DigitsCanvas(Dataset):
+    """scikit-learn's real handwritten digits on a larger canvas, with boxes and a planted shared cue.
+
+    Items are ``(image, label)``: a (3, S, S) float image in [0, 1] and the digit.
+    Every image is drawn once, at construction, from ``seed``; the split of the
+    digits into train and test is fixed, so a new ``seed`` gives new positions of
+    the same digits (a fresh augmentation of the training set).
+
+    Args:
+        split: ``"train"`` or ``"test"``.
+        config: Drawing settings.
+        seed: Seed for positions, cue placement and noise.
+        copies: Canvases drawn per digit.
+
+    Attributes:
+        images: (N, 3, S, S) images.
+        labels: (N,) digits.
+        boxes: (N, 4) digit boxes as (top, left, bottom, right), exclusive ends.
+        has_cue: (N,) whether the image carries the shared cue.
+        cue_boxes: (N, 4) cue boxes (all -1 where there is no cue).
+
+    Example:
+        >>> test = DigitsCanvas("test")
+        >>> image, label = test[0]
+        >>> image.shape, test.masks()[0].sum() == 32 * 32
+        (torch.Size([3, 64, 64]), tensor(True))
+    """
+
+    classes = [str(d) for d in range(10)]
+
+    def __init__(self, split: str = "train", *, config: CanvasConfig | None = None, seed: int = 0, copies: int = 1) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if not isinstance(copies, int) or copies < 1:
+            raise ValueError(f"copies must be a positive integer, got {copies!r}")
+        self.split, self.config, self.seed = split, config or CanvasConfig(), seed
+        digits, labels = _split_digits(split, self.config.test_fraction)
+        digits, labels = digits.repeat(copies, 1, 1), labels.repeat(copies)
+        self.labels = labels
+        generator = torch.Generator().manual_seed(seed * 2 + SPLITS.index(split))
+        self.images, self.boxes, self.has_cue, self.cue_boxes = _draw(digits, labels, self.config, generator)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return self.images[index], int(self.labels[index])
+
+    def masks(self) -> Tensor:
+        """(N, S, S) boolean ground-truth masks of the digits' boxes."""
+        return _box_masks(self.boxes, self.config.canvas_size)
+
+    def cue_masks(self) -> Tensor:
+        """(N, S, S) boolean masks of the cue squares (empty where there is none)."""
+        return _box_masks(self.cue_boxes, self.config.canvas_size)
+
+
+def _split_digits(split: str, test_fraction: float) -> tuple[Tensor, Tensor]:
+    bunch = load_digits()
+    images = torch.tensor(bunch.images, dtype=torch.float32) / 16.0
+    labels = torch.tensor(bunch.target, dtype=torch.long)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(_SPLIT_SEED))
+    n_test = round(len(labels) * test_fraction)
+    chosen = order[:n_test] if split == "test" else order[n_test:]
+    return images[chosen], labels[chosen]
+
+
+def _draw(digits: Tensor, labels: Tensor, cfg: CanvasConfig, generator: torch.Generator) -> tuple[Tensor, ...]:
+    n, size, d = len(labels), cfg.canvas_size, cfg.digit_size
+    strokes = F.interpolate(digits[:, None], size=(d, d), mode="bilinear", align_corners=False).clamp(0, 1)
+    images = (torch.randn(n, 3, size, size, generator=generator) * cfg.noise + 0.08).clamp(0, 1)
+    tops = torch.randint(0, size - d + 1, (n,), generator=generator)
+    lefts = torch.randint(0, size - d + 1, (n,), generator=generator)
+    boxes = torch.stack([tops, lefts, tops + d, lefts + d], dim=1)
+    cue_class = torch.isin(labels, torch.tensor(cfg.cue_classes, dtype=torch.long))
+    has_cue = cue_class & (torch.rand(n, generator=generator) < cfg.cue_rate)
+    cue_boxes = torch.full((n, 4), -1, dtype=torch.long)
+    cue_color = torch.tensor(_CUE_COLOR)[:, None, None]
+    for i in range(n):
+        top, left = int(tops[i]), int(lefts[i])
+        region = images[i, :, top : top + d, left : left + d]
+        images[i, :, top : top + d, left : left + d] = torch.maximum(region, strokes[i])
+        if has_cue[i]:
+            cue_top, cue_left = _place_outside(boxes[i], size, cfg.cue_size, generator)
+            c = cfg.cue_size
+            images[i, :, cue_top : cue_top + c, cue_left : cue_left + c] = cue_color
+            images[i, :, cue_top + 2 : cue_top + c - 2, cue_left + 2 : cue_left + c - 2] = 0.08
+            cue_boxes[i] = torch.tensor([cue_top, cue_left, cue_top + c, cue_left + c])
+    return images, boxes, has_cue, cue_boxes
+
+
+def _place_outside(box: Tensor, size: int, side: int, generator: torch.Generator) -> tuple[int, int]:
+    """A top-left corner for a side × side square that keeps 1 pixel clear of ``box``."""
+    top, left, bottom, right = box.tolist()
+    while True:
+        y, x = torch.randint(0, size - side + 1, (2,), generator=generator).tolist()
+        if y + side <= top - 1 or y >= bottom + 1 or x + side <= left - 1 or x >= right + 1:
+            return y, x
+
+
+def _box_masks(boxes: Tensor, size: int) -> Tensor:
+    rows = torch.arange(size)
+    inside_rows = (rows[None] >= boxes[:, 0:1]) & (rows[None] < boxes[:, 2:3])
+    inside_cols = (rows[None] >= boxes[:, 1:2]) & (rows[None] < boxes[:, 3:4])
+    return inside_rows[:, :, None] & inside_cols[:, None, :]
+
+
+def model_transform(model: nn.Module, *, train: bool = False):
+    """The timm eval (or train) transform for a model, from its data config.
+
+    torchvision models get timm's defaults: 224 × 224, ImageNet mean and std.
+    """
+    from timm.data import create_transform, resolve_model_data_config
+
+    return create_transform(**resolve_model_data_config(model), is_training=train)
+
+
+def image_folder(root: str | Path, model: nn.Module, *, train: bool = False) -> Dataset:
+    """An ``ImageFolder`` tree (one folder per class; Imagenette's layout as it is) with the model's transform.
+
+    Raises:
+        FileNotFoundError: ``root`` is missing or holds no class folders with images.
+    """
+    from torchvision.datasets import ImageFolder
+
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder {str(root)!r} does not exist")
+    try:
+        return ImageFolder(str(root), transform=model_transform(model, train=train))
+    except (FileNotFoundError, RuntimeError) as error:
+        raise FileNotFoundError(
+            f"data folder {str(root)!r} holds no images in class sub-folders (root/<class>/<image>): {error}"
+        ) from None
+
+
+def cifar100(root: str | Path, model: nn.Module, *, train: bool = False) -> Dataset:
+    """CIFAR-100 from a local root (the ``cifar-100-python`` folder inside it), with the model's transform.
+
+    Raises:
+        FileNotFoundError: The dataset is not under ``root`` (it is never downloaded here).
+    """
+    from torchvision.datasets import CIFAR100
+
+    try:
+        return CIFAR100(str(root), train=train, download=False, transform=model_transform(model, train=train))
+    except RuntimeError as error:
+        raise FileNotFoundError(
+            f"CIFAR-100 was not found under {str(root)!r} (expected {str(Path(root) / 'cifar-100-python')!r}): {error}"
+        ) from None

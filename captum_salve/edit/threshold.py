@@ -1,0 +1,232 @@
+r"""The critical suppression threshold α_crit, one per sample.
+
+Under ``rule="salve"`` with suppression, every logit is piecewise linear in α with
+breakpoints ``1/c_j`` (``c = |D[:, l]|``): on the piece where the set J of
+unclipped columns is fixed, ``logit_k(α) = b_k + Σ_{j∈J} W_kj a_j − α Σ_{j∈J} W_kj a_j c_j``.
+Enhancement and ``rule="project"`` are linear in α on one piece. So every
+criterion is solved exactly, piece by piece, with no iteration:
+
+- ``criterion="zero_logit"`` (the paper's): the first α at which the target logit
+  reaches 0 (falls to it when suppressing, rises to it when enhancing).
+- ``criterion="flip"`` (ours): the first α at which the prediction stops being the
+  target (suppress) or becomes it (enhance); a tie counts as reached.
+
+``method="linear"`` is the paper's analytical estimate: the first piece extended
+to all α (no clipping), so for the zero-logit criterion ``α_lin = z_t / R_t`` with
+``R_t = Σ_j W_tj c_j a_j``. ``method="exact"`` walks the pieces; ``method="bisect"``
+searches on the edited head's real outputs, the independent check. Samples that
+never cross get ``inf``; samples already past the criterion at α = 0 get 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from captum_salve.activations import ActivationSet, ImageData, collect_activations
+from captum_salve.edit.weights import FeatureDirections, _check_rule_and_mode, _directions, edited_weights
+from captum_salve.models import find_head
+from captum_salve.sae.model import SparseAutoencoder
+from captum_salve.sites import HEAD_INPUT
+
+__all__ = ["CRITERIA", "METHODS", "alpha_crit"]
+
+CRITERIA = ("zero_logit", "flip")
+METHODS = ("exact", "linear", "bisect")
+_BISECT_STEPS = 64
+_LINEAR_SEARCH_LIMIT = 1e15
+_CHUNK_ELEMENTS = 1 << 24
+
+
+def alpha_crit(
+    model: nn.Module,
+    sae: SparseAutoencoder | FeatureDirections,
+    feature: int | None,
+    inputs: ImageData | ActivationSet,
+    target: int | Sequence[int] | Tensor,
+    *,
+    criterion: str = "zero_logit",
+    method: str = "exact",
+    rule: str = "salve",
+    mode: str = "suppress",
+) -> Tensor:
+    """Per-sample critical edit strength for one feature.
+
+    Args:
+        model: The classifier (its head is edited).
+        sae: The SAE trained on the head input, or :class:`FeatureDirections` of one feature.
+        feature: The SAE feature (None with FeatureDirections).
+        inputs: Images (tensor, Dataset, DataLoader) or head-input activations.
+        target: The class whose logit or prediction is watched: one int for all
+            samples, or one per sample.
+        criterion: ``"zero_logit"`` or ``"flip"``.
+        method: ``"exact"``, ``"linear"`` or ``"bisect"``.
+        rule: ``"salve"`` or ``"project"``.
+        mode: ``"suppress"`` or ``"enhance"``.
+
+    Returns:
+        (N,) float64 thresholds, ``inf`` where the criterion is never met.
+
+    Example:
+        >>> acts = collect_activations(model, test_images)
+        >>> a = alpha_crit(model, sae, 12, acts, target=3, criterion="flip")
+        >>> a.isinf().float().mean()  # share of samples no strength flips
+    """
+    _check_rule_and_mode(rule, mode)
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    directions = _directions(sae, feature)
+    if directions.count != 1:
+        raise ValueError(f"alpha_crit takes one feature, got {directions.count}")
+    _, head = find_head(model)
+    acts = inputs if isinstance(inputs, ActivationSet) else collect_activations(model, inputs, progress=False)
+    if acts.dim != head.in_features or acts.site != HEAD_INPUT:
+        raise ValueError(
+            f"inputs must be images or head-input activations of width {head.in_features}, "
+            f"got activations of width {acts.dim} read at {acts.site!r}"
+        )
+    a = acts.features.to(head.weight.device, torch.float64)
+    targets = _per_sample_targets(target, len(a), head.out_features).to(a.device)
+
+    if method == "bisect":
+        return _bisect(head, directions, a, targets, criterion, rule, mode)
+    weight = head.weight.detach().to(torch.float64)
+    bias = torch.zeros(head.out_features, dtype=torch.float64, device=a.device) if head.bias is None else head.bias.detach().to(torch.float64)
+    piecewise = rule == "salve" and mode == "suppress" and method == "exact"
+    pieces = head.in_features + 1 if piecewise else 1
+    chunk = max(1, _CHUNK_ELEMENTS // (head.out_features * max(pieces, head.in_features) * 4))
+    results = []
+    for start in range(0, len(a), chunk):
+        part, part_targets = a[start : start + chunk], targets[start : start + chunk]
+        pieces = _pieces(weight, bias, directions, part, rule, mode, piecewise)
+        results.append(_first_crossing(*pieces, part_targets, criterion, mode))
+    return torch.cat(results).cpu()
+
+
+def _per_sample_targets(target: int | Sequence[int] | Tensor, n: int, classes: int) -> Tensor:
+    targets = torch.as_tensor(target, dtype=torch.long)
+    if targets.dim() == 0:
+        targets = targets.expand(n)
+    if targets.shape != (n,):
+        raise ValueError(f"target must be one class for all samples or one per sample ({n}), got shape {tuple(targets.shape)}")
+    if targets.min() < 0 or targets.max() >= classes:
+        raise ValueError(f"target classes must be in [0, {classes - 1}], got {targets.unique().tolist()}")
+    return targets
+
+
+def _pieces(weight: Tensor, bias: Tensor, directions: FeatureDirections, a: Tensor, rule: str, mode: str, piecewise: bool) -> tuple[Tensor, ...]:
+    """Every logit as ``p + α q`` on consecutive pieces ``[lo, hi]``: (N, P, K) p and q, (P,) lo and hi."""
+    d = directions.decoder[:, 0].to(a.device, torch.float64)
+    if rule == "project":
+        e = directions.encoder[0].to(a.device, torch.float64)
+        beta = directions.offset[0].to(a.device, torch.float64)
+        sign = -1.0 if mode == "suppress" else 1.0
+        p = a @ weight.T + bias
+        q = sign * (a @ e + beta)[:, None] * (weight @ d)[None, :]
+        lo, hi = torch.zeros(1, dtype=a.dtype, device=a.device), torch.full((1,), torch.inf, dtype=a.dtype, device=a.device)
+        return p[:, None], q[:, None], lo, hi
+    c = d.abs()
+    contributions = a[:, None, :] * weight[None]  # (N, K, M): W_kj a_j
+    if not piecewise:
+        sign = -1.0 if mode == "suppress" else 1.0
+        p = contributions.sum(-1) + bias
+        q = sign * (contributions * c).sum(-1)
+        lo, hi = torch.zeros(1, dtype=a.dtype, device=a.device), torch.full((1,), torch.inf, dtype=a.dtype, device=a.device)
+        return p[:, None], q[:, None], lo, hi
+    breaks = torch.where(c > 0, 1.0 / c, torch.full_like(c, torch.inf))
+    breaks, order = breaks.sort()
+    contributions = contributions[..., order]
+    c = c[order]
+    # Columns still unclipped on piece i are the sorted positions >= i: suffix sums.
+    unclipped = contributions.flip(-1).cumsum(-1).flip(-1)
+    unclipped_c = (contributions * c).flip(-1).cumsum(-1).flip(-1)
+    zeros = torch.zeros(*unclipped.shape[:-1], 1, dtype=a.dtype, device=a.device)
+    p = torch.cat([unclipped, zeros], dim=-1).transpose(1, 2) + bias  # (N, M+1, K)
+    q = -torch.cat([unclipped_c, zeros], dim=-1).transpose(1, 2)
+    lo = torch.cat([torch.zeros(1, dtype=a.dtype, device=a.device), breaks])
+    hi = torch.cat([breaks, torch.full((1,), torch.inf, dtype=a.dtype, device=a.device)])
+    return p, q, lo, hi
+
+
+def _first_crossing(p: Tensor, q: Tensor, lo: Tensor, hi: Tensor, targets: Tensor, criterion: str, mode: str) -> Tensor:
+    """The first α at which the criterion holds, given piecewise-linear logits."""
+    rows = torch.arange(len(targets), device=p.device)
+    p_t, q_t = p[rows, :, targets][:, :, None], q[rows, :, targets][:, :, None]  # (N, P, 1)
+    if criterion == "zero_logit":
+        sign = -1.0 if mode == "suppress" else 1.0  # the event is sign · logit_t >= 0
+        first, _ = _feasible(sign * p_t, sign * q_t, lo, hi)
+        return first.amin(dim=(1, 2))
+    others = torch.ones(p.shape[0], p.shape[2], dtype=torch.bool, device=p.device)
+    others[rows, targets] = False
+    others = others[:, None, :]
+    if mode == "suppress":  # some other class reaches the target: any logit_k − logit_t >= 0
+        first, _ = _feasible(p - p_t, q - q_t, lo, hi)
+        return first.masked_fill(~others, torch.inf).amin(dim=(1, 2))
+    # enhance: the target reaches every other class: all logit_t − logit_k >= 0 at once
+    first, last = _feasible(p_t - p, q_t - q, lo, hi)
+    start = first.masked_fill(~others, -torch.inf).amax(dim=2)
+    end = last.masked_fill(~others, torch.inf).amin(dim=2)
+    return torch.where(start <= end, start, torch.inf).amin(dim=1)
+
+
+def _feasible(p: Tensor, q: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+    """Where ``p + α q >= 0`` on each piece ``[lo, hi]``: the interval's ends, (inf, -inf) when empty."""
+    lo, hi = lo[None, :, None], hi[None, :, None]
+    root = -p / q
+    first = torch.where(q > 0, torch.maximum(lo, root), lo.expand_as(p))
+    last = torch.where(q < 0, torch.minimum(hi, root), hi.expand_as(p))
+    flat_ok = (q != 0) | (p >= 0)
+    empty = (first > last) | ~flat_ok | torch.isinf(lo).expand_as(p)
+    return first.masked_fill(empty, torch.inf), last.masked_fill(empty, -torch.inf)
+
+
+def _event(logits: Tensor, targets: Tensor, criterion: str, mode: str) -> Tensor:
+    rows = torch.arange(len(targets), device=logits.device)
+    target_logit = logits[rows, targets]
+    if criterion == "zero_logit":
+        return target_logit <= 0 if mode == "suppress" else target_logit >= 0
+    rival = logits.clone()
+    rival[rows, targets] = -torch.inf
+    best_rival = rival.max(dim=1).values
+    return best_rival >= target_logit if mode == "suppress" else target_logit >= best_rival
+
+
+def _bisect(head: nn.Linear, directions: FeatureDirections, a: Tensor, targets: Tensor, criterion: str, rule: str, mode: str) -> Tensor:
+    """Bracket on a grid (0, every breakpoint, then doubling), then bisect on the edited head's outputs."""
+    weight, bias = head.weight.detach().double(), None if head.bias is None else head.bias.detach().double()
+    c = directions.decoder[:, 0].abs().double()
+    breaks = (1.0 / c[c > 0]).sort().values.to(a.device) if rule == "salve" and mode == "suppress" else torch.empty(0, device=a.device, dtype=a.dtype)
+    top = breaks[-1] if len(breaks) else torch.tensor(1.0, dtype=a.dtype, device=a.device)
+    doubling = top * 2.0 ** torch.arange(1, 1 + int(torch.log2(torch.tensor(_LINEAR_SEARCH_LIMIT))), device=a.device, dtype=a.dtype)
+    grid = torch.cat([torch.zeros(1, dtype=a.dtype, device=a.device), breaks, doubling if not len(breaks) else top[None] * 2])
+
+    def event_at(alpha: Tensor, index: Tensor) -> Tensor:
+        w, b = edited_weights(weight, bias, directions, alpha, mode=mode, rule=rule)
+        logits = torch.einsum("nkm,nm->nk", w, a[index]) + (0 if b is None else b)
+        return _event(logits, targets[index], criterion, mode)
+
+    n = len(a)
+    result = torch.full((n,), torch.inf, dtype=a.dtype, device=a.device)
+    lower = torch.zeros(n, dtype=a.dtype, device=a.device)
+    pending = torch.arange(n, device=a.device)
+    for value in grid:
+        if len(pending) == 0:
+            break
+        hit = event_at(value.expand(len(pending)), pending)
+        result[pending[hit]] = value
+        lower[pending[~hit]] = value
+        pending = pending[~hit]
+    found = torch.isfinite(result) & (result > 0)
+    index = found.nonzero().squeeze(1)
+    low, high = lower[index], result[index]
+    for _ in range(_BISECT_STEPS):
+        middle = (low + high) / 2
+        hit = event_at(middle, index)
+        high = torch.where(hit, middle, high)
+        low = torch.where(hit, low, middle)
+    result[index] = high
+    return result.cpu()

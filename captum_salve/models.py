@@ -1,0 +1,311 @@
+"""What differs between model families, in one place.
+
+Every other module works from what this one hands it: the classifier head, the
+default Grad-FAM layer, and how a token sequence maps onto an image grid. Adding
+a family means adding one :class:`ModelFamily` to :data:`FAMILIES`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+import torchvision
+from timm.models.resnet import ResNet as TimmResNet
+from timm.models.vision_transformer import VisionTransformer as TimmViT
+from torch import nn
+
+__all__ = [
+    "FAMILIES",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ModelFamily",
+    "TokenLayout",
+    "create_model",
+    "default_cam_layer",
+    "family_of",
+    "find_head",
+    "get_module",
+    "input_normalization",
+    "model_device",
+    "module_name",
+    "token_layout",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TORCHVISION_PREFIX = "torchvision/"
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """How a transformer's token sequence maps onto the image.
+
+    Attributes:
+        prefix_tokens: Leading tokens that are not image patches (class, register).
+        grid: Patch grid as (rows, columns).
+    """
+
+    prefix_tokens: int
+    grid: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """The facts about one family of classifiers that the rest of the package needs.
+
+    Attributes:
+        name: Short name shown in messages.
+        matches: Whether a model belongs to the family.
+        head: Dotted path of the final ``nn.Linear``.
+        cam_layer: The default Grad-FAM layer of a model of the family.
+        token_layout: For token models, the layout of the token sequence.
+    """
+
+    name: str
+    matches: Callable[[nn.Module], bool]
+    head: str
+    cam_layer: Callable[[nn.Module], nn.Module]
+    token_layout: Callable[[nn.Module], TokenLayout] | None = None
+
+
+def _timm_vit_layout(model: nn.Module) -> TokenLayout:
+    return TokenLayout(int(model.num_prefix_tokens), tuple(model.patch_embed.grid_size))
+
+
+def _torchvision_vit_layout(model: nn.Module) -> TokenLayout:
+    side = model.image_size // model.patch_size
+    return TokenLayout(1, (side, side))
+
+
+# The ViT default layers avoid the zero-gradient pitfall: a code read from the
+# [CLS] pre-logits has exactly zero gradient on the patch tokens of the last
+# block's output, so the norm in front of the last block's attention is used.
+FAMILIES: list[ModelFamily] = [
+    ModelFamily(
+        "timm-resnet",
+        lambda m: isinstance(m, TimmResNet),
+        "fc",
+        lambda m: m.layer4[-1],
+    ),
+    ModelFamily(
+        "torchvision-resnet",
+        lambda m: isinstance(m, torchvision.models.ResNet),
+        "fc",
+        lambda m: m.layer4[-1],
+    ),
+    ModelFamily(
+        "timm-vit",
+        lambda m: isinstance(m, TimmViT),
+        "head",
+        lambda m: m.blocks[-1].norm1,
+        _timm_vit_layout,
+    ),
+    ModelFamily(
+        "torchvision-vit",
+        lambda m: isinstance(m, torchvision.models.VisionTransformer),
+        "heads.head",
+        lambda m: m.encoder.layers[-1].ln_1,
+        _torchvision_vit_layout,
+    ),
+]
+
+
+def family_of(model: nn.Module) -> ModelFamily | None:
+    """The family a model belongs to, or None.
+
+    Example:
+        >>> family_of(timm.create_model("resnet18", num_classes=3)).name
+        'timm-resnet'
+    """
+    return next((f for f in FAMILIES if f.matches(model)), None)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of a model's first parameter (CPU for a model without any)."""
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def module_name(model: nn.Module, module: nn.Module) -> str:
+    """The dotted name of ``module`` inside ``model``.
+
+    Raises:
+        ValueError: ``module`` is not part of ``model``.
+    """
+    for name, candidate in model.named_modules():
+        if candidate is module:
+            return name
+    raise ValueError(
+        f"module {type(module).__name__} is not part of the model "
+        f"{type(model).__name__}; pass a module of this model or its dotted name"
+    )
+
+
+def get_module(model: nn.Module, module: str | nn.Module) -> nn.Module:
+    """Resolve a module given by object or dotted name (``"layer4.1"``, ``"blocks.11.norm1"``).
+
+    Raises:
+        ValueError: No module of that name exists; the message lists the closest names.
+    """
+    if isinstance(module, nn.Module):
+        module_name(model, module)
+        return module
+    if not isinstance(module, str):
+        raise TypeError(f"module must be an nn.Module or a dotted name, got {type(module).__name__}")
+    names = dict(model.named_modules())
+    if module in names:
+        return names[module]
+    close = difflib.get_close_matches(module, list(names), n=5, cutoff=0.5)
+    hint = f"; closest names: {', '.join(close)}" if close else ""
+    raise ValueError(f"the model {type(model).__name__} has no module named {module!r}{hint}")
+
+
+def find_head(model: nn.Module) -> tuple[str, nn.Linear]:
+    """The classifier's final linear layer and its dotted name.
+
+    Known families use their recorded head; any other timm model uses
+    ``get_classifier()``.
+
+    Raises:
+        ValueError: No linear head was found; the message lists the linear layers seen.
+
+    Example:
+        >>> find_head(timm.create_model("resnet18", num_classes=3))[0]
+        'fc'
+    """
+    family = family_of(model)
+    if family is not None:
+        head = model.get_submodule(family.head)
+    elif hasattr(model, "get_classifier"):
+        head = model.get_classifier()
+    else:
+        head = None
+    if isinstance(head, nn.Linear):
+        return module_name(model, head), head
+    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    found = (
+        f"its classifier is {type(head).__name__}"
+        if head is not None
+        else f"its nn.Linear layers are {linears[-3:] or 'none'}"
+    )
+    raise ValueError(
+        f"no linear classifier head found on {type(model).__name__}: {found}. "
+        "Use a timm or torchvision ResNet / ViT with num_classes > 0, or add a "
+        "ModelFamily for this architecture to captum_salve.models.FAMILIES"
+    )
+
+
+def default_cam_layer(model: nn.Module) -> nn.Module:
+    """The layer Grad-FAM uses by default: ``layer4[-1]`` for ResNets, the last block's first norm for ViTs.
+
+    Raises:
+        ValueError: The model is of no known family; pass a layer explicitly.
+    """
+    family = family_of(model)
+    if family is None:
+        raise ValueError(
+            f"no default Grad-FAM layer is known for {type(model).__name__}; "
+            "pass layer= (a module or its dotted name), e.g. the last convolutional block"
+        )
+    return family.cam_layer(model)
+
+
+def token_layout(model: nn.Module) -> TokenLayout | None:
+    """Prefix-token count and patch grid for token models; None for convolutional ones."""
+    family = family_of(model)
+    if family is None or family.token_layout is None:
+        return None
+    return family.token_layout(model)
+
+
+def input_normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (mean, std) a model expects its [0, 1] images to be normalised with.
+
+    timm models carry it in ``pretrained_cfg``; torchvision models use ImageNet's.
+    """
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if "mean" in cfg and "std" in cfg:
+        return tuple(cfg["mean"]), tuple(cfg["std"])
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
+def create_model(
+    name: str,
+    *,
+    pretrained: bool = False,
+    checkpoint_path: str | Path | None = None,
+    num_classes: int | None = None,
+) -> nn.Module:
+    """Build a timm model, or a torchvision one when the name starts with ``torchvision/``.
+
+    Args:
+        name: A timm model name (``"resnet18"``, ``"vit_base_patch16_224"``) or
+            ``"torchvision/<builder>"`` (``"torchvision/resnet18"``, ``"torchvision/vit_b_16"``).
+        pretrained: Load the library's pretrained weights (needs internet or a warm cache).
+        checkpoint_path: A state_dict file (``.safetensors``, ``.pth``) to load.
+        num_classes: Size of the classifier head; None keeps the library default
+            (or the checkpoint's size).
+
+    Raises:
+        ValueError: Unknown model name, or a checkpoint that does not fit the model.
+
+    Example:
+        >>> create_model("resnet18", num_classes=10).fc.out_features
+        10
+    """
+    if name.startswith(TORCHVISION_PREFIX):
+        builder = name[len(TORCHVISION_PREFIX) :]
+        known = torchvision.models.list_models(module=torchvision.models)
+        if builder not in known:
+            close = difflib.get_close_matches(builder, known, n=3)
+            raise ValueError(f"torchvision has no model {builder!r}; closest: {', '.join(close) or 'none'}")
+        kwargs = {"weights": "DEFAULT" if pretrained else None}
+        if num_classes is not None and not pretrained:
+            kwargs["num_classes"] = num_classes
+        model = torchvision.models.get_model(builder, **kwargs)
+        if num_classes is not None and pretrained:
+            _, head = find_head(model)
+            _replace_head(model, nn.Linear(head.in_features, num_classes))
+        if checkpoint_path is not None:
+            _load_checkpoint(model, checkpoint_path)
+        return model
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:5]
+        raise ValueError(f"timm does not know the model {name!r}; similar names: {', '.join(close) or 'none'}")
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    if checkpoint_path is not None:
+        _load_checkpoint(model, checkpoint_path)
+    return model
+
+
+def _replace_head(model: nn.Module, head: nn.Linear) -> None:
+    name, _ = find_head(model)
+    parent_name, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, attr, head)
+
+
+def _load_checkpoint(model: nn.Module, path: str | Path) -> None:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint_path {str(path)!r} is not a file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:3])
+        raise ValueError(
+            f"the checkpoint {str(path)!r} does not fit {type(model).__name__}: {detail[:400]}"
+        ) from None

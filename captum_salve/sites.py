@@ -1,0 +1,216 @@
+"""Where activations are read, and the hooks that read them.
+
+A :class:`Site` names a place in a model: by default the classifier head's input
+(the pre-logits, read with a forward pre-hook), or the output of any module,
+reduced to one vector per image. :func:`recording` attaches the hook for the
+length of a ``with`` block and always removes it, also when the forward raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from einops import reduce
+from torch import Tensor, nn
+
+from captum_salve.models import find_head, get_module, model_device, module_name, token_layout
+
+__all__ = ["HEAD_INPUT", "REDUCERS", "BoundSite", "Recording", "Site", "eval_mode", "on_device", "recording"]
+
+REDUCERS = ("none", "cls", "mean_tokens", "spatial_mean", "flatten")
+HEAD_INPUT = "head_input"
+
+_EXPECTED_RANK = {
+    "none": (2, "an (N, M) output"),
+    "cls": (3, "an (N, tokens, C) output"),
+    "mean_tokens": (3, "an (N, tokens, C) output"),
+    "spatial_mean": (4, "an (N, C, H, W) output"),
+}
+
+
+@dataclass(frozen=True)
+class Site:
+    """A place in a model whose activations become one vector per image.
+
+    Args:
+        module: None for the classifier head's input (the default SAE site), or a
+            module of the model, by object or dotted name (``"layer3"``, ``"blocks.6"``).
+        reducer: How the module's output becomes an (N, M) matrix: ``"none"`` (already
+            2-D), ``"cls"`` (token 0), ``"mean_tokens"`` (mean over the patch tokens,
+            prefix tokens excluded), ``"spatial_mean"`` (mean over H, W),
+            ``"flatten"``, or a callable from the output to an (N, M) tensor.
+
+    Example:
+        >>> Site()  # the head input
+        Site(module=None, reducer='none')
+        >>> Site("layer3", reducer="spatial_mean")
+        Site(module='layer3', reducer='spatial_mean')
+    """
+
+    module: str | nn.Module | None = None
+    reducer: str | Callable[[Tensor], Tensor] = "none"
+
+    def __post_init__(self) -> None:
+        if not callable(self.reducer) and self.reducer not in REDUCERS:
+            raise ValueError(f"reducer must be one of {REDUCERS} or a callable, got {self.reducer!r}")
+        if self.module is None and self.reducer != "none":
+            raise ValueError("the head input is already one vector per image: use reducer='none' with module=None")
+
+    def bind(self, model: nn.Module) -> BoundSite:
+        """Resolve the site on a model (finds the head, the module and the token layout)."""
+        if self.module is None:
+            _, head = find_head(model)
+            return BoundSite(head, HEAD_INPUT, pre_hook=True, reduce=_as_matrix(HEAD_INPUT, "none", 0))
+        module = get_module(model, self.module)
+        name = module_name(model, module)
+        layout = token_layout(model)
+        prefix = layout.prefix_tokens if layout is not None else 0
+        return BoundSite(module, name, pre_hook=False, reduce=_as_matrix(name, self.reducer, prefix))
+
+    def describe(self) -> str:
+        """A short text naming the site, as stored with activations and checkpoints."""
+        if self.module is None:
+            return HEAD_INPUT
+        module = self.module if isinstance(self.module, str) else type(self.module).__name__
+        reducer = self.reducer if isinstance(self.reducer, str) else getattr(self.reducer, "__name__", "callable")
+        return f"{module}:{reducer}"
+
+
+@dataclass(frozen=True)
+class BoundSite:
+    """A :class:`Site` resolved on one model: the hooked module and the reducer to apply."""
+
+    module: nn.Module
+    name: str
+    pre_hook: bool
+    reduce: Callable[[Tensor], Tensor]
+
+    @property
+    def is_head_input(self) -> bool:
+        return self.name == HEAD_INPUT
+
+
+@dataclass
+class Recording:
+    """The value a hooked site took in the latest forward pass (grad-connected)."""
+
+    site: BoundSite
+    value: Tensor | None = field(default=None, repr=False)
+
+    def take(self) -> Tensor:
+        """Return the recorded (N, M) value and clear it, so a stale value is never reused."""
+        if self.value is None:
+            raise RuntimeError(
+                f"the site {self.site.name!r} was not reached by the forward pass; "
+                "check that the module is used by the model's forward"
+            )
+        value, self.value = self.value, None
+        return value
+
+
+@contextmanager
+def recording(model: nn.Module, site: Site | BoundSite | None = None) -> Iterator[Recording]:
+    """Record a site's (N, M) value on every forward pass inside the block.
+
+    The hook is removed on exit, also when the block raises.
+
+    Example:
+        >>> model = timm.create_model("resnet18", num_classes=3)
+        >>> with recording(model) as rec:
+        ...     _ = model(torch.rand(2, 3, 64, 64))
+        >>> rec.take().shape
+        torch.Size([2, 512])
+    """
+    bound = site if isinstance(site, BoundSite) else (site or Site()).bind(model)
+    rec = Recording(bound)
+    # The model continues with a clone, so an in-place op further on cannot
+    # change the recorded value (which stays connected to the graph).
+    if bound.pre_hook:
+
+        def hook(module: nn.Module, args: tuple) -> tuple:
+            rec.value = bound.reduce(args[0])
+            return (args[0].clone(), *args[1:])
+
+        handle = bound.module.register_forward_pre_hook(hook)
+    else:
+
+        def hook(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+            rec.value = bound.reduce(output)
+            return output.clone()
+
+        handle = bound.module.register_forward_hook(hook)
+    try:
+        yield rec
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def on_device(model: nn.Module, device: torch.device | str | None) -> Iterator[torch.device]:
+    """Move the model to ``device`` (default: where it is) for the block, and back after."""
+    home = model_device(model)
+    target = torch.device(device) if device is not None else home
+    if target != home:
+        model.to(target)
+    try:
+        yield target
+    finally:
+        if target != home:
+            model.to(home)
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every submodule in eval mode for the block and give each its own mode back after."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.train(training)
+
+
+def _as_matrix(name: str, reducer: str | Callable[[Tensor], Tensor], prefix_tokens: int) -> Callable[[Tensor], Tensor]:
+    def apply(output: Tensor) -> Tensor:
+        if not isinstance(output, Tensor):
+            raise TypeError(
+                f"site {name!r} produced a {type(output).__name__}, not a tensor; "
+                "pass a callable reducer that picks the tensor out of it"
+            )
+        if callable(reducer):
+            value = reducer(output)
+            if not isinstance(value, Tensor) or value.dim() != 2 or value.shape[0] != output.shape[0]:
+                shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                raise ValueError(f"the reducer for site {name!r} must return an (N, M) tensor, got {shape}")
+            return value
+        if reducer == "flatten":
+            return output.flatten(1)
+        rank, wanted = _EXPECTED_RANK[reducer]
+        if output.dim() != rank:
+            raise ValueError(
+                f"reducer {reducer!r} expects {wanted}, but site {name!r} gave shape "
+                f"{tuple(output.shape)}; {_suggest_reducer(output)}"
+            )
+        if reducer == "none":
+            return output
+        if reducer == "cls":
+            return output[:, 0]
+        if reducer == "mean_tokens":
+            return output[:, prefix_tokens:].mean(dim=1)
+        return reduce(output, "n c h w -> n c", "mean")
+
+    return apply
+
+
+def _suggest_reducer(output: Tensor) -> str:
+    suggestion = {
+        2: "use reducer='none'",
+        3: "use reducer='cls' or 'mean_tokens' for token outputs",
+        4: "use reducer='spatial_mean' or 'flatten' for feature maps",
+    }
+    return suggestion.get(output.dim(), "pass a callable reducer")
+
