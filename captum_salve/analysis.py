@@ -275,6 +275,10 @@ def alpha_50(sweep: SweepResult, class_index: int) -> float:
     """The α at which a class's accuracy first falls to 50%, interpolated linearly between swept strengths.
 
     Returns ``inf`` if it never does, and the first α if it already is at or below 50% there.
+    On a sweep of the class's correctly classified samples it equals the (lower)
+    median of their flip α_crit when a flipped sample stays flipped: always under
+    ``rule="project"``; under ``"salve"`` a sample can flip back once clipping
+    leaves mostly the bias.
     """
     accuracy = sweep.per_class_accuracy[:, class_index]
     below = (accuracy <= 0.5).nonzero()

@@ -36,7 +36,8 @@ __all__ = ["CRITERIA", "METHODS", "alpha_crit"]
 CRITERIA = ("zero_logit", "flip")
 METHODS = ("exact", "linear", "bisect")
 _BISECT_STEPS = 64
-_LINEAR_SEARCH_LIMIT = 1e15
+_GRID_PER_OCTAVE = 16
+_GRID_OCTAVES = 50  # up to 2^50 ~ 1e15: stronger edits count as never
 _CHUNK_ELEMENTS = 1 << 24
 
 
@@ -196,13 +197,17 @@ def _event(logits: Tensor, targets: Tensor, criterion: str, mode: str) -> Tensor
 
 
 def _bisect(head: nn.Linear, directions: FeatureDirections, a: Tensor, targets: Tensor, criterion: str, rule: str, mode: str) -> Tensor:
-    """Bracket on a grid (0, every breakpoint, then doubling), then bisect on the edited head's outputs."""
+    """Bracket on a grid, then bisect on the edited head's real outputs.
+
+    The grid holds 0, every clipping breakpoint ``1/c_j`` and 16 points per octave
+    from 2^-20 to about 1e15, so a window in which the criterion holds (possible
+    when enhancing towards a flip) is found unless it is narrower than 4% of α.
+    """
     weight, bias = head.weight.detach().double(), None if head.bias is None else head.bias.detach().double()
-    c = directions.decoder[:, 0].abs().double()
-    breaks = (1.0 / c[c > 0]).sort().values.to(a.device) if rule == "salve" and mode == "suppress" else torch.empty(0, device=a.device, dtype=a.dtype)
-    top = breaks[-1] if len(breaks) else torch.tensor(1.0, dtype=a.dtype, device=a.device)
-    doubling = top * 2.0 ** torch.arange(1, 1 + int(torch.log2(torch.tensor(_LINEAR_SEARCH_LIMIT))), device=a.device, dtype=a.dtype)
-    grid = torch.cat([torch.zeros(1, dtype=a.dtype, device=a.device), breaks, doubling if not len(breaks) else top[None] * 2])
+    c = directions.decoder[:, 0].abs().double().to(a.device)
+    breaks = 1.0 / c[c > 0]
+    octaves = torch.arange(-20 * _GRID_PER_OCTAVE, _GRID_OCTAVES * _GRID_PER_OCTAVE + 1, device=a.device, dtype=a.dtype)
+    grid = torch.cat([torch.zeros(1, dtype=a.dtype, device=a.device), breaks, 2.0 ** (octaves / _GRID_PER_OCTAVE)]).unique()
 
     def event_at(alpha: Tensor, index: Tensor) -> Tensor:
         w, b = edited_weights(weight, bias, directions, alpha, mode=mode, rule=rule)
@@ -216,7 +221,7 @@ def _bisect(head: nn.Linear, directions: FeatureDirections, a: Tensor, targets: 
     for value in grid:
         if len(pending) == 0:
             break
-        hit = event_at(value.expand(len(pending)), pending)
+        hit = event_at(value.expand(len(pending), 1), pending)
         result[pending[hit]] = value
         lower[pending[~hit]] = value
         pending = pending[~hit]
@@ -225,7 +230,7 @@ def _bisect(head: nn.Linear, directions: FeatureDirections, a: Tensor, targets: 
     low, high = lower[index], result[index]
     for _ in range(_BISECT_STEPS):
         middle = (low + high) / 2
-        hit = event_at(middle, index)
+        hit = event_at(middle[:, None], index)
         high = torch.where(hit, middle, high)
         low = torch.where(hit, low, middle)
     result[index] = high

@@ -126,19 +126,15 @@ def edited_weights(
 ) -> tuple[Tensor, Tensor | None]:
     """The head's weight and bias after the edit (computed in float64, returned in the head's dtype).
 
-    ``alpha`` may carry leading batch dimensions, ``(..., F)`` (or ``(...,)`` with
-    one feature): the result then has them too, ``(..., K, M)`` and ``(..., K)``,
-    one edited head per α (used by sweeps and by the bisection in :func:`alpha_crit`).
+    ``alpha`` is one number, one per feature ``(F,)``, or carries leading batch
+    dimensions ``(..., F)``: the result then has them too, ``(..., K, M)`` and
+    ``(..., K)``, one edited head per row (used by the bisection in :func:`alpha_crit`).
 
     Example:
         >>> w, b = edited_weights(head.weight, head.bias, FeatureDirections.from_sae(sae, 7), 2.0)
     """
     _check_rule_and_mode(rule, mode)
-    count = directions.count
-    alphas = torch.as_tensor(alpha, dtype=torch.float64)
-    if count == 1 and (alphas.dim() == 0 or alphas.shape[-1] != 1):
-        alphas = alphas[..., None]
-    alphas = _alpha_vector(alphas, count).to(weight.device)
+    alphas = _alpha_vector(alpha, directions.count).to(weight.device)
     w = weight.detach().to(torch.float64)
     d = directions.decoder.to(weight.device, torch.float64)
     if rule == "salve":
