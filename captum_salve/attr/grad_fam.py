@@ -149,7 +149,10 @@ class GradFAM(LayerAttribution, GradientAttribution):
             device_ids=self.device_ids,
             grad_kwargs=grad_kwargs,
         )
-        gradients, activations = self._to_maps(layer_gradients[0], layer_evals[0], target)
+        try:
+            gradients, activations = self._to_maps(layer_gradients[0], layer_evals[0], target)
+        finally:
+            self._codes = None
         return _weighted_maps(gradients, activations, relu_attributions, attr_dim_summation)
 
     def attribute_features(
@@ -201,9 +204,12 @@ class GradFAM(LayerAttribution, GradientAttribution):
             gradients = torch.zeros(f, *saved[0].shape, device=codes.device, dtype=saved[0].dtype)
         activations = saved[0].detach()
         maps = []
-        for position in range(f):
-            grads, acts = self._to_maps(gradients[position], activations, int(index[position]))
-            maps.append(_weighted_maps(grads, acts, relu_attributions, True))
+        try:
+            for position in range(f):
+                grads, acts = self._to_maps(gradients[position], activations, int(index[position]))
+                maps.append(_weighted_maps(grads, acts, relu_attributions, True))
+        finally:
+            self._codes = None
         return torch.cat(maps, dim=1)
 
     def _check_target(self, target: TargetType) -> None:

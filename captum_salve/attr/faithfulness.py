@@ -1,0 +1,119 @@
+"""Scores that check a feature map without a human: deletion curves and the pointing game."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from captum_salve.sae.model import SparseAutoencoder
+from captum_salve.sites import Site, eval_mode, recording
+
+__all__ = ["deletion_curve", "deletion_score", "pointing_game"]
+
+
+@torch.no_grad()
+def deletion_curve(
+    model: nn.Module,
+    sae: SparseAutoencoder,
+    feature: int,
+    images: Tensor,
+    attribution: Tensor,
+    *,
+    site: Site | None = None,
+    fill: str | float = "mean",
+    steps: int | None = None,
+    batch_size: int = 256,
+) -> Tensor:
+    """A feature's code as the map's highest-ranked cells are removed from the image, one by one.
+
+    The image is divided into the map's h × w cells; at step s the s highest-ranked
+    cells are replaced by ``fill``. A faithful map makes the code fall fast; compare
+    against a random map (``torch.rand_like(attribution)``) or another feature's map.
+
+    Args:
+        model: The classifier.
+        sae: The SAE whose code is measured.
+        feature: The feature.
+        images: (N, C, H, W) images.
+        attribution: (N, 1, h, w) maps ranking the cells (e.g. Grad-FAM's).
+        site: Where the SAE reads; default the head input.
+        fill: ``"mean"`` (each image's channel means) or a constant.
+        steps: Removal steps (default: one per cell); each step removes about
+            ``h·w / steps`` more cells.
+        batch_size: Images per forward pass.
+
+    Returns:
+        (N, steps + 1) code values; column 0 is the intact image, the last has every cell removed.
+
+    Example:
+        >>> maps = GradFAM(model, None, sae).attribute(images, target=7)
+        >>> deletion_score(deletion_curve(model, sae, 7, images, maps)).mean()
+    """
+    if images.dim() != 4 or attribution.dim() != 4 or attribution.shape[1] != 1 or len(attribution) != len(images):
+        raise ValueError(
+            f"images must be (N, C, H, W) and attribution (N, 1, h, w) with the same N, "
+            f"got {tuple(images.shape)} and {tuple(attribution.shape)}"
+        )
+    n, _, height, width = images.shape
+    h, w = attribution.shape[-2:]
+    if h > height or w > width:
+        raise ValueError(f"the map ({h}x{w}) cannot be finer than the image ({height}x{width})")
+    cell_of_pixel = F.interpolate(torch.arange(h * w, dtype=torch.float32).reshape(1, 1, h, w), size=(height, width), mode="nearest")
+    cell_of_pixel = cell_of_pixel.long().reshape(height, width).to(images.device)
+    order = attribution.reshape(n, -1).argsort(dim=1, descending=True, stable=True).to(images.device)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(h * w, device=images.device).expand(n, -1))
+    pixel_rank = rank[:, cell_of_pixel]  # (N, H, W): when each pixel is removed
+    filler = images.mean(dim=(2, 3), keepdim=True) if fill == "mean" else torch.full_like(images[:, :, :1, :1], float(fill))
+    cells = h * w
+    steps = cells if steps is None else steps
+    if not 1 <= steps <= cells:
+        raise ValueError(f"steps must be in [1, {cells}] for a {h}x{w} map, got {steps}")
+    removed = [round(i * cells / steps) for i in range(steps + 1)]
+    variants = torch.stack([torch.where((pixel_rank < r)[:, None], filler, images) for r in removed], dim=1)
+    codes = _codes(model, sae, feature, variants.reshape(n * (steps + 1), *images.shape[1:]), site, batch_size)
+    return codes.reshape(n, steps + 1)
+
+
+def deletion_score(curve: Tensor) -> Tensor:
+    """Area under a deletion curve normalised to fall from 1 (intact) to 0 (all removed); lower is more faithful.
+
+    Returns NaN for an image whose code does not change at all.
+    """
+    start, end = curve[:, :1], curve[:, -1:]
+    span = start - end
+    normalised = (curve - end) / span.where(span != 0, torch.nan)
+    return normalised.mean(dim=1)
+
+
+def pointing_game(attribution: Tensor, masks: Tensor) -> Tensor:
+    """Whether each map's peak, upsampled bilinearly to the mask's size, falls inside the mask.
+
+    A constant map (all zeros, say) has no peak and counts as a miss, as does a map with NaN.
+
+    Args:
+        attribution: (N, 1, h, w) maps.
+        masks: (N, H, W) boolean ground truth.
+
+    Returns:
+        (N,) booleans.
+    """
+    if attribution.dim() != 4 or masks.dim() != 3 or len(attribution) != len(masks):
+        raise ValueError(
+            f"attribution must be (N, 1, h, w) and masks (N, H, W) with the same N, "
+            f"got {tuple(attribution.shape)} and {tuple(masks.shape)}"
+        )
+    up = F.interpolate(attribution.float(), size=masks.shape[-2:], mode="bilinear", align_corners=False).flatten(1)
+    peak = up.argmax(dim=1)
+    hit = masks.flatten(1).to(up.device).gather(1, peak[:, None]).squeeze(1)
+    has_peak = (up.amax(dim=1) > up.amin(dim=1)) & ~up.isnan().any(dim=1)
+    return hit & has_peak
+
+
+def _codes(model: nn.Module, sae: SparseAutoencoder, feature: int, images: Tensor, site: Site | None, batch_size: int) -> Tensor:
+    values = []
+    with eval_mode(model), recording(model, site) as rec:
+        for start in range(0, len(images), batch_size):
+            model(images[start : start + batch_size])
+            values.append(sae.encode(rec.take())[:, feature])
+    return torch.cat(values)
