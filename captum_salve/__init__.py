@@ -7,6 +7,7 @@ activation maximisation, and control the classifier with permanent weight edits.
 from captum_salve.activations import ActivationSet, collect_activations
 from captum_salve.analysis import (
     ClassProfile,
+    EditChoice,
     SeedStudy,
     SweepResult,
     alpha_50,
@@ -16,6 +17,7 @@ from captum_salve.analysis import (
     cross_class_features,
     match_features,
     seed_study,
+    select_edit,
     select_feature,
     top_activating,
 )
@@ -28,6 +30,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ActivationSet",
     "ClassProfile",
+    "EditChoice",
     "FeatureDirections",
     "SeedStudy",
     "Site",
@@ -45,6 +48,7 @@ __all__ = [
     "match_features",
     "sae_metrics",
     "seed_study",
+    "select_edit",
     "select_feature",
     "top_activating",
     "train_sae",

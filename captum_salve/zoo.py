@@ -51,7 +51,7 @@ ARCHITECTURES = {
     "vit": Architecture(
         "vit_tiny_patch16_224",
         {"patch_size": 8, "depth": 4, "embed_dim": 128, "num_heads": 4, "mlp_ratio": 2.0},
-        epochs=45,
+        epochs=80,
         lr=5e-4,
         standardize=True,
     ),
