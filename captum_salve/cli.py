@@ -1,0 +1,200 @@
+"""The ``captum-salve`` command: ``demo``, ``run`` and ``edit``.
+
+Mistakes a user can make (a folder with no images, an unknown model, a checkpoint
+that does not fit, an ``--out`` that is a file) end with one ``error:`` line and
+exit status 2; earlier outputs in ``--out`` are left as they were.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``captum-salve`` console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ValueError, TypeError, OSError) as error:
+        print(f"captum-salve: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("captum-salve: interrupted; finished stages are kept in --out and reused next time", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="captum-salve", description="SALVE for Captum and timm: discover, validate and edit SAE features.")
+    commands = parser.add_subparsers(required=True, metavar="command")
+
+    demo = commands.add_parser("demo", help="run the whole pipeline on the embedded digits canvas and write a report")
+    demo.add_argument("--out", default="salve-report", help="report folder (default: salve-report)")
+    demo.add_argument("--model", choices=("resnet18", "vit", "both"), default="both")
+    _common(demo)
+    demo.set_defaults(handler=_demo)
+
+    run = commands.add_parser("run", help="run the pipeline on your timm / torchvision model and an ImageFolder tree")
+    run.add_argument("--model", required=True, help='timm name (e.g. resnet18, vit_base_patch16_224) or "torchvision/<name>"')
+    weights = run.add_mutually_exclusive_group()
+    weights.add_argument("--pretrained", action="store_true", help="load the library's pretrained weights (needs internet or a cache)")
+    weights.add_argument("--checkpoint", type=Path, help="state_dict file (.safetensors or .pth) to load")
+    run.add_argument("--data", type=Path, required=True, help="ImageFolder tree (root/<class>/<image>); Imagenette's train/ works as is")
+    run.add_argument("--val-data", type=Path, help="held-out ImageFolder tree (default: 20%% of --data)")
+    run.add_argument("--num-classes", type=int, help="head size (default: the number of class folders)")
+    run.add_argument("--sae-latents", type=int, default=256)
+    run.add_argument("--out", default="salve-report")
+    _common(run)
+    run.set_defaults(handler=_run)
+
+    edit = commands.add_parser("edit", help="write a model's edited weights as safetensors")
+    edit.add_argument("--model", required=True, help='timm name, "torchvision/<name>", or "digits/resnet18" / "digits/vit"')
+    edit_weights = edit.add_mutually_exclusive_group()
+    edit_weights.add_argument("--pretrained", action="store_true")
+    edit_weights.add_argument("--checkpoint", type=Path)
+    edit.add_argument("--num-classes", type=int)
+    edit.add_argument("--sae", type=Path, required=True, help="SAE folder (cfg.json + model.safetensors)")
+    edit.add_argument("--feature", type=int, nargs="+", required=True)
+    edit.add_argument("--alpha", type=float, nargs="+", required=True, help="one strength, or one per feature")
+    edit.add_argument("--mode", choices=("suppress", "enhance"), default="suppress")
+    edit.add_argument("--rule", choices=("salve", "project"), default="project")
+    edit.add_argument("--out", type=Path, required=True, help="output .safetensors file")
+    edit.set_defaults(handler=_edit)
+    return parser
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    parser.add_argument("--seeds", type=int, default=10, help="SAE initialisations in the robustness study (default 10, as the paper)")
+    parser.add_argument("--rule", choices=("salve", "project"), default="project", help="edit rule of the control stage")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name} asked for CUDA, but torch sees no GPU here")
+    return device
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from captum_salve.data import DigitsCanvas
+    from captum_salve.files import ensure_directory
+    from captum_salve.pipeline import PipelineConfig, PipelineInputs, run_pipeline
+    from captum_salve.report import write_report
+    from captum_salve.zoo import digits_classifier
+
+    out = ensure_directory(args.out)
+    device = _device(args.device)
+    start = time.perf_counter()
+    archs = ("resnet18", "vit") if args.model == "both" else (args.model,)
+    train, test = DigitsCanvas("train", copies=2), DigitsCanvas("test")
+    summaries = []
+    for arch in archs:
+        classifier = digits_classifier(arch, device=device, progress=not args.quiet)
+        layers = ("layer3.1", "layer4.1") if arch == "resnet18" else ("blocks.3.norm1", "blocks.1")
+        inputs = PipelineInputs(
+            name=f"digits-{arch}",
+            model=classifier.model,
+            train=train,
+            test=test,
+            class_names=DigitsCanvas.classes,
+            to_display=lambda x: x,
+            masks=test.masks(),
+            description={
+                "model": f"timm {classifier.model.default_cfg.get('architecture', arch)} trained on the digits canvas",
+                "classifier training seconds": round(classifier.train_seconds, 1),
+                "cue_classes": list(test.config.cue_classes),
+                "cue_test": test.has_cue.tolist(),
+            },
+        )
+        config = PipelineConfig(seeds=args.seeds, rule=args.rule, cam_layers=layers)
+        summaries.append(run_pipeline(inputs, out / inputs.name, config, progress=not args.quiet))
+    report = write_report(summaries, out, title="captum_salve demo: the digits canvas")
+    print(f"report: {report}  ({time.perf_counter() - start:.0f} s)")
+    for summary in summaries:
+        goal = summary["control"]["goal_met"]
+        print(
+            f"{summary['name']}: accuracy {summary['discover']['accuracy']:.3f}; "
+            f"suppression goal met for {goal['chosen']}/{len(summary['discover']['classes'])} classes "
+            f"(rule {summary['control']['rule']}), {goal['paper_rule']} with the paper's rule"
+        )
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from torch.utils.data import random_split
+
+    from captum_salve.data import image_folder
+    from captum_salve.files import ensure_directory
+    from captum_salve.models import create_model, input_normalization
+    from captum_salve.pipeline import PipelineConfig, PipelineInputs, run_pipeline
+    from captum_salve.report import write_report
+
+    out = ensure_directory(args.out)
+    device = _device(args.device)
+    # The data tells the head size; the transform needs a model, so build a plain one first.
+    probe = create_model(args.model, num_classes=args.num_classes or 2)
+    train = image_folder(args.data, probe)
+    num_classes = args.num_classes or len(train.classes)
+    model = create_model(args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint, num_classes=num_classes).to(device).eval()
+    train = image_folder(args.data, model)
+    if args.val_data is not None:
+        test = image_folder(args.val_data, model)
+    else:
+        held_out = max(1, len(train) // 5)
+        train, test = random_split(train, [len(train) - held_out, held_out], generator=torch.Generator().manual_seed(0))
+    mean, std = (torch.tensor(v).view(-1, 1, 1) for v in input_normalization(model))
+    classes = image_folder(args.data, model).classes
+    inputs = PipelineInputs(
+        name=args.model.replace("/", "-"),
+        model=model,
+        train=train,
+        test=test,
+        class_names=classes,
+        to_display=lambda x: (x.cpu() * std + mean).clamp(0, 1),
+        description={"model": args.model, "weights": "pretrained" if args.pretrained else str(args.checkpoint or "random"), "data": str(args.data)},
+    )
+    config = PipelineConfig(sae_latents=args.sae_latents, seeds=args.seeds, rule=args.rule)
+    summary = run_pipeline(inputs, out / inputs.name, config, progress=not args.quiet)
+    print(f"report: {write_report([summary], out, title=f'captum_salve: {args.model}')}")
+    return 0
+
+
+def _edit(args: argparse.Namespace) -> int:
+    from safetensors.torch import save_file
+
+    from captum_salve.edit import edit_model
+    from captum_salve.files import atomic_path
+    from captum_salve.models import create_model
+    from captum_salve.sae import SparseAutoencoder
+
+    if args.out.exists() and args.out.is_dir():
+        raise IsADirectoryError(f"--out {str(args.out)!r} is a directory; give a .safetensors file name")
+    if args.model.startswith("digits/"):
+        from captum_salve.zoo import digits_classifier
+
+        model = digits_classifier(args.model.split("/", 1)[1], device="cpu", progress=False).model
+    else:
+        model = create_model(args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint, num_classes=args.num_classes)
+    sae = SparseAutoencoder.load(args.sae)
+    alpha = args.alpha[0] if len(args.alpha) == 1 else args.alpha
+    edited_model = edit_model(model, sae, args.feature, alpha, mode=args.mode, rule=args.rule, inplace=True)
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in edited_model.state_dict().items()}
+    with atomic_path(args.out) as tmp:
+        save_file(state, str(tmp), metadata={"edit": f"{args.mode} features {args.feature} alpha {args.alpha} rule {args.rule}"})
+    print(f"edited weights: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
