@@ -140,15 +140,20 @@ class GradFAM(LayerAttribution, GradientAttribution):
         self._check_target(target)
         inputs = _format_tensor_into_tuples(inputs)
         additional_forward_args = _format_additional_forward_args(additional_forward_args)
-        layer_gradients, layer_evals = compute_layer_gradients_and_eval(
-            self.forward_func,
-            self.layer,
-            inputs,
-            target,
-            additional_forward_args,
-            device_ids=self.device_ids,
-            grad_kwargs=grad_kwargs,
-        )
+        try:
+            layer_gradients, layer_evals = compute_layer_gradients_and_eval(
+                self.forward_func,
+                self.layer,
+                inputs,
+                target,
+                additional_forward_args,
+                device_ids=self.device_ids,
+                grad_kwargs=grad_kwargs,
+            )
+        except RuntimeError as error:
+            if "not have been used in the graph" in str(error):
+                raise self._unreachable() from None
+            raise
         try:
             gradients, activations = self._to_maps(layer_gradients[0], layer_evals[0], target)
         finally:
@@ -201,7 +206,8 @@ class GradFAM(LayerAttribution, GradientAttribution):
             one_hot = torch.eye(f, device=codes.device, dtype=codes.dtype)[:, None, :].expand(f, len(codes), f)
             (gradients,) = torch.autograd.grad(selected, saved[0], grad_outputs=one_hot, is_grads_batched=True, allow_unused=True)
         if gradients is None:
-            gradients = torch.zeros(f, *saved[0].shape, device=codes.device, dtype=saved[0].dtype)
+            self._codes = None
+            raise self._unreachable()
         activations = saved[0].detach()
         maps = []
         try:
@@ -211,6 +217,12 @@ class GradFAM(LayerAttribution, GradientAttribution):
         finally:
             self._codes = None
         return torch.cat(maps, dim=1)
+
+    def _unreachable(self) -> ValueError:
+        return ValueError(
+            f"the SAE code does not depend on layer {self.layer_name!r}: the layer does not feed the SAE's "
+            f"site ({self._site.name}); pick a layer before it"
+        )
 
     def _check_target(self, target: TargetType) -> None:
         if target is None:
