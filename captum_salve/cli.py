@@ -13,6 +13,17 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
+from torch.utils.data import random_split
+
+from captum_salve.data import DigitsCanvas, image_folder
+from captum_salve.edit import edit_model
+from captum_salve.files import atomic_path, ensure_directory
+from captum_salve.models import create_model, input_normalization
+from captum_salve.pipeline import PipelineConfig, PipelineInputs, run_pipeline
+from captum_salve.report import write_report
+from captum_salve.sae import SparseAutoencoder
+from captum_salve.zoo import digits_classifier
 
 __all__ = ["main"]
 
@@ -74,6 +85,16 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     parser.add_argument("--seeds", type=int, default=10, help="SAE initialisations in the robustness study (default 10, as the paper)")
     parser.add_argument("--rule", choices=("salve", "project"), default="project", help="edit rule of the control stage")
+    parser.add_argument("--sae-epochs", type=int, default=PipelineConfig.sae_epochs, help="SAE training epochs (default %(default)s)")
+    parser.add_argument(
+        "--maximization-steps", type=int, default=PipelineConfig.maximization_steps, help="activation-maximisation steps (default %(default)s)"
+    )
+    parser.add_argument(
+        "--faithfulness-images",
+        type=int,
+        default=PipelineConfig.faithfulness_images,
+        help="test images scored by the pointing game and deletion curves (default %(default)s)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -86,13 +107,18 @@ def _device(name: str | None) -> torch.device:
     return device
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from captum_salve.data import DigitsCanvas
-    from captum_salve.files import ensure_directory
-    from captum_salve.pipeline import PipelineConfig, PipelineInputs, run_pipeline
-    from captum_salve.report import write_report
-    from captum_salve.zoo import digits_classifier
+def _config(args: argparse.Namespace, **settings) -> PipelineConfig:
+    return PipelineConfig(
+        seeds=args.seeds,
+        rule=args.rule,
+        sae_epochs=args.sae_epochs,
+        maximization_steps=args.maximization_steps,
+        faithfulness_images=args.faithfulness_images,
+        **settings,
+    )
 
+
+def _demo(args: argparse.Namespace) -> int:
     out = ensure_directory(args.out)
     device = _device(args.device)
     start = time.perf_counter()
@@ -117,7 +143,7 @@ def _demo(args: argparse.Namespace) -> int:
                 "cue_test": test.has_cue.tolist(),
             },
         )
-        config = PipelineConfig(seeds=args.seeds, rule=args.rule, cam_layers=layers)
+        config = _config(args, cam_layers=layers)
         summaries.append(run_pipeline(inputs, out / inputs.name, config, progress=not args.quiet))
     report = write_report(summaries, out, title="captum_salve demo: the digits canvas")
     print(f"report: {report}  ({time.perf_counter() - start:.0f} s)")
@@ -132,29 +158,21 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from torch.utils.data import random_split
-
-    from captum_salve.data import image_folder
-    from captum_salve.files import ensure_directory
-    from captum_salve.models import create_model, input_normalization
-    from captum_salve.pipeline import PipelineConfig, PipelineInputs, run_pipeline
-    from captum_salve.report import write_report
-
     out = ensure_directory(args.out)
     device = _device(args.device)
-    # The data tells the head size; the transform needs a model, so build a plain one first.
-    probe = create_model(args.model, num_classes=args.num_classes or 2)
-    train = image_folder(args.data, probe)
-    num_classes = args.num_classes or len(train.classes)
+    # The folder tells the head size and the model name tells the transform, so read it with a plain model first.
+    train = image_folder(args.data, create_model(args.model, num_classes=args.num_classes or 2))
+    classes = train.classes
+    if args.num_classes is not None and args.num_classes < len(classes):
+        raise ValueError(f"--num-classes {args.num_classes} is smaller than the {len(classes)} class folders in {str(args.data)!r}")
+    num_classes = args.num_classes or len(classes)
     model = create_model(args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint, num_classes=num_classes).to(device).eval()
-    train = image_folder(args.data, model)
     if args.val_data is not None:
         test = image_folder(args.val_data, model)
     else:
         held_out = max(1, len(train) // 5)
         train, test = random_split(train, [len(train) - held_out, held_out], generator=torch.Generator().manual_seed(0))
     mean, std = (torch.tensor(v).view(-1, 1, 1) for v in input_normalization(model))
-    classes = image_folder(args.data, model).classes
     inputs = PipelineInputs(
         name=args.model.replace("/", "-"),
         model=model,
@@ -164,25 +182,16 @@ def _run(args: argparse.Namespace) -> int:
         to_display=lambda x: (x.cpu() * std + mean).clamp(0, 1),
         description={"model": args.model, "weights": "pretrained" if args.pretrained else str(args.checkpoint or "random"), "data": str(args.data)},
     )
-    config = PipelineConfig(sae_latents=args.sae_latents, seeds=args.seeds, rule=args.rule)
+    config = _config(args, sae_latents=args.sae_latents)
     summary = run_pipeline(inputs, out / inputs.name, config, progress=not args.quiet)
     print(f"report: {write_report([summary], out, title=f'captum_salve: {args.model}')}")
     return 0
 
 
 def _edit(args: argparse.Namespace) -> int:
-    from safetensors.torch import save_file
-
-    from captum_salve.edit import edit_model
-    from captum_salve.files import atomic_path
-    from captum_salve.models import create_model
-    from captum_salve.sae import SparseAutoencoder
-
     if args.out.exists() and args.out.is_dir():
         raise IsADirectoryError(f"--out {str(args.out)!r} is a directory; give a .safetensors file name")
     if args.model.startswith("digits/"):
-        from captum_salve.zoo import digits_classifier
-
         model = digits_classifier(args.model.split("/", 1)[1], device="cpu", progress=False).model
     else:
         model = create_model(args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint, num_classes=args.num_classes)

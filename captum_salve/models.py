@@ -275,8 +275,8 @@ def create_model(
             _load_checkpoint(model, checkpoint_path)
         return model
     if not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('_')[0]}*")[:5]
-        raise ValueError(f"timm does not know the model {name!r}; similar names: {', '.join(close) or 'none'}")
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        raise ValueError(f"timm does not know the model {name!r}; closest: {', '.join(close) or 'none'}")
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     model = timm.create_model(name, pretrained=pretrained, **kwargs)
     if checkpoint_path is not None:
@@ -301,11 +301,21 @@ def _load_checkpoint(model: nn.Module, path: str | Path) -> None:
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
         state = state.get("state_dict", state) if isinstance(state, dict) else state
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        first = str(error).strip().splitlines()
-        detail = " ".join(line.strip() for line in first[:3])
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    resized = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys (e.g. {missing[0]!r})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]!r})")
+    if resized:
+        key = resized[0]
+        problems.append(f"{len(resized)} tensors of another shape (e.g. {key!r}: {tuple(state[key].shape)}, the model has {tuple(expected[key].shape)})")
+    if problems:
         raise ValueError(
-            f"the checkpoint {str(path)!r} does not fit {type(model).__name__}: {detail[:400]}"
-        ) from None
+            f"the checkpoint {str(path)!r} does not fit {type(model).__name__}: {'; '.join(problems)}; "
+            "check the model name and num_classes"
+        )
+    model.load_state_dict(state)

@@ -108,6 +108,23 @@ class _Run:
         self.inputs, self.out, self.config = inputs, ensure_directory(out), config
         self.model = inputs.model.eval()
         self.device = model_device(self.model)
+        self._check_settings()
+
+    def _check_settings(self) -> None:
+        """Refuse to mix cached stages computed with other settings into this run."""
+        settings = _plain(asdict(self.config))
+        path = self.out / "config.json"
+        if path.is_file():
+            before = json.loads(path.read_text())
+            changed = [f"{key} {before.get(key)} → {value}" for key, value in settings.items() if before.get(key) != value]
+            if changed:
+                raise ValueError(
+                    f"{str(self.out)!r} holds a run made with other settings ({'; '.join(changed)}); "
+                    "use another output folder, or delete this one to start over"
+                )
+            return
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(settings, indent=2))
 
     def stage(self, name: str, compute: Callable[[], dict]) -> dict:
         path = self.out / "stages" / f"{name}.json"
@@ -214,7 +231,7 @@ def _discover(run: _Run) -> dict:
     ]
     result["cross_class"] = [
         {"feature": c.feature, "classes": [names[i] for i in c.classes], "score": c.score}
-        for c in cross_class_features(profile, top=3)
+        for c in (cross_class_features(profile, top=3) if len(names) >= _MIN_CROSS_CLASSES else [])
     ]
     return result
 
@@ -229,12 +246,16 @@ def _validate(run: _Run) -> dict:
     figures: dict = {"galleries": [], "overlays": []}
     fam = GradFAM(run.model, _cam_layers(run)[0], sae)
     for k, feature in enumerate(features):
-        index, values = top_activating(sae, test, feature, k=8)
+        index, values = top_activating(sae, test, feature, k=min(8, len(test)))
         shown = run.inputs.to_display(run.images(index))
         labels = [names[int(test.labels[i])] for i in index]
         fig = plots.gallery(shown, values, labels=labels, title=f"Top-activating test images of feature {feature} (class {names[k]}; Fig. 3a)")
         figures["galleries"].append(run.figure(fig, f"gallery_class{k}"))
-        first = int((test.labels == k).nonzero()[0])
+        mine = (test.labels == k).nonzero()
+        if len(mine) == 0:  # no test image of this class: no overlay
+            figures["overlays"].append(None)
+            continue
+        first = int(mine[0])
         image = run.images([first]).to(run.device)
         top4 = codes[first].topk(4).indices.tolist()
         maps = fam.attribute_features(image, top4)[0]
@@ -423,9 +444,15 @@ def _alpha_crit_stage(run: _Run) -> dict:
     return {"rule": "salve", "criterion": "zero_logit", "classes": rows, "figure": figure}
 
 
+# A feature shared by two classes is only "cross-class" when some class does not share it.
+_MIN_CROSS_CLASSES = 3
+
+
 def _cross_class(run: _Run) -> dict:
     train, test, sae, _ = _context(run)
     names = run.inputs.class_names
+    if len(names) < _MIN_CROSS_CLASSES:
+        return {"skipped": f"cross-class features need at least {_MIN_CROSS_CLASSES} classes; this data has {len(names)}"}
     profile = class_profile(sae, train, class_names=names)
     found = cross_class_features(profile, top=1)[0]
     rule = run.config.rule
@@ -478,10 +505,12 @@ def _seeds(run: _Run) -> dict:
     a50 = torch.tensor(
         [[crossing_50(study.alphas, study.accuracy[s, k, :, k]) for k in range(len(names))] for s in range(run.config.seeds)]
     )
+    crossed = [a50[:, k][torch.isfinite(a50[:, k])] for k in range(len(names))]  # seeds whose sweep crossed 50%
     return {
         "seeds": run.config.seeds,
-        "alpha_50_mean": [float(a50[:, k][torch.isfinite(a50[:, k])].mean()) for k in range(len(names))],
-        "alpha_50_std": [float(a50[:, k][torch.isfinite(a50[:, k])].std()) for k in range(len(names))],
+        "alpha_50_seeds_crossed": [len(c) for c in crossed],
+        "alpha_50_mean": [float(c.mean()) if len(c) else None for c in crossed],
+        "alpha_50_std": [float(c.std()) if len(c) > 1 else None for c in crossed],
         "match_similarity_mean": float(study.match_similarity[1:].mean()),
         "matched_is_own_choice": float(study.own_choice[1:].float().mean()),
         "explained_variance": [m["explained_variance"] for m in study.metrics],

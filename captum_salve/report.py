@@ -136,11 +136,12 @@ def _model_section(summary: dict, folder: Path) -> str:
             [[c["class"], _fmt(c["dominant_by_magnitude"]), _fmt(c["dominant_by_contrast"]), _fmt(c["selectivity_of_top"])] for c in discover["classes"]],
         )
     )
-    parts.append(
-        "<p>Cross-class features (large for two classes, small for the rest): "
-        + "; ".join(f"feature {c['feature']} → classes {', '.join(c['classes'])} (gap {c['score']:.2f} σ)" for c in discover["cross_class"])
-        + "</p>"
-    )
+    if discover["cross_class"]:
+        parts.append(
+            "<p>Cross-class features (large for two classes, small for the rest): "
+            + "; ".join(f"feature {c['feature']} → classes {', '.join(c['classes'])} (gap {c['score']:.2f} σ)" for c in discover["cross_class"])
+            + "</p>"
+        )
 
     parts.append("<h3>2. Validate: Grad-FAM, activation maximisation, top-activating images</h3>")
     faith_rows = []
@@ -156,7 +157,7 @@ def _model_section(summary: dict, folder: Path) -> str:
     parts.append(_table(["layer", "map", "pointing game", "deletion AUC"], faith_rows))
     am = validate["maximization"]
     parts.append(
-        "<p>Activation maximisation (512 steps, jitter / scale / rotation, the last quarter without them): optimised images that drive "
+        f"<p>Activation maximisation ({summary['config']['maximization_steps']} steps, jitter / scale / rotation, the last quarter without them): optimised images that drive "
         f"their feature above the 99th percentile of its activation over the real test images: <b>{am['fourier']['above_q99']} of "
         f"{len(names)}</b> with the Fourier parameterisation, <b>{am['pixel']['above_q99']} of {len(names)}</b> with plain pixels.</p>"
     )
@@ -177,7 +178,7 @@ def _model_section(summary: dict, folder: Path) -> str:
     )
     parts.append(
         "<details><summary>Top-activating images and Grad-FAM overlays, per class</summary><div class=\"grid\">"
-        + "".join(_img(folder, g, "gallery") + _img(folder, o, "overlay") for g, o in zip(validate["figures"]["galleries"], validate["figures"]["overlays"]))
+        + "".join(_img(folder, g, "gallery") + (_img(folder, o, "overlay") if o else "") for g, o in zip(validate["figures"]["galleries"], validate["figures"]["overlays"]))
         + "</div></details>"
     )
 
@@ -222,7 +223,7 @@ def _model_section(summary: dict, folder: Path) -> str:
     )
     parts.append(
         _table(
-            ["class", "feature", "α50", "class acc.", "others", "random: class", "others", "principal: class", "others", "salve α50", "salve acc. at α=100"],
+            ["class", "feature", "α50", "class acc.", "others", "random: class", "others", "principal: class", "others", "salve α50", f"salve acc. at α={_fmt(summary['config']['sweep_alphas'][-1])}"],
             rows,
         )
     )
@@ -233,20 +234,7 @@ def _model_section(summary: dict, folder: Path) -> str:
     )
 
     parts.append("<h3>Cross-class feature</h3>")
-    cue = cross.get("planted_cue")
-    cue_text = ""
-    if cue:
-        cue_text = (
-            f" The planted shared cue marks classes {_fmt(cue['classes'])}; on those classes' test images the feature's mean code is "
-            f"{_fmt(cue['mean_code_with_cue'])} with the cue and {_fmt(cue['mean_code_without_cue'])} without it."
-        )
-    parts.append(
-        f"<p>Feature {cross['feature']} is large for classes {', '.join(cross['classes'])}.{cue_text} Each bar chart is taken at the first "
-        "swept α at which some class moves by 10 points (or the strongest α). Suppressed (α="
-        f"{_fmt(cross['suppress']['alpha'])}), the classes that change most: {', '.join(cross['suppress']['most_changed'])}; enhanced "
-        f"(α={_fmt(cross['enhance']['alpha'])}): {', '.join(cross['enhance']['most_changed'])}.</p>"
-    )
-    parts.append('<div class="grid">' + "".join(_img(folder, p, m) for m, p in cross["figures"].items()) + "</div>")
+    parts.append(f"<p>{html.escape(cross['skipped'])}.</p>" if "skipped" in cross else _cross_class_section(cross, folder))
 
     parts.append("<h3>α<sub>crit</sub> per sample (paper's rule, zero-logit criterion)</h3>")
     rows = [
@@ -280,8 +268,35 @@ def _model_section(summary: dict, folder: Path) -> str:
         f"<p>Features matched to seed 0's by decoder cosine similarity (Hungarian assignment): mean |cos| of the matched class features "
         f"{_fmt(seeds['match_similarity_mean'])}; the matched feature is also the seed's own pick in {_pct(seeds['matched_is_own_choice'])} of cases.</p>"
     )
-    parts.append(_table(["class", "α50 mean ± std"], [[names[k], f"{_fmt(seeds['alpha_50_mean'][k])} ± {_fmt(seeds['alpha_50_std'][k])}"] for k in range(len(names))]))
+    parts.append(
+        _table(
+            ["class", "α50 mean ± std", "seeds whose sweep crossed 50%"],
+            [
+                [names[k], f"{_fmt(seeds['alpha_50_mean'][k])} ± {_fmt(seeds['alpha_50_std'][k])}", str(seeds["alpha_50_seeds_crossed"][k])]
+                for k in range(len(names))
+            ],
+        )
+    )
     parts.append(_img(folder, seeds["figure"], "seed bands"))
     seconds = summary.get("seconds", {})
     parts.append(f'<p class="muted">Stage seconds this run: {html.escape(json.dumps(seconds))}</p>')
     return "".join(parts)
+
+
+def _cross_class_section(cross: dict, folder: Path) -> str:
+    cue = cross.get("planted_cue")
+    cue_text = ""
+    if cue:
+        cue_text = (
+            f" The planted shared cue marks classes {_fmt(cue['classes'])}; on those classes' test images the feature's mean code is "
+            f"{_fmt(cue['mean_code_with_cue'])} with the cue and {_fmt(cue['mean_code_without_cue'])} without it."
+        )
+    return (
+        f"<p>Feature {cross['feature']} is large for classes {', '.join(cross['classes'])}.{cue_text} Each bar chart is taken at the first "
+        "swept α at which some class moves by 10 points (or the strongest α). Suppressed (α="
+        f"{_fmt(cross['suppress']['alpha'])}), the classes that change most: {', '.join(cross['suppress']['most_changed'])}; enhanced "
+        f"(α={_fmt(cross['enhance']['alpha'])}): {', '.join(cross['enhance']['most_changed'])}.</p>"
+        + '<div class="grid">'
+        + "".join(_img(folder, p, m) for m, p in cross["figures"].items())
+        + "</div>"
+    )
