@@ -98,6 +98,8 @@ class ClassProfile:
     def dominant(self, class_index: int, n: int = 5, *, by: str = "magnitude") -> Tensor:
         """A class's top features: by ``|μ_k|`` (``"magnitude"``, the paper's) or by :meth:`contrast`."""
         self._check_class(class_index)
+        if n < 1:
+            raise ValueError(f"n must be at least 1, got {n}")
         if by == "magnitude":
             scores = self.mean_codes[class_index].abs()
         elif by == "contrast":
@@ -108,6 +110,8 @@ class ClassProfile:
 
     def selectivity(self, feature: int) -> Tensor:
         """(K,) share of a feature's mean magnitude that falls on each class (1/K when even)."""
+        if not 0 <= feature < self.mean_codes.shape[1]:
+            raise ValueError(f"feature must be in [0, {self.mean_codes.shape[1] - 1}], got {feature}")
         magnitude = self.mean_codes[:, feature].abs()
         return magnitude / magnitude.sum().clamp_min(1e-12)
 
@@ -199,14 +203,22 @@ class SweepResult:
         """(K,) accuracy of each class before the edit."""
         return _accuracy(self.baseline)
 
+    def _check_class(self, class_index: int) -> None:
+        k = self.confusion.shape[1]
+        if not 0 <= class_index < k:
+            raise ValueError(f"class_index must be in [0, {k - 1}], got {class_index}")
+
     def prediction_distribution(self, class_index: int) -> Tensor:
         """(A, K) where the images of one class go: share predicted as each class, per α."""
+        self._check_class(class_index)
         rows = self.confusion[:, class_index].double()
         return rows / rows.sum(dim=1, keepdim=True).clamp_min(1)
 
     def off_target_change(self, class_index: int | Sequence[int]) -> Tensor:
         """(A,) mean accuracy change of the classes not in ``class_index``, against the unedited model."""
         targets = torch.as_tensor(class_index).reshape(-1)
+        for target in targets.tolist():
+            self._check_class(target)
         keep = torch.ones(self.confusion.shape[1], dtype=torch.bool)
         keep[targets] = False
         return (self.per_class_accuracy[:, keep] - self.baseline_accuracy[keep]).mean(dim=1)
@@ -258,6 +270,8 @@ def alpha_sweep(
     if alphas.dim() != 1 or len(alphas) == 0:
         raise ValueError("alphas must be a non-empty 1-D sequence of strengths")
     k = head.out_features
+    if labels.min() < 0 or labels.max() >= k:
+        raise ValueError(f"data labels must be classes of the head, in [0, {k - 1}], got {int(labels.min())} to {int(labels.max())}")
     a = data.features.to(head.weight.device, torch.float32)
 
     def confusion_of(weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -282,6 +296,7 @@ def alpha_50(sweep: SweepResult, class_index: int) -> float:
     ``rule="project"``; under ``"salve"`` a sample can flip back once clipping
     leaves mostly the bias.
     """
+    sweep._check_class(class_index)
     return crossing_50(sweep.alphas, sweep.per_class_accuracy[:, class_index])
 
 
@@ -356,6 +371,8 @@ def select_edit(
     """
     from itertools import combinations
 
+    if candidates < 1 or max_features < 1:
+        raise ValueError(f"candidates and max_features must be at least 1, got {candidates} and {max_features}")
     pool = select_feature(profile, class_index, n=candidates, by=by)
     best: tuple | None = None
     for size in range(1, max_features + 1):
@@ -381,6 +398,8 @@ def control_directions(
     SAE feature's, so the same α removes as much under ``rule="project"``; under
     ``rule="salve"`` only the unit direction matters.
     """
+    if acts.dim != sae.d_in:
+        raise ValueError(f"the SAE reads {sae.d_in}-dimensional activations, acts have {acts.dim}")
     features = acts.features.double()
     mean = features.mean(dim=0)
     centred = features - mean

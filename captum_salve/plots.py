@@ -7,7 +7,7 @@ expression of a notebook cell. Numbers refer to the SALVE paper's figures.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Sized
 
 import matplotlib
 import numpy as np
@@ -43,6 +43,21 @@ def _image(x: Tensor) -> np.ndarray:
     return x.detach().float().cpu().clamp(0, 1).permute(1, 2, 0).numpy()
 
 
+def _check_index(name: str, value: int, size: int) -> None:
+    if not 0 <= value < size:
+        raise ValueError(f"{name} must be in [0, {size - 1}], got {value}")
+
+
+def _check_length(name: str, values: Sized | None, n: int, per: str) -> None:
+    if values is not None and len(values) != n:
+        raise ValueError(f"{name} must have {n} entries, one per {per}, got {len(values)}")
+
+
+def _check_positive(name: str, value: int) -> None:
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, got {value}")
+
+
 def class_heatmap(profile: ClassProfile, *, features: Sequence[int] | None = None, title: str | None = None) -> Figure:
     """Figure 1a: the class × feature mean-code matrix μ (the most class-dominant features by default)."""
     mu = profile.mean_codes
@@ -51,6 +66,10 @@ def class_heatmap(profile: ClassProfile, *, features: Sequence[int] | None = Non
         for k in range(profile.num_classes):
             picked += [int(f) for f in profile.dominant(k, 3, by="contrast") if int(f) not in picked]
         features = picked
+    if len(features) == 0:
+        raise ValueError("features must name at least one SAE feature")
+    for feature in features:
+        _check_index("features", int(feature), mu.shape[1])
     data = mu[:, list(features)].numpy()
     fig, ax = _subplots(figsize=(max(6, 0.32 * len(features) + 2), 0.4 * profile.num_classes + 1.6))
     limit = np.abs(data).max() or 1.0
@@ -67,7 +86,12 @@ def class_heatmap(profile: ClassProfile, *, features: Sequence[int] | None = Non
 
 def gallery(images: Tensor, values: Tensor | None = None, *, title: str = "", columns: int = 8, labels: Sequence[str] | None = None) -> Figure:
     """Figure 3a: a grid of (top-activating) images, each titled with its activation."""
+    if images.dim() != 4 or images.shape[1] != 3 or len(images) == 0:
+        raise ValueError(f"images must be (N, 3, H, W) with N >= 1, got {tuple(images.shape)}")
     n = len(images)
+    _check_length("values", values, n, "image")
+    _check_length("labels", labels, n, "image")
+    _check_positive("columns", columns)
     rows = -(-n // columns)
     fig, axes = _subplots(rows, columns, figsize=(1.5 * columns, 1.6 * rows + 0.4), squeeze=False)
     for i, ax in enumerate(axes.flat):
@@ -92,6 +116,11 @@ def grad_fam_overlays(image: Tensor, maps: Tensor, features: Sequence[int], valu
         features: The F features.
         values: Their codes on this image, for the titles.
     """
+    if image.dim() != 3 or image.shape[0] != 3:
+        raise ValueError(f"image must be (3, H, W), got {tuple(image.shape)}")
+    if len(features) == 0 or maps.dim() not in (3, 4) or len(maps) != len(features) or (maps.dim() == 4 and maps.shape[1] != 1):
+        raise ValueError(f"maps must be (F, h, w) or (F, 1, h, w) with F = {len(features)} features, got {tuple(maps.shape)}")
+    _check_length("values", values, len(features), "feature")
     maps = maps.reshape(len(features), 1, *maps.shape[-2:]).float()
     up = F.interpolate(maps, size=image.shape[-2:], mode="bilinear", align_corners=False)[:, 0].clamp_min(0)
     fig, axes = _subplots(1, len(features) + 1, figsize=(2.2 * (len(features) + 1), 2.6))
@@ -113,6 +142,7 @@ def maximization_evolution(result: MaximizationResult, *, names: Sequence[str] |
     """Figure 1b: each feature's image from noise to the final optimum, one row per feature."""
     steps = sorted(result.snapshots)
     rows = len(result.features)
+    _check_length("names", names, rows, "feature")
     fig, axes = _subplots(rows, len(steps), figsize=(1.7 * len(steps), 1.7 * rows + 0.3), squeeze=False)
     for r in range(rows):
         for c, step in enumerate(steps):
@@ -136,6 +166,9 @@ def accuracy_vs_alpha(
     title: str | None = None,
 ) -> Figure:
     """Figure 4a: target-class and every other class's accuracy as α grows (controls dashed)."""
+    _check_index("class_index", class_index, sweep.confusion.shape[1])
+    if controls is not None and len(controls) > 3:
+        raise ValueError(f"at most 3 controls can be drawn (one line style each), got {len(controls)}")
     alphas = sweep.alphas.numpy()
     accuracy = sweep.per_class_accuracy.numpy()
     fig, ax = _subplots(figsize=(6, 4))
@@ -178,6 +211,7 @@ def prediction_distribution(sweep: SweepResult, class_index: int, *, title: str 
 
 def accuracy_change_bars(sweep: SweepResult, alpha_index: int, *, title: str | None = None) -> Figure:
     """Figure 3b: per-class accuracy change at one α (red: loss, green: gain)."""
+    _check_index("alpha_index", alpha_index, len(sweep.alphas))
     change = (sweep.per_class_accuracy[alpha_index] - sweep.baseline_accuracy).numpy() * 100
     fig, ax = _subplots(figsize=(6, 3.5))
     ax.bar(range(len(change)), change, color=["#c0392b" if c < 0 else "#27ae60" for c in change])
@@ -199,6 +233,10 @@ def alpha_crit_boxplots(
 ) -> Figure:
     """Figure 5b: per-class boxplots of analytical and numerical α_crit, α_50 marked (finite values only)."""
     names = list(analytical)
+    if not names or set(numerical) != set(names):
+        raise ValueError(
+            f"analytical and numerical must name the same classes (at least one), got {names} and {list(numerical)}"
+        )
     fig, ax = _subplots(figsize=(max(6, 0.9 * len(names) + 2), 4))
     positions = np.arange(len(names))
     for offset, data, color, label in ((-0.18, analytical, "#2980b9", "analytical (α_lin)"), (0.18, numerical, "#e67e22", "numerical")):
@@ -226,6 +264,8 @@ def seed_bands(study: SeedStudy, class_names: Sequence[str], *, columns: int = 5
     suppressed, mean ± std over SAE seeds (one panel per class)."""
     alphas = study.alphas.numpy()
     k = study.accuracy.shape[1]
+    _check_length("class_names", class_names, k, "class")
+    _check_positive("columns", columns)
     rows = -(-k // columns)
     fig, axes = _subplots(rows, columns, figsize=(2.6 * columns, 2.2 * rows + 0.6), squeeze=False)
     for c, ax in enumerate(axes.flat):

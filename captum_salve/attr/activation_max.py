@@ -102,8 +102,13 @@ def maximize_feature(
     if parameterization not in PARAMETERIZATIONS:
         raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
     lr = lr if lr is not None else _DEFAULT_LR[parameterization]
-    if not isinstance(steps, int) or steps < 1 or lr <= 0 or l2 < 0 or tv < 0:
-        raise ValueError("steps must be a positive integer, lr > 0, and l2, tv >= 0")
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    for name, value in (("l2", l2), ("tv", tv)):
+        if not value >= 0:
+            raise ValueError(f"{name} must be >= 0, got {value!r}")
     device = torch.device(device) if device is not None else model_device(model)
     height, width = _image_size(model, image_size)
     mean, std = (torch.tensor(v, device=device).view(1, -1, 1, 1) for v in input_normalization(model))
@@ -179,8 +184,10 @@ class _FourierImage(nn.Module):
         self.register_buffer("color", _COLOR_SQRT.clone())
         self.size = (height, width)
         self.spectrum = nn.Parameter(torch.randn(n, 3, height, width // 2 + 1, 2, generator=generator))
-        with torch.no_grad():  # start from visible noise, like the pixel parameterisation
-            self.spectrum.mul_(0.5 / self._logits().std())
+        # Start from visible noise, like the pixel parameterisation; each image is
+        # scaled on its own so that it does not depend on the others in the batch.
+        with torch.no_grad():
+            self.spectrum.mul_(0.5 / self._logits().std(dim=(1, 2, 3))[:, None, None, None, None])
 
     def _logits(self) -> Tensor:
         spectrum = torch.view_as_complex(self.spectrum) * self.scale

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -55,6 +57,10 @@ def deletion_curve(
             f"images must be (N, C, H, W) and attribution (N, 1, h, w) with the same N, "
             f"got {tuple(images.shape)} and {tuple(attribution.shape)}"
         )
+    if not 0 <= feature < sae.d_latent:
+        raise ValueError(f"feature must be in [0, {sae.d_latent - 1}], got {feature}")
+    if fill != "mean" and (isinstance(fill, str) or not math.isfinite(fill)):
+        raise ValueError(f"fill must be 'mean' or a finite number, got {fill!r}")
     n, _, height, width = images.shape
     h, w = attribution.shape[-2:]
     if h > height or w > width:
@@ -87,7 +93,11 @@ def deletion_score(curve: Tensor) -> Tensor:
 
 
 def pointing_game(attribution: Tensor, masks: Tensor) -> Tensor:
-    """Whether each map's peak, upsampled bilinearly to the mask's size, falls inside the mask.
+    """Whether each map's peak falls inside the mask, judged at the centre of the map's highest cell.
+
+    Upsampling the map first would add nothing: a bilinear interpolant peaks at a cell
+    centre, except at the border, where it spreads the peak into a plateau whose first
+    pixel (the one argmax picks) is the image's corner, so coarse maps would miss.
 
     A constant map (all zeros, say) has no peak and counts as a miss, as does a map with NaN.
 
@@ -98,16 +108,19 @@ def pointing_game(attribution: Tensor, masks: Tensor) -> Tensor:
     Returns:
         (N,) booleans.
     """
-    if attribution.dim() != 4 or masks.dim() != 3 or len(attribution) != len(masks):
+    if attribution.dim() != 4 or attribution.shape[1] != 1 or masks.dim() != 3 or len(attribution) != len(masks):
         raise ValueError(
             f"attribution must be (N, 1, h, w) and masks (N, H, W) with the same N, "
             f"got {tuple(attribution.shape)} and {tuple(masks.shape)}"
         )
-    up = F.interpolate(attribution.float(), size=masks.shape[-2:], mode="bilinear", align_corners=False).flatten(1)
-    peak = up.argmax(dim=1)
-    hit = masks.flatten(1).to(up.device).gather(1, peak[:, None]).squeeze(1)
-    has_peak = (up.amax(dim=1) > up.amin(dim=1)) & ~up.isnan().any(dim=1)
-    return hit & has_peak
+    (h, w), (height, width) = attribution.shape[-2:], masks.shape[-2:]
+    maps = attribution.float().flatten(1).to(masks.device)
+    peak = maps.argmax(dim=1)
+    rows = (((peak // w) * 2 + 1) * height) // (2 * h)  # floor((row + 1/2) · H / h), in integers
+    columns = (((peak % w) * 2 + 1) * width) // (2 * w)
+    hit = masks[torch.arange(len(masks), device=masks.device), rows, columns]
+    has_peak = (maps.amax(dim=1) > maps.amin(dim=1)) & ~maps.isnan().any(dim=1)
+    return hit.bool() & has_peak
 
 
 def _codes(model: nn.Module, sae: SparseAutoencoder, feature: int, images: Tensor, site: Site | None, batch_size: int) -> Tensor:

@@ -1,0 +1,384 @@
+"""Validate: activation maximisation and the faithfulness scores, on toy models whose codes are known in closed form."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from captum_salve import SparseAutoencoder, class_profile, collect_activations, select_feature, train_sae
+from captum_salve.analysis import encode_all
+from captum_salve.attr import GradFAM, deletion_curve, deletion_score, maximize_feature, pointing_game
+
+SIDE = 8
+
+
+def _hooks(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+class _PixelClassifier(nn.Module):
+    """The head reads the raw pixels, so a linear SAE's code is linear in the image: ``z_l = e_l · x + β_l``."""
+
+    def __init__(self, side: int = SIDE, classes: int = 3) -> None:
+        super().__init__()
+        self.head = nn.Linear(3 * side * side, classes)
+        self.pretrained_cfg = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0), "input_size": (3, side, side)}
+
+    def get_classifier(self) -> nn.Linear:
+        return self.head
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(images.flatten(1))
+
+
+class _CellMeans(nn.Module):
+    """The head reads the mean of each ``cell`` × ``cell`` block of a one-channel image."""
+
+    def __init__(self, cell: int, cells: int) -> None:
+        super().__init__()
+        self.cell = cell
+        self.head = nn.Linear(cells, 2)
+
+    def get_classifier(self) -> nn.Linear:
+        return self.head
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(F.avg_pool2d(images, self.cell).flatten(1))
+
+
+def _pixel_setup(activation: str = "linear", seed: int = 0) -> tuple[nn.Module, SparseAutoencoder]:
+    torch.manual_seed(seed)
+    return _PixelClassifier().eval(), SparseAutoencoder(3 * SIDE * SIDE, 4, activation)
+
+
+def _correlation(x: torch.Tensor, y: torch.Tensor) -> float:
+    return float(torch.corrcoef(torch.stack([x.flatten(), y.flatten()]))[0, 1])
+
+
+# ---- activation maximisation ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("parameterization, least", [("pixel", 0.7), ("fourier", 0.3)])
+def test_the_image_grows_along_the_encoders_pixel_direction(parameterization, least):
+    model, sae = _pixel_setup()
+    result = maximize_feature(model, sae, [0, 3], steps=32, parameterization=parameterization)
+    encoder = sae.encoder.weight.detach()
+    for row, feature in enumerate([0, 3]):
+        change = result.images[row] - result.snapshots[0][row]
+        assert _correlation(change, encoder[feature]) > least
+        assert abs(_correlation(change, encoder[1])) < 0.25  # a feature not asked for
+    assert (result.history[-1] > result.history[0] + 0.5).all()
+
+
+def test_activations_are_the_codes_of_the_final_images():
+    model, sae = _pixel_setup("relu")
+    result = maximize_feature(model, sae, [2, 0, 2], steps=8, parameterization="pixel")
+    codes = sae.encode(result.images.flatten(1)).detach()
+    torch.testing.assert_close(result.activations, codes[torch.arange(3), torch.tensor([2, 0, 2])])
+    assert result.features == [2, 0, 2] and result.history.shape == (8, 3)
+
+
+def test_a_relu_feature_that_starts_switched_off_is_still_driven_up():
+    model, sae = _pixel_setup("relu")
+    start = torch.sigmoid(torch.randn(1, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(0)) * 0.5)
+    with torch.no_grad():  # the starting image's pre-activation is -1: code 0, no gradient through the ReLU
+        sae.encoder.bias[1] -= sae.pre_activation(start.flatten(1))[0, 1] + 1.0
+    result = maximize_feature(model, sae, 1, steps=48, parameterization="pixel", transforms=False)
+    assert result.history[0, 0].item() == pytest.approx(-1.0, abs=1e-5)
+    assert result.activations[0] > 0
+
+
+def test_the_same_seed_gives_the_same_images_and_another_seed_does_not():
+    model, sae = _pixel_setup()
+    first, again = (maximize_feature(model, sae, [1, 2], steps=6, seed=3) for _ in range(2))
+    assert torch.equal(first.images, again.images) and torch.equal(first.history, again.history)
+    assert all(torch.equal(first.snapshots[s], again.snapshots[s]) for s in first.snapshots)
+    other = maximize_feature(model, sae, [1, 2], steps=6, seed=4)
+    assert not torch.allclose(first.images, other.images)
+
+
+def test_snapshots_are_kept_at_the_requested_steps_and_start_from_the_seeded_noise():
+    model, sae = _pixel_setup()
+    result = maximize_feature(model, sae, [0, 1], steps=10, snapshots=(0, 3, 7, 25), parameterization="pixel", seed=5)
+    assert sorted(result.snapshots) == [0, 3, 7, 10]  # the last step is always kept; steps past it are not
+    assert torch.equal(result.snapshots[10], result.images)
+    noise = torch.randn(2, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(5)) * 0.5
+    torch.testing.assert_close(result.snapshots[0], torch.sigmoid(noise))
+    assert not torch.equal(result.snapshots[3], result.snapshots[7])
+    for images in result.snapshots.values():
+        assert images.shape == (2, 3, SIDE, SIDE) and images.min() >= 0 and images.max() <= 1
+
+
+@pytest.mark.parametrize("parameterization", ["pixel", "fourier"])
+def test_without_transforms_each_feature_is_optimised_independently_of_the_batch(parameterization):
+    """Rows share nothing but the noise stream: row 0 is the same alone or next to any other feature.
+
+    (With transforms, each step draws one random transform per row from one generator,
+    so the draws, and hence the images, depend on the batch size.)
+    """
+    model, sae = _pixel_setup()
+    kwargs = dict(steps=12, transforms=False, parameterization=parameterization)
+    alone = maximize_feature(model, sae, 2, **kwargs)
+    with_one = maximize_feature(model, sae, [2, 0], **kwargs)
+    with_two = maximize_feature(model, sae, [2, 3, 1], **kwargs)
+    torch.testing.assert_close(with_one.images[0], alone.images[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(with_two.images[0], alone.images[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(with_two.history[:, 0], alone.history[:, 0], rtol=1e-5, atol=1e-5)
+
+
+def test_the_model_keeps_its_weights_mode_and_no_hooks():
+    model, sae = _pixel_setup()
+    model.train()
+    weight = model.head.weight.detach().clone()
+    maximize_feature(model, sae, [0], steps=3)
+    assert model.training and torch.equal(model.head.weight, weight)
+    assert model.head.weight.grad is None and sae.encoder.weight.grad is None
+    assert _hooks(model) == 0
+
+
+def test_default_image_size_comes_from_the_model_config():
+    model, sae = _pixel_setup()
+    assert maximize_feature(model, sae, [0, 1], steps=1).images.shape == (2, 3, SIDE, SIDE)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(steps=-1), "steps must be a positive integer, got -1"),
+        (dict(steps=0), "steps must be a positive integer, got 0"),
+        (dict(steps=2.5), "steps must be a positive integer, got 2.5"),
+        (dict(features=4), r"features must be SAE feature indices in \[0, 3\], got \[4\]"),
+        (dict(features=[1, -1]), r"features must be SAE feature indices in \[0, 3\]"),
+        (dict(features=[]), r"features must be SAE feature indices"),
+        (dict(parameterization="wavelet"), "parameterization must be one of .*'wavelet'"),
+        (dict(lr=0.0), "lr must be > 0, got 0.0"),
+        (dict(lr=float("nan")), "lr must be > 0, got nan"),
+        (dict(l2=-1e-3), "l2 must be >= 0, got -0.001"),
+        (dict(tv=-1.0), "tv must be >= 0, got -1.0"),
+        (dict(image_size=4), "image_size must be a side or"),
+    ],
+)
+def test_bad_arguments_are_refused_by_name(kwargs, message):
+    model, sae = _pixel_setup()
+    arguments = dict(features=0, steps=2) | kwargs
+    with pytest.raises(ValueError, match=message):
+        maximize_feature(model, sae, **arguments)
+    assert _hooks(model) == 0
+
+
+# ---- deletion curves -----------------------------------------------------------------------
+
+
+def _cell_setup(seed: int = 0, cell: int = 2, grid: int = 4) -> tuple[nn.Module, SparseAutoencoder, torch.Tensor]:
+    """Feature 0's code is ``Σ_c w_c · mean of cell c`` with positive weights w: a known sum over cells."""
+    generator = torch.Generator().manual_seed(seed)
+    model = _CellMeans(cell, grid * grid).eval()
+    sae = SparseAutoencoder(grid * grid, 2, "linear")  # biases start at zero
+    weights = torch.rand(grid * grid, generator=generator) + 0.1
+    with torch.no_grad():
+        sae.encoder.weight[0] = weights
+    return model, sae, weights
+
+
+def test_deleting_the_top_cells_first_follows_the_hand_computed_sum():
+    model, sae, weights = _cell_setup()
+    images = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    cell_means = F.avg_pool2d(images, 2).flatten(1)  # (3, 16)
+    contribution = cell_means * weights
+    curve = deletion_curve(model, sae, 0, images, contribution.reshape(3, 1, 4, 4), fill=0.0)
+    ranked = contribution.sort(dim=1, descending=True).values
+    expected = contribution.sum(1, keepdim=True) - torch.cat([torch.zeros(3, 1), ranked.cumsum(1)], dim=1)
+    assert curve.shape == (3, 17)
+    torch.testing.assert_close(curve, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_mean_fill_replaces_cells_by_the_images_channel_mean():
+    model, sae, weights = _cell_setup()
+    images = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    contribution = F.avg_pool2d(images, 2).flatten(1) * weights
+    curve = deletion_curve(model, sae, 0, images, contribution.reshape(2, 1, 4, 4), steps=4)
+    mean = images.mean(dim=(1, 2, 3))
+    order = contribution.argsort(dim=1, descending=True)
+    for s, removed in enumerate([0, 4, 8, 12, 16]):  # steps=4: four cells at a time
+        gone = torch.zeros(2, 16, dtype=torch.bool).scatter_(1, order[:, :removed], True)
+        expected = torch.where(gone, weights * mean[:, None], contribution).sum(1)
+        torch.testing.assert_close(curve[:, s], expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(curve[:, -1], weights.sum() * mean, rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=15, deadline=None)
+@given(h=st.integers(1, 8), w=st.integers(1, 8), data=st.data(), seed=st.integers(0, 2**16))
+def test_the_curve_equals_deleting_cells_pixel_by_pixel_in_a_loop(h, w, data, seed):
+    """Any map grid (even one that does not divide the image) against an explicit loop over pixels."""
+    steps = data.draw(st.integers(1, h * w))
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = _PixelClassifier().eval()
+    sae = SparseAutoencoder(3 * SIDE * SIDE, 3, "linear")
+    images = torch.rand(2, 3, SIDE, SIDE, generator=generator)
+    maps = torch.randn(2, 1, h, w, generator=generator)
+    curve = deletion_curve(model, sae, 1, images, maps, steps=steps, fill=0.25)
+    for n in range(2):
+        rank = torch.empty(h * w, dtype=torch.long)
+        rank[maps[n].flatten().argsort(descending=True, stable=True)] = torch.arange(h * w)
+        for s in range(steps + 1):
+            removed = round(s * h * w / steps)
+            image = images[n].clone()
+            for y in range(SIDE):
+                for x in range(SIDE):
+                    if rank[(y * h // SIDE) * w + x * w // SIDE] < removed:  # nearest-neighbour cell of the pixel
+                        image[:, y, x] = 0.25
+            expected = sae.encode(image.flatten()[None])[0, 1]
+            assert curve[n, s].item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-5)
+
+
+def test_a_faithful_map_scores_lower_than_its_reverse():
+    model, sae, weights = _cell_setup(seed=4)
+    images = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(4))
+    contribution = (F.avg_pool2d(images, 2).flatten(1) * weights).reshape(4, 1, 4, 4)
+    faithful = deletion_score(deletion_curve(model, sae, 0, images, contribution, fill=0.0))
+    reverse = deletion_score(deletion_curve(model, sae, 0, images, -contribution, fill=0.0))
+    assert (faithful < reverse).all()
+    assert (faithful < 0.5).all() and (reverse > 0.5).all()  # concave vs convex fall
+
+
+def test_deletion_score_by_hand():
+    curve = torch.tensor([[4.0, 2.0, 1.0, 0.0], [1.0, 3.0, 1.0, -1.0], [2.0, 2.0, 2.0, 2.0]])
+    score = deletion_score(curve)
+    assert score[0].item() == pytest.approx((1 + 0.5 + 0.25 + 0) / 4)
+    assert score[1].item() == pytest.approx((1 + 2 + 1 + 0) / 4)  # may exceed 1 when the code first rises
+    assert torch.isnan(score[2])  # the code never changes
+
+
+def test_batch_size_does_not_change_the_curve_and_no_hooks_are_left():
+    model, sae, weights = _cell_setup()
+    images = torch.rand(3, 1, 8, 8)
+    maps = torch.rand(3, 1, 4, 4)
+    whole = deletion_curve(model, sae, 0, images, maps)
+    pieces = deletion_curve(model, sae, 0, images, maps, batch_size=5)
+    torch.testing.assert_close(whole, pieces)
+    assert _hooks(model) == 0
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(attribution=torch.rand(2, 2, 4, 4)), r"attribution \(N, 1, h, w\) with the same N, got .*\(2, 2, 4, 4\)"),
+        (dict(attribution=torch.rand(3, 1, 4, 4)), r"with the same N, got \(2, 1, 8, 8\) and \(3, 1, 4, 4\)"),
+        (dict(images=torch.rand(2, 8, 8)), r"images must be \(N, C, H, W\)"),
+        (dict(attribution=torch.rand(2, 1, 16, 16)), r"the map \(16x16\) cannot be finer than the image \(8x8\)"),
+        (dict(steps=0), r"steps must be in \[1, 16\] for a 4x4 map, got 0"),
+        (dict(steps=17), r"steps must be in \[1, 16\] for a 4x4 map, got 17"),
+        (dict(feature=2), r"feature must be in \[0, 1\], got 2"),
+        (dict(feature=-1), r"feature must be in \[0, 1\], got -1"),
+        (dict(fill="zero"), "fill must be 'mean' or a finite number, got 'zero'"),
+        (dict(fill=float("nan")), "fill must be 'mean' or a finite number, got nan"),
+    ],
+)
+def test_deletion_curve_refuses_bad_input(change, message):
+    model, sae, _ = _cell_setup()
+    arguments = dict(feature=0, images=torch.rand(2, 1, 8, 8), attribution=torch.rand(2, 1, 4, 4)) | change
+    with pytest.raises(ValueError, match=message):
+        deletion_curve(model, sae, arguments.pop("feature"), arguments.pop("images"), arguments.pop("attribution"), **arguments)
+
+
+# ---- pointing game -------------------------------------------------------------------------
+
+
+def _box(top: int, left: int, size: int = 4, side: int = 16) -> torch.Tensor:
+    mask = torch.zeros(side, side, dtype=torch.bool)
+    mask[top : top + size, left : left + size] = True
+    return mask
+
+
+def test_pointing_game_by_hand():
+    peaked = torch.zeros(4, 4)
+    peaked[1, 2] = 1.0  # cell (1, 2) of a 4x4 map covers pixels [4:8, 8:12] of a 16x16 image, centre (6, 10)
+    maps = torch.stack([peaked, peaked, torch.zeros(4, 4), peaked.masked_fill(peaked == 0, float("nan"))])[:, None]
+    masks = torch.stack([_box(4, 8), _box(8, 0), _box(0, 0, size=16), _box(4, 8)])
+    assert pointing_game(maps, masks).tolist() == [True, False, False, False]  # hit, miss, no peak, NaN
+
+
+def test_a_border_peak_points_at_its_cells_centre_not_at_the_image_corner():
+    """Upsampled bilinearly, a 2x2 map peaking in its top-left cell is flat over [0:8, 0:8] of a 32x32
+    image and its first maximal pixel is (0, 0); the peak cell's centre is (8, 8)."""
+    maps = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]], [[[0.0, 0.0], [0.0, 1.0]]]])
+    centre = _box(6, 6, size=20, side=32)  # covers both cells' centres (8, 8) and (24, 24), no corner
+    corners = ~centre
+    assert pointing_game(maps, torch.stack([centre, centre])).tolist() == [True, True]
+    assert pointing_game(maps, torch.stack([corners, corners])).tolist() == [False, False]
+
+
+@settings(max_examples=30, deadline=None)
+@given(top=st.integers(0, 32), left=st.integers(0, 32))
+def test_a_random_peak_cell_hits_as_often_as_cell_centres_lie_in_the_mask(top, left):
+    """A 4x4 map on a 64x64 image: any 32x32 box holds 2 of the 4 cell centres (8, 24, 40, 56) per axis."""
+    maps = torch.eye(16).reshape(16, 1, 4, 4)  # every possible peak cell once
+    masks = _box(top, left, size=32, side=64).expand(16, 64, 64)
+    assert int(pointing_game(maps, masks).sum()) == 4
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 5), side=st.integers(2, 12), seed=st.integers(0, 2**16))
+def test_at_full_resolution_a_hit_is_the_mask_at_the_maps_argmax(n, side, seed):
+    generator = torch.Generator().manual_seed(seed)
+    maps = torch.randn(n, 1, side, side, generator=generator)
+    masks = torch.rand(n, side, side, generator=generator) < 0.3
+    expected = [bool(masks[i].flatten()[maps[i].flatten().argmax()]) for i in range(n)]
+    assert pointing_game(maps, masks).tolist() == expected
+
+
+@pytest.mark.parametrize(
+    "maps, masks",
+    [
+        (torch.rand(2, 1, 4, 4), torch.ones(2, 16 * 16, dtype=torch.bool)),
+        (torch.rand(2, 4, 4), torch.ones(2, 16, 16, dtype=torch.bool)),
+        (torch.rand(2, 2, 4, 4), torch.ones(2, 16, 16, dtype=torch.bool)),
+        (torch.rand(3, 1, 4, 4), torch.ones(2, 16, 16, dtype=torch.bool)),
+    ],
+)
+def test_pointing_game_refuses_mismatched_shapes(maps, masks):
+    with pytest.raises(ValueError, match=r"attribution must be \(N, 1, h, w\) and masks \(N, H, W\) with the same N"):
+        pointing_game(maps, masks)
+
+
+# ---- on the trained digits classifier ------------------------------------------------------
+
+
+def _digits_setup(digits_resnet):
+    from captum_salve.data import DigitsCanvas
+
+    model = digits_resnet.model
+    train, test = DigitsCanvas("train"), DigitsCanvas("test")
+    acts = collect_activations(model, torch.utils.data.Subset(train, range(600)), progress=False)
+    sae, _ = train_sae(acts, 64, epochs=20, progress=False)
+    return model, sae, class_profile(sae, acts), test
+
+
+@pytest.mark.slow
+def test_grad_fam_on_the_digits_resnet_is_faithful_and_points_at_the_digit(digits_resnet):
+    model, sae, profile, test = _digits_setup(digits_resnet)
+    images, labels, masks = test.images[:48], test.labels[:48], test.masks()[:48]
+    features = torch.tensor([select_feature(profile, int(c))[0] for c in labels])
+    fam = GradFAM(model, "layer3.1", sae)  # a 4x4 map on the 64x64 canvas
+    maps = torch.cat([fam.attribute(images[i : i + 1], target=int(features[i])) for i in range(48)])
+    hits = pointing_game(maps, masks).float().mean()
+    assert hits > 0.5  # chance is 1/4: the digit's box covers 2 of the 4 cell centres along each axis
+    own = torch.cat([deletion_curve(model, sae, int(features[i]), images[i : i + 1], maps[i : i + 1], steps=8) for i in range(48)])
+    rand = torch.cat(
+        [deletion_curve(model, sae, int(features[i]), images[i : i + 1], torch.rand_like(maps[i : i + 1]), steps=8) for i in range(48)]
+    )
+    assert deletion_score(own).nanmean() < deletion_score(rand).nanmean() - 0.05
+
+
+@pytest.mark.slow
+def test_maximised_images_beat_most_real_images_on_the_digits_resnet(digits_resnet):
+    model, sae, profile, test = _digits_setup(digits_resnet)
+    features = [select_feature(profile, c)[0] for c in (0, 3, 7)]
+    codes = encode_all(sae, collect_activations(model, test.images[:300], progress=False))[:, features]
+    result = maximize_feature(model, sae, features, steps=96)
+    assert (result.activations > codes.quantile(0.99, dim=0)).all()  # as the pipeline reports it
