@@ -16,10 +16,10 @@ import torch
 from safetensors.torch import save_file
 from torch.utils.data import random_split
 
-from captum_salve.data import DigitsCanvas, image_folder
+from captum_salve.data import DigitsCanvas, image_folder, imagenet_classes
 from captum_salve.edit import edit_model
 from captum_salve.files import atomic_path, ensure_directory
-from captum_salve.models import create_model, input_normalization
+from captum_salve.models import create_model, find_head, input_normalization, keep_classes
 from captum_salve.pipeline import PipelineConfig, PipelineInputs, run_pipeline
 from captum_salve.report import write_report
 from captum_salve.sae import SparseAutoencoder
@@ -55,7 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the pipeline on your timm / torchvision model and an ImageFolder tree")
     run.add_argument("--model", required=True, help='timm name (e.g. resnet18, vit_base_patch16_224) or "torchvision/<name>"')
     weights = run.add_mutually_exclusive_group()
-    weights.add_argument("--pretrained", action="store_true", help="load the library's pretrained weights (needs internet or a cache)")
+    weights.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="load the library's pretrained weights (needs internet or a cache); an ImageNet head keeps the rows of "
+        "folders named by WordNet id, as Imagenette's are",
+    )
     weights.add_argument("--checkpoint", type=Path, help="state_dict file (.safetensors or .pth) to load")
     run.add_argument("--data", type=Path, required=True, help="ImageFolder tree (root/<class>/<image>); Imagenette's train/ works as is")
     run.add_argument("--val-data", type=Path, help="held-out ImageFolder tree (default: 20%% of --data)")
@@ -165,8 +170,12 @@ def _run(args: argparse.Namespace) -> int:
     classes = train.classes
     if args.num_classes is not None and args.num_classes < len(classes):
         raise ValueError(f"--num-classes {args.num_classes} is smaller than the {len(classes)} class folders in {str(args.data)!r}")
-    num_classes = args.num_classes or len(classes)
-    model = create_model(args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint, num_classes=num_classes).to(device).eval()
+    if args.pretrained and args.num_classes is None:
+        model = _pretrained_for(args.model, classes)
+    else:
+        num_classes = args.num_classes or len(classes)
+        model = create_model(args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint, num_classes=num_classes)
+    model = model.to(device).eval()
     if args.val_data is not None:
         test = image_folder(args.val_data, model)
     else:
@@ -186,6 +195,30 @@ def _run(args: argparse.Namespace) -> int:
     summary = run_pipeline(inputs, out / inputs.name, config, progress=not args.quiet)
     print(f"report: {write_report([summary], out, title=f'captum_salve: {args.model}')}")
     return 0
+
+
+def _pretrained_for(name: str, classes: list[str]) -> torch.nn.Module:
+    """A pretrained model whose head keeps its trained rows for the data's class folders.
+
+    A new head sized to the folders would be random; ImageNet-1k weights classify
+    folders named by WordNet id (Imagenette's layout) with their own rows instead.
+    """
+    model = create_model(name, pretrained=True)
+    rows = find_head(model)[1].out_features
+    if rows == len(classes):
+        return model
+    if rows != 1000:
+        raise ValueError(
+            f"the pretrained head of {name} has {rows} classes and --data has {len(classes)} folders; "
+            "pass --checkpoint with weights fine-tuned on these classes"
+        )
+    try:
+        return keep_classes(model, imagenet_classes(classes))
+    except ValueError as error:
+        raise ValueError(
+            f"{error}: --pretrained keeps the ImageNet head, so pass --checkpoint with weights fine-tuned on these classes, "
+            "or --num-classes to analyse a new, untrained head"
+        ) from None
 
 
 def _edit(args: argparse.Namespace) -> int:

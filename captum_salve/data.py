@@ -18,7 +18,7 @@ from sklearn.datasets import load_digits
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-__all__ = ["CanvasConfig", "DigitsCanvas", "cifar100", "image_folder", "model_transform"]
+__all__ = ["CanvasConfig", "DigitsCanvas", "cifar100", "image_folder", "imagenet_classes", "model_transform"]
 
 SPLITS = ("train", "test")
 _SPLIT_SEED = 1234  # which digits are held out never changes with the canvas seed
@@ -193,6 +193,25 @@ def image_folder(root: str | Path, model: nn.Module, *, train: bool = False) -> 
         raise FileNotFoundError(
             f"data folder {str(root)!r} holds no images in class sub-folders (root/<class>/<image>): {error}"
         ) from None
+
+
+def imagenet_classes(folders: list[str]) -> list[int]:
+    """ImageNet-1k head rows of class folders named by WordNet id (Imagenette's ``n01440764`` ...).
+
+    Raises:
+        ValueError: A folder name is not an ImageNet-1k WordNet id.
+
+    Example:
+        >>> imagenet_classes(["n01440764", "n02102040"])
+        [0, 217]
+    """
+    from timm.data import ImageNetInfo
+
+    index = {name: i for i, name in enumerate(ImageNetInfo().label_names())}
+    unknown = [name for name in folders if name not in index]
+    if unknown:
+        raise ValueError(f"class folders {unknown[:3]} are not ImageNet-1k WordNet ids (like Imagenette's 'n01440764')")
+    return [index[name] for name in folders]
 
 
 def cifar100(root: str | Path, model: nn.Module, *, train: bool = False) -> Dataset:

@@ -31,6 +31,7 @@ __all__ = [
     "find_head",
     "get_module",
     "input_normalization",
+    "keep_classes",
     "model_device",
     "module_name",
     "token_layout",
@@ -281,6 +282,29 @@ def create_model(
     model = timm.create_model(name, pretrained=pretrained, **kwargs)
     if checkpoint_path is not None:
         _load_checkpoint(model, checkpoint_path)
+    return model
+
+
+def keep_classes(model: nn.Module, classes: list[int]) -> nn.Module:
+    """Cut the head down to some of its classes, in the given order (in place).
+
+    A model pretrained on ImageNet classifies Imagenette's ten classes with the ten
+    matching rows of its head, no fine-tuning needed.
+
+    Example:
+        >>> model = keep_classes(timm.create_model("resnet18"), [0, 217, 482])
+        >>> model.fc.out_features
+        3
+    """
+    _, head = find_head(model)
+    if not classes or not all(0 <= c < head.out_features for c in classes):
+        raise ValueError(f"classes must be a non-empty list of head rows in [0, {head.out_features - 1}], got {classes}")
+    kept = nn.Linear(head.in_features, len(classes), bias=head.bias is not None, device=head.weight.device, dtype=head.weight.dtype)
+    with torch.no_grad():
+        kept.weight.copy_(head.weight[classes])
+        if head.bias is not None:
+            kept.bias.copy_(head.bias[classes])
+    _replace_head(model, kept)
     return model
 
 

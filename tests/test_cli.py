@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -179,3 +180,15 @@ def test_run_writes_a_report_resumes_and_refuses_other_settings(capsys, tmp_path
     code, _, err = cli(capsys, *changed)
     assert_one_line_error(code, err, "other settings", "sae_latents 16 → 32")
     assert {p: p.stat().st_mtime_ns for p in written} == written
+
+
+def test_pretrained_imagenet_head_keeps_the_rows_of_imagenette_folders(monkeypatch):
+    import captum_salve.cli as cli_module
+
+    downloaded = create_model(SMALL_RESNET, num_classes=1000)  # stands in for weights we cannot download here
+    monkeypatch.setattr(cli_module, "create_model", lambda name, pretrained=False: copy.deepcopy(downloaded))
+    model = cli_module._pretrained_for(SMALL_RESNET, ["n03888257", "n01440764"])  # parachute, tench
+    assert torch.equal(model.fc.weight, downloaded.fc.weight[[701, 0]])
+    assert torch.equal(model.fc.bias, downloaded.fc.bias[[701, 0]])
+    with pytest.raises(ValueError, match=r"\['cats'\] are not ImageNet-1k WordNet ids.*--checkpoint"):
+        cli_module._pretrained_for(SMALL_RESNET, ["cats", "n01440764"])

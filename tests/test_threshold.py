@@ -168,3 +168,5 @@ def test_bad_arguments():
         _per_sample_targets(7, 4, 4)
     with pytest.raises(ValueError, match="head-input activations of width 512"):
         alpha_crit(model, sae, 0, ActivationSet(acts.features, site="layer4"), targets)
+    with pytest.raises(ValueError, match="inputs hold no samples"):
+        alpha_crit(model, sae, 0, acts.subset(torch.zeros(len(acts), dtype=torch.bool)), 0)

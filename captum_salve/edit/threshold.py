@@ -90,6 +90,8 @@ def alpha_crit(
             f"inputs must be images or head-input activations of width {head.in_features}, "
             f"got activations of width {acts.dim} read at {acts.site!r}"
         )
+    if len(acts) == 0:
+        raise ValueError("inputs hold no samples; alpha_crit needs at least one")
     a = acts.features.to(head.weight.device, torch.float64)
     targets = _per_sample_targets(target, len(a), head.out_features).to(a.device)
 
