@@ -207,9 +207,10 @@ def _discover(run: _Run) -> dict:
     train, test = run.activations("train"), run.activations("test")
     names = run.inputs.class_names
     result: dict = {"train_images": len(train), "test_images": len(test), "head_input_width": train.dim}
+    profiles = {}
     for activation in dict.fromkeys([run.config.sae_activation, "linear"]):
         sae = run.sae(activation)
-        profile = class_profile(sae, train, class_names=names)
+        profile = profiles[activation] = class_profile(sae, train, class_names=names)
         metrics = sae_metrics(sae, test, head=run.model)
         metrics["specificity_by_magnitude"] = float(profile.specificity(by="magnitude").mean())
         metrics["specificity_by_contrast"] = float(profile.specificity(by="contrast").mean())
@@ -217,8 +218,7 @@ def _discover(run: _Run) -> dict:
         result.setdefault("figures", {})[f"heatmap_{activation}"] = run.figure(
             plots.class_heatmap(profile, title=f"μ of the {activation} SAE (Fig. 1a)"), f"heatmap_{activation}"
         )
-    sae = run.sae(run.config.sae_activation)
-    profile = class_profile(sae, train, class_names=names)
+    profile = profiles[run.config.sae_activation]
     result["accuracy"] = result["sae"][run.config.sae_activation]["accuracy"]
     result["classes"] = [
         {
@@ -365,12 +365,13 @@ def _control(run: _Run) -> dict:
             }
         single = alpha_sweep(run.model, sae, feature, test, run.config.sweep_alphas, rule=rule, class_names=names)
         a50 = alpha_50(single, k)
+        control_edits = control_directions(sae, feature, train)
         controls = {
             name: alpha_sweep(run.model, directions, None, test, run.config.sweep_alphas, rule=rule, class_names=names)
-            for name, directions in control_directions(sae, feature, train).items()
+            for name, directions in control_edits.items()
         }
         at_a50 = {}
-        for name, edit in {"sae_feature": (sae, feature), **{n: (d, None) for n, d in control_directions(sae, feature, train).items()}}.items():
+        for name, edit in {"sae_feature": (sae, feature), **{n: (d, None) for n, d in control_edits.items()}}.items():
             strength = a50 if a50 != float("inf") else float(run.config.sweep_alphas[-1])
             sweep = alpha_sweep(run.model, edit[0], edit[1], test, [0.0, strength], rule=rule)
             at_a50[name] = {
@@ -407,8 +408,8 @@ def _alpha_crit_stage(run: _Run) -> dict:
         mine = test.subset((test.labels == k) & (predicted == k))
         if len(mine) == 0:
             continue
-        start = time.perf_counter()
         linear = alpha_crit(run.model, sae, feature, mine, k, method="linear")
+        start = time.perf_counter()
         exact = alpha_crit(run.model, sae, feature, mine, k, method="exact")
         exact_seconds = time.perf_counter() - start
         start = time.perf_counter()
