@@ -16,9 +16,7 @@ from torch import Tensor, nn
 
 from benchmarks.results import Row, Settings, Target
 from benchmarks.timing import time_interleaved
-from captum_salve import SparseAutoencoder
-from captum_salve.attr import GradFAM
-from captum_salve.sites import recording
+from captum_salve import FeatureCodes, GradFAM, SparseAutoencoder
 
 __all__ = ["BATCH", "FEATURES", "SIDE", "run"]
 
@@ -26,17 +24,6 @@ BATCH = 8
 SIDE = 224
 FEATURES = 16
 CLASSES = 10
-
-
-def _codes_of(model: nn.Module, sae: SparseAutoencoder) -> Callable[[Tensor], Tensor]:
-    """The forward Captum attributes: images to the SAE codes of the head input."""
-
-    def forward_codes(x: Tensor) -> Tensor:
-        with recording(model) as rec:
-            model(x)
-        return sae.encode(rec.take())
-
-    return forward_codes
 
 
 def _setup(name: str, layer_of: Callable[[nn.Module], nn.Module], d_latent: int, settings: Settings) -> tuple[GradFAM, LayerGradCam, Tensor, list[int]]:
@@ -47,7 +34,7 @@ def _setup(name: str, layer_of: Callable[[nn.Module], nn.Module], d_latent: int,
     layer = layer_of(model)
     images = torch.randn(BATCH, 3, SIDE, SIDE, device=settings.device)
     features = torch.randperm(d_latent)[:FEATURES].tolist()
-    return GradFAM(model, layer, sae), LayerGradCam(_codes_of(model, sae), layer), images, features
+    return GradFAM(model, layer, sae), LayerGradCam(FeatureCodes(model, sae), layer), images, features
 
 
 def _resnet(settings: Settings) -> list[Row]:

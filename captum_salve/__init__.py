@@ -21,6 +21,7 @@ from captum_salve.analysis import (
     select_feature,
     top_activating,
 )
+from captum_salve.attr import FeatureCodes, GradFAM
 from captum_salve.edit import FeatureDirections, alpha_crit, edit_model, edited
 from captum_salve.sae import SparseAutoencoder, sae_metrics, train_sae
 from captum_salve.sites import Site
@@ -31,7 +32,9 @@ __all__ = [
     "ActivationSet",
     "ClassProfile",
     "EditChoice",
+    "FeatureCodes",
     "FeatureDirections",
+    "GradFAM",
     "SeedStudy",
     "Site",
     "SparseAutoencoder",

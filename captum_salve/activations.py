@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from captum_salve.files import atomic_path
+from captum_salve.models import model_label
 from captum_salve.sites import HEAD_INPUT, Site, eval_mode, on_device, recording
 
 __all__ = ["ActivationSet", "ImageData", "collect_activations", "iter_batches"]
@@ -28,12 +29,16 @@ class ActivationSet:
     Attributes:
         features: (N, M) float tensor, one row per image.
         labels: (N,) class indices, or None when the data had none.
-        site: Name of the site the rows were read at (``"head_input"`` by default).
+        site: Key of the site the rows were read at: ``"head_input"`` (the default)
+            or ``"<module>:<reducer>"`` (see :meth:`~captum_salve.sites.Site.from_key`).
+        model: Name of the model they were read from, when known (recorded by
+            :func:`collect_activations`, carried on to the SAEs trained on them).
     """
 
     features: Tensor
     labels: Tensor | None = None
     site: str = HEAD_INPUT
+    model: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.features, Tensor) or self.features.dim() != 2:
@@ -66,7 +71,7 @@ class ActivationSet:
     def subset(self, index: Tensor) -> ActivationSet:
         """The rows selected by a boolean mask or an index tensor."""
         labels = self.labels[index] if self.labels is not None else None
-        return ActivationSet(self.features[index], labels, self.site)
+        return ActivationSet(self.features[index], labels, self.site, self.model)
 
     def save(self, path: str | Path) -> None:
         """Write the set to one ``.safetensors`` file (atomically)."""
@@ -74,7 +79,10 @@ class ActivationSet:
         if self.labels is not None:
             tensors["labels"] = self.labels.contiguous()
         with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata={"site": self.site, "format": json.dumps({"version": 1})})
+            metadata = {"site": self.site, "format": json.dumps({"version": 1})}
+            if self.model is not None:
+                metadata["model"] = self.model
+            save_file(tensors, str(tmp), metadata=metadata)
 
     @classmethod
     def load(cls, path: str | Path) -> ActivationSet:
@@ -82,11 +90,11 @@ class ActivationSet:
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as handle:
-            site = (handle.metadata() or {}).get("site", HEAD_INPUT)
+            metadata = handle.metadata() or {}
         tensors = load_file(str(path))
         if "features" not in tensors:
             raise ValueError(f"{str(path)!r} holds no 'features' tensor; it was not written by ActivationSet.save")
-        return cls(tensors["features"], tensors.get("labels"), site)
+        return cls(tensors["features"], tensors.get("labels"), metadata.get("site", HEAD_INPUT), metadata.get("model"))
 
 
 def iter_batches(data: ImageData, batch_size: int) -> Iterator[tuple[Tensor, Tensor | None]]:
@@ -171,4 +179,4 @@ def collect_activations(
         raise ValueError("data is empty: no images to collect activations from")
     if labels and len(labels) != len(features):
         raise ValueError("some batches carried labels and others did not")
-    return ActivationSet(torch.cat(features), torch.cat(labels) if labels else None, bound.name)
+    return ActivationSet(torch.cat(features), torch.cat(labels) if labels else None, bound.key, model_label(model))

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from captum_salve.activations import ActivationSet
 from captum_salve.edit.weights import FeatureDirections, _check_rule_and_mode, _directions, edited_weights
 from captum_salve.models import find_head
-from captum_salve.sae.model import SparseAutoencoder
+from captum_salve.sae.model import SparseAutoencoder, check_feature_index
 from captum_salve.sae.train import train_sae
 from captum_salve.sites import HEAD_INPUT
 
@@ -28,25 +28,12 @@ __all__ = [
     "class_profile",
     "control_directions",
     "cross_class_features",
-    "encode_all",
     "match_features",
     "seed_study",
     "select_edit",
     "select_feature",
     "top_activating",
 ]
-
-
-@torch.no_grad()
-def encode_all(sae: SparseAutoencoder, acts: ActivationSet | Tensor, *, batch_size: int = 4096) -> Tensor:
-    """Codes of every row, (N, d_latent), on the CPU."""
-    features = acts.features if isinstance(acts, ActivationSet) else acts
-    if features.dim() != 2 or features.shape[1] != sae.d_in:
-        raise ValueError(f"the SAE reads {sae.d_in}-dimensional activations, got shape {tuple(features.shape)}")
-    device = sae.decoder_weight.device
-    return torch.cat(
-        [sae.encode(features[s : s + batch_size].to(device, torch.float32)).cpu() for s in range(0, len(features), batch_size)]
-    )
 
 
 @dataclass(frozen=True)
@@ -110,8 +97,8 @@ class ClassProfile:
 
     def selectivity(self, feature: int) -> Tensor:
         """(K,) share of a feature's mean magnitude that falls on each class (1/K when even)."""
-        if not 0 <= feature < self.mean_codes.shape[1]:
-            raise ValueError(f"feature must be in [0, {self.mean_codes.shape[1] - 1}], got {feature}")
+        if check_feature_index(feature, self.mean_codes.shape[1]).numel() != 1:
+            raise ValueError(f"feature must be one SAE feature, got {feature!r}")
         magnitude = self.mean_codes[:, feature].abs()
         return magnitude / magnitude.sum().clamp_min(1e-12)
 
@@ -132,7 +119,7 @@ def class_profile(sae: SparseAutoencoder, acts: ActivationSet, *, class_names: S
         >>> plots.class_heatmap(profile)   # the paper's Figure 1a
     """
     labels = acts.require_labels()
-    codes = encode_all(sae, acts)
+    codes = sae.encode_all(acts)
     k = acts.num_classes
     counts = torch.bincount(labels, minlength=k)
     sums = torch.zeros(k, codes.shape[1]).index_add_(0, labels, codes)
@@ -167,11 +154,11 @@ def select_feature(profile: ClassProfile, class_index: int, *, n: int = 1, by: s
 
 def top_activating(sae: SparseAutoencoder, acts: ActivationSet, feature: int, k: int = 9) -> tuple[Tensor, Tensor]:
     """The ``k`` rows where a feature's code is largest: (indices, values), largest first."""
-    if not 0 <= feature < sae.d_latent:
-        raise ValueError(f"feature must be in [0, {sae.d_latent - 1}], got {feature}")
+    if sae.feature_index(feature).numel() != 1:
+        raise ValueError(f"feature must be one SAE feature, got {feature!r}")
     if not 1 <= k <= len(acts):
         raise ValueError(f"k must be in [1, {len(acts)}], got {k}")
-    values, indices = encode_all(sae, acts)[:, feature].topk(k)
+    values, indices = sae.encode_all(acts)[:, feature].topk(k)
     return indices, values
 
 

@@ -18,6 +18,8 @@ from sklearn.datasets import load_digits
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from captum_salve.models import input_config
+
 __all__ = ["CanvasConfig", "DigitsCanvas", "cifar100", "image_folder", "imagenet_classes", "model_transform"]
 
 SPLITS = ("train", "test")
@@ -171,9 +173,9 @@ def model_transform(model: nn.Module, *, train: bool = False):
 
     torchvision models get timm's defaults: 224 × 224, ImageNet mean and std.
     """
-    from timm.data import create_transform, resolve_model_data_config
+    from timm.data import create_transform
 
-    return create_transform(**resolve_model_data_config(model), is_training=train)
+    return create_transform(**input_config(model), is_training=train)
 
 
 def image_folder(root: str | Path, model: nn.Module, *, train: bool = False) -> Dataset:

@@ -15,14 +15,14 @@ from pathlib import Path
 import timm
 import torch
 import torchvision
+from timm.data import resolve_model_data_config
+from timm.models import load_state_dict
 from timm.models.resnet import ResNet as TimmResNet
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 from torch import nn
 
 __all__ = [
     "FAMILIES",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "ModelFamily",
     "TokenLayout",
     "create_model",
@@ -30,15 +30,15 @@ __all__ = [
     "family_of",
     "find_head",
     "get_module",
+    "input_config",
     "input_normalization",
     "keep_classes",
     "model_device",
+    "model_label",
     "module_name",
     "token_layout",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 TORCHVISION_PREFIX = "torchvision/"
 
 
@@ -130,6 +130,17 @@ def model_device(model: nn.Module) -> torch.device:
     """The device of a model's first parameter (CPU for a model without any)."""
     param = next(model.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
+
+
+def model_label(model: nn.Module) -> str:
+    """A short name for a model, as recorded with its activations and SAEs: timm's architecture, else the class name.
+
+    Example:
+        >>> model_label(timm.create_model("resnet18", num_classes=3))
+        'resnet18'
+    """
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return str(cfg.get("architecture") or type(model).__name__)
 
 
 def module_name(model: nn.Module, module: nn.Module) -> str:
@@ -224,15 +235,23 @@ def token_layout(model: nn.Module) -> TokenLayout | None:
     return family.token_layout(model)
 
 
-def input_normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The (mean, std) a model expects its [0, 1] images to be normalised with.
+def input_config(model: nn.Module) -> dict:
+    """The model's timm data config (``input_size``, ``mean``, ``std``, interpolation, crop).
 
-    timm models carry it in ``pretrained_cfg``; torchvision models use ImageNet's.
+    timm's ``resolve_model_data_config``: a timm model's ``pretrained_cfg``, and
+    ImageNet's defaults for any other model (torchvision's included).
+
+    Example:
+        >>> input_config(timm.create_model("resnet18"))["input_size"]
+        (3, 224, 224)
     """
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    if "mean" in cfg and "std" in cfg:
-        return tuple(cfg["mean"]), tuple(cfg["std"])
-    return IMAGENET_MEAN, IMAGENET_STD
+    return resolve_model_data_config(model)
+
+
+def input_normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (mean, std) a model expects its [0, 1] images to be normalised with (from :func:`input_config`)."""
+    config = input_config(model)
+    return tuple(config["mean"]), tuple(config["std"])
 
 
 def create_model(
@@ -315,16 +334,16 @@ def _replace_head(model: nn.Module, head: nn.Linear) -> None:
 
 
 def _load_checkpoint(model: nn.Module, path: str | Path) -> None:
+    """Load a state_dict file with timm's reader, refusing one that does not fit with the reason."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"checkpoint_path {str(path)!r} is not a file")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
+    # timm reads .safetensors and .pth alike, unwraps "state_dict" / "model" / EMA
+    # entries and strips DataParallel's "module." prefixes; weights_only refuses pickled code.
+    try:
+        state = load_state_dict(str(path), weights_only=True)
+    except (RuntimeError, OSError, ValueError) as error:
+        raise ValueError(f"the checkpoint {str(path)!r} cannot be read: {str(error).splitlines()[0]}") from None
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]

@@ -29,17 +29,16 @@ from captum_salve.analysis import (
     crossing_50,
     control_directions,
     cross_class_features,
-    encode_all,
     seed_study,
     select_edit,
     select_feature,
     top_activating,
 )
-from captum_salve.attr import GradFAM, deletion_curve, deletion_score, maximize_feature, pointing_game
+from captum_salve.attr import GradFAM, TokenGradCam, deletion_curve, deletion_score, maximize_feature, pointing_game
 from captum_salve.edit import alpha_crit
 from captum_salve.files import atomic_path, ensure_directory
 from captum_salve.models import default_cam_layer, find_head, model_device, module_name
-from captum_salve.sae import SparseAutoencoder, sae_metrics, train_sae
+from captum_salve.sae import VARIANTS, CodeActivation, SparseAutoencoder, code_activation, sae_metrics, train_sae
 
 __all__ = ["PipelineConfig", "PipelineInputs", "run_pipeline"]
 
@@ -150,22 +149,27 @@ class _Run:
         acts.save(path)
         return acts
 
-    def sae(self, activation: str, seed: int = 0) -> SparseAutoencoder:
+    def variant(self, activation: str) -> CodeActivation:
+        """The SAE variant of that name with its settings for this run's width (``topk`` overrides k)."""
+        settings = VARIANTS[activation].default_settings(self.config.sae_latents)
+        if "k" in settings and self.config.topk is not None:
+            settings["k"] = self.config.topk
+        return code_activation(activation, **settings)
+
+    def sae(self, activation: str) -> SparseAutoencoder:
         directory = self.out / f"sae-{activation}"
         if (directory / "cfg.json").is_file():
             return SparseAutoencoder.load(directory, device=self.device)
-        k = (self.config.topk or max(1, self.config.sae_latents // 8)) if activation == "topk" else None
         sae, history = train_sae(
             self.activations("train"),
             self.config.sae_latents,
-            activation=activation,
-            k=k,
+            activation=self.variant(activation),
             epochs=self.config.sae_epochs,
-            seed=seed,
+            seed=0,
             device=self.device,
             progress=False,
         )
-        sae.metadata.update(site="head_input", model=self.inputs.name, final_epoch=history[-1])
+        sae.metadata.update(run=self.inputs.name, final_epoch=history[-1])
         sae.save(directory)
         return sae
 
@@ -242,7 +246,7 @@ def _validate(run: _Run) -> dict:
     profile = class_profile(sae, train, class_names=run.inputs.class_names)
     names = run.inputs.class_names
     features = [select_feature(profile, k)[0] for k in range(len(names))]
-    codes = encode_all(sae, test)
+    codes = sae.encode_all(test)
     figures: dict = {"galleries": [], "overlays": []}
     fam = GradFAM(run.model, _cam_layers(run)[0], sae)
     for k, feature in enumerate(features):
@@ -290,9 +294,10 @@ def _faithfulness(run: _Run) -> dict:
     result: dict = {"images": n, "layers": {}}
     for layer in _cam_layers(run):
         fam = GradFAM(run.model, layer, sae)
-        maps = _batched(lambda x, t: fam.attribute(x, target=t.tolist()), images, own, run.config.batch_size)
-        other_maps = _batched(lambda x, t: fam.attribute(x, target=t.tolist()), images, other, run.config.batch_size)
-        class_maps = _batched(lambda x, t: _class_cam(run.model, fam, x, t), images, labels, run.config.batch_size)
+        maps = _batched(fam, images, own, run.config.batch_size)
+        other_maps = _batched(fam, images, other, run.config.batch_size)
+        class_cam = TokenGradCam(run.model, fam.layer, fam.reshape_transform)
+        class_maps = _batched(class_cam, images, labels, run.config.batch_size)
         random_maps = torch.rand(maps.shape, generator=generator)
         entry: dict = {"map_size": list(maps.shape[-2:])}
         candidates = {"grad_fam": maps, "class_grad_cam": class_maps, "random": random_maps, "other_feature": other_maps}
@@ -318,19 +323,13 @@ def _cam_layers(run: _Run) -> list[str]:
     return [module_name(run.model, default_cam_layer(run.model))]
 
 
-def _class_cam(model: nn.Module, fam: GradFAM, images: Tensor, labels: Tensor) -> Tensor:
-    """Class Grad-CAM on the same layer, through Captum (tokens reshaped like Grad-FAM's)."""
-    from captum._utils.gradient import compute_layer_gradients_and_eval
-
-    gradients, activations = compute_layer_gradients_and_eval(model, fam.layer, images, labels.tolist())
-    reshape = fam.reshape_transform if gradients[0].dim() == 3 else (lambda t: t)
-    g, a = reshape(gradients[0]), reshape(activations[0])
-    return (g.mean(dim=(2, 3), keepdim=True) * a).sum(dim=1, keepdim=True)
-
-
-def _batched(attribute: Callable[[Tensor, Tensor], Tensor], images: Tensor, targets: Tensor, batch_size: int) -> Tensor:
+def _batched(attribution: TokenGradCam, images: Tensor, targets: Tensor, batch_size: int) -> Tensor:
+    """Maps of ``images`` for one target each, a batch at a time, on the CPU."""
     return torch.cat(
-        [attribute(images[s : s + batch_size], targets[s : s + batch_size]).detach().cpu() for s in range(0, len(images), batch_size)]
+        [
+            attribution.attribute(images[s : s + batch_size], target=targets[s : s + batch_size].tolist()).detach().cpu()
+            for s in range(0, len(images), batch_size)
+        ]
     )
 
 
@@ -476,7 +475,7 @@ def _cross_class(run: _Run) -> dict:
         result["figures"][mode] = run.figure(plots.accuracy_change_bars(sweep, i), f"cross_class_{mode}")
     if run.inputs.description.get("cue_test") is not None:
         cue = torch.as_tensor(run.inputs.description["cue_test"])
-        codes = encode_all(sae, test)
+        codes = sae.encode_all(test)
         within = torch.isin(test.labels, torch.tensor(found.classes))
         on, off = codes[within & cue, found.feature], codes[within & ~cue, found.feature]
         result["planted_cue"] = {

@@ -12,12 +12,13 @@ from collections.abc import Mapping, Sequence, Sized
 import matplotlib
 import numpy as np
 import torch
-import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import Tensor
 
 from captum_salve.analysis import ClassProfile, SeedStudy, SweepResult
 from captum_salve.attr.activation_max import MaximizationResult
+from captum_salve.attr.grad_cam import render_maps
+from captum_salve.sae.model import check_feature_index
 
 __all__ = [
     "accuracy_change_bars",
@@ -66,11 +67,8 @@ def class_heatmap(profile: ClassProfile, *, features: Sequence[int] | None = Non
         for k in range(profile.num_classes):
             picked += [int(f) for f in profile.dominant(k, 3, by="contrast") if int(f) not in picked]
         features = picked
-    if len(features) == 0:
-        raise ValueError("features must name at least one SAE feature")
-    for feature in features:
-        _check_index("features", int(feature), mu.shape[1])
-    data = mu[:, list(features)].numpy()
+    features = check_feature_index(features, mu.shape[1], "features").tolist()
+    data = mu[:, features].numpy()
     fig, ax = _subplots(figsize=(max(6, 0.32 * len(features) + 2), 0.4 * profile.num_classes + 1.6))
     limit = np.abs(data).max() or 1.0
     image = ax.imshow(data, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
@@ -108,7 +106,7 @@ def gallery(images: Tensor, values: Tensor | None = None, *, title: str = "", co
 
 
 def grad_fam_overlays(image: Tensor, maps: Tensor, features: Sequence[int], values: Sequence[float] | Tensor | None = None) -> Figure:
-    """Figure 1c: Grad-FAM maps of several features over one image (positive evidence, own scale each).
+    """Figure 1c: Grad-FAM maps of several features over one image, rendered by :func:`~captum_salve.attr.render_maps`.
 
     Args:
         image: (3, H, W) in [0, 1].
@@ -122,16 +120,19 @@ def grad_fam_overlays(image: Tensor, maps: Tensor, features: Sequence[int], valu
         raise ValueError(f"maps must be (F, h, w) or (F, 1, h, w) with F = {len(features)} features, got {tuple(maps.shape)}")
     _check_length("values", values, len(features), "feature")
     maps = maps.reshape(len(features), 1, *maps.shape[-2:]).float()
-    up = F.interpolate(maps, size=image.shape[-2:], mode="bilinear", align_corners=False)[:, 0].clamp_min(0)
+    up = render_maps(maps, image.shape[-2:])[:, 0]
     fig, axes = _subplots(1, len(features) + 1, figsize=(2.2 * (len(features) + 1), 2.6))
     axes[0].imshow(_image(image))
     axes[0].set_title("image", fontsize=9)
-    for ax, heat, feature, i in zip(axes[1:], up, features, range(len(features))):
+    for ax, heat, feature, i in zip(axes[1:], up, features, range(len(features)), strict=True):
         ax.imshow(_image(image))
-        peak = float(heat.max())
-        ax.imshow(heat.cpu().numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=peak if peak > 0 else 1)
+        ax.imshow(heat.cpu().numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
         title = f"feature {feature}" + (f"\nz={float(values[i]):.2f}" if values is not None else "")
-        ax.set_title(title + ("" if peak > 0 else "\n(no positive evidence)"), fontsize=8)
+        if heat.isnan().any():
+            title += "\n(map holds NaN)"
+        elif not heat.any():
+            title += "\n(no positive evidence)"
+        ax.set_title(title, fontsize=8)
     for ax in axes:
         ax.axis("off")
     fig.tight_layout()
@@ -178,7 +179,7 @@ def accuracy_vs_alpha(
     others = np.delete(accuracy, class_index, axis=1).mean(axis=1)
     ax.plot(alphas, others, color="black", lw=2, label="other classes (mean)")
     ax.plot(alphas, accuracy[:, class_index], color=TARGET_COLOR, lw=2.5, label=f"class {sweep.class_names[class_index]}")
-    for (name, control), style in zip((controls or {}).items(), ("--", ":", "-.")):
+    for (name, control), style in zip((controls or {}).items(), ("--", ":", "-."), strict=False):
         ax.plot(control.alphas.numpy(), control.per_class_accuracy[:, class_index].numpy(), style, color=TARGET_COLOR, lw=1.5, label=f"{name} (class {sweep.class_names[class_index]})")
     ax.set_xscale("symlog", linthresh=1.0)
     ax.set_xlabel("α")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import torch
 from einops import reduce
@@ -18,9 +19,10 @@ from torch import Tensor, nn
 
 from captum_salve.models import find_head, get_module, model_device, module_name, token_layout
 
-__all__ = ["HEAD_INPUT", "REDUCERS", "BoundSite", "Recording", "Site", "eval_mode", "on_device", "recording"]
+__all__ = ["HEAD_INPUT", "REDUCERS", "BoundSite", "Recording", "ReducerName", "Site", "eval_mode", "on_device", "recording"]
 
-REDUCERS = ("none", "cls", "mean_tokens", "spatial_mean", "flatten")
+ReducerName = Literal["none", "cls", "mean_tokens", "spatial_mean", "flatten"]
+REDUCERS: tuple[ReducerName, ...] = get_args(ReducerName)
 HEAD_INPUT = "head_input"
 
 _EXPECTED_RANK = {
@@ -51,7 +53,7 @@ class Site:
     """
 
     module: str | nn.Module | None = None
-    reducer: str | Callable[[Tensor], Tensor] = "none"
+    reducer: ReducerName | Callable[[Tensor], Tensor] = "none"
 
     def __post_init__(self) -> None:
         if not callable(self.reducer) and self.reducer not in REDUCERS:
@@ -63,34 +65,54 @@ class Site:
         """Resolve the site on a model (finds the head, the module and the token layout)."""
         if self.module is None:
             _, head = find_head(model)
-            return BoundSite(head, HEAD_INPUT, pre_hook=True, reduce=_as_matrix(HEAD_INPUT, "none", 0))
+            return BoundSite(head, HEAD_INPUT, HEAD_INPUT, pre_hook=True, reduce=_as_matrix(HEAD_INPUT, "none", 0))
         module = get_module(model, self.module)
         name = module_name(model, module)
         layout = token_layout(model)
         prefix = layout.prefix_tokens if layout is not None else 0
-        return BoundSite(module, name, pre_hook=False, reduce=_as_matrix(name, self.reducer, prefix))
-
-    def describe(self) -> str:
-        """A short text naming the site, as stored with activations and checkpoints."""
-        if self.module is None:
-            return HEAD_INPUT
-        module = self.module if isinstance(self.module, str) else type(self.module).__name__
         reducer = self.reducer if isinstance(self.reducer, str) else getattr(self.reducer, "__name__", "callable")
-        return f"{module}:{reducer}"
+        return BoundSite(module, name, f"{name}:{reducer}", pre_hook=False, reduce=_as_matrix(name, self.reducer, prefix))
+
+    @classmethod
+    def from_key(cls, key: str) -> Site:
+        """The site a stored key names (the inverse of :attr:`BoundSite.key`).
+
+        Raises:
+            ValueError: The key names a custom reducer, which cannot be rebuilt from its name.
+
+        Example:
+            >>> Site.from_key("layer3:spatial_mean")
+            Site(module='layer3', reducer='spatial_mean')
+        """
+        if key == HEAD_INPUT:
+            return cls()
+        module, _, reducer = key.rpartition(":")
+        if not module or reducer not in REDUCERS:
+            raise ValueError(
+                f"the site {key!r} was read with a custom reducer (or is not a site key), so it cannot be rebuilt "
+                "from its name; pass site=Site(module, reducer) explicitly"
+            )
+        return cls(module, reducer)
 
 
 @dataclass(frozen=True)
 class BoundSite:
-    """A :class:`Site` resolved on one model: the hooked module and the reducer to apply."""
+    """A :class:`Site` resolved on one model: the hooked module and the reducer to apply.
+
+    Attributes:
+        module: The hooked module (the head, for the head input).
+        name: The module's dotted name, or ``"head_input"``.
+        key: What activation sets and SAEs store to name the site:
+            ``"head_input"`` or ``"<module>:<reducer>"``.
+        pre_hook: Whether the module's input (not its output) is read.
+        reduce: Turns the hooked tensor into an (N, M) matrix.
+    """
 
     module: nn.Module
     name: str
+    key: str
     pre_hook: bool
     reduce: Callable[[Tensor], Tensor]
-
-    @property
-    def is_head_input(self) -> bool:
-        return self.name == HEAD_INPUT
 
 
 @dataclass

@@ -68,7 +68,7 @@ def test_named_module_with_spatial_mean(timm_resnet):
     with torch.no_grad():
         x = timm_resnet.layer3(timm_resnet.layer2(timm_resnet.layer1(timm_resnet.maxpool(timm_resnet.act1(timm_resnet.bn1(timm_resnet.conv1(images)))))))
     torch.testing.assert_close(acts.features, x.mean(dim=(2, 3)))
-    assert acts.site == "layer3"
+    assert acts.site == "layer3:spatial_mean" and Site.from_key(acts.site) == Site("layer3", "spatial_mean")
 
 
 def test_module_given_as_object_with_flatten(timm_resnet):
@@ -102,7 +102,7 @@ def test_hooks_are_removed_when_the_forward_raises(timm_resnet):
         collect_activations(timm_resnet, torch.rand(2, 5, 32, 32), progress=False)  # 5 channels: conv1 fails
     assert _all_hooks(timm_resnet) == 0
     with pytest.raises(ZeroDivisionError), recording(timm_resnet):
-        1 / 0
+        raise ZeroDivisionError("raised inside the block")
     assert _all_hooks(timm_resnet) == 0
 
 

@@ -31,7 +31,6 @@ from captum_salve import (
     top_activating,
     train_sae,
 )
-from captum_salve.analysis import encode_all
 
 
 class _HeadOnly(nn.Module):
@@ -120,7 +119,7 @@ def test_class_names_default_to_indices_and_must_match_the_class_count():
         class_profile(sae, acts, class_names=["a", "b"])
     with pytest.raises(ValueError, match="carry no labels"):
         class_profile(sae, ActivationSet(torch.randn(6, 3)))
-    with pytest.raises(ValueError, match="the SAE reads 4-dimensional activations"):
+    with pytest.raises(ValueError, match=r"acts must be \(N, 4\) activations for this SAE"):
         class_profile(_identity_sae(4), acts)
 
 
@@ -164,7 +163,7 @@ def test_profile_arguments_are_checked():
         profile.dominant(0, by="size")
     with pytest.raises(ValueError, match="n must be at least 1, got 0"):
         profile.dominant(0, 0)
-    with pytest.raises(ValueError, match=r"feature must be in \[0, 1\], got -1"):
+    with pytest.raises(ValueError, match=r"feature must be SAE feature indices in \[0, 1\], got \[-1\]"):
         profile.selectivity(-1)
 
 
@@ -225,7 +224,7 @@ def test_top_activating_refuses_bad_k_and_feature():
         top_activating(sae, acts, 0, k=6)
     with pytest.raises(ValueError, match=r"k must be in \[1, 5\], got 0"):
         top_activating(sae, acts, 0, k=0)
-    with pytest.raises(ValueError, match=r"feature must be in \[0, 2\], got 3"):
+    with pytest.raises(ValueError, match=r"feature must be SAE feature indices in \[0, 2\], got \[3\]"):
         top_activating(sae, acts, 3)
 
 
@@ -398,7 +397,7 @@ def test_the_random_control_is_a_seeded_gaussian_direction():
 
 def test_control_codes_are_centred_and_as_large_as_the_features_code():
     sae, acts = _control_data()
-    feature_code = encode_all(sae, acts)[:, 1].double()
+    feature_code = sae.encode_all(acts)[:, 1].double()
     rms = feature_code.pow(2).mean().sqrt()
     for directions in control_directions(sae, 1, acts).values():
         code = acts.features.double() @ directions.encoder[0] + directions.offset[0]

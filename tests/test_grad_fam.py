@@ -9,8 +9,7 @@ from einops import rearrange
 from torch import nn
 
 from captum_salve import SparseAutoencoder
-from captum_salve.attr import GradFAM
-from captum_salve.sites import recording
+from captum_salve.attr import FeatureCodes, GradFAM, TokenGradCam, tokens_to_grid
 
 ATOL = 1e-5
 
@@ -27,15 +26,6 @@ def _sae(d_in: int, activation: str = "linear", d_latent: int = 10) -> SparseAut
     return sae
 
 
-def _codes_of(model: nn.Module, sae: SparseAutoencoder):
-    def forward(images: torch.Tensor) -> torch.Tensor:
-        with recording(model) as rec:
-            model(images)
-        return sae.encode(rec.take())
-
-    return forward
-
-
 @pytest.mark.parametrize("family", ["timm_resnet", "torchvision_resnet"])
 def test_equals_captum_layer_grad_cam_on_the_codes(family, request):
     model = request.getfixturevalue(family)
@@ -43,11 +33,11 @@ def test_equals_captum_layer_grad_cam_on_the_codes(family, request):
     images = torch.rand(4, 3, 64, 64)
     targets = [0, 3, 3, 9]
     ours = GradFAM(model, model.layer3[-1], sae).attribute(images, target=targets)
-    captum = LayerGradCam(_codes_of(model, sae), model.layer3[-1]).attribute(images, target=targets)
+    captum = LayerGradCam(FeatureCodes(model, sae), model.layer3[-1]).attribute(images, target=targets)
     assert ours.shape == (4, 1, 4, 4)
     torch.testing.assert_close(ours, captum, atol=ATOL, rtol=1e-4)
     ours_relu = GradFAM(model, model.layer3[-1], sae).attribute(images, target=2, relu_attributions=True)
-    captum_relu = LayerGradCam(_codes_of(model, sae), model.layer3[-1]).attribute(images, target=2, relu_attributions=True)
+    captum_relu = LayerGradCam(FeatureCodes(model, sae), model.layer3[-1]).attribute(images, target=2, relu_attributions=True)
     torch.testing.assert_close(ours_relu, captum_relu, atol=ATOL, rtol=1e-4)
 
 
@@ -78,9 +68,22 @@ def test_vit_equals_captum_after_the_same_reshape(timm_vit):
     ours = GradFAM(timm_vit, timm_vit.blocks[-1].norm1, sae).attribute(images, target=[1, 4, 7])
     to_grid = _ToGrid(4)
     timm_vit.blocks[-1].norm1 = nn.Sequential(timm_vit.blocks[-1].norm1, to_grid, _FromGrid(to_grid))
-    captum = LayerGradCam(_codes_of(timm_vit, sae), to_grid).attribute(images, target=[1, 4, 7])
+    captum = LayerGradCam(FeatureCodes(timm_vit, sae), to_grid).attribute(images, target=[1, 4, 7])
     assert ours.shape == (3, 1, 4, 4)
     torch.testing.assert_close(ours, captum, atol=ATOL, rtol=1e-4)
+
+
+def test_class_grad_cam_on_vit_tokens_equals_captum_after_the_same_reshape(timm_vit):
+    """TokenGradCam with the model itself as the forward: the faithfulness stage's class Grad-CAM."""
+    images = torch.rand(3, 3, 32, 32)
+    layer = timm_vit.blocks[-1].norm1
+    ours = TokenGradCam(timm_vit, layer, tokens_to_grid(1, (4, 4))).attribute(images, target=[0, 2, 4])
+    to_grid = _ToGrid(4)
+    timm_vit.blocks[-1].norm1 = nn.Sequential(layer, to_grid, _FromGrid(to_grid))
+    captum = LayerGradCam(timm_vit, to_grid).attribute(images, target=[0, 2, 4])
+    torch.testing.assert_close(ours, captum, atol=ATOL, rtol=1e-4)
+    with pytest.raises(ValueError, match=r"target is needed: the forward gives \(5,\) outputs per input"):
+        TokenGradCam(timm_vit, layer, tokens_to_grid(1, (4, 4))).attribute(images)
 
 
 def test_torchvision_vit_maps_have_the_patch_grid(torchvision_vit):

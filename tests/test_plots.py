@@ -6,12 +6,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 
 from captum_salve import ClassProfile, SeedStudy, SweepResult, plots
-from captum_salve.attr import MaximizationResult
+from captum_salve.attr import MaximizationResult, render_maps
 
 
 @pytest.fixture(autouse=True)
@@ -94,8 +93,9 @@ def test_grad_fam_overlays_one_panel_per_feature_over_the_image():
     maps[2] = -maps[2].abs()  # feature 9 has no positive evidence
     fig = plots.grad_fam_overlays(image, maps, [4, 7, 9], values=torch.tensor([1.0, 2.0, 3.0]))
     assert isinstance(fig, Figure) and _images_per_axis(fig) == [1, 2, 2, 2]
-    heat = F.interpolate(maps, size=(8, 8), mode="bilinear", align_corners=False)[:, 0].clamp_min(0)
+    heat = render_maps(maps, (8, 8))[:, 0]
     np.testing.assert_allclose(fig.axes[1].images[1].get_array(), heat[0].numpy(), rtol=1e-6)
+    assert fig.axes[1].images[1].get_clim() == (0, 1)
     assert fig.axes[1].get_title() == "feature 4\nz=1.00"
     assert fig.axes[3].get_title().endswith("(no positive evidence)")
     assert plots.grad_fam_overlays(image, maps[:, 0], [4, 7, 9]).axes[2].get_title() == "feature 7"  # (F, h, w) maps
@@ -158,7 +158,7 @@ def test_alpha_crit_boxplots_two_boxes_per_class_over_the_finite_values():
     fig = plots.alpha_crit_boxplots(analytical, numerical, {"a": 3.0, "b": 1.0})
     ax = fig.axes[0]
     assert isinstance(fig, Figure) and len(ax.patches) == 4  # analytical a, b, then numerical a, b
-    for box, values in zip(ax.patches, [analytical["a"], analytical["b"], numerical["a"], numerical["b"]]):
+    for box, values in zip(ax.patches, [analytical["a"], analytical["b"], numerical["a"], numerical["b"]], strict=True):
         finite = values[torch.isfinite(values)].numpy()
         y = box.get_path().vertices[:, 1]
         assert (y.min(), y.max()) == pytest.approx(tuple(np.percentile(finite, [25, 75])))
@@ -183,7 +183,7 @@ def test_seed_bands_one_panel_per_class_with_mean_and_std_bands():
 @pytest.mark.parametrize(
     "draw, message",
     [
-        (lambda: plots.class_heatmap(_profile(), features=[12]), r"features must be in \[0, 11\], got 12"),
+        (lambda: plots.class_heatmap(_profile(), features=[12]), r"features must be SAE feature indices in \[0, 11\], got \[12\]"),
         (lambda: plots.class_heatmap(_profile(), features=[]), "features must name at least one"),
         (lambda: plots.gallery(_images(3)[:, :1]), r"images must be \(N, 3, H, W\) with N >= 1"),
         (lambda: plots.gallery(_images(3)[:0]), r"images must be \(N, 3, H, W\) with N >= 1"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import get_args
 
 import numpy as np
 import pytest
@@ -12,8 +13,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 from captum_salve import ActivationSet, SparseAutoencoder, sae_metrics, train_sae
+from captum_salve.sae import VARIANTS, ActivationName, CodeActivation, code_activation
 from captum_salve.sae import train as train_module
-from captum_salve.sae.train import CHECKPOINT_FILE, _resample_dead
+from captum_salve.sae.train import _resample_dead
 
 
 def _clustered(n: int = 600, d: int = 16, seed: int = 0) -> ActivationSet:
@@ -62,9 +64,13 @@ def test_affine_code_is_the_pre_activation():
 def test_bad_constructor_arguments():
     with pytest.raises(ValueError, match="activation must be one of"):
         SparseAutoencoder(4, 8, "gelu")
-    with pytest.raises(ValueError, match="needs an integer k in"):
+    with pytest.raises(ValueError, match=r"activation 'topk' takes the settings \['k'\], got none"):
         SparseAutoencoder(4, 8, "topk")
-    with pytest.raises(ValueError, match="k is only used with activation='topk'"):
+    with pytest.raises(ValueError, match="activation 'topk' needs a positive integer k, got k=0"):
+        SparseAutoencoder(4, 8, "topk", k=0)
+    with pytest.raises(ValueError, match="k must be at most d_latent=8, got k=9"):
+        SparseAutoencoder(4, 8, "topk", k=9)
+    with pytest.raises(ValueError, match=r"activation 'relu' takes no settings, got \['k'\]"):
         SparseAutoencoder(4, 8, "relu", k=2)
     with pytest.raises(ValueError, match="d_latent must be a positive integer"):
         SparseAutoencoder(4, 0)
@@ -73,14 +79,60 @@ def test_bad_constructor_arguments():
 
 
 def test_save_load_round_trip(tmp_path):
-    sae = SparseAutoencoder(5, 7, "topk", k=3)
-    sae.metadata["site"] = "head_input"
+    sae = SparseAutoencoder(5, 7, "topk", k=3, site="layer3:spatial_mean", model="resnet18")
+    sae.metadata["note"] = "kept"
     sae.save(tmp_path / "sae")
     loaded = SparseAutoencoder.load(tmp_path / "sae")
-    assert loaded.config() == sae.config() and loaded.metadata == {"site": "head_input"}
+    assert loaded.config() == sae.config() and loaded.metadata == {"note": "kept"}
+    assert (loaded.site, loaded.model, loaded.code_activation.k) == ("layer3:spatial_mean", "resnet18", 3)
     for name, tensor in sae.state_dict().items():
         assert torch.equal(tensor, loaded.state_dict()[name])
     assert sorted(p.name for p in (tmp_path / "sae").iterdir()) == ["cfg.json", "model.safetensors"]
+
+
+def test_a_version_one_folder_still_loads_with_its_site_from_the_metadata(tmp_path):
+    sae = SparseAutoencoder(5, 7, "relu")
+    sae.save(tmp_path)
+    old = {"format_version": 1, "d_in": 5, "d_latent": 7, "activation": "relu", "k": None, "metadata": {"site": "layer4:spatial_mean"}}
+    (tmp_path / "cfg.json").write_text(json.dumps(old))
+    loaded = SparseAutoencoder.load(tmp_path)
+    assert loaded.site == "layer4:spatial_mean" and loaded.activation == "relu"
+    assert torch.equal(loaded.encoder.weight, sae.encoder.weight)
+    (tmp_path / "cfg.json").write_text(json.dumps({**old, "format_version": 9}))
+    with pytest.raises(ValueError, match=r"format_version 9; this version reads \(1, 2\)"):
+        SparseAutoencoder.load(tmp_path)
+
+
+def test_training_records_where_the_activations_were_read():
+    acts = _clustered(n=64, d=6)
+    acts = ActivationSet(acts.features, acts.labels, "layer3:spatial_mean", "resnet18")
+    sae, _ = train_sae(acts, 8, epochs=1, progress=False)
+    assert (sae.site, sae.model) == ("layer3:spatial_mean", "resnet18")
+    tensor_sae, _ = train_sae(acts.features, 8, epochs=1, progress=False)
+    assert (tensor_sae.site, tensor_sae.model) == ("head_input", None)
+
+
+class Shrink(CodeActivation):
+    """A variant written for this test: soft thresholding at 0.5 (a JumpReLU cousin)."""
+
+    name = "shrink"
+
+    def __call__(self, pre):
+        return torch.sign(pre) * (pre.abs() - 0.5).clamp_min(0)
+
+
+def test_a_new_variant_is_one_class_that_the_model_and_training_use():
+    sae = SparseAutoencoder(6, 9, Shrink())
+    a = torch.randn(5, 6)
+    pre = sae.pre_activation(a)
+    assert torch.equal(sae.encode(a), torch.sign(pre) * (pre.abs() - 0.5).clamp_min(0))
+    trained, history = train_sae(_clustered(n=64, d=6), 9, activation=Shrink(), epochs=2, progress=False)
+    assert trained.activation == "shrink" and trained.active_threshold == 0.0 and len(history) == 2
+
+
+def test_every_named_variant_is_registered_once():
+    assert set(VARIANTS) == set(get_args(ActivationName))
+    assert [code_activation(name, **VARIANTS[name].default_settings(64)).name for name in VARIANTS] == list(VARIANTS)
 
 
 def test_load_refuses_a_config_that_does_not_match_the_tensors(tmp_path):

@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 from torch import nn
 
 from captum_salve import SparseAutoencoder, class_profile, collect_activations, select_feature, train_sae
-from captum_salve.analysis import encode_all
 from captum_salve.attr import GradFAM, deletion_curve, deletion_score, maximize_feature, pointing_game
 
 SIDE = 8
@@ -153,7 +152,8 @@ def test_default_image_size_comes_from_the_model_config():
         (dict(steps=2.5), "steps must be a positive integer, got 2.5"),
         (dict(features=4), r"features must be SAE feature indices in \[0, 3\], got \[4\]"),
         (dict(features=[1, -1]), r"features must be SAE feature indices in \[0, 3\]"),
-        (dict(features=[]), r"features must be SAE feature indices"),
+        (dict(features=[]), r"features must name at least one SAE feature"),
+        (dict(features=[1.0]), r"features must be SAE feature indices \(integers\), got \[1.0\]"),
         (dict(parameterization="wavelet"), "parameterization must be one of .*'wavelet'"),
         (dict(lr=0.0), "lr must be > 0, got 0.0"),
         (dict(lr=float("nan")), "lr must be > 0, got nan"),
@@ -273,8 +273,8 @@ def test_batch_size_does_not_change_the_curve_and_no_hooks_are_left():
         (dict(attribution=torch.rand(2, 1, 16, 16)), r"the map \(16x16\) cannot be finer than the image \(8x8\)"),
         (dict(steps=0), r"steps must be in \[1, 16\] for a 4x4 map, got 0"),
         (dict(steps=17), r"steps must be in \[1, 16\] for a 4x4 map, got 17"),
-        (dict(feature=2), r"feature must be in \[0, 1\], got 2"),
-        (dict(feature=-1), r"feature must be in \[0, 1\], got -1"),
+        (dict(feature=2), r"feature must be SAE feature indices in \[0, 1\], got \[2\]"),
+        (dict(feature=-1), r"feature must be SAE feature indices in \[0, 1\], got \[-1\]"),
         (dict(fill="zero"), "fill must be 'mean' or a finite number, got 'zero'"),
         (dict(fill=float("nan")), "fill must be 'mean' or a finite number, got nan"),
     ],
@@ -379,6 +379,6 @@ def test_grad_fam_on_the_digits_resnet_is_faithful_and_points_at_the_digit(digit
 def test_maximised_images_beat_most_real_images_on_the_digits_resnet(digits_resnet):
     model, sae, profile, test = _digits_setup(digits_resnet)
     features = [select_feature(profile, c)[0] for c in (0, 3, 7)]
-    codes = encode_all(sae, collect_activations(model, test.images[:300], progress=False))[:, features]
+    codes = sae.encode_all(collect_activations(model, test.images[:300], progress=False))[:, features]
     result = maximize_feature(model, sae, features, steps=96)
     assert (result.activations > codes.quantile(0.99, dim=0)).all()  # as the pipeline reports it

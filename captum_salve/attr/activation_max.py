@@ -20,9 +20,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from captum_salve.models import input_normalization, model_device
+from captum_salve.attr.feature_codes import FeatureCodes
+from captum_salve.models import input_config, model_device
 from captum_salve.sae.model import SparseAutoencoder
-from captum_salve.sites import Site, eval_mode, recording
+from captum_salve.sites import Site, eval_mode
 
 __all__ = ["MaximizationResult", "maximize_feature"]
 
@@ -85,10 +86,10 @@ def maximize_feature(
             step of the first three quarters; the last quarter settles the image
             without them.
         parameterization: ``"fourier"`` (decorrelated spectrum) or ``"pixel"``.
-        image_size: (H, W) or a side; default the model's ``pretrained_cfg`` input size.
+        image_size: (H, W) or a side; default the input size of the model's timm data config.
         seed: Seed of the starting noise and of the transforms.
         snapshots: Steps at which to keep a copy of the images (the last is always kept).
-        site: Where the SAE reads; default the head input.
+        site: Where the SAE reads; default the SAE's own site.
         device: Default the model's device.
         progress: Show a progress bar.
 
@@ -96,9 +97,7 @@ def maximize_feature(
         >>> result = maximize_feature(model, sae, [3, 12], steps=128)
         >>> result.activations  # compare with the feature's activations on real images
     """
-    index = [int(f) for f in torch.as_tensor(features).reshape(-1)]
-    if not index or min(index) < 0 or max(index) >= sae.d_latent:
-        raise ValueError(f"features must be SAE feature indices in [0, {sae.d_latent - 1}], got {index}")
+    index = sae.feature_index(features, "features").tolist()
     if parameterization not in PARAMETERIZATIONS:
         raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
     lr = lr if lr is not None else _DEFAULT_LR[parameterization]
@@ -110,8 +109,9 @@ def maximize_feature(
         if not value >= 0:
             raise ValueError(f"{name} must be >= 0, got {value!r}")
     device = torch.device(device) if device is not None else model_device(model)
-    height, width = _image_size(model, image_size)
-    mean, std = (torch.tensor(v, device=device).view(1, -1, 1, 1) for v in input_normalization(model))
+    config = input_config(model)
+    height, width = _image_size(config["input_size"][-2:] if image_size is None else image_size)
+    mean, std = (torch.tensor(config[key], device=device).view(1, -1, 1, 1) for key in ("mean", "std"))
     generator = torch.Generator().manual_seed(seed)
     image_of = _parameterization(parameterization, len(index), height, width, generator, device)
     params = list(image_of.parameters())
@@ -124,14 +124,8 @@ def maximize_feature(
     settle = int(steps * 0.75)
     kept: dict[int, Tensor] = {}
     history = []
-    with eval_mode(model), recording(model, site) as rec:
-
-        def codes_of(images: Tensor, gated: bool = False) -> Tensor:
-            model((images - mean) / std)
-            a = rec.take()
-            # A ReLU/TopK code that is off has no gradient: ascend its affine part instead.
-            return (sae.encode(a) if gated else sae.pre_activation(a))[rows, target]
-
+    codes = FeatureCodes(model, sae, site)
+    with eval_mode(model):
         for step in tqdm(range(steps + 1), desc="activation maximisation", disable=not progress):
             images = image_of()
             if step in keep:
@@ -139,23 +133,21 @@ def maximize_feature(
             if step == steps:
                 break
             seen = _random_transform(images, generator) if transforms and step < settle else images
-            code = codes_of(seen)
+            # A ReLU/TopK code that is off has no gradient: ascend its affine part instead.
+            code = codes.pre_activations((seen - mean) / std)[rows, target]
             loss = -code.sum() + l2 * images.pow(2).mean(dim=(1, 2, 3)).sum() + tv * _total_variation(images).sum()
             gradients = torch.autograd.grad(loss, params)
-            for param, grad in zip(params, gradients):
+            for param, grad in zip(params, gradients, strict=True):
                 param.grad = grad
             optimizer.step()
             history.append(code.detach().cpu())
         with torch.no_grad():
             final = image_of()
-            activations = codes_of(final, gated=True).cpu()
+            activations = codes((final - mean) / std)[rows, target].cpu()
     return MaximizationResult(index, final.cpu(), kept, activations, torch.stack(history))
 
 
-def _image_size(model: nn.Module, image_size: int | tuple[int, int] | None) -> tuple[int, int]:
-    if image_size is None:
-        cfg = getattr(model, "pretrained_cfg", None) or {}
-        image_size = tuple(cfg.get("input_size", (3, 224, 224))[-2:])
+def _image_size(image_size: int | Sequence[int]) -> tuple[int, int]:
     if isinstance(image_size, int):
         image_size = (image_size, image_size)
     if len(image_size) != 2 or min(image_size) < 8:

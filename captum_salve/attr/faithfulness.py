@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from captum_salve.attr.feature_codes import FeatureCodes
 from captum_salve.sae.model import SparseAutoencoder
-from captum_salve.sites import Site, eval_mode, recording
+from captum_salve.sites import Site, eval_mode
 
 __all__ = ["deletion_curve", "deletion_score", "pointing_game"]
 
@@ -39,7 +40,7 @@ def deletion_curve(
         feature: The feature.
         images: (N, C, H, W) images.
         attribution: (N, 1, h, w) maps ranking the cells (e.g. Grad-FAM's).
-        site: Where the SAE reads; default the head input.
+        site: Where the SAE reads; default the SAE's own site.
         fill: ``"mean"`` (each image's channel means) or a constant.
         steps: Removal steps (default: one per cell); each step removes about
             ``h·w / steps`` more cells.
@@ -57,8 +58,8 @@ def deletion_curve(
             f"images must be (N, C, H, W) and attribution (N, 1, h, w) with the same N, "
             f"got {tuple(images.shape)} and {tuple(attribution.shape)}"
         )
-    if not 0 <= feature < sae.d_latent:
-        raise ValueError(f"feature must be in [0, {sae.d_latent - 1}], got {feature}")
+    if sae.feature_index(feature).numel() != 1:
+        raise ValueError(f"feature must be one SAE feature, got {feature!r}")
     if fill != "mean" and (isinstance(fill, str) or not math.isfinite(fill)):
         raise ValueError(f"fill must be 'mean' or a finite number, got {fill!r}")
     n, _, height, width = images.shape
@@ -77,8 +78,11 @@ def deletion_curve(
         raise ValueError(f"steps must be in [1, {cells}] for a {h}x{w} map, got {steps}")
     removed = [round(i * cells / steps) for i in range(steps + 1)]
     variants = torch.stack([torch.where((pixel_rank < r)[:, None], filler, images) for r in removed], dim=1)
-    codes = _codes(model, sae, feature, variants.reshape(n * (steps + 1), *images.shape[1:]), site, batch_size)
-    return codes.reshape(n, steps + 1)
+    variants = variants.reshape(n * (steps + 1), *images.shape[1:])
+    codes = FeatureCodes(model, sae, site)
+    with eval_mode(model):
+        values = [codes(variants[start : start + batch_size])[:, feature] for start in range(0, len(variants), batch_size)]
+    return torch.cat(values).reshape(n, steps + 1)
 
 
 def deletion_score(curve: Tensor) -> Tensor:
@@ -121,12 +125,3 @@ def pointing_game(attribution: Tensor, masks: Tensor) -> Tensor:
     hit = masks[torch.arange(len(masks), device=masks.device), rows, columns]
     has_peak = (maps.amax(dim=1) > maps.amin(dim=1)) & ~maps.isnan().any(dim=1)
     return hit.bool() & has_peak
-
-
-def _codes(model: nn.Module, sae: SparseAutoencoder, feature: int, images: Tensor, site: Site | None, batch_size: int) -> Tensor:
-    values = []
-    with eval_mode(model), recording(model, site) as rec:
-        for start in range(0, len(images), batch_size):
-            model(images[start : start + batch_size])
-            values.append(sae.encode(rec.take())[:, feature])
-    return torch.cat(values)

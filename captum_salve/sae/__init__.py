@@ -1,7 +1,17 @@
-"""Sparse autoencoders: the model, its training and its metrics."""
+"""Sparse autoencoders: the model and its variants, its training and its metrics."""
 
-from captum_salve.sae.metrics import sae_metrics
+from captum_salve.sae.metrics import ReconstructionStats, sae_metrics
 from captum_salve.sae.model import SparseAutoencoder
 from captum_salve.sae.train import train_sae
+from captum_salve.sae.variants import VARIANTS, ActivationName, CodeActivation, code_activation
 
-__all__ = ["SparseAutoencoder", "sae_metrics", "train_sae"]
+__all__ = [
+    "VARIANTS",
+    "ActivationName",
+    "CodeActivation",
+    "ReconstructionStats",
+    "SparseAutoencoder",
+    "code_activation",
+    "sae_metrics",
+    "train_sae",
+]

@@ -1,16 +1,67 @@
-"""The numbers every SAE reports."""
+"""The numbers every SAE reports, computed in one place for training and for evaluation."""
 
 from __future__ import annotations
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from captum_salve.activations import ActivationSet
 from captum_salve.models import find_head
 from captum_salve.sae.model import SparseAutoencoder
 from captum_salve.sites import HEAD_INPUT
 
-__all__ = ["sae_metrics"]
+__all__ = ["ReconstructionStats", "sae_metrics"]
+
+
+class ReconstructionStats:
+    r"""Running sums over batches from which MSE, explained variance, L0 and the dead fraction follow.
+
+    :func:`~captum_salve.sae.train_sae` keeps one per epoch and :func:`sae_metrics`
+    one per evaluation, so the two report the same quantities the same way. The
+    sums stay on the data's device (no synchronisation per batch) in float64.
+
+    Args:
+        mean: (M,) the data's mean, the centre of the explained variance
+            ``1 − Σ‖a − â‖² / Σ‖a − ā‖²``.
+        d_latent: Number of SAE features.
+        active_threshold: ``|z|`` above which a code counts as active.
+
+    Example:
+        >>> stats = ReconstructionStats(acts.mean(0), sae.d_latent, sae.active_threshold)
+        >>> a_hat, z = sae(acts)
+        >>> stats.update(acts, a_hat, z)
+        >>> stats.summary()["explained_variance"]
+    """
+
+    def __init__(self, mean: Tensor, d_latent: int, active_threshold: float) -> None:
+        self.mean = mean.double()
+        self.active_threshold = active_threshold
+        self.rows = 0
+        # squared error, variance about the mean, active codes
+        self.sums = torch.zeros(3, dtype=torch.float64, device=mean.device)
+        self.fired = torch.zeros(d_latent, dtype=torch.bool, device=mean.device)
+
+    @torch.no_grad()
+    def update(self, a: Tensor, a_hat: Tensor, z: Tensor) -> None:
+        """Add one batch: activations, their reconstructions and codes."""
+        active = z.abs() > self.active_threshold
+        self.fired |= active.any(dim=0)
+        self.sums += torch.stack(
+            [(a - a_hat).double().pow(2).sum(), (a.double() - self.mean).pow(2).sum(), active.sum().double()]
+        )
+        self.rows += len(a)
+
+    def summary(self) -> dict[str, float]:
+        """``mse`` (mean over rows of ``‖a − â‖²``), ``explained_variance``, ``l0`` and ``dead_fraction``."""
+        if self.rows == 0:
+            raise ValueError("no rows were added; update() with at least one batch first")
+        squared_error, variance, active = self.sums.tolist()
+        return {
+            "mse": squared_error / self.rows,
+            "explained_variance": 1.0 - squared_error / variance,
+            "l0": active / self.rows,
+            "dead_fraction": float((~self.fired).double().mean()),
+        }
 
 
 @torch.no_grad()
@@ -32,11 +83,11 @@ def sae_metrics(
         batch_size: Rows per pass.
 
     Returns:
-        ``mse`` (mean over rows of ``‖a − â‖²``), ``explained_variance``
-        (``1 − Σ‖a − â‖² / Σ‖a − ā‖²``, centred on the data mean), ``l0`` (mean count of
-        active codes; a "linear" SAE counts ``|z| > sae.active_threshold``),
+        ``mse``, ``explained_variance`` (centred on the data mean), ``l0`` (mean
+        count of active codes; a "linear" SAE counts ``|z| > sae.active_threshold``),
         ``dead_fraction`` (features never active on ``acts``), and with a head,
         ``accuracy`` and ``spliced_accuracy`` (the head applied to ``â`` instead of ``a``).
+        See :class:`ReconstructionStats`.
 
     Example:
         >>> metrics = sae_metrics(sae, acts, head=model)
@@ -44,36 +95,26 @@ def sae_metrics(
     """
     if acts.dim != sae.d_in:
         raise ValueError(f"the SAE reads {sae.d_in}-dimensional activations, acts have {acts.dim}")
+    if len(acts) == 0:
+        raise ValueError("acts hold no rows; sae_metrics needs at least one")
     linear = None
     if head is not None:
         if acts.site != HEAD_INPUT:
             raise ValueError(f"spliced accuracy needs head-input activations, but acts were read at {acts.site!r}")
         linear = head if isinstance(head, nn.Linear) else find_head(head)[1]
         acts.require_labels()
-    device = sae.decoder.weight.device
-    mean = acts.features.double().mean(dim=0).to(device)
-    squared_error = total = active = 0.0
-    fired = torch.zeros(sae.d_latent, dtype=torch.bool, device=device)
+    device = sae.decoder_weight.device
+    stats = ReconstructionStats(acts.features.double().mean(dim=0).to(device), sae.d_latent, sae.active_threshold)
     correct = spliced = 0
     for start in range(0, len(acts), batch_size):
         a = acts.features[start : start + batch_size].to(device, torch.float32)
         a_hat, z = sae(a)
-        squared_error += (a - a_hat).double().pow(2).sum().item()
-        total += (a.double() - mean).pow(2).sum().item()
-        is_active = z.abs() > sae.active_threshold
-        active += is_active.sum().item()
-        fired |= is_active.any(dim=0)
+        stats.update(a, a_hat, z)
         if linear is not None:
             labels = acts.labels[start : start + batch_size].to(linear.weight.device)
             correct += (linear(a.to(linear.weight)).argmax(1) == labels).sum().item()
             spliced += (linear(a_hat.to(linear.weight)).argmax(1) == labels).sum().item()
-    n = len(acts)
-    metrics = {
-        "mse": squared_error / n,
-        "explained_variance": 1.0 - squared_error / total,
-        "l0": active / n,
-        "dead_fraction": float((~fired).double().mean()),
-    }
+    metrics = stats.summary()
     if linear is not None:
-        metrics.update(accuracy=correct / n, spliced_accuracy=spliced / n)
+        metrics.update(accuracy=correct / len(acts), spliced_accuracy=spliced / len(acts))
     return metrics

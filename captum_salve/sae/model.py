@@ -1,26 +1,50 @@
-"""The sparse autoencoder: two linear layers with a choice of code activation."""
+"""The sparse autoencoder: two linear layers, a code activation, and where it was trained."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
+from captum_salve.activations import ActivationSet
 from captum_salve.files import atomic_path, ensure_directory
+from captum_salve.sae.variants import ActivationName, CodeActivation, code_activation
+from captum_salve.sites import HEAD_INPUT
 
-__all__ = ["ACTIVATIONS", "LINEAR_ACTIVE_THRESHOLD", "SparseAutoencoder"]
+__all__ = ["SparseAutoencoder", "check_feature_index"]
 
-ACTIVATIONS = ("linear", "relu", "topk")
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "cfg.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
-# Signed "linear" codes are never exactly zero; a code counts as active (for L0
-# and dead-latent counts) when |z| exceeds this.
-LINEAR_ACTIVE_THRESHOLD = 1e-2
+
+def check_feature_index(features: Any, d_latent: int, name: str = "feature") -> Tensor:
+    """Feature indices as a 1-D long tensor, refusing anything that is not an index of a d_latent-feature SAE.
+
+    The one check of feature indices in the package. Floats (even whole ones
+    such as 2.0), booleans, indices outside ``[0, d_latent)`` and an empty
+    selection are errors that name the argument.
+
+    Example:
+        >>> check_feature_index([3, 7], 10)
+        tensor([3, 7])
+    """
+    values = features if isinstance(features, Tensor) else torch.as_tensor(features)
+    if values.numel() == 0:
+        raise ValueError(f"{name} must name at least one SAE feature")
+    if values.dtype == torch.bool or values.dtype.is_floating_point or values.dtype.is_complex:
+        shown = features.reshape(-1).tolist()[:8] if isinstance(features, Tensor) else features
+        raise ValueError(f"{name} must be SAE feature indices (integers), got {shown!r}")
+    values = values.reshape(-1).long()
+    if values.min() < 0 or values.max() >= d_latent:
+        raise ValueError(f"{name} must be SAE feature indices in [0, {d_latent - 1}], got {values.tolist()[:8]}")
+    return values
 
 
 class SparseAutoencoder(nn.Module):
@@ -34,9 +58,16 @@ class SparseAutoencoder(nn.Module):
     Args:
         d_in: Width M of the activations.
         d_latent: Number of features d.
-        activation: ``"linear"`` (signed codes, the paper's SAE), ``"relu"`` or
-            ``"topk"`` (the ``k`` largest pre-activations kept, then ReLU).
+        activation: ``"linear"`` (signed codes, the paper's SAE), ``"relu"``,
+            ``"topk"`` (the ``k`` largest pre-activations kept, then ReLU), or a
+            :class:`~captum_salve.sae.variants.CodeActivation`.
         k: Features kept per input, for ``"topk"`` only.
+        site: Where the activations it reads come from, as a site key
+            (``"head_input"``, the default, or ``"<module>:<reducer>"``; see
+            :class:`~captum_salve.sites.Site`). :func:`train_sae` records it from
+            the activations; :class:`~captum_salve.attr.FeatureCodes` reads it, and
+            the head edits refuse an SAE of any other site.
+        model: The model it was trained on (a name, for the record).
 
     Example:
         >>> sae = SparseAutoencoder(512, 2048, "topk", k=32)
@@ -45,19 +76,26 @@ class SparseAutoencoder(nn.Module):
         tensor(True)
     """
 
-    def __init__(self, d_in: int, d_latent: int, activation: str = "relu", *, k: int | None = None) -> None:
+    def __init__(
+        self,
+        d_in: int,
+        d_latent: int,
+        activation: ActivationName | CodeActivation = "relu",
+        *,
+        k: int | None = None,
+        site: str = HEAD_INPUT,
+        model: str | None = None,
+    ) -> None:
         super().__init__()
         for name, value in (("d_in", d_in), ("d_latent", d_latent)):
-            if not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-        if activation == "topk":
-            if not isinstance(k, int) or not 1 <= k <= d_latent:
-                raise ValueError(f"activation='topk' needs an integer k in [1, d_latent={d_latent}], got k={k!r}")
-        elif k is not None:
-            raise ValueError(f"k is only used with activation='topk', not {activation!r}")
-        self.d_in, self.d_latent, self.activation, self.k = d_in, d_latent, activation, k
+        if not isinstance(site, str) or not site:
+            raise ValueError(f"site must be a site key such as 'head_input' or 'layer3:spatial_mean', got {site!r}")
+        self.code_activation = code_activation(activation, k=k)
+        if getattr(self.code_activation, "k", 1) > d_latent:
+            raise ValueError(f"k must be at most d_latent={d_latent}, got k={self.code_activation.k}")
+        self.d_in, self.d_latent, self.site, self.model = d_in, d_latent, site, model
         self.metadata: dict = {}
         self.encoder = nn.Linear(d_in, d_latent)
         self.decoder = nn.Linear(d_latent, d_in)
@@ -67,14 +105,19 @@ class SparseAutoencoder(nn.Module):
             self.normalize_decoder_()
 
     @property
+    def activation(self) -> str:
+        """The variant's name (``"linear"``, ``"relu"``, ``"topk"``, ...)."""
+        return self.code_activation.name
+
+    @property
     def decoder_weight(self) -> Tensor:
         """D, (d_in, d_latent): column l is feature l's unit-norm direction."""
         return self.decoder.weight
 
     @property
     def active_threshold(self) -> float:
-        """|z| above which a code counts as active (0 for ReLU and TopK codes)."""
-        return LINEAR_ACTIVE_THRESHOLD if self.activation == "linear" else 0.0
+        """|z| above which a code counts as active (set by the variant)."""
+        return self.code_activation.active_threshold
 
     def pre_activation(self, a: Tensor) -> Tensor:
         """The affine part of the encoder, ``E (a - b_d) + b_e``."""
@@ -84,13 +127,34 @@ class SparseAutoencoder(nn.Module):
         """Codes z, (N, d_latent)."""
         if a.dim() != 2 or a.shape[1] != self.d_in:
             raise ValueError(f"expected activations of shape (N, {self.d_in}), got {tuple(a.shape)}")
-        pre = self.pre_activation(a)
-        if self.activation == "linear":
-            return pre
-        if self.activation == "relu":
-            return torch.relu(pre)
-        values, index = pre.topk(self.k, dim=-1)
-        return torch.zeros_like(pre).scatter(-1, index, torch.relu(values))
+        return self.code_activation(self.pre_activation(a))
+
+    @torch.no_grad()
+    def encode_all(self, acts: ActivationSet | Tensor, *, batch_size: int = 4096) -> Tensor:
+        """Codes of every row of a (possibly large) set of activations, in batches: (N, d_latent) on the CPU.
+
+        Example:
+            >>> codes = sae.encode_all(test_acts)
+            >>> codes[:, 12].topk(9)   # the rows where feature 12 is largest
+        """
+        features = acts.features if isinstance(acts, ActivationSet) else acts
+        if not isinstance(features, Tensor) or features.dim() != 2 or features.shape[1] != self.d_in:
+            shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
+            raise ValueError(f"acts must be (N, {self.d_in}) activations for this SAE, got {shape}")
+        device = self.decoder_weight.device
+        return torch.cat(
+            [self.encode(features[s : s + batch_size].to(device, torch.float32)).cpu() for s in range(0, len(features), batch_size)]
+            or [torch.zeros(0, self.d_latent)]
+        )
+
+    def feature_index(self, features: Any, name: str = "feature") -> Tensor:
+        """Feature indices of this SAE as a 1-D long tensor (see :func:`check_feature_index`).
+
+        Example:
+            >>> sae.feature_index([3, 7])
+            tensor([3, 7])
+        """
+        return check_feature_index(features, self.d_latent, name)
 
     def decode(self, z: Tensor) -> Tensor:
         """Reconstruction a_hat, (N, d_in)."""
@@ -118,18 +182,25 @@ class SparseAutoencoder(nn.Module):
 
     def config(self) -> dict:
         """The constructor arguments, as written to ``cfg.json``."""
-        return {"d_in": self.d_in, "d_latent": self.d_latent, "activation": self.activation, "k": self.k}
+        return {
+            "d_in": self.d_in,
+            "d_latent": self.d_latent,
+            "activation": self.activation,
+            **self.code_activation.settings(),
+            "site": self.site,
+            "model": self.model,
+        }
 
     def save(self, directory: str | Path) -> Path:
         """Write ``model.safetensors`` and ``cfg.json`` into ``directory`` (each file atomically).
 
-        ``cfg.json`` also keeps :attr:`metadata`, a JSON-able dict for facts such as
-        the site and the model the SAE was trained on.
+        ``cfg.json`` holds the constructor arguments (the site and model included)
+        and :attr:`metadata`, a JSON-able dict for anything else worth keeping
+        (training settings, the final epoch's metrics).
         """
         directory = ensure_directory(directory)
-        state = {name: t.detach().contiguous().cpu() for name, t in self.state_dict().items()}
         with atomic_path(directory / WEIGHTS_FILE) as tmp:
-            save_file(state, str(tmp))
+            save_model(self, str(tmp))
         cfg = {"format_version": FORMAT_VERSION, **self.config(), "metadata": self.metadata}
         with atomic_path(directory / CONFIG_FILE) as tmp:
             tmp.write_text(json.dumps(cfg, indent=2))
@@ -137,30 +208,33 @@ class SparseAutoencoder(nn.Module):
 
     @classmethod
     def load(cls, directory: str | Path, *, device: torch.device | str | None = None) -> SparseAutoencoder:
-        """Load an SAE written by :meth:`save`; the config is checked against the tensors.
+        """Load an SAE written by :meth:`save` (this version's files and version 1's); the config is checked against the tensors.
 
         Nothing is unpickled: weights come from safetensors, the config from JSON.
+        A version-1 file named its site in ``metadata["site"]`` (default the head input).
 
         Raises:
             FileNotFoundError: A file is missing.
-            ValueError: The config and the tensors disagree.
+            ValueError: The config and the tensors disagree, or the format is unknown.
         """
         directory = Path(directory)
         for name in (CONFIG_FILE, WEIGHTS_FILE):
             if not (directory / name).is_file():
                 raise FileNotFoundError(f"{str(directory / name)!r} is missing; an SAE directory holds {CONFIG_FILE} and {WEIGHTS_FILE}")
         cfg = json.loads((directory / CONFIG_FILE).read_text())
-        if cfg.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{CONFIG_FILE} has format_version {cfg.get('format_version')!r}; this version reads {FORMAT_VERSION}")
-        sae = cls(cfg["d_in"], cfg["d_latent"], cfg["activation"], k=cfg.get("k"))
-        state = load_file(str(directory / WEIGHTS_FILE))
+        version = cfg.get("format_version")
+        if version not in READABLE_VERSIONS:
+            raise ValueError(f"{CONFIG_FILE} has format_version {version!r}; this version reads {READABLE_VERSIONS}")
+        metadata = cfg.get("metadata", {})
+        site = cfg.get("site", metadata.get("site", HEAD_INPUT))
+        model = cfg.get("model", metadata.get("model"))
+        sae = cls(cfg["d_in"], cfg["d_latent"], cfg["activation"], k=cfg.get("k"), site=site, model=model)
+        path = directory / WEIGHTS_FILE
+        with safe_open(str(path), framework="pt") as handle:
+            found = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
         expected = {name: tuple(t.shape) for name, t in sae.state_dict().items()}
-        found = {name: tuple(t.shape) for name, t in state.items()}
         if expected != found:
-            raise ValueError(
-                f"the tensors in {str(directory / WEIGHTS_FILE)!r} do not match {CONFIG_FILE}: "
-                f"expected {expected}, found {found}"
-            )
-        sae.load_state_dict(state)
-        sae.metadata = cfg.get("metadata", {})
+            raise ValueError(f"the tensors in {str(path)!r} do not match {CONFIG_FILE}: expected {expected}, found {found}")
+        load_model(sae, str(path))
+        sae.metadata = metadata
         return sae.to(device) if device is not None else sae

@@ -14,13 +14,13 @@ from tqdm.auto import tqdm
 
 from captum_salve.activations import ActivationSet
 from captum_salve.files import atomic_path
+from captum_salve.sae.metrics import ReconstructionStats
 from captum_salve.sae.model import SparseAutoencoder
+from captum_salve.sae.variants import ActivationName, CodeActivation, code_activation
 
-__all__ = ["CHECKPOINT_FILE", "DEFAULT_L1", "train_sae"]
+__all__ = ["CHECKPOINT_FILE", "train_sae"]
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
-# L1 strength on the scale-free loss (see train_sae); TopK needs none.
-DEFAULT_L1 = {"linear": 0.05, "relu": 0.05, "topk": 0.0}
 _RESAMPLE_POOL = 4096
 _RESAMPLE_ENCODER_SCALE = 0.2
 
@@ -29,7 +29,7 @@ def train_sae(
     acts: ActivationSet | Tensor,
     d_latent: int,
     *,
-    activation: str = "relu",
+    activation: ActivationName | CodeActivation = "relu",
     k: int | None = None,
     l1: float | None = None,
     epochs: int = 40,
@@ -48,9 +48,9 @@ def train_sae(
     ``l1`` suits activations of any magnitude (it equals the paper's λ = ``l1 · s``
     up to the constant factor ``1/s²``). The decoder bias starts at the data mean,
     decoder columns start random and are renormalised to unit length after every
-    step, and the encoder starts as the decoder's transpose. For ``"relu"`` and
-    ``"topk"``, latents that never fired during an epoch are resampled at its end
-    (except after the last epoch) towards inputs that are reconstructed worst.
+    step, and the encoder starts as the decoder's transpose. For variants that
+    resample (ReLU, TopK), latents that never fired during an epoch are resampled
+    at its end (except after the last epoch) towards inputs that are reconstructed worst.
 
     All randomness (initialisation, shuffling, resampling) comes from one generator
     seeded with ``seed``: the same seed on the same data gives bit-identical weights
@@ -58,11 +58,13 @@ def train_sae(
     ends with the same weights as an uninterrupted one.
 
     Args:
-        acts: Activations, an :class:`ActivationSet` or an (N, M) tensor.
+        acts: Activations, an :class:`ActivationSet` (its site and model are
+            recorded in the SAE) or an (N, M) tensor (the SAE's site is then the head input).
         d_latent: Number of SAE features.
-        activation: ``"linear"``, ``"relu"`` or ``"topk"``.
+        activation: ``"linear"``, ``"relu"``, ``"topk"`` or a
+            :class:`~captum_salve.sae.variants.CodeActivation`.
         k: Features kept per input for ``"topk"``.
-        l1: Sparsity strength on the scale-free loss; default ``DEFAULT_L1[activation]``.
+        l1: Sparsity strength on the scale-free loss; default the variant's ``default_l1``.
         epochs: Passes over the data.
         batch_size: Rows per optimiser step.
         lr: Adam learning rate.
@@ -87,9 +89,10 @@ def train_sae(
     features = acts.features if isinstance(acts, ActivationSet) else acts
     if not isinstance(features, Tensor) or features.dim() != 2 or len(features) < 2:
         raise ValueError("acts must be an ActivationSet or an (N, M) tensor with N >= 2")
-    l1 = DEFAULT_L1.get(activation, 0.0) if l1 is None else l1
+    variant = code_activation(activation, k=k)
+    l1 = variant.default_l1 if l1 is None else l1
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if not isinstance(value, int) or value < 1:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     for name, value in (("l1", l1), ("lr", lr)):
         if not math.isfinite(value) or value < 0 or (name == "lr" and value == 0):
@@ -100,7 +103,10 @@ def train_sae(
     device = torch.device(device) if device is not None else features.device
     data = features.to(device, torch.float32)
     generator = torch.Generator().manual_seed(seed)
-    sae = _initial_sae(data, d_latent, activation, k, generator).to(device)
+    sae = _initial_sae(data, d_latent, variant, generator)
+    if isinstance(acts, ActivationSet):
+        sae.site, sae.model = acts.site, acts.model
+    sae = sae.to(device)
     optimizer = torch.optim.Adam(sae.parameters(), lr=lr)
     settings = {
         **sae.config(),
@@ -116,60 +122,73 @@ def train_sae(
     if resume:
         history = _load_checkpoint(Path(checkpoint_dir), sae, optimizer, generator, settings)
 
-    mean = data.mean(dim=0)
-    total_variance = (data - mean).pow(2).sum(dim=1).mean()
-    scale = total_variance.sqrt()
+    objective = _Objective(data, l1)
     n_batches = math.ceil(len(data) / batch_size)
     bar = tqdm(total=epochs * n_batches, initial=len(history) * n_batches, desc="SAE", disable=not progress)
     for epoch in range(len(history), epochs):
         order = torch.randperm(len(data), generator=generator).to(device)
-        fired = torch.zeros(d_latent, dtype=torch.bool, device=device)
-        sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, squared error, variance, active codes
-        for start in range(0, len(data), batch_size):
-            a = data[order[start : start + batch_size]]
-            a_hat, z = sae(a)
-            squared_error = (a - a_hat).pow(2).sum(dim=1)
-            loss = squared_error.mean() / total_variance + l1 * z.abs().sum(dim=1).mean() / scale
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            sae.normalize_decoder_()
-            with torch.no_grad():
-                active = z.abs() > sae.active_threshold
-                fired |= active.any(dim=0)
-                sums += torch.stack(
-                    [loss * len(a), squared_error.sum(), (a - mean).pow(2).sum(), active.sum()]
-                ).double()
-            bar.update(1)
-            seen = min(start + batch_size, len(data))
-            bar.set_postfix(
-                epoch=epoch + 1,
-                loss=f"{sums[0] / seen:.4f}",
-                L0=f"{sums[3] / seen:.1f}",
-                EV=f"{1 - sums[1] / sums[2]:.3f}",
-                refresh=False,
-            )
-        record = {
-            "epoch": epoch + 1,
-            "loss": float(sums[0] / len(data)),
-            "mse": float(sums[1] / len(data)),
-            "explained_variance": float(1 - sums[1] / sums[2]),
-            "l0": float(sums[3] / len(data)),
-            "dead_fraction": float((~fired).float().mean()),
-            "resampled": 0,
-        }
-        if activation != "linear" and epoch < epochs - 1:
-            record["resampled"] = _resample_dead(sae, optimizer, data, fired, generator)
+        record = {"epoch": epoch + 1, **_train_epoch(sae, optimizer, data, order, batch_size, objective, bar), "resampled": 0}
+        if variant.resamples_dead and epoch < epochs - 1:
+            record["resampled"] = _resample_dead(sae, optimizer, data, record.pop("fired"), generator)
+        record.pop("fired", None)
         history.append(record)
         if checkpoint_dir is not None:
             _save_checkpoint(Path(checkpoint_dir), sae, optimizer, generator, settings, history)
     bar.close()
-    sae.metadata.update({"training": {k: v for k, v in settings.items() if k not in sae.config()}})
+    sae.metadata.update({"training": {key: value for key, value in settings.items() if key not in sae.config()}})
     return sae, history
 
 
-def _initial_sae(data: Tensor, d_latent: int, activation: str, k: int | None, generator: torch.Generator) -> SparseAutoencoder:
-    sae = SparseAutoencoder(data.shape[1], d_latent, activation, k=k)
+class _Objective:
+    """The scale-free loss: squared error over the data's total variance, L1 over its square root."""
+
+    def __init__(self, data: Tensor, l1: float) -> None:
+        self.mean = data.mean(dim=0)
+        self.total_variance = (data - self.mean).pow(2).sum(dim=1).mean()
+        self.scale = self.total_variance.sqrt()
+        self.l1 = l1
+
+    def __call__(self, a: Tensor, a_hat: Tensor, z: Tensor) -> Tensor:
+        squared_error = (a - a_hat).pow(2).sum(dim=1)
+        return squared_error.mean() / self.total_variance + self.l1 * z.abs().sum(dim=1).mean() / self.scale
+
+
+def _train_epoch(
+    sae: SparseAutoencoder,
+    optimizer: torch.optim.Optimizer,
+    data: Tensor,
+    order: Tensor,
+    batch_size: int,
+    objective: _Objective,
+    bar: tqdm,
+) -> dict:
+    """One pass over ``data`` in ``order``: the epoch's metrics, and which latents fired."""
+    stats = ReconstructionStats(objective.mean, sae.d_latent, sae.active_threshold)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=data.device)
+    for start in range(0, len(data), batch_size):
+        a = data[order[start : start + batch_size]]
+        a_hat, z = sae(a)
+        loss = objective(a, a_hat, z)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        sae.normalize_decoder_()
+        stats.update(a, a_hat.detach(), z.detach())
+        loss_sum += loss.detach().double() * len(a)
+        bar.update(1)
+        if not bar.disable:
+            summary = stats.summary()
+            bar.set_postfix(
+                loss=f"{float(loss_sum) / stats.rows:.4f}",
+                L0=f"{summary['l0']:.1f}",
+                EV=f"{summary['explained_variance']:.3f}",
+                refresh=False,
+            )
+    return {"loss": float(loss_sum) / len(data), **stats.summary(), "fired": stats.fired}
+
+
+def _initial_sae(data: Tensor, d_latent: int, variant: CodeActivation, generator: torch.Generator) -> SparseAutoencoder:
+    sae = SparseAutoencoder(data.shape[1], d_latent, variant)
     with torch.no_grad():
         directions = torch.randn(data.shape[1], d_latent, generator=generator)
         sae.decoder.weight.copy_(directions / directions.norm(dim=0, keepdim=True))
