@@ -17,12 +17,13 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import edit, grad_fam, threshold
+from benchmarks import edit, grad_fam, sweep, threshold
 from benchmarks.results import Row, Settings
 
 TOPICS: list[tuple[str, Callable[[Settings], list[Row]]]] = [
     ("Grad-FAM", grad_fam.run),
     ("weight edit", edit.run),
+    ("alpha sweep", sweep.run),
     ("alpha_crit", threshold.run),
 ]
 

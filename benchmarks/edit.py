@@ -3,7 +3,7 @@
 ``edit_model(..., rule="project")`` folds ``a' = a − α z_l(a) D[:, l]`` into the
 head's weight and bias, so the edited model is the original architecture with
 other numbers in it. The same edit done at run time is a forward pre-hook on
-the head that encodes ``a`` with the SAE on every call.
+the head that applies ``HeadEdit.__call__`` (the edit in activation space) on every call.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from benchmarks.results import Row, Settings, Target
 from benchmarks.timing import time_interleaved
-from captum_salve import SparseAutoencoder, edit_model
+from captum_salve import HeadEdit, SparseAutoencoder
 from captum_salve.models import find_head
 
 __all__ = ["ALPHA", "BATCH", "FEATURE", "HEAD_BATCH", "SIDE", "run"]
@@ -28,18 +28,6 @@ HEAD_BATCH = 4096
 FEATURE = 7
 ALPHA = 5.0
 CLASSES = 10
-
-
-def _steering_hook(sae: SparseAutoencoder, feature: int, alpha: float) -> Callable[[nn.Module, tuple], tuple]:
-    """A forward pre-hook replacing the head input ``a`` by ``a − α z_l(a) D[:, l]``."""
-    direction = sae.decoder_weight[:, feature].detach()
-
-    def steer(module: nn.Module, args: tuple) -> tuple:
-        a = args[0]
-        code = sae.encode(a)[:, feature, None]
-        return (a - alpha * code * direction, *args[1:])
-
-    return steer
 
 
 def _forward(model: nn.Module, x: Tensor) -> Callable[[], Tensor]:
@@ -73,9 +61,10 @@ def run(settings: Settings) -> list[Row]:
     device = settings.device
     model = timm.create_model("resnet18", num_classes=CLASSES).eval().to(device)
     sae = SparseAutoencoder(model.num_features, 2048, "linear").eval().to(device)
-    edited = edit_model(model, sae, FEATURE, ALPHA, rule="project")
+    edit = HeadEdit.of(sae, FEATURE, ALPHA, rule="project")
+    edited = edit.apply(model)
     hooked = copy.deepcopy(model)
-    find_head(hooked)[1].register_forward_pre_hook(_steering_hook(sae, FEATURE, ALPHA))
+    find_head(hooked)[1].register_forward_pre_hook(lambda module, args: (edit(args[0]), *args[1:]))
     images = torch.randn(BATCH, 3, SIDE, SIDE, device=device)
     with torch.inference_mode():
         edited_logits, hooked_logits = edited(images), hooked(images)

@@ -1,7 +1,8 @@
 """captum_salve: SALVE (Sparse Autoencoder-Latent Vector Editing) for Captum and timm.
 
-Discover features with a sparse autoencoder, validate them with Grad-FAM and
-activation maximisation, and control the classifier with permanent weight edits.
+Discover features with a sparse autoencoder, validate them with Grad-FAM (or any
+Captum attribution, through :class:`FeatureCodes`) and activation maximisation,
+and control the classifier with permanent weight edits (:class:`HeadEdit`).
 """
 
 from captum_salve.activations import ActivationSet, collect_activations
@@ -22,7 +23,7 @@ from captum_salve.analysis import (
     top_activating,
 )
 from captum_salve.attr import FeatureCodes, GradFAM
-from captum_salve.edit import FeatureDirections, alpha_crit, edit_model, edited
+from captum_salve.edit import EditRule, FeatureDirections, HeadEdit, alpha_crit, edit_model, edited
 from captum_salve.sae import SparseAutoencoder, sae_metrics, train_sae
 from captum_salve.sites import Site
 
@@ -32,9 +33,11 @@ __all__ = [
     "ActivationSet",
     "ClassProfile",
     "EditChoice",
+    "EditRule",
     "FeatureCodes",
     "FeatureDirections",
     "GradFAM",
+    "HeadEdit",
     "SeedStudy",
     "Site",
     "SparseAutoencoder",

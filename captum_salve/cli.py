@@ -17,12 +17,12 @@ from safetensors.torch import save_file
 from torch.utils.data import random_split
 
 from captum_salve.data import DigitsCanvas, image_folder, imagenet_classes
-from captum_salve.edit import edit_model
+from captum_salve.edit import MODES, RULES, edit_model
 from captum_salve.files import atomic_path, ensure_directory
 from captum_salve.models import create_model, find_head, input_normalization, keep_classes
 from captum_salve.pipeline import PipelineConfig, PipelineInputs, run_pipeline
 from captum_salve.report import write_report
-from captum_salve.sae import SparseAutoencoder
+from captum_salve.sae import VARIANTS, SparseAutoencoder
 from captum_salve.zoo import digits_classifier
 
 __all__ = ["main"]
@@ -79,8 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     edit.add_argument("--sae", type=Path, required=True, help="SAE folder (cfg.json + model.safetensors)")
     edit.add_argument("--feature", type=int, nargs="+", required=True)
     edit.add_argument("--alpha", type=float, nargs="+", required=True, help="one strength, or one per feature")
-    edit.add_argument("--mode", choices=("suppress", "enhance"), default="suppress")
-    edit.add_argument("--rule", choices=("salve", "project"), default="project")
+    edit.add_argument("--mode", choices=MODES, default="suppress")
+    edit.add_argument("--rule", choices=tuple(RULES), default="project")
     edit.add_argument("--out", type=Path, required=True, help="output .safetensors file")
     edit.set_defaults(handler=_edit)
     return parser
@@ -89,7 +89,13 @@ def _parser() -> argparse.ArgumentParser:
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     parser.add_argument("--seeds", type=int, default=10, help="SAE initialisations in the robustness study (default 10, as the paper)")
-    parser.add_argument("--rule", choices=("salve", "project"), default="project", help="edit rule of the control stage")
+    parser.add_argument("--rule", choices=tuple(RULES), default="project", help="edit rule of the control stage")
+    parser.add_argument(
+        "--sae-activation",
+        choices=tuple(VARIANTS),
+        default=PipelineConfig.sae_activation,
+        help="SAE variant the analysis uses (default %(default)s; the paper's linear SAE is always trained too)",
+    )
     parser.add_argument("--sae-epochs", type=int, default=PipelineConfig.sae_epochs, help="SAE training epochs (default %(default)s)")
     parser.add_argument(
         "--maximization-steps", type=int, default=PipelineConfig.maximization_steps, help="activation-maximisation steps (default %(default)s)"
@@ -116,6 +122,7 @@ def _config(args: argparse.Namespace, **settings) -> PipelineConfig:
     return PipelineConfig(
         seeds=args.seeds,
         rule=args.rule,
+        sae_activation=args.sae_activation,
         sae_epochs=args.sae_epochs,
         maximization_steps=args.maximization_steps,
         faithfulness_images=args.faithfulness_images,

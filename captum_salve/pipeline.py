@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -26,19 +27,19 @@ from captum_salve.analysis import (
     alpha_50,
     alpha_sweep,
     class_profile,
-    crossing_50,
     control_directions,
     cross_class_features,
+    crossing_50,
     seed_study,
     select_edit,
     select_feature,
     top_activating,
 )
 from captum_salve.attr import GradFAM, TokenGradCam, deletion_curve, deletion_score, maximize_feature, pointing_game
-from captum_salve.edit import alpha_crit
+from captum_salve.edit import EditRuleName, alpha_crit
 from captum_salve.files import atomic_path, ensure_directory
 from captum_salve.models import default_cam_layer, find_head, model_device, module_name
-from captum_salve.sae import VARIANTS, CodeActivation, SparseAutoencoder, code_activation, sae_metrics, train_sae
+from captum_salve.sae import VARIANTS, ActivationName, CodeActivation, SparseAutoencoder, code_activation, sae_metrics, train_sae
 
 __all__ = ["PipelineConfig", "PipelineInputs", "run_pipeline"]
 
@@ -63,10 +64,10 @@ class PipelineConfig:
     """
 
     sae_latents: int = 256
-    sae_activation: str = "relu"
+    sae_activation: ActivationName = "relu"
     sae_epochs: int = 40
     topk: int | None = None
-    rule: str = "project"
+    rule: EditRuleName = "project"
     seeds: int = 10
     sweep_alphas: tuple[float, ...] = (0, 0.25, 0.5, 1, 1.5, 2, 3, 5, 7.5, 10, 15, 20, 30, 50, 100)
     cam_layers: tuple[str, ...] = ()
@@ -156,19 +157,23 @@ class _Run:
             settings["k"] = self.config.topk
         return code_activation(activation, **settings)
 
-    def sae(self, activation: str) -> SparseAutoencoder:
-        directory = self.out / f"sae-{activation}"
-        if (directory / "cfg.json").is_file():
-            return SparseAutoencoder.load(directory, device=self.device)
-        sae, history = train_sae(
+    def train_sae(self, activation: str, seed: int) -> tuple[SparseAutoencoder, list[dict]]:
+        """An SAE of this run's settings trained on the training activations from one seed (not saved)."""
+        return train_sae(
             self.activations("train"),
             self.config.sae_latents,
             activation=self.variant(activation),
             epochs=self.config.sae_epochs,
-            seed=0,
+            seed=seed,
             device=self.device,
             progress=False,
         )
+
+    def sae(self, activation: str) -> SparseAutoencoder:
+        directory = self.out / f"sae-{activation}"
+        if (directory / "cfg.json").is_file():
+            return SparseAutoencoder.load(directory, device=self.device)
+        sae, history = self.train_sae(activation, seed=0)
         sae.metadata.update(run=self.inputs.name, final_epoch=history[-1])
         sae.save(directory)
         return sae
@@ -202,7 +207,7 @@ def run_pipeline(inputs: PipelineInputs, out: str | Path, config: PipelineConfig
     for name, compute in bar:
         bar.set_postfix_str(name)
         start = time.perf_counter()
-        summary[name] = run.stage(name, lambda: compute(run))
+        summary[name] = run.stage(name, partial(compute, run))
         summary.setdefault("seconds", {})[name] = round(time.perf_counter() - start, 2)
     return summary
 
@@ -274,7 +279,7 @@ def _validate(run: _Run) -> dict:
             "above_q99": int((result.activations > q99).sum()),
         }
         figures[f"maximization_{parameterization}"] = run.figure(
-            plots.maximization_evolution(result, names=[f"class {n}: f{f}" for n, f in zip(names, features)]),
+            plots.maximization_evolution(result, names=[f"class {n}: f{f}" for n, f in zip(names, features, strict=True)]),
             f"maximization_{parameterization}",
         )
     return {"features": features, "maximization": maximization, "figures": figures}
@@ -489,19 +494,8 @@ def _cross_class(run: _Run) -> dict:
 def _seeds(run: _Run) -> dict:
     train, test, _, _ = _context(run)
     names = run.inputs.class_names
-    study = seed_study(
-        run.model,
-        train,
-        test,
-        run.config.sweep_alphas,
-        n_seeds=run.config.seeds,
-        d_latent=run.config.sae_latents,
-        rule=run.config.rule,
-        activation=run.config.sae_activation,
-        epochs=run.config.sae_epochs,
-        device=run.device,
-        progress=False,
-    )
+    saes = [run.train_sae(run.config.sae_activation, seed)[0] for seed in range(run.config.seeds)]
+    study = seed_study(run.model, saes, train, test, run.config.sweep_alphas, rule=run.config.rule)
     a50 = torch.tensor(
         [[crossing_50(study.alphas, study.accuracy[s, k, :, k]) for k in range(len(names))] for s in range(run.config.seeds)]
     )

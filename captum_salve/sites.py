@@ -70,7 +70,8 @@ class Site:
         name = module_name(model, module)
         layout = token_layout(model)
         prefix = layout.prefix_tokens if layout is not None else 0
-        reducer = self.reducer if isinstance(self.reducer, str) else getattr(self.reducer, "__name__", "callable")
+        # A callable reducer is named in angle brackets, so its key never reads as a built-in one.
+        reducer = self.reducer if isinstance(self.reducer, str) else f"<{getattr(self.reducer, '__name__', 'callable')}>"
         return BoundSite(module, name, f"{name}:{reducer}", pre_hook=False, reduce=_as_matrix(name, self.reducer, prefix))
 
     @classmethod
@@ -103,7 +104,8 @@ class BoundSite:
         module: The hooked module (the head, for the head input).
         name: The module's dotted name, or ``"head_input"``.
         key: What activation sets and SAEs store to name the site:
-            ``"head_input"`` or ``"<module>:<reducer>"``.
+            ``"head_input"``, ``"<module>:<reducer>"``, or ``"<module>:<function>"``
+            in angle brackets for a callable reducer.
         pre_hook: Whether the module's input (not its output) is read.
         reduce: Turns the hooked tensor into an (N, M) matrix.
     """

@@ -176,3 +176,15 @@ def test_create_model_errors(tmp_path):
     model = create_model("resnet18", checkpoint_path=wrong, num_classes=3)
     assert model.fc.out_features == 3
     assert isinstance(create_model("torchvision/vit_b_16", num_classes=7).heads.head, nn.Linear)
+
+
+def test_site_keys_name_the_reducer_and_rebuild_the_site(timm_resnet):
+    def pooled_max(output):
+        return output.amax(dim=(2, 3))
+
+    builtin = collect_activations(timm_resnet, torch.rand(2, 3, 32, 32), Site("layer2", "spatial_mean"), progress=False)
+    custom = collect_activations(timm_resnet, torch.rand(2, 3, 32, 32), Site("layer2", pooled_max), progress=False)
+    assert (builtin.site, custom.site) == ("layer2:spatial_mean", "layer2:<pooled_max>")
+    assert Site.from_key(builtin.site) == Site("layer2", "spatial_mean") and Site.from_key("head_input") == Site()
+    with pytest.raises(ValueError, match="custom reducer"):
+        Site.from_key(custom.site)

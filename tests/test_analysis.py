@@ -244,7 +244,7 @@ def test_sweep_equals_editing_the_model_at_every_alpha(rule, mode):
         with torch.no_grad():
             predicted = edit_model(model, sae, 2, alpha, mode=mode, rule=rule)(acts.features).argmax(1)
         confusion = torch.zeros(k, k, dtype=torch.long)
-        for true, guess in zip(acts.labels.tolist(), predicted.tolist()):
+        for true, guess in zip(acts.labels.tolist(), predicted.tolist(), strict=True):
             confusion[true, guess] += 1
         assert torch.equal(sweep.confusion[i], confusion)
         for c in range(k):
@@ -286,7 +286,7 @@ def test_sweep_refuses_bad_input():
         alpha_sweep(model, sae, 0, ActivationSet(acts.features, acts.labels, site="layer4"), [1.0])
     with pytest.raises(ValueError, match="alphas must be a non-empty 1-D sequence"):
         alpha_sweep(model, sae, 0, acts, [])
-    with pytest.raises(ValueError, match="alpha must be finite and >= 0"):
+    with pytest.raises(ValueError, match="alphas must be finite and >= 0"):
         alpha_sweep(model, sae, 0, acts, [1.0, -1.0])
     with pytest.raises(ValueError, match="rule must be one of"):
         alpha_sweep(model, sae, 0, acts, [1.0], rule="rome")
@@ -439,12 +439,11 @@ def test_seed_study_repeats_the_sweep_for_each_seed_and_matches_to_seed_zero():
     model, train = _labelled(n=120, seed=1)
     test = train.subset(torch.arange(60, 120))
     alphas = [0.0, 1.0, 4.0]
-    options = dict(d_latent=6, epochs=2, batch_size=64)
-    study = seed_study(model, train, test, alphas, n_seeds=3, progress=False, **options)
+    saes = [train_sae(train, 6, seed=s, progress=False, epochs=2, batch_size=64)[0] for s in range(3)]
+    study = seed_study(model, saes, train, test, alphas)
     assert study.accuracy.shape == (3, 3, 3, 3)
     assert study.features.shape == study.match_similarity.shape == study.own_choice.shape == (3, 3)
     assert len(study.metrics) == 3 and "explained_variance" in study.metrics[0]
-    saes = [train_sae(train, 6, seed=s, progress=False, epochs=2, batch_size=64)[0] for s in range(3)]
     chosen = torch.tensor([select_feature(class_profile(saes[0], train), c)[0] for c in range(3)])
     assert torch.equal(study.features[0], chosen) and study.own_choice[0].all()
     assert torch.equal(study.match_similarity[0], torch.ones(3, dtype=torch.float64))
@@ -473,5 +472,5 @@ def test_seed_bands_are_numpy_mean_and_sample_std_over_seeds():
 
 def test_seed_study_needs_two_seeds():
     model, acts = _labelled()
-    with pytest.raises(ValueError, match="n_seeds must be at least 2, got 1"):
-        seed_study(model, acts, acts, [1.0], n_seeds=1, progress=False)
+    with pytest.raises(ValueError, match="saes must hold at least 2 SAEs"):
+        seed_study(model, [_random_sae(6, 5)], acts, acts, [1.0])

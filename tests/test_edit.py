@@ -5,12 +5,11 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
+from conftest import small_timm_vit, small_torchvision_vit
 from torch import nn
 
 from captum_salve import FeatureDirections, SparseAutoencoder, collect_activations, edit_model, edited
 from captum_salve.models import find_head
-
-from conftest import small_timm_vit, small_torchvision_vit
 
 
 def _sae(d_in: int, activation: str = "linear", d_latent: int = 12, seed: int = 0) -> SparseAutoencoder:
@@ -150,7 +149,7 @@ def test_bad_input_is_refused(timm_resnet):
         (dict(alpha=-1.0), r"alpha must be finite and >= 0"),
         (dict(alpha=float("inf")), r"alpha must be finite and >= 0"),
         (dict(alpha=float("nan")), r"alpha must be finite and >= 0"),
-        (dict(feature=12), r"feature indices must be in \[0, 11\]"),
+        (dict(feature=12), r"feature must be SAE feature indices in \[0, 11\]"),
         (dict(feature=[]), "at least one SAE feature"),
         (dict(mode="erase"), "mode must be one of"),
         (dict(rule="rome"), "rule must be one of"),
@@ -159,7 +158,7 @@ def test_bad_input_is_refused(timm_resnet):
         arguments = dict(feature=0, alpha=1.0) | kwargs
         with pytest.raises(ValueError, match=message):
             edit_model(timm_resnet, sae, **arguments)
-    with pytest.raises(ValueError, match="the SAE reads 32-dimensional activations but the head"):
+    with pytest.raises(ValueError, match="directions are 32-dimensional but the head takes 512: the SAE was trained on another site"):
         edit_model(timm_resnet, _sae(32), 0, 1.0)
     with pytest.raises(TypeError, match="sae must be a SparseAutoencoder or FeatureDirections"):
         edit_model(timm_resnet, torch.zeros(3), 0, 1.0)

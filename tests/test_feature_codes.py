@@ -424,7 +424,7 @@ def test_an_sae_of_another_width_is_refused_on_the_first_forward(timm_resnet):
 
 
 def test_an_sae_stored_with_a_custom_reducer_asks_for_the_site(timm_resnet):
-    sae = _sae(256, site="layer3:mycallable")
+    sae = _sae(256, site="layer3:<mycallable>")
     with pytest.raises(ValueError, match=r"custom reducer.*pass site=Site\(module, reducer\) explicitly"):
         FeatureCodes(timm_resnet, sae)
     codes = FeatureCodes(timm_resnet, sae, Site("layer3", reducer=lambda out: out.amax(dim=(2, 3))))

@@ -11,7 +11,8 @@ criterion is solved exactly, piece by piece, with no iteration:
 - ``criterion="flip"`` (ours): the first α at which the prediction stops being the
   target (suppress) or becomes it (enhance); a tie counts as reached.
 
-``method="linear"`` is the paper's analytical estimate: the first piece extended
+The pieces come from the rule itself (:meth:`~captum_salve.edit.rules.EditRule.pieces`),
+so a new rule gets α_crit with no change here. ``method="linear"`` is the paper's analytical estimate: the first piece extended
 to all α (no clipping), so for the zero-logit criterion ``α_lin = z_t / R_t`` with
 ``R_t = Σ_j W_tj c_j a_j``. ``method="exact"`` walks the pieces; ``method="bisect"``
 searches on the edited head's real outputs, the independent check. Samples that
@@ -21,20 +22,23 @@ never cross get ``inf``; samples already past the criterion at α = 0 get 0.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
 from captum_salve.activations import ActivationSet, ImageData, collect_activations
-from captum_salve.edit.weights import FeatureDirections, _check_rule_and_mode, _directions, edited_weights
-from captum_salve.models import find_head
+from captum_salve.edit.head_edit import HeadEdit, head_of
+from captum_salve.edit.rules import EditMode, EditRule, EditRuleName, FeatureDirections, LogitPieces
 from captum_salve.sae.model import SparseAutoencoder
 from captum_salve.sites import HEAD_INPUT
 
-__all__ = ["CRITERIA", "METHODS", "alpha_crit"]
+__all__ = ["CRITERIA", "METHODS", "Criterion", "Method", "alpha_crit"]
 
-CRITERIA = ("zero_logit", "flip")
-METHODS = ("exact", "linear", "bisect")
+Criterion = Literal["zero_logit", "flip"]
+Method = Literal["exact", "linear", "bisect"]
+CRITERIA: tuple[Criterion, ...] = get_args(Criterion)
+METHODS: tuple[Method, ...] = get_args(Method)
 _BISECT_STEPS = 64
 _GRID_PER_OCTAVE = 16
 _GRID_OCTAVES = 50  # up to 2^50 ~ 1e15: stronger edits count as never
@@ -48,15 +52,16 @@ def alpha_crit(
     inputs: ImageData | ActivationSet,
     target: int | Sequence[int] | Tensor,
     *,
-    criterion: str = "zero_logit",
-    method: str = "exact",
-    rule: str = "salve",
-    mode: str = "suppress",
+    criterion: Criterion = "zero_logit",
+    method: Method = "exact",
+    rule: EditRuleName | EditRule = "salve",
+    mode: EditMode = "suppress",
 ) -> Tensor:
     """Per-sample critical edit strength for one feature.
 
     Args:
-        model: The classifier (its head is edited).
+        model: The classifier (its head is edited), or its head (``nn.Linear``)
+            when ``inputs`` are head-input activations.
         sae: The SAE trained on the head input, or :class:`FeatureDirections` of one feature.
         feature: The SAE feature (None with FeatureDirections).
         inputs: Images (tensor, Dataset, DataLoader) or head-input activations.
@@ -64,7 +69,7 @@ def alpha_crit(
             samples, or one per sample.
         criterion: ``"zero_logit"`` or ``"flip"``.
         method: ``"exact"``, ``"linear"`` or ``"bisect"``.
-        rule: ``"salve"`` or ``"project"``.
+        rule: ``"salve"``, ``"project"`` or an EditRule.
         mode: ``"suppress"`` or ``"enhance"``.
 
     Returns:
@@ -75,16 +80,20 @@ def alpha_crit(
         >>> a = alpha_crit(model, sae, 12, acts, target=3, criterion="flip")
         >>> a.isinf().float().mean()  # share of samples no strength flips
     """
-    _check_rule_and_mode(rule, mode)
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    directions = _directions(sae, feature)
-    if directions.count != 1:
-        raise ValueError(f"alpha_crit takes one feature, got {directions.count}")
-    _, head = find_head(model)
-    acts = inputs if isinstance(inputs, ActivationSet) else collect_activations(model, inputs, progress=False)
+    edit = HeadEdit.of(sae, feature, 0.0, mode=mode, rule=rule)
+    if edit.directions.count != 1:
+        raise ValueError(f"alpha_crit takes one feature, got {edit.directions.count}")
+    head = head_of(model)
+    if isinstance(inputs, ActivationSet):
+        acts = inputs
+    elif isinstance(model, nn.Linear):
+        raise ValueError("with the head alone, inputs must be head-input activations (an ActivationSet), not images")
+    else:
+        acts = collect_activations(model, inputs, progress=False)
     if acts.dim != head.in_features or acts.site != HEAD_INPUT:
         raise ValueError(
             f"inputs must be images or head-input activations of width {head.in_features}, "
@@ -95,18 +104,15 @@ def alpha_crit(
     a = acts.features.to(head.weight.device, torch.float64)
     targets = _per_sample_targets(target, len(a), head.out_features).to(a.device)
 
-    if method == "bisect":
-        return _bisect(head, directions, a, targets, criterion, rule, mode)
     weight = head.weight.detach().to(torch.float64)
     bias = torch.zeros(head.out_features, dtype=torch.float64, device=a.device) if head.bias is None else head.bias.detach().to(torch.float64)
-    piecewise = rule == "salve" and mode == "suppress" and method == "exact"
-    pieces = head.in_features + 1 if piecewise else 1
-    chunk = max(1, _CHUNK_ELEMENTS // (head.out_features * max(pieces, head.in_features) * 4))
+    if method == "bisect":
+        return _bisect(edit, weight, bias, a, targets, criterion)
+    chunk = max(1, _CHUNK_ELEMENTS // (head.out_features * (head.in_features + 1) * 4))
     results = []
     for start in range(0, len(a), chunk):
-        part, part_targets = a[start : start + chunk], targets[start : start + chunk]
-        pieces = _pieces(weight, bias, directions, part, rule, mode, piecewise)
-        results.append(_first_crossing(*pieces, part_targets, criterion, mode))
+        pieces = edit.rule.pieces(weight, bias, edit.directions, a[start : start + chunk], edit.sign, exact=method == "exact")
+        results.append(_first_crossing(pieces, targets[start : start + chunk], criterion, mode))
     return torch.cat(results).cpu()
 
 
@@ -121,42 +127,9 @@ def _per_sample_targets(target: int | Sequence[int] | Tensor, n: int, classes: i
     return targets
 
 
-def _pieces(weight: Tensor, bias: Tensor, directions: FeatureDirections, a: Tensor, rule: str, mode: str, piecewise: bool) -> tuple[Tensor, ...]:
-    """Every logit as ``p + α q`` on consecutive pieces ``[lo, hi]``: (N, P, K) p and q, (P,) lo and hi."""
-    d = directions.decoder[:, 0].to(a.device, torch.float64)
-    if rule == "project":
-        e = directions.encoder[0].to(a.device, torch.float64)
-        beta = directions.offset[0].to(a.device, torch.float64)
-        sign = -1.0 if mode == "suppress" else 1.0
-        p = a @ weight.T + bias
-        q = sign * (a @ e + beta)[:, None] * (weight @ d)[None, :]
-        lo, hi = torch.zeros(1, dtype=a.dtype, device=a.device), torch.full((1,), torch.inf, dtype=a.dtype, device=a.device)
-        return p[:, None], q[:, None], lo, hi
-    c = d.abs()
-    contributions = a[:, None, :] * weight[None]  # (N, K, M): W_kj a_j
-    if not piecewise:
-        sign = -1.0 if mode == "suppress" else 1.0
-        p = contributions.sum(-1) + bias
-        q = sign * (contributions * c).sum(-1)
-        lo, hi = torch.zeros(1, dtype=a.dtype, device=a.device), torch.full((1,), torch.inf, dtype=a.dtype, device=a.device)
-        return p[:, None], q[:, None], lo, hi
-    breaks = torch.where(c > 0, 1.0 / c, torch.full_like(c, torch.inf))
-    breaks, order = breaks.sort()
-    contributions = contributions[..., order]
-    c = c[order]
-    # Columns still unclipped on piece i are the sorted positions >= i: suffix sums.
-    unclipped = contributions.flip(-1).cumsum(-1).flip(-1)
-    unclipped_c = (contributions * c).flip(-1).cumsum(-1).flip(-1)
-    zeros = torch.zeros(*unclipped.shape[:-1], 1, dtype=a.dtype, device=a.device)
-    p = torch.cat([unclipped, zeros], dim=-1).transpose(1, 2) + bias  # (N, M+1, K)
-    q = -torch.cat([unclipped_c, zeros], dim=-1).transpose(1, 2)
-    lo = torch.cat([torch.zeros(1, dtype=a.dtype, device=a.device), breaks])
-    hi = torch.cat([breaks, torch.full((1,), torch.inf, dtype=a.dtype, device=a.device)])
-    return p, q, lo, hi
-
-
-def _first_crossing(p: Tensor, q: Tensor, lo: Tensor, hi: Tensor, targets: Tensor, criterion: str, mode: str) -> Tensor:
+def _first_crossing(pieces: LogitPieces, targets: Tensor, criterion: Criterion, mode: EditMode) -> Tensor:
     """The first α at which the criterion holds, given piecewise-linear logits."""
+    p, q, lo, hi = pieces.p, pieces.q, pieces.lo, pieces.hi
     rows = torch.arange(len(targets), device=p.device)
     p_t, q_t = p[rows, :, targets][:, :, None], q[rows, :, targets][:, :, None]  # (N, P, 1)
     if criterion == "zero_logit":
@@ -187,7 +160,7 @@ def _feasible(p: Tensor, q: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Ten
     return first.masked_fill(empty, torch.inf), last.masked_fill(empty, -torch.inf)
 
 
-def _event(logits: Tensor, targets: Tensor, criterion: str, mode: str) -> Tensor:
+def _event(logits: Tensor, targets: Tensor, criterion: Criterion, mode: EditMode) -> Tensor:
     rows = torch.arange(len(targets), device=logits.device)
     target_logit = logits[rows, targets]
     if criterion == "zero_logit":
@@ -198,23 +171,22 @@ def _event(logits: Tensor, targets: Tensor, criterion: str, mode: str) -> Tensor
     return best_rival >= target_logit if mode == "suppress" else target_logit >= best_rival
 
 
-def _bisect(head: nn.Linear, directions: FeatureDirections, a: Tensor, targets: Tensor, criterion: str, rule: str, mode: str) -> Tensor:
+def _bisect(edit: HeadEdit, weight: Tensor, bias: Tensor, a: Tensor, targets: Tensor, criterion: Criterion) -> Tensor:
     """Bracket on a grid, then bisect on the edited head's real outputs.
 
     The grid holds 0, every clipping breakpoint ``1/c_j`` and 16 points per octave
     from 2^-20 to about 1e15, so a window in which the criterion holds (possible
     when enhancing towards a flip) is found unless it is narrower than 4% of α.
     """
-    weight, bias = head.weight.detach().double(), None if head.bias is None else head.bias.detach().double()
-    c = directions.decoder[:, 0].abs().double().to(a.device)
+    c = edit.directions.decoder[:, 0].abs().double().to(a.device)
     breaks = 1.0 / c[c > 0]
     octaves = torch.arange(-20 * _GRID_PER_OCTAVE, _GRID_OCTAVES * _GRID_PER_OCTAVE + 1, device=a.device, dtype=a.dtype)
     grid = torch.cat([torch.zeros(1, dtype=a.dtype, device=a.device), breaks, 2.0 ** (octaves / _GRID_PER_OCTAVE)]).unique()
 
     def event_at(alpha: Tensor, index: Tensor) -> Tensor:
-        w, b = edited_weights(weight, bias, directions, alpha, mode=mode, rule=rule)
-        logits = torch.einsum("nkm,nm->nk", w, a[index]) + (0 if b is None else b)
-        return _event(logits, targets[index], criterion, mode)
+        w, b = edit.rule.weights(weight, bias, edit.directions, alpha, edit.sign)
+        logits = torch.einsum("nkm,nm->nk", w, a[index]) + b
+        return _event(logits, targets[index], criterion, edit.mode)
 
     n = len(a)
     result = torch.full((n,), torch.inf, dtype=a.dtype, device=a.device)

@@ -1,0 +1,43 @@
+"""From codes to findings: class profiles and feature selection, α sweeps and edit selection, controls, seed robustness."""
+
+from captum_salve.analysis.controls import control_directions
+from captum_salve.analysis.profiles import (
+    ClassProfile,
+    CrossClassFeature,
+    RankBy,
+    class_profile,
+    cross_class_features,
+    select_feature,
+    top_activating,
+)
+from captum_salve.analysis.seeds import SeedStudy, match_features, seed_study
+from captum_salve.analysis.sweeps import (
+    DEFAULT_EDIT_ALPHAS,
+    EditChoice,
+    SweepResult,
+    alpha_50,
+    alpha_sweep,
+    crossing_50,
+    select_edit,
+)
+
+__all__ = [
+    "DEFAULT_EDIT_ALPHAS",
+    "ClassProfile",
+    "CrossClassFeature",
+    "EditChoice",
+    "RankBy",
+    "SeedStudy",
+    "SweepResult",
+    "alpha_50",
+    "alpha_sweep",
+    "class_profile",
+    "control_directions",
+    "cross_class_features",
+    "crossing_50",
+    "match_features",
+    "seed_study",
+    "select_edit",
+    "select_feature",
+    "top_activating",
+]

@@ -1,0 +1,38 @@
+"""Controls for an edit: directions that are not SAE features, removed as strongly."""
+
+from __future__ import annotations
+
+import torch
+
+from captum_salve.activations import ActivationSet
+from captum_salve.edit.rules import FeatureDirections
+from captum_salve.sae.model import SparseAutoencoder
+
+__all__ = ["control_directions"]
+
+
+def control_directions(
+    sae: SparseAutoencoder, feature: int, acts: ActivationSet, *, seed: int = 0
+) -> dict[str, FeatureDirections]:
+    """The controls for an edit: a random unit direction and the top principal direction of ``acts``.
+
+    Their codes are scaled so that their root-mean-square over ``acts`` equals the
+    SAE feature's, so the same α removes as much under ``rule="project"``; under
+    ``rule="salve"`` only the unit direction matters.
+    """
+    if acts.dim != sae.d_in:
+        raise ValueError(f"the SAE reads {sae.d_in}-dimensional activations, acts have {acts.dim}")
+    features = acts.features.double()
+    mean = features.mean(dim=0)
+    centred = features - mean
+    reference = FeatureDirections.from_sae(sae, feature)
+    code_rms = (features @ reference.encoder[0].double().cpu() + reference.offset[0].double().cpu()).pow(2).mean().sqrt()
+    generator = torch.Generator().manual_seed(seed)
+    random = torch.randn(features.shape[1], generator=generator, dtype=torch.float64)
+    principal = torch.linalg.svd(centred, full_matrices=False).Vh[0]
+    controls = {}
+    for name, vector in (("random direction", random), ("principal direction", principal)):
+        unit = vector / vector.norm()
+        rms = (centred @ unit).pow(2).mean().sqrt().clamp_min(1e-12)
+        controls[name] = FeatureDirections.from_vectors(unit, mean=mean, code_scale=code_rms / rms)
+    return controls

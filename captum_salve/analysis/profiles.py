@@ -1,0 +1,151 @@
+"""Class profiles μ (the paper's Figure 1a) and the features they point to."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from captum_salve.activations import ActivationSet
+from captum_salve.sae.model import SparseAutoencoder, check_feature_index
+
+__all__ = [
+    "ClassProfile",
+    "CrossClassFeature",
+    "RankBy",
+    "class_profile",
+    "cross_class_features",
+    "select_feature",
+    "top_activating",
+]
+
+RankBy = Literal["magnitude", "contrast"]
+
+
+@dataclass(frozen=True)
+class CrossClassFeature:
+    """A feature that is large for several classes.
+
+    Attributes:
+        feature: SAE feature index.
+        classes: The classes it is large for, strongest first.
+        score: Gap between the weakest of those classes and the strongest other
+            class, in units of the feature's standard deviation.
+    """
+
+    feature: int
+    classes: tuple[int, ...]
+    score: float
+
+
+@dataclass
+class ClassProfile:
+    """Class-conditional mean codes μ (the paper's Figure 1a) and what follows from them.
+
+    Attributes:
+        mean_codes: μ, (K, d): mean code of each class.
+        counts: (K,) samples per class.
+        code_std: (d,) standard deviation of each code over all samples.
+        class_names: K names.
+    """
+
+    mean_codes: Tensor
+    counts: Tensor
+    code_std: Tensor
+    class_names: list[str] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return self.mean_codes.shape[0]
+
+    def _check_class(self, class_index: int) -> None:
+        if not 0 <= class_index < self.num_classes:
+            raise ValueError(f"class_index must be in [0, {self.num_classes - 1}], got {class_index}")
+
+    def contrast(self) -> Tensor:
+        """(K, d): how much class k's mean code exceeds the mean of the other classes, in code standard deviations."""
+        mu = self.mean_codes
+        others = (mu.sum(0, keepdim=True) - mu) / max(self.num_classes - 1, 1)
+        return (mu - others) / self.code_std.clamp_min(1e-8)
+
+    def dominant(self, class_index: int, n: int = 5, *, by: RankBy = "magnitude") -> Tensor:
+        """A class's top features: by ``|μ_k|`` (``"magnitude"``, the paper's) or by :meth:`contrast`."""
+        self._check_class(class_index)
+        if n < 1:
+            raise ValueError(f"n must be at least 1, got {n}")
+        if by == "magnitude":
+            scores = self.mean_codes[class_index].abs()
+        elif by == "contrast":
+            scores = self.contrast()[class_index]
+        else:
+            raise ValueError(f"by must be 'magnitude' or 'contrast', got {by!r}")
+        return scores.topk(min(n, scores.numel())).indices
+
+    def selectivity(self, feature: int) -> Tensor:
+        """(K,) share of a feature's mean magnitude that falls on each class (1/K when even)."""
+        if check_feature_index(feature, self.mean_codes.shape[1]).numel() != 1:
+            raise ValueError(f"feature must be one SAE feature, got {feature!r}")
+        magnitude = self.mean_codes[:, feature].abs()
+        return magnitude / magnitude.sum().clamp_min(1e-12)
+
+    def specificity(self, *, by: RankBy = "magnitude") -> Tensor:
+        """(K,) selectivity of each class's top feature for that class: 1 = only that class, 1/K = all alike."""
+        return torch.stack(
+            [self.selectivity(int(self.dominant(k, 1, by=by)[0]))[k] for k in range(self.num_classes)]
+        )
+
+
+def class_profile(sae: SparseAutoencoder, acts: ActivationSet, *, class_names: Sequence[str] | None = None) -> ClassProfile:
+    """The class-conditional mean code μ_k of every class.
+
+    Example:
+        >>> profile = class_profile(sae, acts)
+        >>> profile.dominant(3, n=5)       # class 3's features by |μ_3|
+        >>> cross_class_features(profile)  # features shared by several classes
+        >>> plots.class_heatmap(profile)   # the paper's Figure 1a
+    """
+    labels = acts.require_labels()
+    codes = sae.encode_all(acts)
+    k = acts.num_classes
+    counts = torch.bincount(labels, minlength=k)
+    sums = torch.zeros(k, codes.shape[1]).index_add_(0, labels, codes)
+    mean = sums / counts.clamp_min(1)[:, None]
+    names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
+    if len(names) != k:
+        raise ValueError(f"class_names must have {k} entries, got {len(names)}")
+    return ClassProfile(mean, counts, codes.std(dim=0), names)
+
+
+def cross_class_features(profile: ClassProfile, *, n_classes: int = 2, top: int = 5) -> list[CrossClassFeature]:
+    """Features large for exactly ``n_classes`` classes and small for the rest, best first.
+
+    A feature's score is the gap between its ``n_classes``-th and ``(n_classes+1)``-th
+    largest class mean ``|μ_k|``, in units of its standard deviation.
+    """
+    if not 2 <= n_classes < profile.num_classes:
+        raise ValueError(f"n_classes must be in [2, {profile.num_classes - 1}], got {n_classes}")
+    magnitude = profile.mean_codes.abs()  # (K, d)
+    ranked, classes = magnitude.sort(dim=0, descending=True)
+    gap = (ranked[n_classes - 1] - ranked[n_classes]) / profile.code_std.clamp_min(1e-8)
+    best = gap.topk(min(top, gap.numel())).indices
+    return [
+        CrossClassFeature(int(f), tuple(int(c) for c in classes[:n_classes, f]), float(gap[f])) for f in best
+    ]
+
+
+def select_feature(profile: ClassProfile, class_index: int, *, n: int = 1, by: RankBy = "contrast") -> list[int]:
+    """The feature(s) to edit for a class: its top ``n`` by contrast (default) or by magnitude."""
+    return [int(f) for f in profile.dominant(class_index, n, by=by)]
+
+
+def top_activating(sae: SparseAutoencoder, acts: ActivationSet, feature: int, k: int = 9) -> tuple[Tensor, Tensor]:
+    """The ``k`` rows where a feature's code is largest: (indices, values), largest first."""
+    if sae.feature_index(feature).numel() != 1:
+        raise ValueError(f"feature must be one SAE feature, got {feature!r}")
+    if not 1 <= k <= len(acts):
+        raise ValueError(f"k must be in [1, {len(acts)}], got {k}")
+    values, indices = sae.encode_all(acts)[:, feature].topk(k)
+    return indices, values
