@@ -178,7 +178,7 @@ def _model_section(summary: dict, folder: Path) -> str:
     )
     parts.append(
         "<details><summary>Top-activating images and Grad-FAM overlays, per class</summary><div class=\"grid\">"
-        + "".join(_img(folder, g, "gallery") + (_img(folder, o, "overlay") if o else "") for g, o in zip(validate["figures"]["galleries"], validate["figures"]["overlays"]))
+        + "".join(_img(folder, g, "gallery") + (_img(folder, o, "overlay") if o else "") for g, o in zip(validate["figures"]["galleries"], validate["figures"]["overlays"], strict=True))
         + "</div></details>"
     )
 
@@ -229,7 +229,7 @@ def _model_section(summary: dict, folder: Path) -> str:
     )
     parts.append(
         "<details><summary>Accuracy vs α (Fig. 4a) and where predictions go (Fig. 4b), per class</summary><div class=\"grid\">"
-        + "".join(_img(folder, a, "accuracy") + _img(folder, p, "predictions") for a, p in zip(control["figures"]["accuracy"], control["figures"]["predictions"]))
+        + "".join(_img(folder, a, "accuracy") + _img(folder, p, "predictions") for a, p in zip(control["figures"]["accuracy"], control["figures"]["predictions"], strict=True))
         + "</div></details>"
     )
 
