@@ -13,6 +13,15 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 CUDA = torch.device("cuda")
 
 
+@pytest.fixture(autouse=True)
+def _full_float32():
+    """TF32 (on by default for cuDNN convolutions) rounds to 10 mantissa bits; compare at float32 precision."""
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
 def _pair(seed: int = 0):
     """The same random ResNet-18 and linear SAE, once on the CPU and once on the GPU."""
     torch.manual_seed(seed)
