@@ -186,7 +186,7 @@ class EditRule(ABC):
 
         def logits(alphas: Tensor) -> Tensor:
             new_weight, new_bias = self.weights(weight, bias, directions, alphas, sign)
-            return a @ new_weight.T + new_bias
+            return torch.addmm(new_bias, a, new_weight.T)
 
         return logits
 
@@ -261,7 +261,7 @@ class ProjectOut(EditRule):
         logits0, codes, pushes = a @ weight.T + bias, a @ e.T + beta, weight @ d  # (N, K), (N, F), (K, F)
 
         def logits(alphas: Tensor) -> Tensor:
-            return logits0 + sign * (codes * alphas) @ pushes.T
+            return torch.addmm(logits0, codes * (sign * alphas), pushes.T)
 
         return logits
 
