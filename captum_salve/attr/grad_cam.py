@@ -160,7 +160,14 @@ class TokenGradCam(LayerAttribution, GradientAttribution):
             *Tensor* of **attributions**, ``(N, 1, h, w)`` at the layer's resolution
             (``(N, C, h, w)`` with ``attr_dim_summation=False``), signed unless
             ``relu_attributions=True``.
+
+        Examples::
+
+            >>> cam = TokenGradCam(model, model.blocks[-1].norm1, tokens_to_grid(1, (14, 14)))
+            >>> maps = cam.attribute(images, target=labels)      # class Grad-CAM on ViT tokens
+            >>> heat = render_maps(maps, images.shape[-2:])      # (N, 1, H, W) in [0, 1]
         """
+        self._check_target(target)
         if self.reshape_transform is None:
             try:
                 maps = LayerGradCam(self.forward_func, self.layer, self.device_ids).attribute(
@@ -232,6 +239,9 @@ class TokenGradCam(LayerAttribution, GradientAttribution):
             self._refuse_silent_layer(grads, selected[:, position].detach())
             maps.append(_weighted_maps(grads, acts, relu_attributions, True))
         return torch.cat(maps, dim=1)
+
+    def _check_target(self, target: TargetType) -> None:
+        """Refuse a target this attribution cannot explain (any target Captum accepts, here)."""
 
     def _forward_and_layer_output(self, inputs: tuple, extra: tuple) -> tuple[Tensor, Tensor]:
         """Run the forward once, keeping the layer's output (the model goes on with a clone of it)."""

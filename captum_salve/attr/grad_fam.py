@@ -6,7 +6,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from captum._utils.typing import TargetType
-from captum.log import log_usage
 from torch import Tensor, nn
 
 from captum_salve.attr.feature_codes import FeatureCodes
@@ -29,7 +28,9 @@ class GradFAM(TokenGradCam):
     site (by default the one recorded in the SAE, usually the head input). On a
     convolutional layer the map is Captum's ``LayerGradCam`` of that forward; on
     a token layer the tokens are first folded into ``(N, C, h, w)`` (see
-    :class:`TokenGradCam`). The attribution has the layer's resolution,
+    :class:`TokenGradCam`). ``attribute(images, target=l)`` takes Captum's
+    arguments, with ``target`` naming SAE features (one int for every image, or
+    one per image). The attribution has the layer's resolution,
     ``(N, 1, h, w)``, and is signed unless ``relu_attributions=True``; render it
     over the image with :func:`render_maps`.
 
@@ -76,46 +77,11 @@ class GradFAM(TokenGradCam):
         self.layer_name = module_name(model, layer)
         self._active_threshold = sae.active_threshold
 
-    @log_usage(part_of_slo=True)
-    def attribute(
-        self,
-        inputs: Tensor | tuple[Tensor, ...],
-        target: TargetType = None,
-        additional_forward_args: Any = None,
-        relu_attributions: bool = False,
-        attr_dim_summation: bool = True,
-        grad_kwargs: dict[str, Any] | None = None,
-    ) -> Tensor:
-        r"""
-        Args:
-            inputs (Tensor or tuple[Tensor, ...]): Images for which maps are
-                computed, dimension 0 indexing examples.
-            target (int, list, or Tensor): The SAE feature(s), with Captum's
-                semantics: one int for every example, or a list / 1-D tensor with
-                one feature per example.
-            additional_forward_args (Any, optional): Extra arguments the model's
-                forward takes after the inputs. Default: None
-            relu_attributions (bool, optional): Keep only positive evidence, as in
-                the original Grad-CAM. Default: False
-            attr_dim_summation (bool, optional): Sum over channels (True) or
-                return the per-channel weighted activations. Default: True
-            grad_kwargs (dict, optional): Passed to ``torch.autograd.grad``.
-
-        Returns:
-            *Tensor* of **attributions**, ``(N, 1, h, w)`` at the layer's resolution
-            (``(N, C, h, w)`` with ``attr_dim_summation=False``).
-
-        Examples::
-
-            >>> fam = GradFAM(model, model.layer4[-1], sae)
-            >>> attr = fam.attribute(images, target=12)          # feature 12 for all
-            >>> attr = fam.attribute(images, target=[3, 7, 7])   # one per image
-            >>> heat = render_maps(attr, images.shape[-2:])      # (N, 1, H, W) in [0, 1]
-        """
+    def _check_target(self, target: TargetType) -> None:
+        """Grad-FAM's target names SAE features: one int for every image, or one per image."""
         if target is None:
             raise ValueError("target must name the SAE feature(s): an int, or one per example")
         self.sae.feature_index(target, "target")
-        return super().attribute(inputs, target, additional_forward_args, relu_attributions, attr_dim_summation, grad_kwargs)
 
     def attribute_features(
         self,
