@@ -127,11 +127,9 @@ def train_sae(
     bar = tqdm(total=epochs * n_batches, initial=len(history) * n_batches, desc="SAE", disable=not progress)
     for epoch in range(len(history), epochs):
         order = torch.randperm(len(data), generator=generator).to(device)
-        record = {"epoch": epoch + 1, **_train_epoch(sae, optimizer, data, order, batch_size, objective, bar), "resampled": 0}
-        if variant.resamples_dead and epoch < epochs - 1:
-            record["resampled"] = _resample_dead(sae, optimizer, data, record.pop("fired"), generator)
-        record.pop("fired", None)
-        history.append(record)
+        metrics, fired = _train_epoch(sae, optimizer, data, order, batch_size, objective, bar)
+        resampled = _resample_dead(sae, optimizer, data, fired, generator) if variant.resamples_dead and epoch < epochs - 1 else 0
+        history.append({"epoch": epoch + 1, **metrics, "resampled": resampled})
         if checkpoint_dir is not None:
             _save_checkpoint(Path(checkpoint_dir), sae, optimizer, generator, settings, history)
     bar.close()
@@ -161,8 +159,8 @@ def _train_epoch(
     batch_size: int,
     objective: _Objective,
     bar: tqdm,
-) -> dict:
-    """One pass over ``data`` in ``order``: the epoch's metrics, and which latents fired."""
+) -> tuple[dict, Tensor]:
+    """One pass over ``data`` in ``order``: the epoch's loss and metrics, and which latents fired."""
     stats = ReconstructionStats(objective.mean, sae.d_latent, sae.active_threshold)
     loss_sum = torch.zeros((), dtype=torch.float64, device=data.device)
     for start in range(0, len(data), batch_size):
@@ -184,7 +182,7 @@ def _train_epoch(
                 EV=f"{summary['explained_variance']:.3f}",
                 refresh=False,
             )
-    return {"loss": float(loss_sum) / len(data), **stats.summary(), "fired": stats.fired}
+    return {"loss": float(loss_sum) / len(data), **stats.summary()}, stats.fired
 
 
 def _initial_sae(data: Tensor, d_latent: int, variant: CodeActivation, generator: torch.Generator) -> SparseAutoencoder:
