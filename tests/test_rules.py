@@ -172,3 +172,10 @@ def test_head_edit_refuses_what_would_be_silently_wrong():
     assert bias is None and weight.shape == (4, 6)
     with pytest.raises(ValueError, match=r"a must be \(N, 6\) head inputs"):
         HeadEdit.of(sae, 0, 1.0)(a[:, :5])
+
+
+def test_alpha_crit_refuses_an_sae_whose_width_is_not_the_heads(timm_resnet):
+    narrow = SparseAutoencoder(32, 8, "linear")
+    acts = ActivationSet(torch.rand(4, 512), torch.arange(4))
+    with pytest.raises(ValueError, match="directions are 32-dimensional but the head takes 512"):
+        alpha_crit(timm_resnet, narrow, 0, acts, 1)

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from captum_salve.activations import ActivationSet
 from captum_salve.analysis.profiles import ClassProfile, RankBy, select_feature
-from captum_salve.edit.head_edit import HeadEdit, head_of
+from captum_salve.edit.head_edit import HeadEdit, head_of, head_tensors64
 from captum_salve.edit.rules import EditMode, EditRule, EditRuleName, FeatureDirections, edit_rule
 from captum_salve.sae.model import SparseAutoencoder
 from captum_salve.sites import HEAD_INPUT
@@ -120,9 +120,8 @@ def alpha_sweep(
     k = head.out_features
     if labels.min() < 0 or labels.max() >= k:
         raise ValueError(f"data labels must be classes of the head, in [0, {k - 1}], got {int(labels.min())} to {int(labels.max())}")
-    device = head.weight.device
-    weight = head.weight.detach().to(torch.float64)
-    bias = torch.zeros(k, dtype=torch.float64, device=device) if head.bias is None else head.bias.detach().to(torch.float64)
+    weight, bias = head_tensors64(head)
+    device = weight.device
     strengths = [torch.full((edit.directions.count,), float(alpha), dtype=torch.float64, device=device) for alpha in alphas]
     confusion = torch.zeros(len(alphas) + 1, k, k, dtype=torch.long)
     rows = max(1, _CHUNK_ELEMENTS // (k + edit.directions.width))
@@ -225,6 +224,7 @@ def select_edit(
     if candidates < 1 or max_features < 1:
         raise ValueError(f"candidates and max_features must be at least 1, got {candidates} and {max_features}")
     pool = select_feature(profile, class_index, n=candidates, by=by)
+    rule_name = edit_rule(rule).name
     best: tuple | None = None
     for size in range(1, max_features + 1):
         for group in combinations(pool, size):
@@ -236,6 +236,6 @@ def select_edit(
             reached = len(below) > 0
             key = (not reached, abs(float(off[i])) if reached else float(accuracy[i]), size)
             if best is None or key < best[0]:
-                choice = EditChoice(class_index, group, float(sweep.alphas[i]), edit_rule(rule).name, float(accuracy[i]), float(off[i]), reached)
+                choice = EditChoice(class_index, group, float(sweep.alphas[i]), rule_name, float(accuracy[i]), float(off[i]), reached)
                 best = (key, choice)
     return best[1]

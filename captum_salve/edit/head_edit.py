@@ -26,7 +26,7 @@ from captum_salve.models import find_head
 from captum_salve.sae.model import SparseAutoencoder
 from captum_salve.sites import HEAD_INPUT
 
-__all__ = ["HeadEdit", "edit_model", "edited", "head_of"]
+__all__ = ["HeadEdit", "edit_model", "edited", "head_of", "head_tensors64"]
 
 
 def head_of(model: nn.Module) -> nn.Linear:
@@ -125,8 +125,7 @@ class HeadEdit:
                 has no bias but the edit needs one.
         """
         self.check_head(head)
-        weight = head.weight.detach().to(torch.float64)
-        bias = _bias64(head)
+        weight, bias = head_tensors64(head)
         new_weight, new_bias = self.rule.weights(weight, bias, self.directions, self.alpha.to(weight.device), self.sign)
         if head.bias is None:
             if new_bias.any():
@@ -191,10 +190,15 @@ def _alpha_vector(alpha: float | Sequence[float] | Tensor, count: int) -> Tensor
     return alphas
 
 
-def _bias64(head: nn.Linear) -> Tensor:
+def head_tensors64(head: nn.Linear) -> tuple[Tensor, Tensor]:
+    """The head's weight (K, M) and bias (K,) in float64, detached; a head without bias gets zeros.
+
+    What every rule computes on: edits, sweeps and α_crit alike.
+    """
+    weight = head.weight.detach().to(torch.float64)
     if head.bias is None:
-        return torch.zeros(head.out_features, dtype=torch.float64, device=head.weight.device)
-    return head.bias.detach().to(torch.float64)
+        return weight, torch.zeros(head.out_features, dtype=torch.float64, device=weight.device)
+    return weight, head.bias.detach().to(torch.float64)
 
 
 def _write(head: nn.Linear, weight: Tensor, bias: Tensor | None) -> None:

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from captum_salve.activations import ActivationSet, ImageData, collect_activations
-from captum_salve.edit.head_edit import HeadEdit, head_of
+from captum_salve.edit.head_edit import HeadEdit, head_of, head_tensors64
 from captum_salve.edit.rules import EditMode, EditRule, EditRuleName, FeatureDirections, LogitPieces
 from captum_salve.sae.model import SparseAutoencoder
 from captum_salve.sites import HEAD_INPUT
@@ -88,6 +88,7 @@ def alpha_crit(
     if edit.directions.count != 1:
         raise ValueError(f"alpha_crit takes one feature, got {edit.directions.count}")
     head = head_of(model)
+    edit.check_head(head)
     if isinstance(inputs, ActivationSet):
         acts = inputs
     elif isinstance(model, nn.Linear):
@@ -104,8 +105,7 @@ def alpha_crit(
     a = acts.features.to(head.weight.device, torch.float64)
     targets = _per_sample_targets(target, len(a), head.out_features).to(a.device)
 
-    weight = head.weight.detach().to(torch.float64)
-    bias = torch.zeros(head.out_features, dtype=torch.float64, device=a.device) if head.bias is None else head.bias.detach().to(torch.float64)
+    weight, bias = head_tensors64(head)
     if method == "bisect":
         return _bisect(edit, weight, bias, a, targets, criterion)
     chunk = max(1, _CHUNK_ELEMENTS // (head.out_features * (head.in_features + 1) * 4))
