@@ -21,6 +21,7 @@ test: lint
 
 lint: $(STAMP)
 	$(BIN)/ruff check captum_salve tests benchmarks
+	$(BIN)/ruff format --check captum_salve tests benchmarks
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks

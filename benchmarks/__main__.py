@@ -38,7 +38,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help="where to run (default: cuda if available, else cpu)",
     )
     parser.add_argument("--quick", action="store_true", help="fewer repeats: a smoke test, with noisier ratios")
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results, with every call time, to PATH")
+    parser.add_argument(
+        "--json", type=Path, metavar="PATH", help="also write the results, with every call time, to PATH"
+    )
     parser.add_argument(
         "--threads",
         type=int,
@@ -119,7 +121,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     environment = _environment(settings)
     print(format_table(rows, environment))
     if args.json is not None:
-        args.json.write_text(json.dumps({"environment": environment, "rows": [row.to_dict() for row in rows]}, indent=2))
+        args.json.write_text(
+            json.dumps({"environment": environment, "rows": [row.to_dict() for row in rows]}, indent=2)
+        )
     return 0
 
 

@@ -78,7 +78,10 @@ def run(settings: Settings) -> list[Row]:
     )
     head_inputs = torch.relu(torch.randn(HEAD_BATCH, model.num_features, device=device))
     heads = time_interleaved(
-        {"edited head": _forward(find_head(edited)[1], head_inputs), "hooked head": _forward(find_head(hooked)[1], head_inputs)},
+        {
+            "edited head": _forward(find_head(edited)[1], head_inputs),
+            "hooked head": _forward(find_head(hooked)[1], head_inputs),
+        },
         repeats=settings.repeats(full=50, quick=10),
         device=device,
     )

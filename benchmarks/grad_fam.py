@@ -26,7 +26,9 @@ FEATURES = 16
 CLASSES = 10
 
 
-def _setup(name: str, layer_of: Callable[[nn.Module], nn.Module], d_latent: int, settings: Settings) -> tuple[GradFAM, LayerGradCam, Tensor, list[int]]:
+def _setup(
+    name: str, layer_of: Callable[[nn.Module], nn.Module], d_latent: int, settings: Settings
+) -> tuple[GradFAM, LayerGradCam, Tensor, list[int]]:
     """A randomly initialised timm model, an untrained linear SAE on its head input, and the two attributors."""
     torch.manual_seed(0)
     model = timm.create_model(name, num_classes=CLASSES).eval().to(settings.device)

@@ -41,8 +41,12 @@ def run(settings: Settings) -> list[Row]:
     weight = torch.randn(CLASSES, WIDTH, generator=generator, dtype=torch.float64).to(device) / WIDTH**0.5
     bias = torch.randn(CLASSES, generator=generator, dtype=torch.float64).to(device)
     direction = torch.randn(WIDTH, 1, generator=generator, dtype=torch.float64)
-    directions = FeatureDirections(direction / direction.norm(), direction.T.clone(), torch.tensor([0.1], dtype=torch.float64))
-    strengths = [torch.full((1,), float(alpha), dtype=torch.float64, device=device) for alpha in torch.linspace(0, 20, ALPHAS)]
+    directions = FeatureDirections(
+        direction / direction.norm(), direction.T.clone(), torch.tensor([0.1], dtype=torch.float64)
+    )
+    strengths = [
+        torch.full((1,), float(alpha), dtype=torch.float64, device=device) for alpha in torch.linspace(0, 20, ALPHAS)
+    ]
     rule = ProjectOut()
 
     def sweep(curve_of) -> list[torch.Tensor]:
@@ -55,7 +59,10 @@ def run(settings: Settings) -> list[Row]:
     def per_alpha_head() -> list[torch.Tensor]:
         return sweep(EditRule.logit_curve)
 
-    fast, slow = rule.logit_curve(weight, bias, directions, a, -1.0), EditRule.logit_curve(rule, weight, bias, directions, a, -1.0)
+    fast, slow = (
+        rule.logit_curve(weight, bias, directions, a, -1.0),
+        EditRule.logit_curve(rule, weight, bias, directions, a, -1.0),
+    )
     for alpha in strengths:
         if not torch.allclose(fast(alpha), slow(alpha), rtol=1e-10, atol=1e-10):
             raise RuntimeError("the rank-1 curve and the edited head give different logits")

@@ -56,7 +56,14 @@ def run(settings: Settings) -> list[Row]:
     acts = ActivationSet(features)
     rows = []
     for criterion in CRITERIA:
-        problem = {"model": model, "sae": sae, "feature": FEATURE, "inputs": acts, "target": targets, "criterion": criterion}
+        problem = {
+            "model": model,
+            "sae": sae,
+            "feature": FEATURE,
+            "inputs": acts,
+            "target": targets,
+            "criterion": criterion,
+        }
         outputs: dict[str, Tensor] = {}
         timings = time_interleaved(
             {method: partial(_solve, outputs, method, problem) for method in ("bisect", "exact")},
@@ -70,7 +77,8 @@ def run(settings: Settings) -> list[Row]:
                 "exact",
                 timings,
                 Target("above", 1.0),
-                f"rule='salve', suppress, 512-wide head, SAE 512 → 2048; {_agreement(outputs['exact'], outputs['bisect'])}",
+                "rule='salve', suppress, 512-wide head, SAE 512 → 2048; "
+                + _agreement(outputs["exact"], outputs["bisect"]),
             )
         )
     return rows

@@ -65,7 +65,9 @@ class ActivationSet:
     def require_labels(self) -> Tensor:
         """The labels, or an error saying that this use needs them."""
         if self.labels is None:
-            raise ValueError("these activations carry no labels; collect them from a dataset that yields (image, label)")
+            raise ValueError(
+                "these activations carry no labels; collect them from a dataset that yields (image, label)"
+            )
         return self.labels
 
     def subset(self, index: Tensor) -> ActivationSet:

@@ -43,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="captum-salve", description="SALVE for Captum and timm: discover, validate and edit SAE features.")
+    parser = argparse.ArgumentParser(
+        prog="captum-salve", description="SALVE for Captum and timm: discover, validate and edit SAE features."
+    )
     commands = parser.add_subparsers(required=True, metavar="command")
 
     demo = commands.add_parser("demo", help="run the whole pipeline on the embedded digits canvas and write a report")
@@ -53,7 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_demo)
 
     run = commands.add_parser("run", help="run the pipeline on your timm / torchvision model and an ImageFolder tree")
-    run.add_argument("--model", required=True, help='timm name (e.g. resnet18, vit_base_patch16_224) or "torchvision/<name>"')
+    run.add_argument(
+        "--model", required=True, help='timm name (e.g. resnet18, vit_base_patch16_224) or "torchvision/<name>"'
+    )
     weights = run.add_mutually_exclusive_group()
     weights.add_argument(
         "--pretrained",
@@ -62,7 +66,12 @@ def _parser() -> argparse.ArgumentParser:
         "folders named by WordNet id, as Imagenette's are",
     )
     weights.add_argument("--checkpoint", type=Path, help="state_dict file (.safetensors or .pth) to load")
-    run.add_argument("--data", type=Path, required=True, help="ImageFolder tree (root/<class>/<image>); Imagenette's train/ works as is")
+    run.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="ImageFolder tree (root/<class>/<image>); Imagenette's train/ works as is",
+    )
     run.add_argument("--val-data", type=Path, help="held-out ImageFolder tree (default: 20%% of --data)")
     run.add_argument("--num-classes", type=int, help="head size (default: the number of class folders)")
     run.add_argument("--sae-latents", type=int, default=256)
@@ -71,7 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_run)
 
     edit = commands.add_parser("edit", help="write a model's edited weights as safetensors")
-    edit.add_argument("--model", required=True, help='timm name, "torchvision/<name>", or "digits/resnet18" / "digits/vit"')
+    edit.add_argument(
+        "--model", required=True, help='timm name, "torchvision/<name>", or "digits/resnet18" / "digits/vit"'
+    )
     edit_weights = edit.add_mutually_exclusive_group()
     edit_weights.add_argument("--pretrained", action="store_true")
     edit_weights.add_argument("--checkpoint", type=Path)
@@ -88,7 +99,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
-    parser.add_argument("--seeds", type=int, default=10, help="SAE initialisations in the robustness study (default 10, as the paper)")
+    parser.add_argument(
+        "--seeds", type=int, default=10, help="SAE initialisations in the robustness study (default 10, as the paper)"
+    )
     parser.add_argument("--rule", choices=tuple(RULES), default="project", help="edit rule of the control stage")
     parser.add_argument(
         "--sae-activation",
@@ -96,9 +109,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
         default=PipelineConfig.sae_activation,
         help="SAE variant the analysis uses (default %(default)s; the paper's linear SAE is always trained too)",
     )
-    parser.add_argument("--sae-epochs", type=int, default=PipelineConfig.sae_epochs, help="SAE training epochs (default %(default)s)")
     parser.add_argument(
-        "--maximization-steps", type=int, default=PipelineConfig.maximization_steps, help="activation-maximisation steps (default %(default)s)"
+        "--sae-epochs", type=int, default=PipelineConfig.sae_epochs, help="SAE training epochs (default %(default)s)"
+    )
+    parser.add_argument(
+        "--maximization-steps",
+        type=int,
+        default=PipelineConfig.maximization_steps,
+        help="activation-maximisation steps (default %(default)s)",
     )
     parser.add_argument(
         "--faithfulness-images",
@@ -176,12 +194,16 @@ def _run(args: argparse.Namespace) -> int:
     train = image_folder(args.data, create_model(args.model, num_classes=args.num_classes or 2))
     classes = train.classes
     if args.num_classes is not None and args.num_classes < len(classes):
-        raise ValueError(f"--num-classes {args.num_classes} is smaller than the {len(classes)} class folders in {str(args.data)!r}")
+        raise ValueError(
+            f"--num-classes {args.num_classes} is smaller than the {len(classes)} class folders in {str(args.data)!r}"
+        )
     if args.pretrained and args.num_classes is None:
         model = _pretrained_for(args.model, classes)
     else:
         num_classes = args.num_classes or len(classes)
-        model = create_model(args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint, num_classes=num_classes)
+        model = create_model(
+            args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint, num_classes=num_classes
+        )
     model = model.to(device).eval()
     if args.val_data is not None:
         test = image_folder(args.val_data, model)
@@ -196,7 +218,11 @@ def _run(args: argparse.Namespace) -> int:
         test=test,
         class_names=classes,
         to_display=lambda x: (x.cpu() * std + mean).clamp(0, 1),
-        description={"model": args.model, "weights": "pretrained" if args.pretrained else str(args.checkpoint or "random"), "data": str(args.data)},
+        description={
+            "model": args.model,
+            "weights": "pretrained" if args.pretrained else str(args.checkpoint or "random"),
+            "data": str(args.data),
+        },
     )
     config = _config(args, sae_latents=args.sae_latents)
     summary = run_pipeline(inputs, out / inputs.name, config, progress=not args.quiet)
@@ -223,7 +249,8 @@ def _pretrained_for(name: str, classes: list[str]) -> torch.nn.Module:
         return keep_classes(model, imagenet_classes(classes))
     except ValueError as error:
         raise ValueError(
-            f"{error}: --pretrained keeps the ImageNet head, so pass --checkpoint with weights fine-tuned on these classes, "
+            f"{error}: --pretrained keeps the ImageNet head, so pass --checkpoint with weights fine-tuned on these "
+            "classes, "
             "or --num-classes to analyse a new, untrained head"
         ) from None
 
@@ -234,13 +261,19 @@ def _edit(args: argparse.Namespace) -> int:
     if args.model.startswith("digits/"):
         model = digits_classifier(args.model.split("/", 1)[1], device="cpu", progress=False).model
     else:
-        model = create_model(args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint, num_classes=args.num_classes)
+        model = create_model(
+            args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint, num_classes=args.num_classes
+        )
     sae = SparseAutoencoder.load(args.sae)
     alpha = args.alpha[0] if len(args.alpha) == 1 else args.alpha
     edited_model = edit_model(model, sae, args.feature, alpha, mode=args.mode, rule=args.rule, inplace=True)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in edited_model.state_dict().items()}
     with atomic_path(args.out) as tmp:
-        save_file(state, str(tmp), metadata={"edit": f"{args.mode} features {args.feature} alpha {args.alpha} rule {args.rule}"})
+        save_file(
+            state,
+            str(tmp),
+            metadata={"edit": f"{args.mode} features {args.feature} alpha {args.alpha} rule {args.rule}"},
+        )
     print(f"edited weights: {args.out}")
     return 0
 

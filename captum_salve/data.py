@@ -52,7 +52,8 @@ class CanvasConfig:
     def __post_init__(self) -> None:
         if not 8 <= self.digit_size <= self.canvas_size - 2 * self.cue_size - 4:
             raise ValueError(
-                f"digit_size must be in [8, canvas_size - 2*cue_size - 4 = {self.canvas_size - 2 * self.cue_size - 4}], "
+                "digit_size must be in "
+                f"[8, canvas_size - 2*cue_size - 4 = {self.canvas_size - 2 * self.cue_size - 4}], "
                 f"got {self.digit_size}"
             )
         if not 0.0 <= self.cue_rate <= 1.0 or not 0.0 < self.test_fraction < 1.0:
@@ -91,7 +92,9 @@ class DigitsCanvas(Dataset):
 
     classes = [str(d) for d in range(10)]
 
-    def __init__(self, split: str = "train", *, config: CanvasConfig | None = None, seed: int = 0, copies: int = 1) -> None:
+    def __init__(
+        self, split: str = "train", *, config: CanvasConfig | None = None, seed: int = 0, copies: int = 1
+    ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if not isinstance(copies, int) or copies < 1:

@@ -317,8 +317,12 @@ def keep_classes(model: nn.Module, classes: list[int]) -> nn.Module:
     """
     _, head = find_head(model)
     if not classes or not all(0 <= c < head.out_features for c in classes):
-        raise ValueError(f"classes must be a non-empty list of head rows in [0, {head.out_features - 1}], got {classes}")
-    kept = nn.Linear(head.in_features, len(classes), bias=head.bias is not None, device=head.weight.device, dtype=head.weight.dtype)
+        raise ValueError(
+            f"classes must be a non-empty list of head rows in [0, {head.out_features - 1}], got {classes}"
+        )
+    kept = nn.Linear(
+        head.in_features, len(classes), bias=head.bias is not None, device=head.weight.device, dtype=head.weight.dtype
+    )
     with torch.no_grad():
         kept.weight.copy_(head.weight[classes])
         if head.bias is not None:
@@ -355,7 +359,10 @@ def _load_checkpoint(model: nn.Module, path: str | Path) -> None:
         problems.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]!r})")
     if resized:
         key = resized[0]
-        problems.append(f"{len(resized)} tensors of another shape (e.g. {key!r}: {tuple(state[key].shape)}, the model has {tuple(expected[key].shape)})")
+        problems.append(
+            f"{len(resized)} tensors of another shape "
+            f"(e.g. {key!r}: {tuple(state[key].shape)}, the model has {tuple(expected[key].shape)})"
+        )
     if problems:
         raise ValueError(
             f"the checkpoint {str(path)!r} does not fit {type(model).__name__}: {'; '.join(problems)}; "

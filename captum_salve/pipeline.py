@@ -39,7 +39,15 @@ from captum_salve.attr import GradFAM, TokenGradCam, deletion_curve, deletion_sc
 from captum_salve.edit import EditRuleName, alpha_crit
 from captum_salve.files import atomic_path, ensure_directory
 from captum_salve.models import default_cam_layer, find_head, model_device, module_name
-from captum_salve.sae import VARIANTS, ActivationName, CodeActivation, SparseAutoencoder, code_activation, sae_metrics, train_sae
+from captum_salve.sae import (
+    VARIANTS,
+    ActivationName,
+    CodeActivation,
+    SparseAutoencoder,
+    code_activation,
+    sae_metrics,
+    train_sae,
+)
 
 __all__ = ["PipelineConfig", "PipelineInputs", "run_pipeline"]
 
@@ -116,7 +124,9 @@ class _Run:
         path = self.out / "config.json"
         if path.is_file():
             before = json.loads(path.read_text())
-            changed = [f"{key} {before.get(key)} → {value}" for key, value in settings.items() if before.get(key) != value]
+            changed = [
+                f"{key} {before.get(key)} → {value}" for key, value in settings.items() if before.get(key) != value
+            ]
             if changed:
                 raise ValueError(
                     f"{str(self.out)!r} holds a run made with other settings ({'; '.join(changed)}); "
@@ -182,7 +192,9 @@ class _Run:
         return torch.stack([self.inputs.test[int(i)][0] for i in indices])
 
 
-def run_pipeline(inputs: PipelineInputs, out: str | Path, config: PipelineConfig | None = None, *, progress: bool = True) -> dict:
+def run_pipeline(
+    inputs: PipelineInputs, out: str | Path, config: PipelineConfig | None = None, *, progress: bool = True
+) -> dict:
     """Discover, validate and control on one model; write figures and stage results under ``out``.
 
     Returns:
@@ -258,7 +270,12 @@ def _validate(run: _Run) -> dict:
         index, values = top_activating(sae, test, feature, k=min(8, len(test)))
         shown = run.inputs.to_display(run.images(index))
         labels = [names[int(test.labels[i])] for i in index]
-        fig = plots.gallery(shown, values, labels=labels, title=f"Top-activating test images of feature {feature} (class {names[k]}; Fig. 3a)")
+        fig = plots.gallery(
+            shown,
+            values,
+            labels=labels,
+            title=f"Top-activating test images of feature {feature} (class {names[k]}; Fig. 3a)",
+        )
         figures["galleries"].append(run.figure(fig, f"gallery_class{k}"))
         mine = (test.labels == k).nonzero()
         if len(mine) == 0:  # no test image of this class: no overlay
@@ -268,18 +285,24 @@ def _validate(run: _Run) -> dict:
         image = run.images([first]).to(run.device)
         top4 = codes[first].topk(4).indices.tolist()
         maps = fam.attribute_features(image, top4)[0]
-        fig = plots.grad_fam_overlays(run.inputs.to_display(image)[0].cpu(), maps.detach().cpu(), top4, codes[first, top4])
+        fig = plots.grad_fam_overlays(
+            run.inputs.to_display(image)[0].cpu(), maps.detach().cpu(), top4, codes[first, top4]
+        )
         figures["overlays"].append(run.figure(fig, f"grad_fam_class{k}"))
     q99 = codes.quantile(0.99, dim=0)[features]
     maximization = {"test_q99": q99.tolist()}
     for parameterization in ("fourier", "pixel"):
-        result = maximize_feature(run.model, sae, features, steps=run.config.maximization_steps, parameterization=parameterization)
+        result = maximize_feature(
+            run.model, sae, features, steps=run.config.maximization_steps, parameterization=parameterization
+        )
         maximization[parameterization] = {
             "activation": result.activations.tolist(),
             "above_q99": int((result.activations > q99).sum()),
         }
         figures[f"maximization_{parameterization}"] = run.figure(
-            plots.maximization_evolution(result, names=[f"class {n}: f{f}" for n, f in zip(names, features, strict=True)]),
+            plots.maximization_evolution(
+                result, names=[f"class {n}: f{f}" for n, f in zip(names, features, strict=True)]
+            ),
             f"maximization_{parameterization}",
         )
     return {"features": features, "maximization": maximization, "figures": figures}
@@ -305,10 +328,17 @@ def _faithfulness(run: _Run) -> dict:
         class_maps = _batched(class_cam, images, labels, run.config.batch_size)
         random_maps = torch.rand(maps.shape, generator=generator)
         entry: dict = {"map_size": list(maps.shape[-2:])}
-        candidates = {"grad_fam": maps, "class_grad_cam": class_maps, "random": random_maps, "other_feature": other_maps}
+        candidates = {
+            "grad_fam": maps,
+            "class_grad_cam": class_maps,
+            "random": random_maps,
+            "other_feature": other_maps,
+        }
         if run.inputs.masks is not None:
             masks = run.inputs.masks[:n]
-            entry["pointing_game"] = {name: float(pointing_game(m.cpu(), masks).float().mean()) for name, m in candidates.items()}
+            entry["pointing_game"] = {
+                name: float(pointing_game(m.cpu(), masks).float().mean()) for name, m in candidates.items()
+            }
         scores = {}
         for name, m in candidates.items():
             steps = min(16, m.shape[-2] * m.shape[-1])
@@ -332,7 +362,9 @@ def _batched(attribution: TokenGradCam, images: Tensor, targets: Tensor, batch_s
     """Maps of ``images`` for one target each, a batch at a time, on the CPU."""
     return torch.cat(
         [
-            attribution.attribute(images[s : s + batch_size], target=targets[s : s + batch_size].tolist()).detach().cpu()
+            attribution.attribute(images[s : s + batch_size], target=targets[s : s + batch_size].tolist())
+            .detach()
+            .cpu()
             for s in range(0, len(images), batch_size)
         ]
     )
@@ -391,7 +423,9 @@ def _control(run: _Run) -> dict:
             "paper_rule_alpha_50": alpha_50(paper, k),
             "paper_rule_accuracy_at_max_alpha": float(paper.per_class_accuracy[-1, k]),
         }
-        figures["accuracy"].append(run.figure(plots.accuracy_vs_alpha(single, k, controls=controls), f"accuracy_vs_alpha_class{k}"))
+        figures["accuracy"].append(
+            run.figure(plots.accuracy_vs_alpha(single, k, controls=controls), f"accuracy_vs_alpha_class{k}")
+        )
         figures["predictions"].append(run.figure(plots.prediction_distribution(single, k), f"predictions_class{k}"))
         rows.append(row)
     goal = {
@@ -438,7 +472,11 @@ def _alpha_crit_stage(run: _Run) -> dict:
                 "never_zero": int((~finite).sum()),
                 "linear_above_exact": int((linear > exact * (1 + 1e-9)).sum()),
                 "exact_equals_bisect": agree,
-                "max_relative_difference": float(((exact - bisect).abs() / exact.clamp_min(1e-12))[finite & (exact > 0)].max()) if (finite & (exact > 0)).any() else 0.0,
+                "max_relative_difference": float(
+                    ((exact - bisect).abs() / exact.clamp_min(1e-12))[finite & (exact > 0)].max()
+                )
+                if (finite & (exact > 0)).any()
+                else 0.0,
                 "median_flip": float(flip.median()),
                 "alpha_50": a50s[names[k]],
                 "exact_seconds": exact_seconds,
@@ -457,13 +495,22 @@ def _cross_class(run: _Run) -> dict:
     train, test, sae, _ = _context(run)
     names = run.inputs.class_names
     if len(names) < _MIN_CROSS_CLASSES:
-        return {"skipped": f"cross-class features need at least {_MIN_CROSS_CLASSES} classes; this data has {len(names)}"}
+        return {
+            "skipped": f"cross-class features need at least {_MIN_CROSS_CLASSES} classes; this data has {len(names)}"
+        }
     profile = class_profile(sae, train, class_names=names)
     found = cross_class_features(profile, top=1)[0]
     rule = run.config.rule
-    result: dict = {"feature": found.feature, "classes": [names[c] for c in found.classes], "score": found.score, "figures": {}}
+    result: dict = {
+        "feature": found.feature,
+        "classes": [names[c] for c in found.classes],
+        "score": found.score,
+        "figures": {},
+    }
     for mode in ("suppress", "enhance"):
-        sweep = alpha_sweep(run.model, sae, found.feature, test, run.config.sweep_alphas, mode=mode, rule=rule, class_names=names)
+        sweep = alpha_sweep(
+            run.model, sae, found.feature, test, run.config.sweep_alphas, mode=mode, rule=rule, class_names=names
+        )
         changes = sweep.per_class_accuracy - sweep.baseline_accuracy
         # the first strength at which some class moves by 10 points (else the strongest)
         visible = (changes.abs().amax(dim=1) >= 0.1).nonzero()
@@ -497,7 +544,10 @@ def _seeds(run: _Run) -> dict:
     saes = [run.train_sae(run.config.sae_activation, seed)[0] for seed in range(run.config.seeds)]
     study = seed_study(run.model, saes, train, test, run.config.sweep_alphas, rule=run.config.rule)
     a50 = torch.tensor(
-        [[crossing_50(study.alphas, study.accuracy[s, k, :, k]) for k in range(len(names))] for s in range(run.config.seeds)]
+        [
+            [crossing_50(study.alphas, study.accuracy[s, k, :, k]) for k in range(len(names))]
+            for s in range(run.config.seeds)
+        ]
     )
     crossed = [a50[:, k][torch.isfinite(a50[:, k])] for k in range(len(names))]  # seeds whose sweep crossed 50%
     return {

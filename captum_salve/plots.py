@@ -82,7 +82,14 @@ def class_heatmap(profile: ClassProfile, *, features: Sequence[int] | None = Non
     return fig
 
 
-def gallery(images: Tensor, values: Tensor | None = None, *, title: str = "", columns: int = 8, labels: Sequence[str] | None = None) -> Figure:
+def gallery(
+    images: Tensor,
+    values: Tensor | None = None,
+    *,
+    title: str = "",
+    columns: int = 8,
+    labels: Sequence[str] | None = None,
+) -> Figure:
     """Figure 3a: a grid of (top-activating) images, each titled with its activation."""
     if images.dim() != 4 or images.shape[1] != 3 or len(images) == 0:
         raise ValueError(f"images must be (N, 3, H, W) with N >= 1, got {tuple(images.shape)}")
@@ -105,7 +112,9 @@ def gallery(images: Tensor, values: Tensor | None = None, *, title: str = "", co
     return fig
 
 
-def grad_fam_overlays(image: Tensor, maps: Tensor, features: Sequence[int], values: Sequence[float] | Tensor | None = None) -> Figure:
+def grad_fam_overlays(
+    image: Tensor, maps: Tensor, features: Sequence[int], values: Sequence[float] | Tensor | None = None
+) -> Figure:
     """Figure 1c: Grad-FAM maps of several features over one image, rendered by :func:`~captum_salve.attr.render_maps`.
 
     Args:
@@ -116,8 +125,15 @@ def grad_fam_overlays(image: Tensor, maps: Tensor, features: Sequence[int], valu
     """
     if image.dim() != 3 or image.shape[0] != 3:
         raise ValueError(f"image must be (3, H, W), got {tuple(image.shape)}")
-    if len(features) == 0 or maps.dim() not in (3, 4) or len(maps) != len(features) or (maps.dim() == 4 and maps.shape[1] != 1):
-        raise ValueError(f"maps must be (F, h, w) or (F, 1, h, w) with F = {len(features)} features, got {tuple(maps.shape)}")
+    if (
+        len(features) == 0
+        or maps.dim() not in (3, 4)
+        or len(maps) != len(features)
+        or (maps.dim() == 4 and maps.shape[1] != 1)
+    ):
+        raise ValueError(
+            f"maps must be (F, h, w) or (F, 1, h, w) with F = {len(features)} features, got {tuple(maps.shape)}"
+        )
     _check_length("values", values, len(features), "feature")
     maps = maps.reshape(len(features), 1, *maps.shape[-2:]).float()
     up = render_maps(maps, image.shape[-2:])[:, 0]
@@ -178,9 +194,18 @@ def accuracy_vs_alpha(
             ax.plot(alphas, accuracy[:, k], color=OFF_COLOR, alpha=0.35, lw=1)
     others = np.delete(accuracy, class_index, axis=1).mean(axis=1)
     ax.plot(alphas, others, color="black", lw=2, label="other classes (mean)")
-    ax.plot(alphas, accuracy[:, class_index], color=TARGET_COLOR, lw=2.5, label=f"class {sweep.class_names[class_index]}")
+    ax.plot(
+        alphas, accuracy[:, class_index], color=TARGET_COLOR, lw=2.5, label=f"class {sweep.class_names[class_index]}"
+    )
     for (name, control), style in zip((controls or {}).items(), ("--", ":", "-."), strict=False):
-        ax.plot(control.alphas.numpy(), control.per_class_accuracy[:, class_index].numpy(), style, color=TARGET_COLOR, lw=1.5, label=f"{name} (class {sweep.class_names[class_index]})")
+        ax.plot(
+            control.alphas.numpy(),
+            control.per_class_accuracy[:, class_index].numpy(),
+            style,
+            color=TARGET_COLOR,
+            lw=1.5,
+            label=f"{name} (class {sweep.class_names[class_index]})",
+        )
     ax.set_xscale("symlog", linthresh=1.0)
     ax.set_xlabel("α")
     ax.set_ylabel("accuracy")
@@ -240,7 +265,10 @@ def alpha_crit_boxplots(
         )
     fig, ax = _subplots(figsize=(max(6, 0.9 * len(names) + 2), 4))
     positions = np.arange(len(names))
-    for offset, data, color, label in ((-0.18, analytical, "#2980b9", "analytical (α_lin)"), (0.18, numerical, "#e67e22", "numerical")):
+    for offset, data, color, label in (
+        (-0.18, analytical, "#2980b9", "analytical (α_lin)"),
+        (0.18, numerical, "#e67e22", "numerical"),
+    ):
         values = [data[n][torch.isfinite(data[n])].numpy() for n in names]
         parts = ax.boxplot(values, positions=positions + offset, widths=0.32, patch_artist=True, showfliers=False)
         for box in parts["boxes"]:
@@ -261,8 +289,10 @@ def alpha_crit_boxplots(
 
 
 def seed_bands(study: SeedStudy, class_names: Sequence[str], *, columns: int = 5) -> Figure:
-    """Figure 4's bands: for each class, its own and the other classes' accuracy as its feature is
-    suppressed, mean ± std over SAE seeds (one panel per class)."""
+    """Figure 4's bands: each class's feature suppressed, with mean ± std over SAE seeds.
+
+    One panel per class shows its own accuracy and the other classes' as α grows.
+    """
     alphas = study.alphas.numpy()
     k = study.accuracy.shape[1]
     _check_length("class_names", class_names, k, "class")

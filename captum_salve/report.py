@@ -98,7 +98,11 @@ def _model_section(summary: dict, folder: Path) -> str:
     control, crit, cross, seeds = summary["control"], summary["alpha_crit"], summary["cross_class"], summary["seeds"]
     names = [c["class"] for c in discover["classes"]]
     parts = [f'<h2 id="{_id(name)}">{html.escape(name)}</h2>']
-    facts = "; ".join(f"{html.escape(str(k))}: {_fmt(v)}" for k, v in summary.get("description", {}).items() if not isinstance(v, list) or len(v) < 12)
+    facts = "; ".join(
+        f"{html.escape(str(k))}: {_fmt(v)}"
+        for k, v in summary.get("description", {}).items()
+        if not isinstance(v, list) or len(v) < 12
+    )
     parts.append(
         f"<p>Test accuracy <b>{_pct(discover['accuracy'])}</b> on {discover['test_images']} test images; SAE trained on "
         f"{discover['train_images']} head-input vectors of width {discover['head_input_width']}. {facts}</p>"
@@ -121,25 +125,46 @@ def _model_section(summary: dict, folder: Path) -> str:
     ]
     parts.append(
         _table(
-            ["SAE", "explained variance", "MSE", "L0", "dead", "accuracy", "spliced accuracy", "specificity |μ|", "specificity contrast"],
+            [
+                "SAE",
+                "explained variance",
+                "MSE",
+                "L0",
+                "dead",
+                "accuracy",
+                "spliced accuracy",
+                "specificity |μ|",
+                "specificity contrast",
+            ],
             rows,
         )
     )
     parts.append(
-        '<p class="muted">Specificity: the share of a class\'s top feature\'s mean |code| that falls on that class '
+        "<p class=\"muted\">Specificity: the share of a class's top feature's mean |code| that falls on that class "
         f"(1 = only that class, {1 / len(names):.2f} = all alike). L0 of a linear SAE counts |z| &gt; 0.01.</p>"
     )
     parts.append('<div class="grid">' + "".join(_img(folder, p, k) for k, p in discover["figures"].items()) + "</div>")
     parts.append(
         _table(
             ["class", "top features by |μ|", "top features by contrast", "selectivity of top"],
-            [[c["class"], _fmt(c["dominant_by_magnitude"]), _fmt(c["dominant_by_contrast"]), _fmt(c["selectivity_of_top"])] for c in discover["classes"]],
+            [
+                [
+                    c["class"],
+                    _fmt(c["dominant_by_magnitude"]),
+                    _fmt(c["dominant_by_contrast"]),
+                    _fmt(c["selectivity_of_top"]),
+                ]
+                for c in discover["classes"]
+            ],
         )
     )
     if discover["cross_class"]:
         parts.append(
             "<p>Cross-class features (large for two classes, small for the rest): "
-            + "; ".join(f"feature {c['feature']} → classes {', '.join(c['classes'])} (gap {c['score']:.2f} σ)" for c in discover["cross_class"])
+            + "; ".join(
+                f"feature {c['feature']} → classes {', '.join(c['classes'])} (gap {c['score']:.2f} σ)"
+                for c in discover["cross_class"]
+            )
             + "</p>"
         )
 
@@ -148,7 +173,14 @@ def _model_section(summary: dict, folder: Path) -> str:
     for layer, entry in faith["layers"].items():
         for method in ("grad_fam", "class_grad_cam", "other_feature", "random"):
             pointing = entry.get("pointing_game", {}).get(method)
-            faith_rows.append([f"{html.escape(layer)} ({entry['map_size'][0]}×{entry['map_size'][1]})", method.replace("_", " "), _pct(pointing), _fmt(entry["deletion_auc"][method])])
+            faith_rows.append(
+                [
+                    f"{html.escape(layer)} ({entry['map_size'][0]}×{entry['map_size'][1]})",
+                    method.replace("_", " "),
+                    _pct(pointing),
+                    _fmt(entry["deletion_auc"][method]),
+                ]
+            )
     parts.append(
         f"<p>Faithfulness on {faith['images']} test images, each scored for its class's feature. Pointing game: share of maps whose "
         "peak falls inside the digit's box. Deletion AUC: the feature's code as the map's top cells are removed first, normalised "
@@ -165,7 +197,13 @@ def _model_section(summary: dict, folder: Path) -> str:
         _table(
             ["class", "feature", "Fourier image's code", "pixel image's code", "test 99th percentile"],
             [
-                [names[k], str(validate["features"][k]), _fmt(am["fourier"]["activation"][k]), _fmt(am["pixel"]["activation"][k]), _fmt(am["test_q99"][k])]
+                [
+                    names[k],
+                    str(validate["features"][k]),
+                    _fmt(am["fourier"]["activation"][k]),
+                    _fmt(am["pixel"]["activation"][k]),
+                    _fmt(am["test_q99"][k]),
+                ]
                 for k in range(len(names))
             ],
         )
@@ -177,8 +215,11 @@ def _model_section(summary: dict, folder: Path) -> str:
         + "</div>"
     )
     parts.append(
-        "<details><summary>Top-activating images and Grad-FAM overlays, per class</summary><div class=\"grid\">"
-        + "".join(_img(folder, g, "gallery") + (_img(folder, o, "overlay") if o else "") for g, o in zip(validate["figures"]["galleries"], validate["figures"]["overlays"], strict=True))
+        '<details><summary>Top-activating images and Grad-FAM overlays, per class</summary><div class="grid">'
+        + "".join(
+            _img(folder, g, "gallery") + (_img(folder, o, "overlay") if o else "")
+            for g, o in zip(validate["figures"]["galleries"], validate["figures"]["overlays"], strict=True)
+        )
         + "</div></details>"
     )
 
@@ -186,9 +227,9 @@ def _model_section(summary: dict, folder: Path) -> str:
     goal = control["goal_met"]
     verdict = "ok" if goal["chosen"] == len(names) else "bad"
     parts.append(
-        f'<p>Goal: the edit brings the class below 10% test accuracy while the other classes\' mean accuracy moves by at most 2 points. '
+        f"<p>Goal: the edit brings the class below 10% test accuracy while the other classes' mean accuracy moves by at most 2 points. "
         f'Rule <b>{control["rule"]}</b>: <span class="{verdict}">{goal["chosen"]} of {len(names)} classes</span>; the paper\'s rule '
-        f'(salve): {goal["paper_rule"]} of {len(names)}. Edits are picked on training activations (class below 2%), measured on test.</p>'
+        f"(salve): {goal['paper_rule']} of {len(names)}. Edits are picked on training activations (class below 2%), measured on test.</p>"
     )
     rows = []
     for r in control["classes"]:
@@ -206,7 +247,19 @@ def _model_section(summary: dict, folder: Path) -> str:
             ]
         )
     parts.append(
-        _table(["class", f"{control['rule']}: features", "α", "class accuracy", "others (points)", "salve: features @ α", "class accuracy", "others (points)"], rows)
+        _table(
+            [
+                "class",
+                f"{control['rule']}: features",
+                "α",
+                "class accuracy",
+                "others (points)",
+                "salve: features @ α",
+                "class accuracy",
+                "others (points)",
+            ],
+            rows,
+        )
     )
     rows = []
     for r in control["classes"]:
@@ -223,18 +276,35 @@ def _model_section(summary: dict, folder: Path) -> str:
     )
     parts.append(
         _table(
-            ["class", "feature", "α50", "class acc.", "others", "random: class", "others", "principal: class", "others", "salve α50", f"salve acc. at α={_fmt(summary['config']['sweep_alphas'][-1])}"],
+            [
+                "class",
+                "feature",
+                "α50",
+                "class acc.",
+                "others",
+                "random: class",
+                "others",
+                "principal: class",
+                "others",
+                "salve α50",
+                f"salve acc. at α={_fmt(summary['config']['sweep_alphas'][-1])}",
+            ],
             rows,
         )
     )
     parts.append(
-        "<details><summary>Accuracy vs α (Fig. 4a) and where predictions go (Fig. 4b), per class</summary><div class=\"grid\">"
-        + "".join(_img(folder, a, "accuracy") + _img(folder, p, "predictions") for a, p in zip(control["figures"]["accuracy"], control["figures"]["predictions"], strict=True))
+        '<details><summary>Accuracy vs α (Fig. 4a) and where predictions go (Fig. 4b), per class</summary><div class="grid">'
+        + "".join(
+            _img(folder, a, "accuracy") + _img(folder, p, "predictions")
+            for a, p in zip(control["figures"]["accuracy"], control["figures"]["predictions"], strict=True)
+        )
         + "</div></details>"
     )
 
     parts.append("<h3>Cross-class feature</h3>")
-    parts.append(f"<p>{html.escape(cross['skipped'])}.</p>" if "skipped" in cross else _cross_class_section(cross, folder))
+    parts.append(
+        f"<p>{html.escape(cross['skipped'])}.</p>" if "skipped" in cross else _cross_class_section(cross, folder)
+    )
 
     parts.append("<h3>α<sub>crit</sub> per sample (paper's rule, zero-logit criterion)</h3>")
     rows = [
@@ -259,7 +329,22 @@ def _model_section(summary: dict, folder: Path) -> str:
         "when flips are permanent.</p>"
     )
     parts.append(
-        _table(["class", "feature", "samples", "median α_lin", "median exact", "never", "α_lin > exact", "exact = bisect", "max rel. diff", "median flip", "α50"], rows)
+        _table(
+            [
+                "class",
+                "feature",
+                "samples",
+                "median α_lin",
+                "median exact",
+                "never",
+                "α_lin > exact",
+                "exact = bisect",
+                "max rel. diff",
+                "median flip",
+                "α50",
+            ],
+            rows,
+        )
     )
     parts.append(_img(folder, crit["figure"], "alpha crit"))
 
@@ -272,7 +357,11 @@ def _model_section(summary: dict, folder: Path) -> str:
         _table(
             ["class", "α50 mean ± std", "seeds whose sweep crossed 50%"],
             [
-                [names[k], f"{_fmt(seeds['alpha_50_mean'][k])} ± {_fmt(seeds['alpha_50_std'][k])}", str(seeds["alpha_50_seeds_crossed"][k])]
+                [
+                    names[k],
+                    f"{_fmt(seeds['alpha_50_mean'][k])} ± {_fmt(seeds['alpha_50_std'][k])}",
+                    str(seeds["alpha_50_seeds_crossed"][k]),
+                ]
                 for k in range(len(names))
             ],
         )

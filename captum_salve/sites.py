@@ -19,7 +19,17 @@ from torch import Tensor, nn
 
 from captum_salve.models import find_head, get_module, model_device, module_name, token_layout
 
-__all__ = ["HEAD_INPUT", "REDUCERS", "BoundSite", "Recording", "ReducerName", "Site", "eval_mode", "on_device", "recording"]
+__all__ = [
+    "HEAD_INPUT",
+    "REDUCERS",
+    "BoundSite",
+    "Recording",
+    "ReducerName",
+    "Site",
+    "eval_mode",
+    "on_device",
+    "recording",
+]
 
 ReducerName = Literal["none", "cls", "mean_tokens", "spatial_mean", "flatten"]
 REDUCERS: tuple[ReducerName, ...] = get_args(ReducerName)
@@ -71,8 +81,12 @@ class Site:
         layout = token_layout(model)
         prefix = layout.prefix_tokens if layout is not None else 0
         # A callable reducer is named in angle brackets, so its key never reads as a built-in one.
-        reducer = self.reducer if isinstance(self.reducer, str) else f"<{getattr(self.reducer, '__name__', 'callable')}>"
-        return BoundSite(module, name, f"{name}:{reducer}", pre_hook=False, reduce=_as_matrix(name, self.reducer, prefix))
+        reducer = (
+            self.reducer if isinstance(self.reducer, str) else f"<{getattr(self.reducer, '__name__', 'callable')}>"
+        )
+        return BoundSite(
+            module, name, f"{name}:{reducer}", pre_hook=False, reduce=_as_matrix(name, self.reducer, prefix)
+        )
 
     @classmethod
     def from_key(cls, key: str) -> Site:
@@ -237,4 +251,3 @@ def _suggest_reducer(output: Tensor) -> str:
         4: "use reducer='spatial_mean' or 'flatten' for feature maps",
     }
     return suggestion.get(output.dim(), "pass a callable reducer")
-

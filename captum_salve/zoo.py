@@ -159,7 +159,9 @@ def digits_classifier(
     return TrainedClassifier(model.eval(), arch, accuracy, seconds, weights)
 
 
-def _fit(model: nn.Module, spec: Architecture, config: CanvasConfig, device: torch.device, progress: bool, seed: int) -> None:
+def _fit(
+    model: nn.Module, spec: Architecture, config: CanvasConfig, device: torch.device, progress: bool, seed: int
+) -> None:
     generator = torch.Generator().manual_seed(seed)
     n_train = len(DigitsCanvas("train", config=config, seed=1))
     steps_per_epoch = -(-n_train // spec.batch_size)
@@ -201,7 +203,9 @@ def _fold_affine_input(conv: nn.Conv2d, scale: float, shift: float) -> None:
 
 
 @torch.no_grad()
-def evaluate_accuracy(model: nn.Module, data: DigitsCanvas, *, device: torch.device | str | None = None, batch_size: int = 256) -> float:
+def evaluate_accuracy(
+    model: nn.Module, data: DigitsCanvas, *, device: torch.device | str | None = None, batch_size: int = 256
+) -> float:
     """Top-1 accuracy of a classifier on a digits canvas."""
     device = device or next(model.parameters()).device
     correct = 0

@@ -57,7 +57,9 @@ def test_torchvision_vit_head_input_is_the_normed_class_token(torchvision_vit):
 def test_labels_come_from_dataset_and_loader(timm_resnet):
     images, labels = torch.rand(10, 3, 32, 32), torch.arange(10) % 3
     from_dataset = collect_activations(timm_resnet, TensorDataset(images, labels), batch_size=4, progress=False)
-    from_loader = collect_activations(timm_resnet, DataLoader(TensorDataset(images, labels), batch_size=3), progress=False)
+    from_loader = collect_activations(
+        timm_resnet, DataLoader(TensorDataset(images, labels), batch_size=3), progress=False
+    )
     assert torch.equal(from_dataset.labels, labels) and torch.equal(from_loader.labels, labels)
     torch.testing.assert_close(from_dataset.features, from_loader.features)
 
@@ -66,13 +68,19 @@ def test_named_module_with_spatial_mean(timm_resnet):
     images = torch.rand(2, 3, 64, 64)
     acts = collect_activations(timm_resnet, images, Site("layer3", reducer="spatial_mean"), progress=False)
     with torch.no_grad():
-        x = timm_resnet.layer3(timm_resnet.layer2(timm_resnet.layer1(timm_resnet.maxpool(timm_resnet.act1(timm_resnet.bn1(timm_resnet.conv1(images)))))))
+        x = timm_resnet.layer3(
+            timm_resnet.layer2(
+                timm_resnet.layer1(timm_resnet.maxpool(timm_resnet.act1(timm_resnet.bn1(timm_resnet.conv1(images)))))
+            )
+        )
     torch.testing.assert_close(acts.features, x.mean(dim=(2, 3)))
     assert acts.site == "layer3:spatial_mean" and Site.from_key(acts.site) == Site("layer3", "spatial_mean")
 
 
 def test_module_given_as_object_with_flatten(timm_resnet):
-    acts = collect_activations(timm_resnet, torch.rand(2, 3, 64, 64), Site(timm_resnet.layer4, "flatten"), progress=False)
+    acts = collect_activations(
+        timm_resnet, torch.rand(2, 3, 64, 64), Site(timm_resnet.layer4, "flatten"), progress=False
+    )
     assert acts.features.shape == (2, 512 * 2 * 2)
 
 

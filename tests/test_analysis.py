@@ -1,4 +1,7 @@
-"""Analysis: class profiles, feature selection, α sweeps, controls and seed matching, against hand-worked cases and independent routes."""
+"""Analysis: class profiles, feature selection, α sweeps, controls and seed matching.
+
+Checked against hand-worked cases and independent routes.
+"""
 
 from __future__ import annotations
 
@@ -459,7 +462,9 @@ def test_seed_study_repeats_the_sweep_for_each_seed_and_matches_to_seed_zero():
 def test_seed_bands_are_numpy_mean_and_sample_std_over_seeds():
     generator = torch.Generator().manual_seed(0)
     accuracy = torch.rand(4, 3, 5, 3, generator=generator, dtype=torch.float64)
-    study = SeedStudy(torch.arange(5.0), accuracy, torch.zeros(4, 3), torch.ones(4, 3), torch.ones(4, 3, dtype=torch.bool), [])
+    study = SeedStudy(
+        torch.arange(5.0), accuracy, torch.zeros(4, 3), torch.ones(4, 3), torch.ones(4, 3, dtype=torch.bool), []
+    )
     a = accuracy.numpy()
     mean, std = study.target_band(1)
     np.testing.assert_allclose(mean.numpy(), a[:, 1, :, 1].mean(axis=0))

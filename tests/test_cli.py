@@ -57,18 +57,25 @@ def out_with_earlier_result(tmp_path):
 
 
 def earlier_result_intact(out: Path) -> bool:
-    return sorted(p.name for p in out.iterdir()) == ["earlier.json"] and (out / "earlier.json").read_text() == '{"kept": true}'
+    return (
+        sorted(p.name for p in out.iterdir()) == ["earlier.json"]
+        and (out / "earlier.json").read_text() == '{"kept": true}'
+    )
 
 
 def test_run_with_a_folder_holding_no_images(capsys, tmp_path, out_with_earlier_result):
     (tmp_path / "data" / "cats").mkdir(parents=True)
-    code, _, err = cli(capsys, "run", "--model", SMALL_RESNET, "--data", tmp_path / "data", "--out", out_with_earlier_result)
+    code, _, err = cli(
+        capsys, "run", "--model", SMALL_RESNET, "--data", tmp_path / "data", "--out", out_with_earlier_result
+    )
     assert_one_line_error(code, err, "holds no images", "root/<class>/<image>")
     assert earlier_result_intact(out_with_earlier_result)
 
 
 def test_run_with_a_missing_folder(capsys, tmp_path, out_with_earlier_result):
-    code, _, err = cli(capsys, "run", "--model", SMALL_RESNET, "--data", tmp_path / "nowhere", "--out", out_with_earlier_result)
+    code, _, err = cli(
+        capsys, "run", "--model", SMALL_RESNET, "--data", tmp_path / "nowhere", "--out", out_with_earlier_result
+    )
     assert_one_line_error(code, err, "does not exist")
     assert earlier_result_intact(out_with_earlier_result)
 
@@ -84,14 +91,27 @@ def test_run_with_a_checkpoint_that_does_not_fit(capsys, tmp_path, out_with_earl
     data = image_tree(tmp_path / "data", per_class=1)
     checkpoint = tmp_path / "five_classes.safetensors"
     save_file(create_model(SMALL_RESNET, num_classes=5).state_dict(), str(checkpoint))
-    code, _, err = cli(capsys, "run", "--model", SMALL_RESNET, "--checkpoint", checkpoint, "--data", data, "--out", out_with_earlier_result)
+    code, _, err = cli(
+        capsys,
+        "run",
+        "--model",
+        SMALL_RESNET,
+        "--checkpoint",
+        checkpoint,
+        "--data",
+        data,
+        "--out",
+        out_with_earlier_result,
+    )
     assert_one_line_error(code, err, "does not fit", "'fc.weight'", "(5, ", "(3, ")
     assert earlier_result_intact(out_with_earlier_result)
 
 
 def test_run_with_too_few_classes_for_the_folders(capsys, tmp_path, out_with_earlier_result):
     data = image_tree(tmp_path / "data", per_class=1)
-    code, _, err = cli(capsys, "run", "--model", SMALL_RESNET, "--num-classes", "2", "--data", data, "--out", out_with_earlier_result)
+    code, _, err = cli(
+        capsys, "run", "--model", SMALL_RESNET, "--num-classes", "2", "--data", data, "--out", out_with_earlier_result
+    )
     assert_one_line_error(code, err, "--num-classes 2", "3 class folders")
     assert earlier_result_intact(out_with_earlier_result)
 
@@ -108,7 +128,9 @@ def test_run_with_out_that_is_a_file(capsys, tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
 def test_cuda_device_without_a_gpu(capsys, tmp_path):
     data = image_tree(tmp_path / "data", per_class=1)
-    code, _, err = cli(capsys, "run", "--model", SMALL_RESNET, "--data", data, "--out", tmp_path / "out", "--device", "cuda")
+    code, _, err = cli(
+        capsys, "run", "--model", SMALL_RESNET, "--data", data, "--out", tmp_path / "out", "--device", "cuda"
+    )
     assert_one_line_error(code, err, "--device cuda", "no GPU")
 
 
@@ -127,7 +149,9 @@ def test_edit_writes_weights_that_load_into_a_fresh_model(capsys, tmp_path, save
     save_file(model.state_dict(), str(checkpoint))
     out = tmp_path / "edited.safetensors"
     argv = ["edit", "--model", SMALL_RESNET, "--checkpoint", checkpoint, "--num-classes", "3", "--sae", sae_dir]
-    code, stdout, _ = cli(capsys, *argv, "--feature", "2", "7", "--alpha", "1.5", "0.5", "--rule", "salve", "--out", out)
+    code, stdout, _ = cli(
+        capsys, *argv, "--feature", "2", "7", "--alpha", "1.5", "0.5", "--rule", "salve", "--out", out
+    )
     assert code == 0 and str(out) in stdout
 
     fresh = create_model(SMALL_RESNET, num_classes=3)
@@ -141,11 +165,50 @@ def test_edit_writes_weights_that_load_into_a_fresh_model(capsys, tmp_path, save
 def test_edit_errors(capsys, tmp_path, saved_sae):
     _, sae_dir = saved_sae
     (tmp_path / "a_folder").mkdir()
-    code, _, err = cli(capsys, "edit", "--model", SMALL_RESNET, "--sae", sae_dir, "--feature", "1", "--alpha", "1", "--out", tmp_path / "a_folder")
+    code, _, err = cli(
+        capsys,
+        "edit",
+        "--model",
+        SMALL_RESNET,
+        "--sae",
+        sae_dir,
+        "--feature",
+        "1",
+        "--alpha",
+        "1",
+        "--out",
+        tmp_path / "a_folder",
+    )
     assert_one_line_error(code, err, "is a directory")
-    code, _, err = cli(capsys, "edit", "--model", SMALL_RESNET, "--sae", sae_dir, "--feature", "99", "--alpha", "1", "--out", tmp_path / "e.safetensors")
+    code, _, err = cli(
+        capsys,
+        "edit",
+        "--model",
+        SMALL_RESNET,
+        "--sae",
+        sae_dir,
+        "--feature",
+        "99",
+        "--alpha",
+        "1",
+        "--out",
+        tmp_path / "e.safetensors",
+    )
     assert_one_line_error(code, err, "99")
-    code, _, err = cli(capsys, "edit", "--model", SMALL_RESNET, "--sae", sae_dir, "--feature", "1", "--alpha", "-1", "--out", tmp_path / "e.safetensors")
+    code, _, err = cli(
+        capsys,
+        "edit",
+        "--model",
+        SMALL_RESNET,
+        "--sae",
+        sae_dir,
+        "--feature",
+        "1",
+        "--alpha",
+        "-1",
+        "--out",
+        tmp_path / "e.safetensors",
+    )
     assert_one_line_error(code, err, "alpha")
     assert not (tmp_path / "e.safetensors").exists()
 
@@ -154,7 +217,22 @@ def test_edit_errors(capsys, tmp_path, saved_sae):
 def test_run_writes_a_report_resumes_and_refuses_other_settings(capsys, tmp_path):
     data = image_tree(tmp_path / "data")
     out = tmp_path / "out"
-    argv = ["run", "--model", SMALL_RESNET, "--data", data, "--out", out, "--quiet", "--sae-latents", "16", "--sae-epochs", "3", "--seeds", "2"]
+    argv = [
+        "run",
+        "--model",
+        SMALL_RESNET,
+        "--data",
+        data,
+        "--out",
+        out,
+        "--quiet",
+        "--sae-latents",
+        "16",
+        "--sae-epochs",
+        "3",
+        "--seeds",
+        "2",
+    ]
     argv += ["--maximization-steps", "4", "--faithfulness-images", "4"]
     code, stdout, err = cli(capsys, *argv)
     assert code == 0, err
@@ -167,7 +245,7 @@ def test_run_writes_a_report_resumes_and_refuses_other_settings(capsys, tmp_path
     assert summary["config"]["sae_latents"] == 16 and summary["seeds"]["seeds"] == 2
     assert all(row["exact_equals_bisect"] for row in summary["alpha_crit"]["classes"])
     report = (out / "report.html").read_text()
-    assert report.count("data:image/png;base64,") >= 10 and "src=\"figures/" not in report
+    assert report.count("data:image/png;base64,") >= 10 and 'src="figures/' not in report
 
     written = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
     code, _, err = cli(capsys, *argv)

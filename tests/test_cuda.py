@@ -6,7 +6,16 @@ import pytest
 import timm
 import torch
 
-from captum_salve import ActivationSet, FeatureCodes, GradFAM, HeadEdit, SparseAutoencoder, alpha_crit, alpha_sweep, train_sae
+from captum_salve import (
+    ActivationSet,
+    FeatureCodes,
+    GradFAM,
+    HeadEdit,
+    SparseAutoencoder,
+    alpha_crit,
+    alpha_sweep,
+    train_sae,
+)
 from captum_salve.attr import render_maps
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -39,7 +48,9 @@ def _pair(seed: int = 0):
 def test_codes_and_grad_fam_maps_agree_with_the_cpu():
     (model, sae), (gpu_model, gpu_sae) = _pair()
     images = torch.rand(4, 3, 64, 64)
-    torch.testing.assert_close(FeatureCodes(gpu_model, gpu_sae)(images.to(CUDA)).cpu(), FeatureCodes(model, sae)(images), rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(
+        FeatureCodes(gpu_model, gpu_sae)(images.to(CUDA)).cpu(), FeatureCodes(model, sae)(images), rtol=1e-3, atol=1e-3
+    )
     cpu_maps = GradFAM(model, "layer3.1", sae).attribute_features(images, [1, 7, 9])
     gpu_maps = GradFAM(gpu_model, "layer3.1", gpu_sae).attribute_features(images.to(CUDA), [1, 7, 9])
     torch.testing.assert_close(gpu_maps.cpu(), cpu_maps, rtol=1e-3, atol=1e-3 * float(cpu_maps.abs().max()))
@@ -57,7 +68,9 @@ def test_edits_sweeps_and_alpha_crit_agree_with_the_cpu():
         torch.testing.assert_close(gpu_bias.cpu(), cpu_bias, rtol=1e-6, atol=1e-6)
         cpu_sweep = alpha_sweep(model, sae, 3, acts, [0, 1, 5, 20], rule=rule)
         gpu_sweep = alpha_sweep(gpu_model, gpu_sae, 3, acts, [0, 1, 5, 20], rule=rule)
-        assert (gpu_sweep.confusion - cpu_sweep.confusion).abs().sum() <= 2  # float64 on both; a tie may fall either way
+        assert (
+            gpu_sweep.confusion - cpu_sweep.confusion
+        ).abs().sum() <= 2  # float64 on both; a tie may fall either way
         exact = alpha_crit(gpu_model, gpu_sae, 3, acts, 2, rule=rule)
         bisect = alpha_crit(gpu_model, gpu_sae, 3, acts, 2, rule=rule, method="bisect")
         assert torch.equal(exact.isfinite(), bisect.isfinite())

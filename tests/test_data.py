@@ -31,7 +31,10 @@ def test_split_sizes_and_determinism(train, test):
 def test_train_and_test_digits_are_disjoint(train, test):
     # the same strokes never appear in both splits: compare each digit cut out of its box
     def strokes(data):
-        return {tuple((data.images[i, 0, top:bottom, left:right] > 0.5).flatten().tolist()) for i, (top, left, bottom, right) in enumerate(data.boxes.tolist())}
+        return {
+            tuple((data.images[i, 0, top:bottom, left:right] > 0.5).flatten().tolist())
+            for i, (top, left, bottom, right) in enumerate(data.boxes.tolist())
+        }
 
     assert not strokes(train) & strokes(test)
 

@@ -129,7 +129,9 @@ def test_edited_restores_bit_exactly_also_on_error(timm_resnet):
     assert torch.equal(timm_resnet.fc.weight, weight) and torch.equal(timm_resnet.fc.bias, bias)
 
 
-@pytest.mark.parametrize("build", [lambda: timm.create_model("resnet18", num_classes=4), small_timm_vit, small_torchvision_vit])
+@pytest.mark.parametrize(
+    "build", [lambda: timm.create_model("resnet18", num_classes=4), small_timm_vit, small_torchvision_vit]
+)
 def test_edited_state_dict_loads_into_a_fresh_model(build, tmp_path):
     model = build().eval()
     _, head = find_head(model)
@@ -158,7 +160,9 @@ def test_bad_input_is_refused(timm_resnet):
         arguments = dict(feature=0, alpha=1.0) | kwargs
         with pytest.raises(ValueError, match=message):
             edit_model(timm_resnet, sae, **arguments)
-    with pytest.raises(ValueError, match="directions are 32-dimensional but the head takes 512: the SAE was trained on another site"):
+    with pytest.raises(
+        ValueError, match="directions are 32-dimensional but the head takes 512: the SAE was trained on another site"
+    ):
         edit_model(timm_resnet, _sae(32), 0, 1.0)
     with pytest.raises(TypeError, match="sae must be a SparseAutoencoder or FeatureDirections"):
         edit_model(timm_resnet, torch.zeros(3), 0, 1.0)

@@ -109,7 +109,9 @@ def test_codes_are_the_sae_encoding_of_the_head_input(family, head, request):
         expected = sae.encode(a)
         torch.testing.assert_close(codes, expected, atol=ATOL, rtol=RTOL)
         torch.testing.assert_close(codes, _by_hand(sae, a), atol=ATOL, rtol=RTOL)
-        torch.testing.assert_close(FeatureCodes(model, sae).pre_activations(images), sae.pre_activation(a), atol=ATOL, rtol=RTOL)
+        torch.testing.assert_close(
+            FeatureCodes(model, sae).pre_activations(images), sae.pre_activation(a), atol=ATOL, rtol=RTOL
+        )
         torch.testing.assert_close(FeatureCodes(model, sae).site_activations(images), a, atol=ATOL, rtol=RTOL)
     assert codes.shape == (3, 10) and codes.gt(0).any() and codes.eq(0).any()  # a ReLU code, neither all off nor all on
     assert _hooks(model) == 0
@@ -158,7 +160,9 @@ def _moving_target(forward, images: torch.Tensor, per_example: bool) -> int | li
     return int(moves.amin(dim=0).argmax())
 
 
-def _completeness_error(forward, images: torch.Tensor, per_example: bool, n_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _completeness_error(
+    forward, images: torch.Tensor, per_example: bool, n_steps: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(|sum(attr) - diff| / |diff|, |delta| / |diff|) per example, for IG from a zero baseline."""
     baselines = torch.zeros_like(images)
     target = _moving_target(forward, images, per_example)
@@ -176,7 +180,7 @@ def _completeness_error(forward, images: torch.Tensor, per_example: bool, n_step
 
 @pytest.mark.parametrize("per_example", [False, True], ids=["int", "per-example"])
 def test_integrated_gradients_is_complete_on_timm_resnet(timm_resnet, per_example):
-    """timm's init makes the ResNet homogeneous, so this checks Euler's identity: x · ∇z(x) = z(x) - z(0)."""
+    """Timm's init makes the ResNet homogeneous, so this checks Euler's identity: x · ∇z(x) = z(x) - z(0)."""
     codes = FeatureCodes(timm_resnet, _sae(512))
     attr_error, delta_error = _completeness_error(codes, torch.rand(2, 3, 32, 32), per_example, n_steps=10)
     assert attr_error.max() < COMPLETENESS and delta_error.max() < COMPLETENESS
@@ -259,7 +263,9 @@ def test_saliency_and_input_x_gradient_are_the_code_gradient(family, request):
     (gradient,) = torch.autograd.grad(codes(x)[:, feature].sum(), x)
     assert gradient.abs().sum() > 0
     torch.testing.assert_close(Saliency(codes).attribute(images, target=feature), gradient.abs(), atol=ATOL, rtol=RTOL)
-    torch.testing.assert_close(InputXGradient(codes).attribute(images, target=feature), gradient * images, atol=ATOL, rtol=RTOL)
+    torch.testing.assert_close(
+        InputXGradient(codes).attribute(images, target=feature), gradient * images, atol=ATOL, rtol=RTOL
+    )
     signed = Saliency(codes).attribute(images, target=feature, abs=False)
     torch.testing.assert_close(signed, gradient, atol=ATOL, rtol=RTOL)
 
@@ -377,12 +383,18 @@ def test_render_maps_is_pytorch_grad_cams_rendering(shape, size):
 
 @settings(max_examples=40, deadline=None)
 @given(
-    h=st.integers(1, 6), w=st.integers(1, 6), big_h=st.integers(1, 40), big_w=st.integers(1, 40), seed=st.integers(0, 2**16)
+    h=st.integers(1, 6),
+    w=st.integers(1, 6),
+    big_h=st.integers(1, 40),
+    big_w=st.integers(1, 40),
+    seed=st.integers(0, 2**16),
 )
 def test_render_maps_matches_the_reference_at_any_size(h, w, big_h, big_w, seed):
     maps = torch.randn(2, 1, h, w, generator=torch.Generator().manual_seed(seed))
     rendered = render_maps(maps, (big_h, big_w))
-    np.testing.assert_allclose(rendered.numpy(), _render_reference(maps.numpy(), (big_h, big_w)), atol=RENDER_ATOL, rtol=0)
+    np.testing.assert_allclose(
+        rendered.numpy(), _render_reference(maps.numpy(), (big_h, big_w)), atol=RENDER_ATOL, rtol=0
+    )
     assert rendered.min() >= 0 and rendered.max() <= 1
 
 
@@ -405,7 +417,9 @@ def test_a_map_holding_nan_renders_all_nan_and_leaves_the_others_alone():
     rendered = render_maps(maps, (16, 16))
     assert rendered[0].isnan().all()
     assert not rendered[1].isnan().any()
-    np.testing.assert_allclose(rendered[1:].numpy(), _render_reference(maps[1:].numpy(), (16, 16)), atol=RENDER_ATOL, rtol=0)
+    np.testing.assert_allclose(
+        rendered[1:].numpy(), _render_reference(maps[1:].numpy(), (16, 16)), atol=RENDER_ATOL, rtol=0
+    )
 
 
 # 8. Bad input

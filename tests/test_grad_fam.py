@@ -37,7 +37,9 @@ def test_equals_captum_layer_grad_cam_on_the_codes(family, request):
     assert ours.shape == (4, 1, 4, 4)
     torch.testing.assert_close(ours, captum, atol=ATOL, rtol=1e-4)
     ours_relu = GradFAM(model, model.layer3[-1], sae).attribute(images, target=2, relu_attributions=True)
-    captum_relu = LayerGradCam(FeatureCodes(model, sae), model.layer3[-1]).attribute(images, target=2, relu_attributions=True)
+    captum_relu = LayerGradCam(FeatureCodes(model, sae), model.layer3[-1]).attribute(
+        images, target=2, relu_attributions=True
+    )
     torch.testing.assert_close(ours_relu, captum_relu, atol=ATOL, rtol=1e-4)
 
 
@@ -97,8 +99,15 @@ def test_linear_sae_at_resnet_layer4_is_a_cam_weighted_by_the_encoder_row(timm_r
     images = torch.rand(3, 3, 64, 64)
     maps = GradFAM(timm_resnet, timm_resnet.layer4[-1], sae).attribute(images, target=5)
     with torch.no_grad():
-        features = timm_resnet.layer4(timm_resnet.layer3(timm_resnet.layer2(timm_resnet.layer1(
-            timm_resnet.maxpool(timm_resnet.act1(timm_resnet.bn1(timm_resnet.conv1(images))))))))
+        features = timm_resnet.layer4(
+            timm_resnet.layer3(
+                timm_resnet.layer2(
+                    timm_resnet.layer1(
+                        timm_resnet.maxpool(timm_resnet.act1(timm_resnet.bn1(timm_resnet.conv1(images))))
+                    )
+                )
+            )
+        )
         expected = torch.einsum("c,nchw->nhw", sae.encoder.weight[5], features)[:, None] / (2 * 2)
     torch.testing.assert_close(maps, expected, atol=ATOL, rtol=1e-4)
 
@@ -164,7 +173,11 @@ def test_inactive_relu_codes_give_zero_maps_not_errors(timm_resnet):
 
 def test_bad_targets_and_no_hooks_left(timm_resnet):
     fam = GradFAM(timm_resnet, None, _sae(512))
-    for target, message in [(None, "target must name the SAE feature"), (10, r"in \[0, 9\]"), ([1, -1], r"in \[0, 9\]")]:
+    for target, message in [
+        (None, "target must name the SAE feature"),
+        (10, r"in \[0, 9\]"),
+        ([1, -1], r"in \[0, 9\]"),
+    ]:
         with pytest.raises(ValueError, match=message):
             fam.attribute(torch.rand(2, 3, 64, 64), target=target)
     with pytest.raises(TypeError, match="sae must be a SparseAutoencoder"):

@@ -31,7 +31,9 @@ def _sweep(classes: int = 3, alphas: tuple[float, ...] = (0.0, 1.0, 5.0, 20.0)) 
     confusion = torch.randint(0, 10, (len(alphas), classes, classes), generator=generator)
     confusion[0] += torch.eye(classes, dtype=torch.long) * 20
     names = [f"class{k}" for k in range(classes)]
-    return SweepResult(torch.tensor(alphas, dtype=torch.float64), confusion, confusion[0], "suppress feature 4 (salve)", names)
+    return SweepResult(
+        torch.tensor(alphas, dtype=torch.float64), confusion, confusion[0], "suppress feature 4 (salve)", names
+    )
 
 
 def _study(seeds: int = 4, classes: int = 3, alphas: int = 5) -> SeedStudy:
@@ -183,7 +185,10 @@ def test_seed_bands_one_panel_per_class_with_mean_and_std_bands():
 @pytest.mark.parametrize(
     "draw, message",
     [
-        (lambda: plots.class_heatmap(_profile(), features=[12]), r"features must be SAE feature indices in \[0, 11\], got \[12\]"),
+        (
+            lambda: plots.class_heatmap(_profile(), features=[12]),
+            r"features must be SAE feature indices in \[0, 11\], got \[12\]",
+        ),
         (lambda: plots.class_heatmap(_profile(), features=[]), "features must name at least one"),
         (lambda: plots.gallery(_images(3)[:, :1]), r"images must be \(N, 3, H, W\) with N >= 1"),
         (lambda: plots.gallery(_images(3)[:0]), r"images must be \(N, 3, H, W\) with N >= 1"),
@@ -191,9 +196,18 @@ def test_seed_bands_one_panel_per_class_with_mean_and_std_bands():
         (lambda: plots.gallery(_images(3), labels=["a"]), "labels must have 3 entries, one per image, got 1"),
         (lambda: plots.gallery(_images(3), columns=0), "columns must be at least 1, got 0"),
         (lambda: plots.grad_fam_overlays(_images(1), torch.rand(2, 4, 4), [1, 2]), r"image must be \(3, H, W\)"),
-        (lambda: plots.grad_fam_overlays(_images(1)[0], torch.rand(3, 4, 4), [1, 2]), r"maps must be .* with F = 2 features"),
-        (lambda: plots.grad_fam_overlays(_images(1)[0], torch.rand(2, 2, 4, 4), [1, 2]), r"maps must be .* got \(2, 2, 4, 4\)"),
-        (lambda: plots.grad_fam_overlays(_images(1)[0], torch.rand(2, 4, 4), [1, 2], [1.0]), "values must have 2 entries"),
+        (
+            lambda: plots.grad_fam_overlays(_images(1)[0], torch.rand(3, 4, 4), [1, 2]),
+            r"maps must be .* with F = 2 features",
+        ),
+        (
+            lambda: plots.grad_fam_overlays(_images(1)[0], torch.rand(2, 2, 4, 4), [1, 2]),
+            r"maps must be .* got \(2, 2, 4, 4\)",
+        ),
+        (
+            lambda: plots.grad_fam_overlays(_images(1)[0], torch.rand(2, 4, 4), [1, 2], [1.0]),
+            "values must have 2 entries",
+        ),
         (
             lambda: plots.maximization_evolution(
                 MaximizationResult([1, 2], _images(2), {0: _images(2)}, torch.ones(2), torch.zeros(1, 2)), names=["one"]
@@ -201,7 +215,10 @@ def test_seed_bands_one_panel_per_class_with_mean_and_std_bands():
             "names must have 2 entries, one per feature, got 1",
         ),
         (lambda: plots.accuracy_vs_alpha(_sweep(), 3), r"class_index must be in \[0, 2\], got 3"),
-        (lambda: plots.accuracy_vs_alpha(_sweep(), 0, controls={str(i): _sweep() for i in range(4)}), "at most 3 controls"),
+        (
+            lambda: plots.accuracy_vs_alpha(_sweep(), 0, controls={str(i): _sweep() for i in range(4)}),
+            "at most 3 controls",
+        ),
         (lambda: plots.prediction_distribution(_sweep(), -1), r"class_index must be in \[0, 2\], got -1"),
         (lambda: plots.accuracy_change_bars(_sweep(), 4), r"alpha_index must be in \[0, 3\], got 4"),
         (
@@ -209,7 +226,10 @@ def test_seed_bands_one_panel_per_class_with_mean_and_std_bands():
             "analytical and numerical must name the same classes",
         ),
         (lambda: plots.alpha_crit_boxplots({}, {}), "analytical and numerical must name the same classes"),
-        (lambda: plots.seed_bands(_study(classes=3), ["x", "y"]), "class_names must have 3 entries, one per class, got 2"),
+        (
+            lambda: plots.seed_bands(_study(classes=3), ["x", "y"]),
+            "class_names must have 3 entries, one per class, got 2",
+        ),
         (lambda: plots.seed_bands(_study(classes=3), ["x", "y", "z"], columns=0), "columns must be at least 1, got 0"),
     ],
 )

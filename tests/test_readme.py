@@ -21,13 +21,23 @@ def test_readme_examples_run_in_order(tmp_path, monkeypatch):
     namespace: dict = {}
     for block in blocks:
         exec(compile(block, "README.md", "exec"), namespace)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["accuracy_vs_alpha.png", "gallery.png", "maximization.png", "mu.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "accuracy_vs_alpha.png",
+        "gallery.png",
+        "maximization.png",
+        "mu.png",
+    ]
     assert namespace["maps"].shape == (8, 1, 4, 4) and namespace["four"].shape == (8, 4, 4, 4)
     heat = namespace["heat"]
     assert heat.shape == (8, 1, 64, 64) and heat.min() >= 0 and heat.max() <= 1
     torch.testing.assert_close(namespace["cam"], namespace["maps"], rtol=1e-4, atol=1e-5)
-    gain = namespace["codes"](namespace["images"])[:, namespace["feature"]] - namespace["codes"](namespace["images"] * 0)[:, namespace["feature"]]
-    torch.testing.assert_close(namespace["ig"].sum(dim=(1, 2, 3)), gain.detach(), rtol=0.05, atol=0.05 * float(gain.detach().abs().max()))
+    gain = (
+        namespace["codes"](namespace["images"])[:, namespace["feature"]]
+        - namespace["codes"](namespace["images"] * 0)[:, namespace["feature"]]
+    )
+    torch.testing.assert_close(
+        namespace["ig"].sum(dim=(1, 2, 3)), gain.detach(), rtol=0.05, atol=0.05 * float(gain.detach().abs().max())
+    )
     edited_logits = torch.nn.functional.linear(namespace["acts"].features[:4], namespace["weight"], namespace["bias"])
     torch.testing.assert_close(namespace["steered"], edited_logits, rtol=1e-4, atol=1e-4)
     assert namespace["choice"].reached

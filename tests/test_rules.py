@@ -58,7 +58,9 @@ def test_the_exact_pieces_give_the_weight_forms_logits_at_every_alpha(rule, mode
     weight, bias = head.weight.detach(), head.bias.detach()
     pieces = edit.rule.pieces(weight, bias, edit.directions, a, edit.sign)
     for alpha in alphas:
-        new_weight, new_bias = edit.rule.weights(weight, bias, edit.directions, torch.tensor([alpha], dtype=torch.float64), edit.sign)
+        new_weight, new_bias = edit.rule.weights(
+            weight, bias, edit.directions, torch.tensor([alpha], dtype=torch.float64), edit.sign
+        )
         torch.testing.assert_close(pieces.at(alpha), a @ new_weight.T + new_bias, rtol=1e-9, atol=1e-9)
 
 
@@ -118,7 +120,9 @@ class ShiftAlong(EditRule):
 
     def weights(self, weight, bias, directions, alphas, sign):
         d = directions.cast(weight)[0]
-        return weight.expand(*alphas.shape[:-1], *weight.shape), bias + sign * (weight @ d * alphas[..., None, :]).sum(-1)
+        return weight.expand(*alphas.shape[:-1], *weight.shape), bias + sign * (weight @ d * alphas[..., None, :]).sum(
+            -1
+        )
 
     def activations(self, a, directions, alphas, sign):
         return a + sign * (directions.cast(a)[0] * alphas).sum(-1)
@@ -136,7 +140,9 @@ def test_a_new_rule_is_one_class_that_every_entry_point_accepts(timm_resnet):
     edited_model = edit_model(timm_resnet, sae, 4, 3.0, rule=rule)
     d = sae.decoder_weight[:, 4].detach()
     with torch.no_grad():
-        torch.testing.assert_close(edited_model.fc(acts.features), timm_resnet.fc(acts.features - 3.0 * d), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            edited_model.fc(acts.features), timm_resnet.fc(acts.features - 3.0 * d), rtol=1e-5, atol=1e-5
+        )
     sweep = alpha_sweep(timm_resnet, sae, 4, acts, [0.0, 3.0], rule=rule)
     assert sweep.label.endswith("(shift)")
     exact = alpha_crit(timm_resnet, sae, 4, acts, 0, rule=rule)

@@ -93,7 +93,14 @@ def test_save_load_round_trip(tmp_path):
 def test_a_version_one_folder_still_loads_with_its_site_from_the_metadata(tmp_path):
     sae = SparseAutoencoder(5, 7, "relu")
     sae.save(tmp_path)
-    old = {"format_version": 1, "d_in": 5, "d_latent": 7, "activation": "relu", "k": None, "metadata": {"site": "layer4:spatial_mean"}}
+    old = {
+        "format_version": 1,
+        "d_in": 5,
+        "d_latent": 7,
+        "activation": "relu",
+        "k": None,
+        "metadata": {"site": "layer4:spatial_mean"},
+    }
     (tmp_path / "cfg.json").write_text(json.dumps(old))
     loaded = SparseAutoencoder.load(tmp_path)
     assert loaded.site == "layer4:spatial_mean" and loaded.activation == "relu"
@@ -279,7 +286,9 @@ def test_metrics_refuse_mismatched_inputs():
     with pytest.raises(ValueError, match="the SAE reads 4-dimensional activations, acts have 5"):
         sae_metrics(sae, ActivationSet(torch.randn(3, 5)))
     with pytest.raises(ValueError, match="spliced accuracy needs head-input activations"):
-        sae_metrics(sae, ActivationSet(torch.randn(3, 4), torch.zeros(3, dtype=torch.long), "layer3"), head=nn.Linear(4, 2))
+        sae_metrics(
+            sae, ActivationSet(torch.randn(3, 4), torch.zeros(3, dtype=torch.long), "layer3"), head=nn.Linear(4, 2)
+        )
     with pytest.raises(ValueError, match="carry no labels"):
         sae_metrics(sae, ActivationSet(torch.randn(3, 4)), head=nn.Linear(4, 2))
     assert np.isfinite(sae_metrics(sae, ActivationSet(torch.randn(3, 4)))["mse"])

@@ -19,7 +19,9 @@ EXPECTED = {
 }
 CELL_TIMEOUT_S = 600
 # Run first in the kernel: what it sees of the test's environment.
-PROBE = "import json, os, sys\nprint(json.dumps({'cache': os.environ.get('CAPTUM_SALVE_CACHE'), 'python': sys.executable}))"
+PROBE = (
+    "import json, os, sys\nprint(json.dumps({'cache': os.environ.get('CAPTUM_SALVE_CACHE'), 'python': sys.executable}))"
+)
 
 
 def test_every_tutorial_is_stored_without_outputs_or_execution_counts():

@@ -283,7 +283,9 @@ def test_deletion_curve_refuses_bad_input(change, message):
     model, sae, _ = _cell_setup()
     arguments = dict(feature=0, images=torch.rand(2, 1, 8, 8), attribution=torch.rand(2, 1, 4, 4)) | change
     with pytest.raises(ValueError, match=message):
-        deletion_curve(model, sae, arguments.pop("feature"), arguments.pop("images"), arguments.pop("attribution"), **arguments)
+        deletion_curve(
+            model, sae, arguments.pop("feature"), arguments.pop("images"), arguments.pop("attribution"), **arguments
+        )
 
 
 # ---- pointing game -------------------------------------------------------------------------
@@ -304,8 +306,11 @@ def test_pointing_game_by_hand():
 
 
 def test_a_border_peak_points_at_its_cells_centre_not_at_the_image_corner():
-    """Upsampled bilinearly, a 2x2 map peaking in its top-left cell is flat over [0:8, 0:8] of a 32x32
-    image and its first maximal pixel is (0, 0); the peak cell's centre is (8, 8)."""
+    """A border peak is judged at its cell's centre.
+
+    Upsampled bilinearly, a 2x2 map peaking in its top-left cell is flat over [0:8, 0:8] of a 32x32
+    image and its first maximal pixel is (0, 0); the peak cell's centre is (8, 8).
+    """
     maps = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]], [[[0.0, 0.0], [0.0, 1.0]]]])
     centre = _box(6, 6, size=20, side=32)  # covers both cells' centres (8, 8) and (24, 24), no corner
     corners = ~centre
@@ -368,9 +373,14 @@ def test_grad_fam_on_the_digits_resnet_is_faithful_and_points_at_the_digit(digit
     maps = torch.cat([fam.attribute(images[i : i + 1], target=int(features[i])) for i in range(48)])
     hits = pointing_game(maps, masks).float().mean()
     assert hits > 0.5  # chance is 1/4: the digit's box covers 2 of the 4 cell centres along each axis
-    own = torch.cat([deletion_curve(model, sae, int(features[i]), images[i : i + 1], maps[i : i + 1], steps=8) for i in range(48)])
+    own = torch.cat(
+        [deletion_curve(model, sae, int(features[i]), images[i : i + 1], maps[i : i + 1], steps=8) for i in range(48)]
+    )
     rand = torch.cat(
-        [deletion_curve(model, sae, int(features[i]), images[i : i + 1], torch.rand_like(maps[i : i + 1]), steps=8) for i in range(48)]
+        [
+            deletion_curve(model, sae, int(features[i]), images[i : i + 1], torch.rand_like(maps[i : i + 1]), steps=8)
+            for i in range(48)
+        ]
     )
     assert deletion_score(own).nanmean() < deletion_score(rand).nanmean() - 0.05
 

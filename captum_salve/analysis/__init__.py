@@ -1,4 +1,4 @@
-"""From codes to findings: class profiles and feature selection, α sweeps and edit selection, controls, seed robustness."""
+"""From codes to findings: class profiles, α sweeps and edit selection, controls, seed robustness."""
 
 from captum_salve.analysis.controls import control_directions
 from captum_salve.analysis.profiles import (

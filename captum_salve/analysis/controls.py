@@ -26,7 +26,9 @@ def control_directions(
     mean = features.mean(dim=0)
     centred = features - mean
     reference = FeatureDirections.from_sae(sae, feature)
-    code_rms = (features @ reference.encoder[0].double().cpu() + reference.offset[0].double().cpu()).pow(2).mean().sqrt()
+    code_rms = (
+        (features @ reference.encoder[0].double().cpu() + reference.offset[0].double().cpu()).pow(2).mean().sqrt()
+    )
     generator = torch.Generator().manual_seed(seed)
     random = torch.randn(features.shape[1], generator=generator, dtype=torch.float64)
     principal = torch.linalg.svd(centred, full_matrices=False).Vh[0]

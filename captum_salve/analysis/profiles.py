@@ -59,6 +59,7 @@ class ClassProfile:
 
     @property
     def num_classes(self) -> int:
+        """K, the number of classes profiled."""
         return self.mean_codes.shape[0]
 
     def _check_class(self, class_index: int) -> None:
@@ -93,12 +94,12 @@ class ClassProfile:
 
     def specificity(self, *, by: RankBy = "magnitude") -> Tensor:
         """(K,) selectivity of each class's top feature for that class: 1 = only that class, 1/K = all alike."""
-        return torch.stack(
-            [self.selectivity(int(self.dominant(k, 1, by=by)[0]))[k] for k in range(self.num_classes)]
-        )
+        return torch.stack([self.selectivity(int(self.dominant(k, 1, by=by)[0]))[k] for k in range(self.num_classes)])
 
 
-def class_profile(sae: SparseAutoencoder, acts: ActivationSet, *, class_names: Sequence[str] | None = None) -> ClassProfile:
+def class_profile(
+    sae: SparseAutoencoder, acts: ActivationSet, *, class_names: Sequence[str] | None = None
+) -> ClassProfile:
     """The class-conditional mean code μ_k of every class.
 
     Example:
@@ -131,9 +132,7 @@ def cross_class_features(profile: ClassProfile, *, n_classes: int = 2, top: int 
     ranked, classes = magnitude.sort(dim=0, descending=True)
     gap = (ranked[n_classes - 1] - ranked[n_classes]) / profile.code_std.clamp_min(1e-8)
     best = gap.topk(min(top, gap.numel())).indices
-    return [
-        CrossClassFeature(int(f), tuple(int(c) for c in classes[:n_classes, f]), float(gap[f])) for f in best
-    ]
+    return [CrossClassFeature(int(f), tuple(int(c) for c in classes[:n_classes, f]), float(gap[f])) for f in best]
 
 
 def select_feature(profile: ClassProfile, class_index: int, *, n: int = 1, by: RankBy = "contrast") -> list[int]:

@@ -91,7 +91,8 @@ def seed_study(
         train_acts: Labelled head-input activations the class profiles are read from.
         test_acts: Labelled head-input activations the sweeps are measured on.
         alphas: Strengths.
-        mode, rule: The edit.
+        mode: "suppress" or "enhance", as in :func:`alpha_sweep`.
+        rule: Edit rule of every sweep (a name or an :class:`~captum_salve.edit.EditRule`).
         select_by: How the first SAE picks each class's feature (see :func:`select_feature`).
 
     Example:

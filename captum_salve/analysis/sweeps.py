@@ -18,6 +18,7 @@ from captum_salve.sites import HEAD_INPUT
 
 __all__ = ["DEFAULT_EDIT_ALPHAS", "EditChoice", "SweepResult", "alpha_50", "alpha_sweep", "crossing_50", "select_edit"]
 
+
 @dataclass
 class SweepResult:
     """Predictions of the edited model at every α.
@@ -119,10 +120,14 @@ def alpha_sweep(
         raise ValueError(f"alphas must be finite and >= 0, got {alphas.tolist()}")
     k = head.out_features
     if labels.min() < 0 or labels.max() >= k:
-        raise ValueError(f"data labels must be classes of the head, in [0, {k - 1}], got {int(labels.min())} to {int(labels.max())}")
+        raise ValueError(
+            f"data labels must be classes of the head, in [0, {k - 1}], got {int(labels.min())} to {int(labels.max())}"
+        )
     weight, bias = head_tensors64(head)
     device = weight.device
-    strengths = [torch.full((edit.directions.count,), float(alpha), dtype=torch.float64, device=device) for alpha in alphas]
+    strengths = [
+        torch.full((edit.directions.count,), float(alpha), dtype=torch.float64, device=device) for alpha in alphas
+    ]
     confusion = torch.zeros(len(alphas) + 1, k, k, dtype=torch.long)
     rows = max(1, _CHUNK_ELEMENTS // (k + edit.directions.width))
     for start in range(0, len(data), rows):
@@ -236,6 +241,8 @@ def select_edit(
             reached = len(below) > 0
             key = (not reached, abs(float(off[i])) if reached else float(accuracy[i]), size)
             if best is None or key < best[0]:
-                choice = EditChoice(class_index, group, float(sweep.alphas[i]), rule_name, float(accuracy[i]), float(off[i]), reached)
+                choice = EditChoice(
+                    class_index, group, float(sweep.alphas[i]), rule_name, float(accuracy[i]), float(off[i]), reached
+                )
                 best = (key, choice)
     return best[1]

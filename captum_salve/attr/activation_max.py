@@ -190,12 +190,16 @@ class _FourierImage(nn.Module):
         return torch.sigmoid(self._logits())
 
 
-def _parameterization(name: str, n: int, height: int, width: int, generator: torch.Generator, device: torch.device) -> nn.Module:
+def _parameterization(
+    name: str, n: int, height: int, width: int, generator: torch.Generator, device: torch.device
+) -> nn.Module:
     module = _FourierImage if name == "fourier" else _PixelImage
     return module(n, height, width, generator).to(device)
 
 
-def _random_transform(images: Tensor, generator: torch.Generator, jitter: float = 0.03, scale: float = 0.05, degrees: float = 3.0) -> Tensor:
+def _random_transform(
+    images: Tensor, generator: torch.Generator, jitter: float = 0.03, scale: float = 0.05, degrees: float = 3.0
+) -> Tensor:
     """Jitter, scale and rotate each image by its own random amount (reflection padding)."""
     n = len(images)
 

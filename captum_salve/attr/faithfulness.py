@@ -66,12 +66,16 @@ def deletion_curve(
     h, w = attribution.shape[-2:]
     if h > height or w > width:
         raise ValueError(f"the map ({h}x{w}) cannot be finer than the image ({height}x{width})")
-    cell_of_pixel = F.interpolate(torch.arange(h * w, dtype=torch.float32).reshape(1, 1, h, w), size=(height, width), mode="nearest")
+    cell_of_pixel = F.interpolate(
+        torch.arange(h * w, dtype=torch.float32).reshape(1, 1, h, w), size=(height, width), mode="nearest"
+    )
     cell_of_pixel = cell_of_pixel.long().reshape(height, width).to(images.device)
     order = attribution.reshape(n, -1).argsort(dim=1, descending=True, stable=True).to(images.device)
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(h * w, device=images.device).expand(n, -1))
     pixel_rank = rank[:, cell_of_pixel]  # (N, H, W): when each pixel is removed
-    filler = images.mean(dim=(2, 3), keepdim=True) if fill == "mean" else torch.full_like(images[:, :, :1, :1], float(fill))
+    filler = (
+        images.mean(dim=(2, 3), keepdim=True) if fill == "mean" else torch.full_like(images[:, :, :1, :1], float(fill))
+    )
     cells = h * w
     steps = cells if steps is None else steps
     if not 1 <= steps <= cells:
@@ -81,7 +85,9 @@ def deletion_curve(
     variants = variants.reshape(n * (steps + 1), *images.shape[1:])
     codes = FeatureCodes(model, sae, site)
     with eval_mode(model):
-        values = [codes(variants[start : start + batch_size])[:, feature] for start in range(0, len(variants), batch_size)]
+        values = [
+            codes(variants[start : start + batch_size])[:, feature] for start in range(0, len(variants), batch_size)
+        ]
     return torch.cat(values).reshape(n, steps + 1)
 
 

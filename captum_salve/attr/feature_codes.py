@@ -45,7 +45,9 @@ class FeatureCodes(nn.Module):
         if not isinstance(sae, SparseAutoencoder):
             raise TypeError(f"sae must be a SparseAutoencoder, got {type(sae).__name__}")
         if site is not None and not isinstance(site, Site):
-            raise TypeError(f"site must be a Site or None (the SAE's own site, {sae.site!r}), got {type(site).__name__}")
+            raise TypeError(
+                f"site must be a Site or None (the SAE's own site, {sae.site!r}), got {type(site).__name__}"
+            )
         self.model, self.sae = model, sae
         self.site: BoundSite = (site if site is not None else Site.from_key(sae.site)).bind(model)
 

@@ -89,8 +89,7 @@ def _as_tuple(value: Any) -> tuple:
 
 
 class TokenGradCam(LayerAttribution, GradientAttribution):
-    r"""
-    Captum's ``LayerGradCam`` that also reads transformer token layers.
+    r"""Captum's ``LayerGradCam`` that also reads transformer token layers.
 
     A convolutional layer (output ``(N, C, h, w)``) is handed to Captum's
     ``LayerGradCam`` as it is. A token layer (output ``(N, T, C)``) is first
@@ -116,14 +115,15 @@ class TokenGradCam(LayerAttribution, GradientAttribution):
         reshape_transform: Callable[[Tensor], Tensor] | None = None,
         device_ids: list[int] | None = None,
     ) -> None:
-        r"""
+        r"""Build the attribution for one forward and layer.
+
         Args:
-            forward_func: The forward whose outputs are explained (a model, or
-                :class:`FeatureCodes`).
-            layer: The layer whose activations the map is built from.
-            reshape_transform: Maps the layer's output to ``(N, C, h, w)``; needed
-                for token layers. None: the layer must give ``(N, C, h, w)``.
-            device_ids: As in Captum, for ``DataParallel`` models (convolutional layers).
+        forward_func: The forward whose outputs are explained (a model, or
+            :class:`FeatureCodes`).
+        layer: The layer whose activations the map is built from.
+        reshape_transform: Maps the layer's output to ``(N, C, h, w)``; needed
+            for token layers. None: the layer must give ``(N, C, h, w)``.
+        device_ids: As in Captum, for ``DataParallel`` models (convolutional layers).
         """
         LayerAttribution.__init__(self, forward_func, layer, device_ids)
         GradientAttribution.__init__(self, forward_func)
@@ -142,7 +142,8 @@ class TokenGradCam(LayerAttribution, GradientAttribution):
         attr_dim_summation: bool = True,
         grad_kwargs: dict[str, Any] | None = None,
     ) -> Tensor:
-        r"""
+        r"""Compute one map per example.
+
         Args:
             inputs (Tensor or tuple[Tensor, ...]): Inputs for which maps are
                 computed, dimension 0 indexing examples.
@@ -227,7 +228,9 @@ class TokenGradCam(LayerAttribution, GradientAttribution):
         """
         index = torch.as_tensor(targets, dtype=torch.long).reshape(-1)
         with torch.enable_grad():
-            outputs, layer_output = self._forward_and_layer_output(_as_tuple(inputs), _as_tuple(additional_forward_args))
+            outputs, layer_output = self._forward_and_layer_output(
+                _as_tuple(inputs), _as_tuple(additional_forward_args)
+            )
             selected = outputs[:, index.to(outputs.device)]  # (N, F)
             gradients = _gradients_per_column(selected, layer_output)
         if gradients is None:
@@ -257,9 +260,13 @@ class TokenGradCam(LayerAttribution, GradientAttribution):
         finally:
             handle.remove()
         if len(saved) != 1:
-            raise RuntimeError(f"layer {self.layer_name!r} ran {len(saved)} times in one forward; use a layer that runs once")
+            raise RuntimeError(
+                f"layer {self.layer_name!r} ran {len(saved)} times in one forward; use a layer that runs once"
+            )
         if not isinstance(saved[0], Tensor):
-            raise ValueError(f"layer {self.layer_name!r} returns a {type(saved[0]).__name__}, not a tensor; pick another layer")
+            raise ValueError(
+                f"layer {self.layer_name!r} returns a {type(saved[0]).__name__}, not a tensor; pick another layer"
+            )
         return outputs, saved[0]
 
     def _as_maps(self, gradients: Tensor, activations: Tensor) -> tuple[Tensor, Tensor]:
@@ -279,7 +286,9 @@ class TokenGradCam(LayerAttribution, GradientAttribution):
                 )
             gradients, activations = mapped, self.reshape_transform(activations)
         if gradients.dim() != 4:
-            raise ValueError(f"layer {self.layer_name!r} output has shape {tuple(gradients.shape)}; Grad-CAM needs (N, C, h, w)")
+            raise ValueError(
+                f"layer {self.layer_name!r} output has shape {tuple(gradients.shape)}; Grad-CAM needs (N, C, h, w)"
+            )
         return gradients, activations
 
     def _refuse_silent_layer(self, gradients: Tensor, selected: Tensor) -> None:
@@ -301,7 +310,9 @@ def _select(outputs: Tensor, target: TargetType) -> Tensor:
             raise ValueError(f"target is needed: the forward gives {tuple(outputs.shape[1:])} outputs per input")
         return outputs.reshape(len(outputs))
     if outputs.dim() != 2:
-        raise ValueError(f"on token layers, target indexes (N, outputs) forwards; this one gives {tuple(outputs.shape)}")
+        raise ValueError(
+            f"on token layers, target indexes (N, outputs) forwards; this one gives {tuple(outputs.shape)}"
+        )
     chosen = torch.as_tensor(target, device=outputs.device).reshape(-1).expand(len(outputs))
     return outputs[torch.arange(len(outputs), device=outputs.device), chosen]
 

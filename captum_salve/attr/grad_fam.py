@@ -18,9 +18,9 @@ __all__ = ["GradFAM"]
 
 
 class GradFAM(TokenGradCam):
-    r"""
-    Grad-FAM (gradient-weighted feature activation map) maps one SAE feature onto
-    the input image. It is Grad-CAM with the feature's code ``z_l`` as the target
+    r"""Grad-FAM (gradient-weighted feature activation map): one SAE feature mapped onto the input image.
+
+    It is Grad-CAM with the feature's code ``z_l`` as the target
     instead of a class logit: for the chosen layer's activations ``A`` (C × h × w),
     ``w_c = mean_{u,v} ∂z_l/∂A_{c,u,v}`` and the map is ``Σ_c w_c A_c``.
 
@@ -56,17 +56,18 @@ class GradFAM(TokenGradCam):
         reshape_transform: Callable[[Tensor], Tensor] | None = None,
         device_ids: list[int] | None = None,
     ) -> None:
-        r"""
+        r"""Build the attribution for one model, layer and SAE.
+
         Args:
-            model: The classifier.
-            layer: The layer whose activations the map is built from (module or
-                dotted name); None picks the model family's default
-                (``layer4[-1]`` for ResNets, ``blocks[-1].norm1`` for timm ViTs).
-            sae: The sparse autoencoder whose codes are the targets.
-            site: Where the SAE reads its input; default the SAE's own site.
-            reshape_transform: Maps the layer's output to ``(N, C, h, w)``; default
-                for ViTs: drop the prefix tokens and fold the patch grid.
-            device_ids: As in Captum, for ``DataParallel`` models.
+        model: The classifier.
+        layer: The layer whose activations the map is built from (module or
+            dotted name); None picks the model family's default
+            (``layer4[-1]`` for ResNets, ``blocks[-1].norm1`` for timm ViTs).
+        sae: The sparse autoencoder whose codes are the targets.
+        site: Where the SAE reads its input; default the SAE's own site.
+        reshape_transform: Maps the layer's output to ``(N, C, h, w)``; default
+            for ViTs: drop the prefix tokens and fold the patch grid.
+        device_ids: As in Captum, for ``DataParallel`` models.
         """
         codes = FeatureCodes(model, sae, site)
         layer = default_cam_layer(model) if layer is None else get_module(model, layer)

@@ -149,7 +149,7 @@ class HeadEdit:
 
     @contextmanager
     def applied(self, model: nn.Module) -> Iterator[nn.Module]:
-        """The edit in place for the length of a ``with`` block; the head's tensors come back bit-exactly, also on error."""
+        """The edit in place for a ``with`` block; the head's tensors come back bit-exactly, on error too."""
         head = head_of(model)
         weight, bias = self.weights(head)
         saved_weight = head.weight.detach().clone()
@@ -161,7 +161,9 @@ class HeadEdit:
             _write(head, saved_weight, saved_bias)
 
     def __call__(self, a: Tensor) -> Tensor:
-        """The edit on head inputs (N, M), in ``a``'s dtype: the unedited head on the result gives the edited head's logits.
+        """The edit on head inputs (N, M), in ``a``'s dtype.
+
+        The unedited head on the result gives the edited head's logits.
 
         This is run-time steering (a forward pre-hook on the head can call it);
         :meth:`apply` folds the same map into the weights once instead.

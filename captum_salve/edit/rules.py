@@ -28,6 +28,7 @@ from typing import ClassVar, Literal, get_args
 
 import torch
 from torch import Tensor
+from typing_extensions import override
 
 from captum_salve.sae.model import SparseAutoencoder
 
@@ -170,14 +171,18 @@ class EditRule(ABC):
     name: ClassVar[str]
 
     @abstractmethod
-    def weights(self, weight: Tensor, bias: Tensor, directions: FeatureDirections, alphas: Tensor, sign: float) -> tuple[Tensor, Tensor]:
+    def weights(
+        self, weight: Tensor, bias: Tensor, directions: FeatureDirections, alphas: Tensor, sign: float
+    ) -> tuple[Tensor, Tensor]:
         """The edited head: weight ``(..., K, M)`` and bias ``(..., K)``, one head per leading index of ``alphas``."""
 
     @abstractmethod
     def activations(self, a: Tensor, directions: FeatureDirections, alphas: Tensor, sign: float) -> Tensor:
         """The edit on head inputs (N, M): the unedited head on the result gives the edited head's logits."""
 
-    def logit_curve(self, weight: Tensor, bias: Tensor, directions: FeatureDirections, a: Tensor, sign: float) -> Callable[[Tensor], Tensor]:
+    def logit_curve(
+        self, weight: Tensor, bias: Tensor, directions: FeatureDirections, a: Tensor, sign: float
+    ) -> Callable[[Tensor], Tensor]:
         """A function from strengths (F,) to the edited logits (N, K) on head inputs ``a``.
 
         What can be computed once for all strengths is; the default builds the
@@ -191,7 +196,9 @@ class EditRule(ABC):
         return logits
 
     @abstractmethod
-    def pieces(self, weight: Tensor, bias: Tensor, directions: FeatureDirections, a: Tensor, sign: float, *, exact: bool = True) -> LogitPieces:
+    def pieces(
+        self, weight: Tensor, bias: Tensor, directions: FeatureDirections, a: Tensor, sign: float, *, exact: bool = True
+    ) -> LogitPieces:
         """The logits of a one-feature edit as piecewise-linear functions of α.
 
         ``exact=False`` gives the first piece extended to every α: the paper's
@@ -214,13 +221,16 @@ class ScaleColumns(EditRule):
             factors = factors.clamp_min(0)
         return factors.prod(dim=-1)  # (..., M)
 
+    @override
     def weights(self, weight, bias, directions, alphas, sign):
         factors = self._factors(directions, alphas, sign)
         return weight * factors[..., None, :], bias.expand(*alphas.shape[:-1], -1)
 
+    @override
     def activations(self, a, directions, alphas, sign):
         return a * self._factors(directions, alphas, sign)
 
+    @override
     def pieces(self, weight, bias, directions, a, sign, *, exact=True):
         c = directions.cast(a)[0][:, 0].abs()
         contributions = a[:, None, :] * weight[None]  # (N, K, M): W_kj a_j
@@ -241,20 +251,23 @@ class ScaleColumns(EditRule):
 
 
 class ProjectOut(EditRule):
-    """Our rule ("project"): the head sees ``a + s Σ α_l z_l(a) d_l``; the logits move along ``W d_l``, linearly in α."""
+    """Our rule ("project"): the head sees ``a + s Σ α_l z_l(a) d_l``; logits move along ``W d_l``, linearly in α."""
 
     name = "project"
 
+    @override
     def weights(self, weight, bias, directions, alphas, sign):
         d, e, beta = directions.cast(weight)
         scaled = (weight @ d) * alphas[..., None, :]  # (..., K, F): each feature's push on each logit
         return weight + sign * scaled @ e, bias + sign * scaled @ beta
 
+    @override
     def activations(self, a, directions, alphas, sign):
         d, e, beta = directions.cast(a)
         codes = a @ e.T + beta  # (N, F)
         return a + sign * (codes * alphas) @ d.T
 
+    @override
     def logit_curve(self, weight, bias, directions, a, sign):
         # A rank-F update of the unedited logits: O(N·K·F) per strength instead of O(N·K·M).
         d, e, beta = directions.cast(a)
@@ -265,6 +278,7 @@ class ProjectOut(EditRule):
 
         return logits
 
+    @override
     def pieces(self, weight, bias, directions, a, sign, *, exact=True):
         d, e, beta = directions.cast(a)
         codes = a @ e[0] + beta[0]

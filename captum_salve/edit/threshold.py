@@ -12,8 +12,8 @@ criterion is solved exactly, piece by piece, with no iteration:
   target (suppress) or becomes it (enhance); a tie counts as reached.
 
 The pieces come from the rule itself (:meth:`~captum_salve.edit.rules.EditRule.pieces`),
-so a new rule gets α_crit with no change here. ``method="linear"`` is the paper's analytical estimate: the first piece extended
-to all α (no clipping), so for the zero-logit criterion ``α_lin = z_t / R_t`` with
+so a new rule gets α_crit with no change here. ``method="linear"`` is the paper's analytical
+estimate: the first piece extended to all α (no clipping), so for the zero-logit criterion ``α_lin = z_t / R_t`` with
 ``R_t = Σ_j W_tj c_j a_j``. ``method="exact"`` walks the pieces; ``method="bisect"``
 searches on the edited head's real outputs, the independent check. Samples that
 never cross get ``inf``; samples already past the criterion at α = 0 get 0.
@@ -111,7 +111,9 @@ def alpha_crit(
     chunk = max(1, _CHUNK_ELEMENTS // (head.out_features * (head.in_features + 1) * 4))
     results = []
     for start in range(0, len(a), chunk):
-        pieces = edit.rule.pieces(weight, bias, edit.directions, a[start : start + chunk], edit.sign, exact=method == "exact")
+        pieces = edit.rule.pieces(
+            weight, bias, edit.directions, a[start : start + chunk], edit.sign, exact=method == "exact"
+        )
         results.append(_first_crossing(pieces, targets[start : start + chunk], criterion, mode))
     return torch.cat(results).cpu()
 
@@ -121,7 +123,9 @@ def _per_sample_targets(target: int | Sequence[int] | Tensor, n: int, classes: i
     if targets.dim() == 0:
         targets = targets.expand(n)
     if targets.shape != (n,):
-        raise ValueError(f"target must be one class for all samples or one per sample ({n}), got shape {tuple(targets.shape)}")
+        raise ValueError(
+            f"target must be one class for all samples or one per sample ({n}), got shape {tuple(targets.shape)}"
+        )
     if targets.min() < 0 or targets.max() >= classes:
         raise ValueError(f"target classes must be in [0, {classes - 1}], got {targets.unique().tolist()}")
     return targets
@@ -181,7 +185,9 @@ def _bisect(edit: HeadEdit, weight: Tensor, bias: Tensor, a: Tensor, targets: Te
     c = edit.directions.decoder[:, 0].abs().double().to(a.device)
     breaks = 1.0 / c[c > 0]
     octaves = torch.arange(-20 * _GRID_PER_OCTAVE, _GRID_OCTAVES * _GRID_PER_OCTAVE + 1, device=a.device, dtype=a.dtype)
-    grid = torch.cat([torch.zeros(1, dtype=a.dtype, device=a.device), breaks, 2.0 ** (octaves / _GRID_PER_OCTAVE)]).unique()
+    grid = torch.cat(
+        [torch.zeros(1, dtype=a.dtype, device=a.device), breaks, 2.0 ** (octaves / _GRID_PER_OCTAVE)]
+    ).unique()
 
     def event_at(alpha: Tensor, index: Tensor) -> Tensor:
         w, b = edit.rule.weights(weight, bias, edit.directions, alpha, edit.sign)

@@ -143,7 +143,10 @@ class SparseAutoencoder(nn.Module):
             raise ValueError(f"acts must be (N, {self.d_in}) activations for this SAE, got {shape}")
         device = self.decoder_weight.device
         return torch.cat(
-            [self.encode(features[s : s + batch_size].to(device, torch.float32)).cpu() for s in range(0, len(features), batch_size)]
+            [
+                self.encode(features[s : s + batch_size].to(device, torch.float32)).cpu()
+                for s in range(0, len(features), batch_size)
+            ]
             or [torch.zeros(0, self.d_latent)]
         )
 
@@ -208,7 +211,9 @@ class SparseAutoencoder(nn.Module):
 
     @classmethod
     def load(cls, directory: str | Path, *, device: torch.device | str | None = None) -> SparseAutoencoder:
-        """Load an SAE written by :meth:`save` (this version's files and version 1's); the config is checked against the tensors.
+        """Load an SAE written by :meth:`save` (this version's files and version 1's).
+
+        The config is checked against the tensors.
 
         Nothing is unpickled: weights come from safetensors, the config from JSON.
         A version-1 file named its site in ``metadata["site"]`` (default the head input).
@@ -220,7 +225,9 @@ class SparseAutoencoder(nn.Module):
         directory = Path(directory)
         for name in (CONFIG_FILE, WEIGHTS_FILE):
             if not (directory / name).is_file():
-                raise FileNotFoundError(f"{str(directory / name)!r} is missing; an SAE directory holds {CONFIG_FILE} and {WEIGHTS_FILE}")
+                raise FileNotFoundError(
+                    f"{str(directory / name)!r} is missing; an SAE directory holds {CONFIG_FILE} and {WEIGHTS_FILE}"
+                )
         cfg = json.loads((directory / CONFIG_FILE).read_text())
         version = cfg.get("format_version")
         if version not in READABLE_VERSIONS:
@@ -234,7 +241,9 @@ class SparseAutoencoder(nn.Module):
             found = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
         expected = {name: tuple(t.shape) for name, t in sae.state_dict().items()}
         if expected != found:
-            raise ValueError(f"the tensors in {str(path)!r} do not match {CONFIG_FILE}: expected {expected}, found {found}")
+            raise ValueError(
+                f"the tensors in {str(path)!r} do not match {CONFIG_FILE}: expected {expected}, found {found}"
+            )
         load_model(sae, str(path))
         sae.metadata = metadata
         return sae.to(device) if device is not None else sae

@@ -128,7 +128,11 @@ def train_sae(
     for epoch in range(len(history), epochs):
         order = torch.randperm(len(data), generator=generator).to(device)
         metrics, fired = _train_epoch(sae, optimizer, data, order, batch_size, objective, bar)
-        resampled = _resample_dead(sae, optimizer, data, fired, generator) if variant.resamples_dead and epoch < epochs - 1 else 0
+        resampled = (
+            _resample_dead(sae, optimizer, data, fired, generator)
+            if variant.resamples_dead and epoch < epochs - 1
+            else 0
+        )
         history.append({"epoch": epoch + 1, **metrics, "resampled": resampled})
         if checkpoint_dir is not None:
             _save_checkpoint(Path(checkpoint_dir), sae, optimizer, generator, settings, history)

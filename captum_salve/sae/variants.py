@@ -15,6 +15,7 @@ from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
+from typing_extensions import override
 
 __all__ = ["VARIANTS", "ActivationName", "CodeActivation", "Linear", "ReLU", "TopK", "code_activation"]
 
@@ -67,6 +68,7 @@ class Linear(CodeActivation):
     active_threshold = 1e-2
     resamples_dead = False
 
+    @override
     def __call__(self, pre: Tensor) -> Tensor:
         return pre
 
@@ -76,6 +78,7 @@ class ReLU(CodeActivation):
 
     name = "relu"
 
+    @override
     def __call__(self, pre: Tensor) -> Tensor:
         return torch.relu(pre)
 
@@ -95,13 +98,16 @@ class TopK(CodeActivation):
             raise ValueError(f"activation 'topk' needs a positive integer k, got k={k!r}")
         self.k = k
 
+    @override
     def __call__(self, pre: Tensor) -> Tensor:
         values, index = pre.topk(self.k, dim=-1)
         return torch.zeros_like(pre).scatter(-1, index, torch.relu(values))
 
+    @override
     def settings(self) -> dict:
         return {"k": self.k}
 
+    @override
     @classmethod
     def default_settings(cls, d_latent: int) -> dict:
         return {"k": max(1, d_latent // 8)}
@@ -125,7 +131,9 @@ def code_activation(activation: ActivationName | CodeActivation, **settings: int
     given = {key: value for key, value in settings.items() if value is not None}
     if isinstance(activation, CodeActivation):
         if given:
-            raise ValueError(f"settings {sorted(given)} go with an activation name, not with the instance {activation!r}")
+            raise ValueError(
+                f"settings {sorted(given)} go with an activation name, not with the instance {activation!r}"
+            )
         return activation
     if activation not in VARIANTS:
         raise ValueError(f"activation must be one of {tuple(VARIANTS)} or a CodeActivation, got {activation!r}")
