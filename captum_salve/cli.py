@@ -16,11 +16,11 @@ import torch
 from safetensors.torch import save_file
 from torch.utils.data import random_split
 
-from captum_salve.data import DigitsCanvas, image_folder, imagenet_classes
+from captum_salve.data import image_folder, imagenet_classes
 from captum_salve.edit import MODES, RULES, edit_model
 from captum_salve.files import atomic_path, ensure_directory
 from captum_salve.models import create_model, find_head, input_normalization, keep_classes
-from captum_salve.pipeline import PipelineConfig, PipelineInputs, run_pipeline
+from captum_salve.pipeline import DIGITS_CAM_LAYERS, PipelineConfig, PipelineInputs, digits_inputs, run_pipeline
 from captum_salve.report import write_report
 from captum_salve.sae import VARIANTS, SparseAutoencoder
 from captum_salve.zoo import digits_classifier
@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="run the whole pipeline on the embedded digits canvas and write a report")
     demo.add_argument("--out", default="salve-report", help="report folder (default: salve-report)")
-    demo.add_argument("--model", choices=("resnet18", "vit", "both"), default="both")
+    demo.add_argument("--model", choices=(*DIGITS_CAM_LAYERS, "both"), default="both")
     _common(demo)
     demo.set_defaults(handler=_demo)
 
@@ -136,7 +136,7 @@ def _device(name: str | None) -> torch.device:
     return device
 
 
-def _config(args: argparse.Namespace, **settings) -> PipelineConfig:
+def _config(args: argparse.Namespace, **settings: object) -> PipelineConfig:
     return PipelineConfig(
         seeds=args.seeds,
         rule=args.rule,
@@ -152,37 +152,20 @@ def _demo(args: argparse.Namespace) -> int:
     out = ensure_directory(args.out)
     device = _device(args.device)
     start = time.perf_counter()
-    archs = ("resnet18", "vit") if args.model == "both" else (args.model,)
-    train, test = DigitsCanvas("train", copies=2), DigitsCanvas("test")
+    archs = tuple(DIGITS_CAM_LAYERS) if args.model == "both" else (args.model,)
+    config = _config(args)
     summaries = []
     for arch in archs:
-        classifier = digits_classifier(arch, device=device, progress=not args.quiet)
-        layers = ("layer3.1", "layer4.1") if arch == "resnet18" else ("blocks.3.norm1", "blocks.1")
-        inputs = PipelineInputs(
-            name=f"digits-{arch}",
-            model=classifier.model,
-            train=train,
-            test=test,
-            class_names=DigitsCanvas.classes,
-            to_display=lambda x: x,
-            masks=test.masks(),
-            description={
-                "model": f"timm {classifier.model.default_cfg.get('architecture', arch)} trained on the digits canvas",
-                "classifier training seconds": round(classifier.train_seconds, 1),
-                "cue_classes": list(test.config.cue_classes),
-                "cue_test": test.has_cue.tolist(),
-            },
-        )
-        config = _config(args, cam_layers=layers)
+        inputs = digits_inputs(arch, device=device, progress=not args.quiet)
         summaries.append(run_pipeline(inputs, out / inputs.name, config, progress=not args.quiet))
     report = write_report(summaries, out, title="captum_salve demo: the digits canvas")
     print(f"report: {report}  ({time.perf_counter() - start:.0f} s)")
     for summary in summaries:
-        goal = summary["control"]["goal_met"]
+        control = summary.control
         print(
-            f"{summary['name']}: accuracy {summary['discover']['accuracy']:.3f}; "
-            f"suppression goal met for {goal['chosen']}/{len(summary['discover']['classes'])} classes "
-            f"(rule {summary['control']['rule']}), {goal['paper_rule']} with the paper's rule"
+            f"{summary.name}: accuracy {summary.discover.accuracy:.3f}; suppression goal met for "
+            f"{control.goal_met(config.goal)}/{len(summary.class_names)} classes (rule {control.rule}), "
+            f"{control.goal_met(config.goal, paper_rule=True)} with the paper's rule"
         )
     return 0
 

@@ -240,7 +240,7 @@ def test_run_writes_a_report_resumes_and_refuses_other_settings(capsys, tmp_path
     summary = json.loads((out / "summary.json").read_text())[SMALL_RESNET]
     stages = ["discover", "validate", "faithfulness", "control", "alpha_crit", "cross_class", "seeds"]
     assert all((run_dir / "stages" / f"{s}.json").is_file() for s in stages)
-    assert [c["class"] for c in summary["discover"]["classes"]] == ["n00", "n01", "n02"]
+    assert [c["class_name"] for c in summary["discover"]["classes"]] == ["n00", "n01", "n02"]
     assert summary["discover"]["train_images"] + summary["discover"]["test_images"] == 24
     assert summary["config"]["sae_latents"] == 16 and summary["seeds"]["seeds"] == 2
     assert all(row["exact_equals_bisect"] for row in summary["alpha_crit"]["classes"])

@@ -1,6 +1,7 @@
-"""From codes to findings: class profiles, α sweeps and edit selection, controls, seed robustness."""
+"""From codes to findings: class profiles, α sweeps, the control goal and edit selection, controls, seed robustness."""
 
 from captum_salve.analysis.controls import control_directions
+from captum_salve.analysis.goal import ControlGoal
 from captum_salve.analysis.profiles import (
     ClassProfile,
     CrossClassFeature,
@@ -24,6 +25,7 @@ from captum_salve.analysis.sweeps import (
 __all__ = [
     "DEFAULT_EDIT_ALPHAS",
     "ClassProfile",
+    "ControlGoal",
     "CrossClassFeature",
     "EditChoice",
     "RankBy",

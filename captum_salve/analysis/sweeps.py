@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from captum_salve.activations import ActivationSet
+from captum_salve.analysis.goal import ControlGoal
 from captum_salve.analysis.profiles import ClassProfile, RankBy, select_feature
 from captum_salve.edit.head_edit import HeadEdit, head_of, head_tensors64
 from captum_salve.edit.rules import EditMode, EditRule, EditRuleName, FeatureDirections, edit_rule
@@ -207,7 +208,7 @@ def select_edit(
     mode: EditMode = "suppress",
     candidates: int = 6,
     max_features: int = 2,
-    target_accuracy: float = 0.02,
+    goal: ControlGoal = ControlGoal(),
     alphas: Sequence[float] = DEFAULT_EDIT_ALPHAS,
     by: RankBy = "contrast",
 ) -> EditChoice:
@@ -215,12 +216,12 @@ def select_edit(
 
     Every single feature and every group of up to ``max_features`` among the class's
     top ``candidates`` (by ``by``) is swept over ``alphas`` on ``acts``; a group's
-    strength is the smallest α that brings the class below ``target_accuracy``. Of
+    strength is the smallest α that brings the class below ``goal.selection_accuracy``. Of
     the groups that get there, the one that moves the other classes least wins
     (fewer features on a tie). If none gets there, the one that brings the class
     lowest is returned with ``reached=False``. Pick on training activations and
-    measure the choice on held-out ones; the default 2% leaves a margin for a
-    held-out goal of 10%.
+    measure the choice on held-out ones (the default goal aims for 2% here, a
+    margin for its held-out 10%).
 
     Example:
         >>> choice = select_edit(model, sae, profile, 3, train_acts)
@@ -236,7 +237,7 @@ def select_edit(
             sweep = alpha_sweep(model, sae, list(group), acts, alphas, mode=mode, rule=rule)
             accuracy = sweep.per_class_accuracy[:, class_index]
             off = sweep.off_target_change(class_index)
-            below = (accuracy < target_accuracy).nonzero()
+            below = (accuracy < goal.selection_accuracy).nonzero()
             i = int(below[0]) if len(below) else int(accuracy.argmin())
             reached = len(below) > 0
             key = (not reached, abs(float(off[i])) if reached else float(accuracy[i]), size)

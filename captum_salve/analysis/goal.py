@@ -1,0 +1,54 @@
+"""What a suppression edit has to achieve: one definition for the pipeline, :func:`select_edit` and the report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["ControlGoal"]
+
+
+@dataclass(frozen=True)
+class ControlGoal:
+    """The goal of suppressing one class with an edit.
+
+    An edit meets it when, on held-out data, the class's accuracy falls below
+    ``class_accuracy`` while the other classes' mean accuracy moves by at most
+    ``off_target`` (a fraction: 0.02 is 2 points). :func:`select_edit` picks edits
+    on training data aiming below the stricter ``selection_accuracy``, which leaves
+    a margin for the held-out check.
+
+    Attributes:
+        class_accuracy: Held-out accuracy the suppressed class must fall below.
+        off_target: Largest allowed change of the other classes' mean accuracy.
+        selection_accuracy: Accuracy :func:`select_edit` aims below on its selection data.
+
+    Example:
+        >>> goal = ControlGoal()
+        >>> goal.met(class_accuracy=0.04, off_target_change=-0.01)
+        True
+        >>> goal.describe()
+        'the class below 10% accuracy while the other classes move by at most 2 points on average'
+    """
+
+    class_accuracy: float = 0.10
+    off_target: float = 0.02
+    selection_accuracy: float = 0.02
+
+    def __post_init__(self) -> None:
+        for name in ("class_accuracy", "selection_accuracy"):
+            value = getattr(self, name)
+            if not 0 < value <= 1:
+                raise ValueError(f"ControlGoal {name} must be in (0, 1], got {value!r}")
+        if not 0 <= self.off_target <= 1:
+            raise ValueError(f"ControlGoal off_target must be in [0, 1], got {self.off_target!r}")
+
+    def met(self, class_accuracy: float, off_target_change: float) -> bool:
+        """Whether an edit with these held-out results meets the goal."""
+        return class_accuracy < self.class_accuracy and abs(off_target_change) <= self.off_target
+
+    def describe(self) -> str:
+        """The goal in one phrase, as the report states it."""
+        return (
+            f"the class below {100 * self.class_accuracy:g}% accuracy while the other classes move by at most "
+            f"{100 * self.off_target:g} points on average"
+        )

@@ -1,0 +1,103 @@
+"""Stage 3, faithfulness: does a Grad-FAM map point at what drives its feature? Pointing game and deletion curves."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from captum_salve.attr import GradFAM, TokenGradCam, deletion_curve, deletion_score, pointing_game
+from captum_salve.pipeline.record import Record
+from captum_salve.pipeline.run import Run
+
+__all__ = ["MAP_KINDS", "FaithfulnessResult", "LayerFaithfulness", "faithfulness"]
+
+# The maps scored, each for the image's own class feature: Grad-FAM, and three references.
+MAP_KINDS = ("grad_fam", "class_grad_cam", "other_feature", "random")
+
+
+@dataclass(frozen=True)
+class LayerFaithfulness(Record):
+    """Scores of the maps of one layer.
+
+    Attributes:
+        map_size: (h, w) of the layer's maps.
+        deletion_auc: Mean deletion AUC of each map kind (:data:`MAP_KINDS`); lower is more faithful.
+        pointing_game: Share of maps whose peak falls inside the object mask, per map kind
+            (None: the inputs have no masks).
+
+    Example:
+        >>> result.layers["layer4.1"].deletion_auc["grad_fam"]
+    """
+
+    map_size: list[int]
+    deletion_auc: dict[str, float]
+    pointing_game: dict[str, float] | None = None
+
+
+@dataclass(frozen=True)
+class FaithfulnessResult(Record):
+    """Faithfulness of the Grad-FAM maps at each Grad-FAM layer.
+
+    Attributes:
+        images: Test images scored (each for its class's feature).
+        layers: Scores by layer name.
+
+    Example:
+        >>> result = run.stage("faithfulness", FaithfulnessResult, faithfulness)
+        >>> {layer: s.pointing_game["grad_fam"] for layer, s in result.layers.items()}
+    """
+
+    images: int
+    layers: dict[str, LayerFaithfulness]
+
+
+def faithfulness(run: Run) -> FaithfulnessResult:
+    """Score Grad-FAM against class Grad-CAM, another class's feature and random maps, at every Grad-FAM layer.
+
+    Example:
+        >>> faithfulness(run).images
+        200
+    """
+    test, sae, features = run.test_acts, run.sae, torch.tensor(run.features)
+    n = min(run.config.faithfulness_images, len(test))
+    images = run.images(torch.arange(n)).to(run.device)
+    labels = test.labels[:n]
+    own, other = features[labels], features[(labels + 1) % len(features)]
+    generator = torch.Generator().manual_seed(0)
+    batch = run.config.batch_size
+    layers = {}
+    for layer in run.cam_layers:
+        fam = GradFAM(run.model, layer, sae)
+        maps = _batched(fam, images, own, batch)
+        class_cam = TokenGradCam(run.model, fam.layer, fam.reshape_transform)
+        candidates = {
+            "grad_fam": maps,
+            "class_grad_cam": _batched(class_cam, images, labels, batch),
+            "other_feature": _batched(fam, images, other, batch),
+            "random": torch.rand(maps.shape, generator=generator),
+        }
+        pointing = None
+        if run.inputs.masks is not None:
+            masks = run.inputs.masks[:n]
+            pointing = {kind: float(pointing_game(m.cpu(), masks).float().mean()) for kind, m in candidates.items()}
+        deletion = {}
+        for kind, m in candidates.items():
+            steps = min(16, m.shape[-2] * m.shape[-1])
+            curves = [
+                deletion_curve(run.model, sae, int(own[i]), images[i : i + 1], m[i : i + 1].to(run.device), steps=steps)
+                for i in range(n)
+            ]
+            deletion[kind] = float(deletion_score(torch.cat(curves)).nanmean())
+        layers[layer] = LayerFaithfulness(map_size=list(maps.shape[-2:]), deletion_auc=deletion, pointing_game=pointing)
+    return FaithfulnessResult(images=n, layers=layers)
+
+
+def _batched(attribution: TokenGradCam, images: Tensor, targets: Tensor, batch_size: int) -> Tensor:
+    """Maps of ``images`` for one target each, a batch at a time, on the CPU."""
+    maps = []
+    for s in range(0, len(images), batch_size):
+        batch = slice(s, s + batch_size)
+        maps.append(attribution.attribute(images[batch], target=targets[batch].tolist()).detach().cpu())
+    return torch.cat(maps)

@@ -1,0 +1,94 @@
+"""What a pipeline run works on: the model, its data, and how to show its inputs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from captum_salve.data import DigitsCanvas
+from captum_salve.zoo import digits_classifier
+
+__all__ = ["DIGITS_CAM_LAYERS", "PipelineInputs", "digits_inputs"]
+
+# Grad-FAM layers of the demo models: a middle and the last stage of the ResNet, two blocks of the ViT.
+DIGITS_CAM_LAYERS = {"resnet18": ("layer3.1", "layer4.1"), "vit": ("blocks.3.norm1", "blocks.1")}
+
+
+@dataclass
+class PipelineInputs:
+    """What the pipeline runs on.
+
+    Attributes:
+        name: Short name, used for the output folder and the report.
+        model: The classifier, on the device to use.
+        train: Labelled dataset to train the SAE on.
+        test: Labelled held-out dataset every figure and number is measured on.
+        class_names: One name per class.
+        to_display: Turns a model input back into a [0, 1] image for figures.
+        cam_layers: Grad-FAM layers (dotted names); empty: the model family's default.
+        masks: Optional (N_test, H, W) ground-truth object masks (pointing game).
+        planted_cue: Optional (N_test,) bool, which test images carry a cue planted
+            in the data (the cross-class stage compares the found feature's codes
+            with and without it).
+        description: Facts about the model and data shown in the report.
+
+    Example:
+        >>> inputs = PipelineInputs("mine", model, train_set, test_set, ["cat", "dog"], to_display=lambda x: x)
+        >>> summary = run_pipeline(inputs, "salve-report/mine")
+    """
+
+    name: str
+    model: nn.Module
+    train: Dataset
+    test: Dataset
+    class_names: list[str]
+    to_display: Callable[[Tensor], Tensor]
+    cam_layers: tuple[str, ...] = ()
+    masks: Tensor | None = None
+    planted_cue: Tensor | None = None
+    description: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name or self.name in (".", ".."):
+            raise ValueError(f"PipelineInputs name must be a plain folder name, got {self.name!r}")
+        if len(self.class_names) < 2:
+            raise ValueError(f"PipelineInputs class_names must name at least 2 classes, got {self.class_names!r}")
+
+
+def digits_inputs(
+    arch: str = "resnet18", *, device: torch.device | str | None = None, progress: bool = True
+) -> PipelineInputs:
+    """The demo's inputs: the digits-canvas classifier of ``arch`` and its canvas (train drawn twice).
+
+    The classifier is trained once and cached (:func:`~captum_salve.zoo.digits_classifier`).
+    Its Grad-FAM layers are :data:`DIGITS_CAM_LAYERS`; the test set's digit boxes are the
+    pointing game's masks and its shared cue is the planted cue.
+
+    Example:
+        >>> summary = run_pipeline(digits_inputs("vit"), "salve-report/digits-vit", PipelineConfig(seeds=3))
+    """
+    if arch not in DIGITS_CAM_LAYERS:
+        raise ValueError(f"digits_inputs arch must be one of {tuple(DIGITS_CAM_LAYERS)}, got {arch!r}")
+    classifier = digits_classifier(arch, device=device, progress=progress)
+    train, test = DigitsCanvas("train", copies=2), DigitsCanvas("test")
+    return PipelineInputs(
+        name=f"digits-{arch}",
+        model=classifier.model,
+        train=train,
+        test=test,
+        class_names=DigitsCanvas.classes,
+        to_display=lambda x: x,
+        cam_layers=DIGITS_CAM_LAYERS[arch],
+        masks=test.masks(),
+        planted_cue=test.has_cue,
+        description={
+            "model": f"timm {classifier.model.default_cfg.get('architecture', arch)} trained on the digits canvas",
+            "classifier training seconds": round(classifier.train_seconds, 1),
+            "classes with the planted cue": ", ".join(str(c) for c in test.config.cue_classes),
+        },
+    )

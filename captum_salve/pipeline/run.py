@@ -1,0 +1,217 @@
+"""One model's run: its output folder, its stage files, and what the stages share, computed once."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from captum_salve.activations import ActivationSet, collect_activations
+from captum_salve.analysis import ClassProfile, class_profile, select_feature
+from captum_salve.files import atomic_path, ensure_directory
+from captum_salve.models import default_cam_layer, model_device, module_name
+from captum_salve.pipeline.config import PipelineConfig
+from captum_salve.pipeline.inputs import PipelineInputs
+from captum_salve.pipeline.record import Record, RecordFormatError, to_plain
+from captum_salve.sae import VARIANTS, SparseAutoencoder, code_activation, train_sae
+
+__all__ = ["STAGE_FORMAT", "Run"]
+
+# Version of the stage files; a file of another version is refused, not misread.
+STAGE_FORMAT = 2
+
+R = TypeVar("R", bound=Record)
+
+
+class Run:
+    """One model's pipeline run in its output folder.
+
+    The folder holds ``config.json`` (the settings and what the run is about),
+    ``activations/``, one folder per trained SAE, ``stages/<stage>.json`` and
+    ``figures/``. What several stages need (activations, the SAE, its class
+    profile, each class's feature) is a property computed on first use and loaded
+    from its file when a previous run left one.
+
+    Args:
+        inputs: The model and data.
+        out: The run's folder (created).
+        config: The settings; a folder written with other settings is refused.
+
+    Raises:
+        ValueError: ``out`` holds a run with other settings, classes or Grad-FAM
+            layers, or one written by another version of captum_salve.
+
+    Example:
+        >>> run = Run(digits_inputs("resnet18"), "salve-report/digits-resnet18", PipelineConfig())
+        >>> run.features          # each class's feature, chosen on the training activations
+    """
+
+    def __init__(self, inputs: PipelineInputs, out: str | Path, config: PipelineConfig) -> None:
+        self.inputs, self.config = inputs, config
+        self.out = ensure_directory(out)
+        self.model = inputs.model
+        self.device = model_device(self.model)
+        self._saes: dict[str, SparseAutoencoder] = {}
+        self._record_settings()
+
+    @property
+    def class_names(self) -> list[str]:
+        """The class names, in label order."""
+        return self.inputs.class_names
+
+    def _record_settings(self) -> None:
+        """Write ``config.json``, or check that the one there describes this run."""
+        record = {
+            "format": STAGE_FORMAT,
+            "config": self.config.to_json(),
+            "class_names": list(self.class_names),
+            "cam_layers": list(self.inputs.cam_layers),
+        }
+        path = self.out / "config.json"
+        if not path.is_file():
+            with atomic_path(path) as tmp:
+                tmp.write_text(json.dumps(record, indent=2))
+            return
+        before = _read_json(path)
+        if before.get("format") != STAGE_FORMAT:
+            raise ValueError(_other_version(path, f"format {before.get('format')}, this version reads {STAGE_FORMAT}"))
+        changed = [
+            f"{key} {before['config'].get(key)} → {value}"
+            for key, value in record["config"].items()
+            if before["config"].get(key) != value
+        ]
+        changed += [
+            f"{key} {before.get(key)} → {record[key]}"
+            for key in ("class_names", "cam_layers")
+            if before.get(key) != record[key]
+        ]
+        if changed:
+            raise ValueError(
+                f"{str(self.out)!r} holds a run made with other settings ({'; '.join(changed)}); "
+                "use another output folder, or delete this one to start over"
+            )
+
+    def stage(self, name: str, kind: type[R], compute: Callable[[Run], R]) -> R:
+        """The result of stage ``name``: read from ``stages/<name>.json``, or computed and written there."""
+        path = self.out / "stages" / f"{name}.json"
+        if path.is_file():
+            stored = _read_json(path)
+            if stored.get("format") != STAGE_FORMAT or "result" not in stored:
+                raise ValueError(_other_version(path, "it has no result of this version's format"))
+            try:
+                return kind.from_json(stored["result"])
+            except RecordFormatError as error:
+                raise ValueError(_other_version(path, str(error))) from None
+        result = compute(self)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps({"format": STAGE_FORMAT, "stage": name, "result": result.to_json()}, indent=2))
+        return result
+
+    def figure(self, fig: Figure, name: str) -> str:
+        """Save ``fig`` as ``figures/<name>.png``; returns that path relative to the run folder."""
+        relative = f"figures/{name}.png"
+        with atomic_path(self.out / relative) as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
+        return relative
+
+    def _activations(self, split: str) -> ActivationSet:
+        path = self.out / "activations" / f"{split}.safetensors"
+        if path.is_file():
+            return ActivationSet.load(path)
+        data = self.inputs.train if split == "train" else self.inputs.test
+        acts = collect_activations(self.model, data, batch_size=self.config.batch_size, progress=False)
+        acts.save(path)
+        return acts
+
+    @cached_property
+    def train_acts(self) -> ActivationSet:
+        """Head-input activations of the training images (the SAE and the edits are fitted on these)."""
+        return self._activations("train")
+
+    @cached_property
+    def test_acts(self) -> ActivationSet:
+        """Head-input activations of the test images (every reported number is measured on these)."""
+        return self._activations("test")
+
+    def train_sae(self, activation: str, seed: int) -> tuple[SparseAutoencoder, list[dict]]:
+        """An SAE of this run's settings trained from one seed on the training activations (not saved)."""
+        settings = VARIANTS[activation].default_settings(self.config.sae_latents)
+        if "k" in settings and self.config.topk is not None:
+            settings["k"] = self.config.topk
+        return train_sae(
+            self.train_acts,
+            self.config.sae_latents,
+            activation=code_activation(activation, **settings),
+            epochs=self.config.sae_epochs,
+            seed=seed,
+            device=self.device,
+            progress=False,
+        )
+
+    def sae_of(self, activation: str) -> SparseAutoencoder:
+        """The run's SAE of one variant (seed 0), trained once and kept in ``sae-<activation>/``."""
+        if activation not in self._saes:
+            directory = self.out / f"sae-{activation}"
+            if (directory / "cfg.json").is_file():
+                self._saes[activation] = SparseAutoencoder.load(directory, device=self.device)
+            else:
+                sae, history = self.train_sae(activation, seed=0)
+                sae.metadata.update(run=self.inputs.name, final_epoch=to_plain(history[-1]))
+                sae.save(directory)
+                self._saes[activation] = sae
+        return self._saes[activation]
+
+    @property
+    def sae(self) -> SparseAutoencoder:
+        """The SAE the analysis uses (``config.sae_activation``)."""
+        return self.sae_of(self.config.sae_activation)
+
+    @cached_property
+    def profile(self) -> ClassProfile:
+        """Class profile μ of :attr:`sae` on the training activations."""
+        return class_profile(self.sae, self.train_acts, class_names=self.class_names)
+
+    @cached_property
+    def features(self) -> list[int]:
+        """Each class's feature: the top of its profile by contrast."""
+        return [select_feature(self.profile, k)[0] for k in range(len(self.class_names))]
+
+    @cached_property
+    def cam_layers(self) -> list[str]:
+        """Grad-FAM layers: the inputs' own, else the model family's default."""
+        if self.inputs.cam_layers:
+            return list(self.inputs.cam_layers)
+        return [module_name(self.model, default_cam_layer(self.model))]
+
+    @cached_property
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) of the model's inputs, as the test data gives them."""
+        return tuple(self.images([0]).shape[-2:])
+
+    def images(self, indices: Sequence[int] | Tensor) -> Tensor:
+        """Test images at ``indices``, stacked (on the CPU)."""
+        return torch.stack([self.inputs.test[int(i)][0] for i in indices])
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(_other_version(path, f"it is not JSON ({error})")) from None
+    if not isinstance(value, dict):
+        raise ValueError(_other_version(path, "it is not a JSON object"))
+    return value
+
+
+def _other_version(path: Path, reason: str) -> str:
+    folder = path.parent if path.name == "config.json" else path.parent.parent
+    return (
+        f"{str(path)!r} was not written by this version of captum_salve ({reason}); "
+        f"delete it, or the whole run folder {str(folder)!r}, to compute it again"
+    )

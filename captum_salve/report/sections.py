@@ -1,0 +1,303 @@
+"""One renderer per pipeline stage, each taking that stage's typed result, and one per model putting them together."""
+
+from __future__ import annotations
+
+import html
+
+from captum_salve.pipeline import (
+    AlphaCritResult,
+    ClassAlphaCrit,
+    ClassControl,
+    ClassFeatures,
+    ControlResult,
+    CrossClassResult,
+    DiscoverResult,
+    FaithfulnessResult,
+    PipelineSummary,
+    SAESummary,
+    SeedsResult,
+    ValidateResult,
+)
+from captum_salve.pipeline.cross_class import VISIBLE_CHANGE
+from captum_salve.pipeline.faithfulness import MAP_KINDS
+from captum_salve.report.html import Column, ModelPage, anchor, fmt, pct, points, table
+
+__all__ = [
+    "render_alpha_crit",
+    "render_control",
+    "render_cross_class",
+    "render_discover",
+    "render_faithfulness",
+    "render_model",
+    "render_seeds",
+    "render_validate",
+]
+
+
+def render_model(summary: PipelineSummary, page: ModelPage) -> str:
+    """One model's part of the report: its facts, then every stage's section in pipeline order.
+
+    Example:
+        >>> render_model(summary, ModelPage(out / summary.name, summary.class_names, summary.config))
+    """
+    discover = summary.discover
+    facts = "; ".join(
+        f"{html.escape(str(key))}: {fmt(value)}"
+        for key, value in summary.description.items()
+        if not isinstance(value, list) or len(value) < 12
+    )
+    seconds = ", ".join(f"{name} {value:.1f}" for name, value in summary.seconds.items())
+    return "".join(
+        [
+            f'<h2 id="{anchor(summary.name)}">{html.escape(summary.name)}</h2>',
+            f"<p>Test accuracy <b>{pct(discover.accuracy)}</b> on {discover.test_images} test images; SAE trained on "
+            f"{discover.train_images} head-input vectors of width {discover.head_input_width}. {facts}</p>",
+            render_discover(discover, page),
+            render_validate(summary.validate, page),
+            render_faithfulness(summary.faithfulness, page),
+            render_control(summary.control, page),
+            render_cross_class(summary.cross_class, page),
+            render_alpha_crit(summary.alpha_crit, page),
+            render_seeds(summary.seeds, page),
+            f'<p class="muted">Seconds per stage in this call: {html.escape(seconds)}</p>',
+        ]
+    )
+
+
+def render_discover(result: DiscoverResult, page: ModelPage) -> str:
+    """Section 1: the SAEs' metrics, the class-profile heatmaps, each class's top features, cross-class features.
+
+    Example:
+        >>> render_discover(summary.discover, page)
+    """
+    latents = page.config.sae_latents
+    sae_columns: list[Column[tuple[str, SAESummary]]] = [
+        Column("SAE", lambda r: f"{fmt(r[0])} ({latents} latents)"),
+        Column("explained variance", lambda r: fmt(r[1].explained_variance)),
+        Column("MSE", lambda r: fmt(r[1].mse)),
+        Column("L0", lambda r: fmt(r[1].l0)),
+        Column("dead", lambda r: pct(r[1].dead_fraction)),
+        Column("accuracy", lambda r: pct(r[1].accuracy)),
+        Column("spliced accuracy", lambda r: pct(r[1].spliced_accuracy)),
+        Column("specificity |μ|", lambda r: fmt(r[1].specificity_by_magnitude)),
+        Column("specificity contrast", lambda r: fmt(r[1].specificity_by_contrast)),
+    ]
+    class_columns: list[Column[ClassFeatures]] = [
+        Column("class", lambda c: fmt(c.class_name)),
+        Column("top features by |μ|", lambda c: fmt(c.by_magnitude)),
+        Column("top features by contrast", lambda c: fmt(c.by_contrast)),
+        Column("selectivity of top", lambda c: fmt(c.selectivity_of_top)),
+    ]
+    parts = [
+        "<h3>1. Discover: the sparse autoencoders</h3>",
+        table(sae_columns, result.saes.items()),
+        "<p class=\"muted\">Specificity: the share of a class's top feature's mean |code| that falls on that class "
+        f"(1 = only that class, {1 / len(page.class_names):.2f} = all alike). L0 of a linear SAE counts codes "
+        "above its activity threshold.</p>",
+        page.grid((path, f"class profile of the {name} SAE") for name, path in result.heatmaps.items()),
+        table(class_columns, result.classes),
+    ]
+    if result.cross_class:
+        found = "; ".join(
+            f"feature {c.feature} → classes {fmt(c.classes)} (gap {c.score:.2f} σ)" for c in result.cross_class
+        )
+        parts.append(f"<p>Cross-class features (large for two classes, small for the rest): {found}</p>")
+    return "".join(parts)
+
+
+def render_validate(result: ValidateResult, page: ModelPage) -> str:
+    """Section 2: activation maximisation against the test images' 99th percentile, galleries and overlays.
+
+    Example:
+        >>> render_validate(summary.validate, page)
+    """
+    names = page.class_names
+    fourier, pixel = result.maximization["fourier"], result.maximization["pixel"]
+    columns: list[Column[int]] = [
+        Column("class", lambda k: fmt(names[k])),
+        Column("feature", lambda k: fmt(result.features[k])),
+        Column("Fourier image's code", lambda k: fmt(fourier.activation[k])),
+        Column("pixel image's code", lambda k: fmt(pixel.activation[k])),
+        Column("test 99th percentile", lambda k: fmt(result.test_q99[k])),
+    ]
+    figures = [(g, "top-activating images") for g in result.galleries]
+    figures += [(o, "Grad-FAM overlays") for o in result.overlays]
+    return "".join(
+        [
+            "<h3>2. Validate: activation maximisation, top-activating images, Grad-FAM</h3>",
+            f"<p>Activation maximisation ({page.config.maximization_steps} steps, jitter / scale / rotation, the last "
+            "quarter without them): optimised images that drive their feature above the 99th percentile of its "
+            f"activation over the real test images: <b>{fourier.above_q99} of {len(names)}</b> with the Fourier "
+            f"parameterisation, <b>{pixel.above_q99} of {len(names)}</b> with plain pixels.</p>",
+            table(columns, range(len(names))),
+            page.grid([(fourier.figure, "Fourier"), (pixel.figure, "pixel")]),
+            "<details><summary>Top-activating images and Grad-FAM overlays, per class</summary>",
+            page.grid(figures),
+            "</details>",
+        ]
+    )
+
+
+def render_faithfulness(result: FaithfulnessResult, page: ModelPage) -> str:
+    """Section 3: pointing game and deletion AUC of Grad-FAM and three reference maps, per layer.
+
+    Example:
+        >>> render_faithfulness(summary.faithfulness, page)
+    """
+    rows = [(layer, scores, kind) for layer, scores in result.layers.items() for kind in MAP_KINDS]
+    columns: list[Column] = [
+        Column("layer", lambda r: f"{fmt(r[0])} ({r[1].map_size[0]}×{r[1].map_size[1]})"),
+        Column("map", lambda r: r[2].replace("_", " ")),
+        Column("pointing game", lambda r: pct(r[1].pointing_game[r[2]]) if r[1].pointing_game else "no masks"),
+        Column("deletion AUC", lambda r: fmt(r[1].deletion_auc[r[2]])),
+    ]
+    return "".join(
+        [
+            "<h3>3. Validate: are the maps faithful?</h3>",
+            f"<p>On {result.images} test images, each scored for its class's feature. Pointing game: the share of maps "
+            "whose peak falls inside the object's mask. Deletion AUC: the feature's code as the map's top cells are "
+            "removed first, normalised from 1 (intact) to 0 (all removed); lower is more faithful. References: class "
+            "Grad-CAM, another class's feature, random maps.</p>",
+            table(columns, rows),
+        ]
+    )
+
+
+def render_control(result: ControlResult, page: ModelPage) -> str:
+    """Section 4: the chosen edit of each class under both rules, and its single feature against controls.
+
+    Example:
+        >>> render_control(summary.control, page)
+    """
+    names, goal = page.class_names, page.config.goal
+    met, paper_met = result.goal_met(goal), result.goal_met(goal, paper_rule=True)
+    verdict = "ok" if met == len(names) else "bad"
+    chosen_columns: list[Column[ClassControl]] = [
+        Column("class", lambda c: fmt(c.class_name)),
+        Column(f"{result.rule}: features", lambda c: fmt(c.chosen.features)),
+        Column("α", lambda c: fmt(c.chosen.alpha)),
+        Column("class accuracy", lambda c: f"{pct(c.chosen.baseline_accuracy)} → {pct(c.chosen.test_accuracy)}"),
+        Column("others (points)", lambda c: points(c.chosen.off_target_change)),
+        Column("salve: features @ α", lambda c: f"{fmt(c.paper_rule.features)} @ {fmt(c.paper_rule.alpha)}"),
+        Column("class accuracy", lambda c: pct(c.paper_rule.test_accuracy)),
+        Column("others (points)", lambda c: points(c.paper_rule.off_target_change)),
+    ]
+    strongest = fmt(page.config.sweep_alphas[-1])
+    dominant_columns: list[Column[ClassControl]] = [
+        Column("class", lambda c: fmt(c.class_name)),
+        Column("feature", lambda c: fmt(c.feature)),
+        Column("α50", lambda c: fmt(c.dominant.alpha_50)),
+    ]
+    compared = {
+        "sae_feature": "class acc.",
+        "random direction": "random: class",
+        "principal direction": "principal: class",
+    }
+    for name, label in compared.items():
+        dominant_columns += [
+            Column(label, lambda c, n=name: pct(c.dominant.at_alpha_50[n].target_accuracy)),
+            Column("others", lambda c, n=name: points(c.dominant.at_alpha_50[n].off_target_change)),
+        ]
+    dominant_columns += [
+        Column("salve α50", lambda c: fmt(c.dominant.paper_rule_alpha_50)),
+        Column(f"salve acc. at α={strongest}", lambda c: pct(c.dominant.paper_rule_accuracy_at_max_alpha)),
+    ]
+    figures = [(f, "accuracy vs α") for c in result.classes for f in (c.accuracy_figure, c.predictions_figure)]
+    return "".join(
+        [
+            "<h3>4. Control: suppressing each class</h3>",
+            f"<p>Goal: {html.escape(goal.describe())}, on test data. Rule <b>{fmt(result.rule)}</b>: "
+            f'<span class="{verdict}">{met} of {len(names)} classes</span>; the paper\'s rule (salve): {paper_met} of '
+            f"{len(names)}. Edits are picked on training activations, aiming below {pct(goal.selection_accuracy)}.</p>",
+            table(chosen_columns, result.classes),
+            f"<p>Each class's single dominant feature under rule {fmt(result.rule)}: α<sub>50</sub>, and at that α the "
+            "class's accuracy and the others' mean change, against a random unit direction and the top principal "
+            "direction at equal strength.</p>",
+            table(dominant_columns, result.classes),
+            "<details><summary>Accuracy vs α (Fig. 4a) and where predictions go (Fig. 4b), per class</summary>",
+            page.grid(figures),
+            "</details>",
+        ]
+    )
+
+
+def render_cross_class(result: CrossClassResult, page: ModelPage) -> str:
+    """Section 5: the top cross-class feature suppressed and enhanced (or why the stage was skipped).
+
+    Example:
+        >>> render_cross_class(summary.cross_class, page)
+    """
+    title = "<h3>5. Cross-class feature</h3>"
+    if result.skipped:
+        return f"{title}<p>{html.escape(result.skipped)}.</p>"
+    suppress, enhance, cue = result.suppress, result.enhance, result.planted_cue
+    classes = fmt(result.classes)
+    cue_text = ""
+    if cue is not None:
+        cue_text = (
+            f" On the test images of classes {classes}, its mean code is {fmt(cue.mean_code_with_cue)} on those "
+            f"carrying the cue planted in the data and {fmt(cue.mean_code_without_cue)} on the others."
+        )
+    return (
+        f"{title}<p>Feature {result.feature} is large for classes {classes}.{cue_text} Each bar chart is taken at "
+        f"the first swept α at which some class moves by {100 * VISIBLE_CHANGE:g} points (or the strongest α). "
+        f"Suppressed (α={fmt(suppress.alpha)}), the classes that change most: {fmt(suppress.most_changed)}; "
+        f"enhanced (α={fmt(enhance.alpha)}): {fmt(enhance.most_changed)}.</p>"
+        + page.grid([(suppress.figure, "suppressed"), (enhance.figure, "enhanced")])
+    )
+
+
+def render_alpha_crit(result: AlphaCritResult, page: ModelPage) -> str:
+    """Section 6: α_crit per class, three ways, against the flip threshold and α₅₀.
+
+    Example:
+        >>> render_alpha_crit(summary.alpha_crit, page)
+    """
+    columns: list[Column[ClassAlphaCrit]] = [
+        Column("class", lambda r: fmt(r.class_name)),
+        Column("feature", lambda r: fmt(r.feature)),
+        Column("samples", lambda r: fmt(r.samples)),
+        Column("median α_lin", lambda r: fmt(r.median_linear)),
+        Column("median exact", lambda r: fmt(r.median_exact)),
+        Column("never", lambda r: fmt(r.never_zero)),
+        Column("α_lin > exact", lambda r: fmt(r.linear_above_exact)),
+        Column("exact = bisect", lambda r: fmt(r.exact_equals_bisect)),
+        Column("max rel. diff", lambda r: fmt(r.max_relative_difference)),
+        Column("median flip", lambda r: fmt(r.median_flip)),
+        Column("α50", lambda r: fmt(r.alpha_50)),
+    ]
+    return "".join(
+        [
+            f"<h3>6. α<sub>crit</sub> per sample (rule {fmt(result.rule)}, criterion "
+            f"{fmt(result.criterion.replace('_', ' '))})</h3>",
+            "<p>Over each class's correctly classified test images: the analytical α<sub>lin</sub> = "
+            "z<sub>t</sub>/R<sub>t</sub>, the exact piecewise-linear root, bisection on the edited model (the check), "
+            "and the flip threshold, whose median matches α<sub>50</sub> when flips are permanent.</p>",
+            table(columns, result.classes),
+            page.image(result.figure, "alpha crit"),
+        ]
+    )
+
+
+def render_seeds(result: SeedsResult, page: ModelPage) -> str:
+    """Section 7: how the class features and their α₅₀ vary over SAE seeds.
+
+    Example:
+        >>> render_seeds(summary.seeds, page)
+    """
+    names = page.class_names
+    columns: list[Column[int]] = [
+        Column("class", lambda k: fmt(names[k])),
+        Column("α50 mean ± std", lambda k: f"{fmt(result.alpha_50_mean[k])} ± {fmt(result.alpha_50_std[k])}"),
+        Column("seeds whose sweep crossed 50%", lambda k: fmt(result.alpha_50_seeds_crossed[k])),
+    ]
+    return "".join(
+        [
+            f"<h3>7. Robustness over {result.seeds} SAE initialisations</h3>",
+            "<p>Features matched to seed 0's by decoder cosine similarity (Hungarian assignment): mean |cos| of the "
+            f"matched class features {fmt(result.match_similarity_mean)}; the matched feature is also the seed's own "
+            f"pick in {pct(result.matched_is_own_choice)} of cases.</p>",
+            table(columns, range(len(names))),
+            page.image(result.figure, "seed bands"),
+        ]
+    )

@@ -1,0 +1,102 @@
+"""A whole pipeline run on toy two- and three-class models: every stage written, resumed without recompute, guarded."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from captum_salve.pipeline import STAGES, PipelineSummary, Run, run_pipeline
+from captum_salve.report import write_report
+from tests.pipeline.examples import TOY_CONFIG, toy_inputs
+
+
+def _files(folder):
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module", params=[2, 3], ids=["2 classes", "3 classes"])
+def first_run(request, tmp_path_factory):
+    """A toy model handed over in training mode, run once; the forward passes record the mode they saw."""
+    classes = request.param
+    inputs = toy_inputs(classes)
+    inputs.model.train()
+    seen = []
+    hook = inputs.model.register_forward_pre_hook(lambda module, args: seen.append(module.training))
+    out = tmp_path_factory.mktemp(f"toy{classes}") / inputs.name
+    summary = run_pipeline(inputs, out, TOY_CONFIG, progress=False)
+    hook.remove()
+    return classes, inputs, out, summary, seen
+
+
+def test_every_stage_is_written_and_the_model_gets_its_mode_back(first_run):
+    classes, inputs, out, summary, seen = first_run
+    assert sorted(p.stem for p in (out / "stages").glob("*.json")) == sorted(s.name for s in STAGES)
+    assert seen and not any(seen)  # every forward pass ran in eval mode
+    assert all(m.training for m in inputs.model.modules())  # and the model is back in training mode
+    assert len(summary.control.classes) == classes and summary.discover.test_images == 8 * classes
+    if classes < 3:
+        assert "at least 3 classes" in summary.cross_class.skipped and summary.discover.cross_class == []
+    else:
+        assert summary.cross_class.skipped is None and len(summary.cross_class.classes) == 2
+    html = write_report([summary], out.parent).read_text()
+    assert html.count("<h3>") == 7
+
+
+def test_a_second_run_reads_every_stage_and_recomputes_nothing(first_run):
+    _, inputs, out, summary, _ = first_run
+    before = _files(out)
+    again = run_pipeline(inputs, out, TOY_CONFIG, progress=False)
+    assert _files(out) == before  # same files, none rewritten
+    assert replace(again, seconds={}) == replace(summary, seconds={})
+    assert all(seconds < 1 for seconds in again.seconds.values())
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda i: (i, replace(TOY_CONFIG, seeds=3)), "seeds 2 → 3"),
+        (lambda i: (i, replace(TOY_CONFIG, sweep_alphas=(0.0, 2.0))), "sweep_alphas"),
+        (lambda i: (replace(i, class_names=[n.upper() for n in i.class_names]), TOY_CONFIG), "class_names"),
+        (lambda i: (replace(i, cam_layers=("blocks.0",)), TOY_CONFIG), "cam_layers"),
+    ],
+    ids=["seeds", "alphas", "class names", "Grad-FAM layers"],
+)
+def test_other_settings_in_the_same_folder_are_refused_and_nothing_changes(first_run, change, message):
+    _, inputs, out, _, _ = first_run
+    before = _files(out)
+    other_inputs, other_config = change(inputs)
+    with pytest.raises(ValueError, match=message):
+        run_pipeline(other_inputs, out, other_config, progress=False)
+    assert _files(out) == before
+
+
+def test_a_stage_file_that_no_longer_parses_is_refused_naming_it(first_run, tmp_path):
+    _, inputs, out, _, _ = first_run
+    path = out / "stages" / "control.json"
+    saved = path.read_text()
+    stored = json.loads(saved)
+    del stored["result"]["classes"][0]["chosen"]["alpha"]
+    path.write_text(json.dumps(stored))
+    try:
+        with pytest.raises(ValueError, match=r"control.json.*ControlResult.classes\[0\].chosen: missing field 'alpha'"):
+            run_pipeline(inputs, out, TOY_CONFIG, progress=False)
+        path.write_text(json.dumps({"rule": "project", "classes": []}))  # version 0.1 wrote the bare result
+        stage = next(s for s in STAGES if s.name == "control")
+        with pytest.raises(ValueError, match="control.json.*not written by this version"):
+            Run(inputs, out, TOY_CONFIG).stage(stage.name, stage.result, stage.compute)
+    finally:
+        path.write_text(saved)
+
+
+def test_a_folder_of_version_0_1_is_refused(tmp_path):
+    inputs = toy_inputs(2)
+    (tmp_path / "config.json").write_text(json.dumps({"sae_latents": 16}))  # 0.1 wrote the bare settings
+    with pytest.raises(ValueError, match="config.json.*not written by this version.*delete it"):
+        run_pipeline(inputs, tmp_path, TOY_CONFIG, progress=False)
+
+
+def test_a_summary_reads_back_from_its_json(first_run):
+    *_, summary, _ = first_run
+    assert PipelineSummary.from_json(json.loads(json.dumps(summary.to_json()))).to_json() == summary.to_json()

@@ -1,0 +1,160 @@
+"""Each stage's renderer on a hand-built result: every section there, every number formatted as expected, no gaps."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from captum_salve.pipeline import CrossClassResult
+from captum_salve.report.html import ModelPage
+from captum_salve.report.sections import (
+    render_alpha_crit,
+    render_control,
+    render_cross_class,
+    render_discover,
+    render_faithfulness,
+    render_model,
+    render_seeds,
+    render_validate,
+)
+from tests.pipeline.examples import hand_built_summary
+
+# renderer, the summary field it reads, and what its HTML must contain
+EXPECTED = {
+    "discover": (
+        render_discover,
+        [
+            "1. Discover",
+            "relu (64 latents)",
+            "<td>0.877</td>",
+            "<td>12.5</td>",
+            "<td>6.3%</td>",
+            "<td>91.2%</td>",
+            "<td>90.1%</td>",
+            "<td>5, 4, 3, 2, 1</td>",
+            "feature 7 → classes cat, dog (gap 1.75 σ)",
+            "0.33 = all alike",
+        ],
+        2,
+    ),
+    "validate": (
+        render_validate,
+        [
+            "2. Validate",
+            "512 steps",
+            "<b>2 of 3</b> with the Fourier",
+            "<b>0 of 3</b> with plain pixels",
+            "<td>1.5</td>",
+        ],
+        2 + 3 + 2,  # two maximisation figures, three galleries, two overlays (class dog has none)
+    ),
+    "faithfulness": (
+        render_faithfulness,
+        [
+            "3. Validate",
+            "On 30 test images",
+            "<td>blocks.1 (4×4)</td>",
+            "<td>87.5%</td>",
+            "<td>no masks</td>",
+            "<td>0.21</td>",
+        ],
+        0,
+    ),
+    "control": (
+        render_control,
+        [
+            "4. Control",
+            "the class below 5% accuracy while the other classes move by at most 3 points on average",
+            '<span class="ok">3 of 3 classes</span>',
+            "the paper's rule (salve): 0 of 3",
+            "aiming below 2.0%",
+            "<td>4, 9</td>",
+            "<td>95.0% → 4.0%</td>",
+            "<td>-1.5</td>",
+            "<td>4 @ 12</td>",
+            "<td>31.0%</td>",
+            "<td>-20.0</td>",
+            "<td>2.75</td>",
+            "<td>45.0%</td>",
+            "<td>+1.4</td>",
+            "<td>inf</td>",
+            "salve acc. at α=100",
+        ],
+        2 * 3,
+    ),
+    "cross_class": (
+        render_cross_class,
+        [
+            "5. Cross-class",
+            "Feature 7 is large for classes cat, dog",
+            "its mean code is 2.5",
+            "and 0.25 on the others",
+            "10 points",
+            "(α=5)",
+        ],
+        2,
+    ),
+    "alpha_crit": (
+        render_alpha_crit,
+        [
+            "6. α<sub>crit</sub>",
+            "criterion zero logit",
+            "<td>1.23</td>",
+            "<td>1.2e-09</td>",
+            "<td>yes</td>",
+            "<td>2.25</td>",
+        ],
+        1,
+    ),
+    "seeds": (
+        render_seeds,
+        ["7. Robustness over 3 SAE", "<td>2.5 ± 0.5</td>", "<td>– ± –</td>", "0.813", "66.7%"],
+        1,
+    ),
+}
+
+
+@pytest.fixture
+def summary_and_page(tmp_path):
+    summary = hand_built_summary(tmp_path)
+    return summary, ModelPage(tmp_path, summary.class_names, summary.config)
+
+
+def _assert_complete(html: str) -> None:
+    html = re.sub(r'src="data:image/png;base64,[^"]*"', "", html)
+    assert "<td></td>" not in html and "<th></th>" not in html
+    assert not re.search(r"\b(None|nan|NaN)\b|[{}]", html), re.search(r".{40}\b(None|nan|NaN)\b.{40}|[{}]", html)
+
+
+@pytest.mark.parametrize("stage", list(EXPECTED))
+def test_each_renderer_shows_its_numbers_formatted(stage, summary_and_page):
+    summary, page = summary_and_page
+    render, phrases, images = EXPECTED[stage]
+    html = render(getattr(summary, stage), page)
+    missing = [p for p in phrases if p not in html]
+    assert not missing, missing
+    assert html.count("data:image/png;base64,") == images
+    _assert_complete(html)
+
+
+def test_a_skipped_cross_class_stage_says_why(summary_and_page):
+    _, page = summary_and_page
+    html = render_cross_class(CrossClassResult(skipped="needs at least 3 classes; this data has 2"), page)
+    assert "needs at least 3 classes; this data has 2." in html and "<img" not in html
+
+
+def test_a_model_section_has_every_stage_in_order(summary_and_page):
+    summary, page = summary_and_page
+    html = render_model(summary, page)
+    headings = re.findall(r"<h3>(\d)\.", html)
+    assert headings == ["1", "2", "3", "4", "5", "6", "7"]
+    assert 'id="hand"' in html and "model: hand-built" in html and "discover 1.0, validate 2.0" in html
+    _assert_complete(html)
+
+
+def test_a_missing_figure_is_named(summary_and_page, tmp_path):
+    summary, page = summary_and_page
+    (tmp_path / "figures" / "f.png").unlink()
+    with pytest.raises(FileNotFoundError, match="figures/f.png"):
+        render_seeds(summary.seeds, page)
