@@ -33,6 +33,13 @@ class ActivationSet:
             or ``"<module>:<reducer>"`` (see :meth:`~captum_salve.sites.Site.from_key`).
         model: Name of the model they were read from, when known (recorded by
             :func:`collect_activations`, carried on to the SAEs trained on them).
+
+    Example:
+        >>> acts = ActivationSet(torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2]))
+        >>> len(acts), acts.dim, acts.num_classes
+        (6, 4, 3)
+        >>> acts.subset(acts.labels == 2).features.shape
+        torch.Size([2, 4])
     """
 
     features: Tensor
@@ -100,7 +107,14 @@ class ActivationSet:
 
 
 def iter_batches(data: ImageData, batch_size: int) -> Iterator[tuple[Tensor, Tensor | None]]:
-    """Yield (images, labels or None) batches from a tensor, a Dataset or a DataLoader."""
+    """Yield (images, labels or None) batches from a tensor, a Dataset or a DataLoader.
+
+    A Dataset is read in order (no shuffling); a DataLoader keeps its own batch size.
+
+    Example:
+        >>> [(len(images), labels) for images, labels in iter_batches(torch.rand(10, 3, 8, 8), 4)]
+        [(4, None), (4, None), (2, None)]
+    """
     if isinstance(data, Tensor):
         if data.dim() != 4:
             raise ValueError(f"data as a tensor must be images of shape (N, C, H, W), got {tuple(data.shape)}")

@@ -9,8 +9,10 @@ is a known cross-class concept, like the paper's "tower" shared by church and ga
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +21,9 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from captum_salve.models import input_config
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 __all__ = ["CanvasConfig", "DigitsCanvas", "cifar100", "image_folder", "imagenet_classes", "model_transform"]
 
@@ -39,6 +44,11 @@ class CanvasConfig:
         cue_size: Side of the cue square in pixels.
         noise: Standard deviation of the background noise.
         test_fraction: Share of the 1,797 digits held out for the test split.
+
+    Example:
+        >>> config = CanvasConfig(canvas_size=96, cue_classes=())    # a larger canvas, no shared cue
+        >>> DigitsCanvas("test", config=config).images.shape
+        torch.Size([449, 3, 96, 96])
     """
 
     canvas_size: int = 64
@@ -171,10 +181,15 @@ def _box_masks(boxes: Tensor, size: int) -> Tensor:
     return inside_rows[:, :, None] & inside_cols[:, None, :]
 
 
-def model_transform(model: nn.Module, *, train: bool = False):
+def model_transform(model: nn.Module, *, train: bool = False) -> Callable[[Image.Image], Tensor]:
     """The timm eval (or train) transform for a model, from its data config.
 
     torchvision models get timm's defaults: 224 × 224, ImageNet mean and std.
+
+    Example:
+        >>> transform = model_transform(timm.create_model("resnet18"))
+        >>> transform(PIL.Image.new("RGB", (320, 240))).shape
+        torch.Size([3, 224, 224])
     """
     from timm.data import create_transform
 
@@ -186,6 +201,12 @@ def image_folder(root: str | Path, model: nn.Module, *, train: bool = False) -> 
 
     Raises:
         FileNotFoundError: ``root`` is missing or holds no class folders with images.
+
+    Example:
+        >>> train = image_folder("imagenette2/train", model, train=True)
+        >>> train.classes[:2]
+        ['n01440764', 'n02102040']
+        >>> model = keep_classes(model, imagenet_classes(train.classes))    # ImageNet's head, cut to the ten classes
     """
     from torchvision.datasets import ImageFolder
 
@@ -224,6 +245,10 @@ def cifar100(root: str | Path, model: nn.Module, *, train: bool = False) -> Data
 
     Raises:
         FileNotFoundError: The dataset is not under ``root`` (it is never downloaded here).
+
+    Example:
+        >>> test = cifar100("data", model)    # reads data/cifar-100-python/
+        >>> test_acts = collect_activations(model, test, batch_size=128)
     """
     from torchvision.datasets import CIFAR100
 

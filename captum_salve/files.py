@@ -41,7 +41,16 @@ def _umask() -> int:
 
 
 def ensure_directory(path: str | Path) -> Path:
-    """Create a directory (and parents) if missing; refuse a path that is a file."""
+    """Create a directory (and parents) if missing; refuse a path that is a file.
+
+    Raises:
+        NotADirectoryError: ``path`` is an existing file.
+
+    Example:
+        >>> figures = ensure_directory("salve-report/figures")
+        >>> figures.is_dir()
+        True
+    """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"{str(path)!r} is a file, but a directory is needed there")

@@ -49,6 +49,10 @@ class TokenLayout:
     Attributes:
         prefix_tokens: Leading tokens that are not image patches (class, register).
         grid: Patch grid as (rows, columns).
+
+    Example:
+        >>> token_layout(timm.create_model("vit_tiny_patch16_224"))    # [CLS] + 14 × 14 patches
+        TokenLayout(prefix_tokens=1, grid=(14, 14))
     """
 
     prefix_tokens: int
@@ -65,6 +69,13 @@ class ModelFamily:
         head: Dotted path of the final ``nn.Linear``.
         cam_layer: The default Grad-FAM layer of a model of the family.
         token_layout: For token models, the layout of the token sequence.
+
+    Example:
+        >>> from timm.models.convnext import ConvNeXt
+        >>> family = ModelFamily("timm-convnext", lambda m: isinstance(m, ConvNeXt), "head.fc", lambda m: m.stages[-1])
+        >>> FAMILIES.append(family)    # or, in this module, one more entry of FAMILIES
+        >>> family_of(timm.create_model("convnext_atto")).name
+        'timm-convnext'
     """
 
     name: str
@@ -127,7 +138,12 @@ def family_of(model: nn.Module) -> ModelFamily | None:
 
 
 def model_device(model: nn.Module) -> torch.device:
-    """The device of a model's first parameter (CPU for a model without any)."""
+    """The device of a model's first parameter (CPU for a model without any).
+
+    Example:
+        >>> model_device(nn.Linear(4, 2)), model_device(nn.ReLU())
+        (device(type='cpu'), device(type='cpu'))
+    """
     param = next(model.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
 
@@ -148,6 +164,11 @@ def module_name(model: nn.Module, module: nn.Module) -> str:
 
     Raises:
         ValueError: ``module`` is not part of ``model``.
+
+    Example:
+        >>> model = timm.create_model("resnet18", num_classes=3)
+        >>> module_name(model, model.layer4[1])
+        'layer4.1'
     """
     for name, candidate in model.named_modules():
         if candidate is module:
@@ -163,6 +184,11 @@ def get_module(model: nn.Module, module: str | nn.Module) -> nn.Module:
 
     Raises:
         ValueError: No module of that name exists; the message lists the closest names.
+
+    Example:
+        >>> model = timm.create_model("resnet18", num_classes=3)
+        >>> get_module(model, "layer4.1") is model.layer4[1]
+        True
     """
     if isinstance(module, nn.Module):
         module_name(model, module)
@@ -217,6 +243,11 @@ def default_cam_layer(model: nn.Module) -> nn.Module:
 
     Raises:
         ValueError: The model is of no known family; pass a layer explicitly.
+
+    Example:
+        >>> model = timm.create_model("vit_tiny_patch16_224")
+        >>> module_name(model, default_cam_layer(model))
+        'blocks.11.norm1'
     """
     family = family_of(model)
     if family is None:
@@ -228,7 +259,14 @@ def default_cam_layer(model: nn.Module) -> nn.Module:
 
 
 def token_layout(model: nn.Module) -> TokenLayout | None:
-    """Prefix-token count and patch grid for token models; None for convolutional ones."""
+    """Prefix-token count and patch grid for token models; None for convolutional ones.
+
+    Example:
+        >>> token_layout(timm.create_model("vit_tiny_patch16_224", img_size=64, patch_size=8))
+        TokenLayout(prefix_tokens=1, grid=(8, 8))
+        >>> token_layout(timm.create_model("resnet18")) is None
+        True
+    """
     family = family_of(model)
     if family is None or family.token_layout is None:
         return None
@@ -249,7 +287,12 @@ def input_config(model: nn.Module) -> dict:
 
 
 def input_normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The (mean, std) a model expects its [0, 1] images to be normalised with (from :func:`input_config`)."""
+    """The (mean, std) a model expects its [0, 1] images to be normalised with (from :func:`input_config`).
+
+    Example:
+        >>> input_normalization(timm.create_model("resnet18"))
+        ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    """
     config = input_config(model)
     return tuple(config["mean"]), tuple(config["std"])
 

@@ -60,7 +60,11 @@ def _check_positive(name: str, value: int) -> None:
 
 
 def class_heatmap(profile: ClassProfile, *, features: Sequence[int] | None = None, title: str | None = None) -> Figure:
-    """Figure 1a: the class × feature mean-code matrix μ (the most class-dominant features by default)."""
+    """Figure 1a: the class × feature mean-code matrix μ (the most class-dominant features by default).
+
+    Example:
+        >>> class_heatmap(class_profile(sae, train_acts)).savefig("fig1a.png")
+    """
     mu = profile.mean_codes
     if features is None:
         picked = []
@@ -90,7 +94,12 @@ def gallery(
     columns: int = 8,
     labels: Sequence[str] | None = None,
 ) -> Figure:
-    """Figure 3a: a grid of (top-activating) images, each titled with its activation."""
+    """Figure 3a: a grid of (top-activating) images, each titled with its activation.
+
+    Example:
+        >>> indices, values = top_activating(sae, train_acts, 12)    # train_acts = collect_activations(model, train)
+        >>> fig = gallery(train.images[indices], values, title="feature 12", columns=3)
+    """
     if images.dim() != 4 or images.shape[1] != 3 or len(images) == 0:
         raise ValueError(f"images must be (N, 3, H, W) with N >= 1, got {tuple(images.shape)}")
     n = len(images)
@@ -122,6 +131,11 @@ def grad_fam_overlays(
         maps: (F, h, w) or (F, 1, h, w) Grad-FAM maps at layer resolution.
         features: The F features.
         values: Their codes on this image, for the titles.
+
+    Example:
+        >>> maps = GradFAM(model, None, sae).attribute_features(image[None], [3, 12])[0]    # (2, h, w)
+        >>> codes = FeatureCodes(model, sae)(image[None])[0, [3, 12]].detach()
+        >>> fig = grad_fam_overlays(image, maps, [3, 12], codes)
     """
     if image.dim() != 3 or image.shape[0] != 3:
         raise ValueError(f"image must be (3, H, W), got {tuple(image.shape)}")
@@ -156,7 +170,11 @@ def grad_fam_overlays(
 
 
 def maximization_evolution(result: MaximizationResult, *, names: Sequence[str] | None = None) -> Figure:
-    """Figure 1b: each feature's image from noise to the final optimum, one row per feature."""
+    """Figure 1b: each feature's image from noise to the final optimum, one row per feature.
+
+    Example:
+        >>> fig = maximization_evolution(maximize_feature(model, sae, [3, 12]), names=["stroke", "cue"])
+    """
     steps = sorted(result.snapshots)
     rows = len(result.features)
     _check_length("names", names, rows, "feature")
@@ -182,7 +200,17 @@ def accuracy_vs_alpha(
     controls: Mapping[str, SweepResult] | None = None,
     title: str | None = None,
 ) -> Figure:
-    """Figure 4a: target-class and every other class's accuracy as α grows (controls dashed)."""
+    """Figure 4a: target-class and every other class's accuracy as α grows (controls dashed).
+
+    Example:
+        >>> alphas = [0, 0.5, 1, 2, 5, 10, 20]
+        >>> sweep = alpha_sweep(model, sae, 12, test_acts, alphas, rule="project")
+        >>> controls = {
+        ...     name: alpha_sweep(model, directions, None, test_acts, alphas, rule="project")
+        ...     for name, directions in control_directions(sae, 12, train_acts).items()
+        ... }
+        >>> fig = accuracy_vs_alpha(sweep, 3, controls=controls)
+    """
     _check_index("class_index", class_index, sweep.confusion.shape[1])
     if controls is not None and len(controls) > 3:
         raise ValueError(f"at most 3 controls can be drawn (one line style each), got {len(controls)}")
@@ -217,7 +245,11 @@ def accuracy_vs_alpha(
 
 
 def prediction_distribution(sweep: SweepResult, class_index: int, *, title: str | None = None) -> Figure:
-    """Figure 4b: where the class's images are predicted as α grows (stacked shares)."""
+    """Figure 4b: where the class's images are predicted as α grows (stacked shares).
+
+    Example:
+        >>> fig = prediction_distribution(alpha_sweep(model, sae, 12, test_acts, [0, 1, 2, 5, 10]), 3)
+    """
     shares = sweep.prediction_distribution(class_index).numpy()
     positions = np.arange(len(sweep.alphas))
     fig, ax = _subplots(figsize=(6, 4))
@@ -236,7 +268,12 @@ def prediction_distribution(sweep: SweepResult, class_index: int, *, title: str 
 
 
 def accuracy_change_bars(sweep: SweepResult, alpha_index: int, *, title: str | None = None) -> Figure:
-    """Figure 3b: per-class accuracy change at one α (red: loss, green: gain)."""
+    """Figure 3b: per-class accuracy change at one α (red: loss, green: gain).
+
+    Example:
+        >>> sweep = alpha_sweep(model, sae, 12, test_acts, [0, 1, 2, 5, 10])
+        >>> fig = accuracy_change_bars(sweep, alpha_index=3)    # at α = 5
+    """
     _check_index("alpha_index", alpha_index, len(sweep.alphas))
     change = (sweep.per_class_accuracy[alpha_index] - sweep.baseline_accuracy).numpy() * 100
     fig, ax = _subplots(figsize=(6, 3.5))
@@ -257,7 +294,14 @@ def alpha_crit_boxplots(
     *,
     title: str = "Per-sample α_crit: analytical vs numerical, with α_50% (Fig. 5b)",
 ) -> Figure:
-    """Figure 5b: per-class boxplots of analytical and numerical α_crit, α_50 marked (finite values only)."""
+    """Figure 5b: per-class boxplots of analytical and numerical α_crit, α_50 marked (finite values only).
+
+    Example:
+        >>> class_3 = test_acts.subset(test_acts.labels == 3)
+        >>> analytical = {"3": alpha_crit(model, sae, 12, class_3, 3, method="linear")}
+        >>> numerical = {"3": alpha_crit(model, sae, 12, class_3, 3)}
+        >>> fig = alpha_crit_boxplots(analytical, numerical, {"3": alpha_50(sweep, 3)})
+    """
     names = list(analytical)
     if not names or set(numerical) != set(names):
         raise ValueError(
@@ -292,6 +336,10 @@ def seed_bands(study: SeedStudy, class_names: Sequence[str], *, columns: int = 5
     """Figure 4's bands: each class's feature suppressed, with mean ± std over SAE seeds.
 
     One panel per class shows its own accuracy and the other classes' as α grows.
+
+    Example:
+        >>> study = seed_study(model, saes, train_acts, test_acts, [0, 1, 2, 5, 10])
+        >>> fig = seed_bands(study, DigitsCanvas.classes)
     """
     alphas = study.alphas.numpy()
     k = study.accuracy.shape[1]

@@ -122,6 +122,11 @@ class BoundSite:
             in angle brackets for a callable reducer.
         pre_hook: Whether the module's input (not its output) is read.
         reduce: Turns the hooked tensor into an (N, M) matrix.
+
+    Example:
+        >>> bound = Site("layer3", reducer="spatial_mean").bind(timm.create_model("resnet18", num_classes=3))
+        >>> bound.name, bound.key, bound.pre_hook
+        ('layer3', 'layer3:spatial_mean', False)
     """
 
     module: nn.Module
@@ -133,7 +138,21 @@ class BoundSite:
 
 @dataclass
 class Recording:
-    """The value a hooked site took in the latest forward pass (grad-connected)."""
+    """The value a hooked site took in the latest forward pass (grad-connected).
+
+    Attributes:
+        site: The site it records.
+        value: The latest (N, M) value, None until a forward pass reaches the site.
+
+    Example:
+        >>> model = timm.create_model("resnet18", num_classes=3)
+        >>> with recording(model, Site("layer3", reducer="spatial_mean")) as rec:
+        ...     _ = model(torch.rand(2, 3, 64, 64))
+        >>> rec.site.key, rec.take().shape
+        ('layer3:spatial_mean', torch.Size([2, 256]))
+        >>> rec.value is None    # take() cleared it
+        True
+    """
 
     site: BoundSite
     value: Tensor | None = field(default=None, repr=False)
@@ -188,7 +207,15 @@ def recording(model: nn.Module, site: Site | BoundSite | None = None) -> Iterato
 
 @contextmanager
 def on_device(model: nn.Module, device: torch.device | str | None) -> Iterator[torch.device]:
-    """Move the model to ``device`` (default: where it is) for the block, and back after."""
+    """Move the model to ``device`` (default: where it is) for the block, and back after.
+
+    Example:
+        >>> home = model_device(model)
+        >>> with on_device(model, "cuda" if torch.cuda.is_available() else "cpu") as device:
+        ...     logits = model(images.to(device))
+        >>> model_device(model) == home
+        True
+    """
     home = model_device(model)
     target = torch.device(device) if device is not None else home
     if target != home:
@@ -202,7 +229,15 @@ def on_device(model: nn.Module, device: torch.device | str | None) -> Iterator[t
 
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put every submodule in eval mode for the block and give each its own mode back after."""
+    """Put every submodule in eval mode for the block and give each its own mode back after.
+
+    Example:
+        >>> model = timm.create_model("resnet18", num_classes=3).train()
+        >>> with eval_mode(model):
+        ...     logits = model(torch.rand(2, 3, 64, 64))
+        >>> model.training
+        True
+    """
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:

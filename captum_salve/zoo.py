@@ -70,6 +70,11 @@ class TrainedClassifier:
         test_accuracy: Accuracy on the digits-canvas test split (seed 0).
         train_seconds: Wall-clock of the training run that produced the weights.
         path: Where the weights are cached.
+
+    Example:
+        >>> clf = digits_classifier("vit")
+        >>> clf.arch, clf.path.suffix
+        ('vit', '.safetensors')
     """
 
     model: nn.Module
@@ -80,7 +85,13 @@ class TrainedClassifier:
 
 
 def cache_dir() -> Path:
-    """``$CAPTUM_SALVE_CACHE``, else ``$XDG_CACHE_HOME/captum_salve``, else ``~/.cache/captum_salve``."""
+    """``$CAPTUM_SALVE_CACHE``, else ``$XDG_CACHE_HOME/captum_salve``, else ``~/.cache/captum_salve``.
+
+    Example:
+        >>> os.environ["CAPTUM_SALVE_CACHE"] = "/tmp/salve-cache"
+        >>> cache_dir()
+        PosixPath('/tmp/salve-cache')
+    """
     if "CAPTUM_SALVE_CACHE" in os.environ:
         return Path(os.environ["CAPTUM_SALVE_CACHE"])
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "captum_salve"
@@ -206,7 +217,12 @@ def _fold_affine_input(conv: nn.Conv2d, scale: float, shift: float) -> None:
 def evaluate_accuracy(
     model: nn.Module, data: DigitsCanvas, *, device: torch.device | str | None = None, batch_size: int = 256
 ) -> float:
-    """Top-1 accuracy of a classifier on a digits canvas."""
+    """Top-1 accuracy of a classifier on a digits canvas.
+
+    Example:
+        >>> clf = digits_classifier("resnet18")
+        >>> evaluate_accuracy(clf.model, DigitsCanvas("test", seed=1))    # the test digits at new positions
+    """
     device = device or next(model.parameters()).device
     correct = 0
     with eval_mode(model):

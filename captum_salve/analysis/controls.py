@@ -19,6 +19,12 @@ def control_directions(
     Their codes are scaled so that their root-mean-square over ``acts`` equals the
     SAE feature's, so the same α removes as much under ``rule="project"``; under
     ``rule="salve"`` only the unit direction matters.
+
+    Example:
+        >>> controls = control_directions(sae, 12, train_acts)
+        >>> sorted(controls)
+        ['principal direction', 'random direction']
+        >>> sweep = alpha_sweep(model, controls["random direction"], None, test_acts, [0, 1, 5], rule="project")
     """
     if acts.dim != sae.d_in:
         raise ValueError(f"the SAE reads {sae.d_in}-dimensional activations, acts have {acts.dim}")

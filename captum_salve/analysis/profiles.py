@@ -34,6 +34,10 @@ class CrossClassFeature:
         classes: The classes it is large for, strongest first.
         score: Gap between the weakest of those classes and the strongest other
             class, in units of the feature's standard deviation.
+
+    Example:
+        >>> for shared in cross_class_features(class_profile(sae, train_acts)):
+        ...     print(shared.feature, shared.classes, f"{shared.score:.1f}")
     """
 
     feature: int
@@ -50,6 +54,14 @@ class ClassProfile:
         counts: (K,) samples per class.
         code_std: (d,) standard deviation of each code over all samples.
         class_names: K names.
+
+    Example:
+        >>> mu = torch.tensor([[2.0, 0.0, 1.0], [0.0, 3.0, 1.0]])    # 2 classes, 3 features
+        >>> profile = ClassProfile(mu, counts=torch.tensor([5, 5]), code_std=torch.ones(3))
+        >>> profile.dominant(1, n=1)
+        tensor([1])
+        >>> profile.selectivity(2)
+        tensor([0.5000, 0.5000])
     """
 
     mean_codes: Tensor
@@ -125,6 +137,12 @@ def cross_class_features(profile: ClassProfile, *, n_classes: int = 2, top: int 
 
     A feature's score is the gap between its ``n_classes``-th and ``(n_classes+1)``-th
     largest class mean ``|μ_k|``, in units of its standard deviation.
+
+    Example:
+        >>> mu = torch.tensor([[4.0, 1.0], [3.0, 0.0], [0.0, 2.0]])    # feature 0 is large for classes 0 and 1
+        >>> profile = ClassProfile(mu, counts=torch.ones(3), code_std=torch.tensor([2.0, 1.0]))
+        >>> cross_class_features(profile, top=1)
+        [CrossClassFeature(feature=0, classes=(0, 1), score=1.5)]
     """
     if not 2 <= n_classes < profile.num_classes:
         raise ValueError(f"n_classes must be in [2, {profile.num_classes - 1}], got {n_classes}")
@@ -136,12 +154,25 @@ def cross_class_features(profile: ClassProfile, *, n_classes: int = 2, top: int 
 
 
 def select_feature(profile: ClassProfile, class_index: int, *, n: int = 1, by: RankBy = "contrast") -> list[int]:
-    """The feature(s) to edit for a class: its top ``n`` by contrast (default) or by magnitude."""
+    """The feature(s) to edit for a class: its top ``n`` by contrast (default) or by magnitude.
+
+    Example:
+        >>> mu = torch.tensor([[2.0, 0.0, 1.0], [0.0, 3.0, 1.0]])    # 2 classes, 3 features
+        >>> profile = ClassProfile(mu, counts=torch.tensor([5, 5]), code_std=torch.ones(3))
+        >>> select_feature(profile, 1, n=2), select_feature(profile, 0, n=2, by="magnitude")
+        ([1, 2], [0, 2])
+    """
     return [int(f) for f in profile.dominant(class_index, n, by=by)]
 
 
 def top_activating(sae: SparseAutoencoder, acts: ActivationSet, feature: int, k: int = 9) -> tuple[Tensor, Tensor]:
-    """The ``k`` rows where a feature's code is largest: (indices, values), largest first."""
+    """The ``k`` rows where a feature's code is largest: (indices, values), largest first.
+
+    Example:
+        >>> train_acts = collect_activations(model, train)    # train: a DigitsCanvas, say
+        >>> indices, values = top_activating(sae, train_acts, 12)
+        >>> fig = plots.gallery(train.images[indices], values, title="feature 12")
+    """
     if sae.feature_index(feature).numel() != 1:
         raise ValueError(f"feature must be one SAE feature, got {feature!r}")
     if not 1 <= k <= len(acts):

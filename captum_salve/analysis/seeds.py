@@ -25,6 +25,10 @@ def match_features(reference: SparseAutoencoder, other: SparseAutoencoder) -> tu
     Returns:
         (index, similarity): ``other``'s feature matched to each of ``reference``'s,
         and the absolute cosine similarity of each pair.
+
+    Example:
+        >>> index, similarity = match_features(saes[0], saes[1])
+        >>> index[12], similarity[12]    # seed 1's counterpart of seed 0's feature 12, and their |cosine|
     """
     if reference.d_in != other.d_in or reference.d_latent != other.d_latent:
         raise ValueError("the SAEs must have the same d_in and d_latent to be matched")
@@ -46,6 +50,11 @@ class SeedStudy:
         match_similarity: (S, K) |cosine| between that feature and seed 0's choice (1 for seed 0).
         own_choice: (S, K) whether the matched feature is also that seed's own pick.
         metrics: One dict of SAE metrics per seed.
+
+    Example:
+        >>> study = seed_study(model, saes, train_acts, test_acts, [0, 1, 2, 5, 10])
+        >>> study.accuracy.shape    # (seeds, edited class, α, measured class)
+        >>> mean, std = study.target_band(3)
     """
 
     alphas: Tensor

@@ -30,6 +30,15 @@ class SweepResult:
         baseline: (K, K) confusion of the unedited model.
         label: What was edited (shown in figures).
         class_names: K names.
+
+    Example:
+        >>> confusion = torch.tensor([[[9, 1], [0, 10]], [[2, 8], [1, 9]]])    # at α = 0 and α = 5
+        >>> sweep = SweepResult(torch.tensor([0.0, 5.0]), confusion, confusion[0], "feature 12", ["cat", "dog"])
+        >>> sweep.per_class_accuracy
+        tensor([[0.9000, 1.0000],
+                [0.2000, 0.9000]], dtype=torch.float64)
+        >>> sweep.off_target_change(0)
+        tensor([ 0.0000, -0.1000], dtype=torch.float64)
     """
 
     alphas: Tensor
@@ -151,13 +160,24 @@ def alpha_50(sweep: SweepResult, class_index: int) -> float:
     median of their flip α_crit when a flipped sample stays flipped: always under
     ``rule="project"``; under ``"salve"`` a sample can flip back once clipping
     leaves mostly the bias.
+
+    Example:
+        >>> confusion = torch.tensor([[[3, 1], [0, 4]], [[1, 3], [0, 4]]])    # class 0: 3 of 4 right, then 1 of 4
+        >>> sweep = SweepResult(torch.tensor([0.0, 2.0]), confusion, confusion[0], "feature 12", ["cat", "dog"])
+        >>> alpha_50(sweep, 0), alpha_50(sweep, 1)
+        (1.0, inf)
     """
     sweep._check_class(class_index)
     return crossing_50(sweep.alphas, sweep.per_class_accuracy[:, class_index])
 
 
 def crossing_50(alphas: Tensor, accuracy: Tensor) -> float:
-    """Where an accuracy curve over ascending ``alphas`` first reaches 50% (see :func:`alpha_50`)."""
+    """Where an accuracy curve over ascending ``alphas`` first reaches 50% (see :func:`alpha_50`).
+
+    Example:
+        >>> crossing_50(torch.tensor([0.0, 1.0, 2.0]), torch.tensor([1.0, 0.75, 0.25]))
+        1.5
+    """
     below = (accuracy <= 0.5).nonzero()
     if len(below) == 0:
         return float("inf")
@@ -186,6 +206,11 @@ class EditChoice:
         target_accuracy: The class's accuracy after the edit.
         off_target_change: Mean accuracy change of the other classes.
         reached: Whether the target accuracy was reached.
+
+    Example:
+        >>> choice = select_edit(model, sae, profile, 3, train_acts)
+        >>> choice.reached, choice.features, choice.alpha, choice.off_target_change
+        >>> held_out = alpha_sweep(model, sae, list(choice.features), test_acts, [choice.alpha], rule=choice.rule)
     """
 
     class_index: int

@@ -44,6 +44,12 @@ class MaximizationResult:
         snapshots: Step → (F, 3, H, W) images at that step (step 0 is the starting noise).
         activations: (F,) each final image's code for its own feature (untransformed image).
         history: (steps, F) the ascended values (pre-activations) during the optimisation.
+
+    Example:
+        >>> result = maximize_feature(model, sae, [3, 12], steps=128, snapshots=(0, 32))
+        >>> sorted(result.snapshots)
+        [0, 32, 128]
+        >>> fig = plots.maximization_evolution(result)
     """
 
     features: list[int]

@@ -95,6 +95,10 @@ def deletion_score(curve: Tensor) -> Tensor:
     """Area under a deletion curve normalised to fall from 1 (intact) to 0 (all removed); lower is more faithful.
 
     Returns NaN for an image whose code does not change at all.
+
+    Example:
+        >>> deletion_score(torch.tensor([[2.0, 1.0, 0.0, 0.0], [2.0, 2.0, 2.0, 0.0], [1.0, 1.0, 1.0, 1.0]]))
+        tensor([0.3750, 0.7500,    nan])
     """
     start, end = curve[:, :1], curve[:, -1:]
     span = start - end
@@ -117,6 +121,13 @@ def pointing_game(attribution: Tensor, masks: Tensor) -> Tensor:
 
     Returns:
         (N,) booleans.
+
+    Example:
+        >>> maps = torch.tensor([[[[0.0, 1.0], [0.0, 0.0]]], [[[1.0, 0.0], [0.0, 0.0]]]])    # peaks top-right, top-left
+        >>> masks = torch.zeros(2, 4, 4, dtype=torch.bool)
+        >>> masks[:, :2, 2:] = True    # the object fills the top-right quarter
+        >>> pointing_game(maps, masks)
+        tensor([ True, False])
     """
     if attribution.dim() != 4 or attribution.shape[1] != 1 or masks.dim() != 3 or len(attribution) != len(masks):
         raise ValueError(

@@ -102,6 +102,16 @@ class TokenGradCam(LayerAttribution, GradientAttribution):
     :class:`GradFAM` is this class with an SAE feature's code as the forward;
     with the classifier itself as the forward it is a class Grad-CAM on the same
     layers, tokens included.
+
+    Example:
+        >>> model = timm.create_model("resnet18", num_classes=3)
+        >>> cam = TokenGradCam(model, model.layer4[-1])    # a convolutional layer: Captum's LayerGradCam
+        >>> cam.attribute(torch.rand(2, 3, 64, 64), target=0).shape
+        torch.Size([2, 1, 2, 2])
+        >>> vit = timm.create_model("vit_tiny_patch16_224", num_classes=3)
+        >>> cam = TokenGradCam(vit, vit.blocks[-1].norm1, tokens_to_grid(1, (14, 14)))
+        >>> cam.attribute_targets(torch.rand(2, 3, 224, 224), [0, 2]).shape
+        torch.Size([2, 2, 14, 14])
     """
 
     # How error messages name what is explained, and |value| above which it counts as non-zero.
@@ -118,12 +128,12 @@ class TokenGradCam(LayerAttribution, GradientAttribution):
         r"""Build the attribution for one forward and layer.
 
         Args:
-        forward_func: The forward whose outputs are explained (a model, or
-            :class:`FeatureCodes`).
-        layer: The layer whose activations the map is built from.
-        reshape_transform: Maps the layer's output to ``(N, C, h, w)``; needed
-            for token layers. None: the layer must give ``(N, C, h, w)``.
-        device_ids: As in Captum, for ``DataParallel`` models (convolutional layers).
+            forward_func: The forward whose outputs are explained (a model, or
+                :class:`FeatureCodes`).
+            layer: The layer whose activations the map is built from.
+            reshape_transform: Maps the layer's output to ``(N, C, h, w)``; needed
+                for token layers. None: the layer must give ``(N, C, h, w)``.
+            device_ids: As in Captum, for ``DataParallel`` models (convolutional layers).
         """
         LayerAttribution.__init__(self, forward_func, layer, device_ids)
         GradientAttribution.__init__(self, forward_func)

@@ -43,6 +43,11 @@ class GradFAM(TokenGradCam):
 
     Grad-FAM is a CAM: like Captum's ``LayerGradCam`` it does not multiply by
     inputs and has no convergence delta, and it composes with ``NoiseTunnel``.
+
+    Example:
+        >>> fam = GradFAM(model, None, sae)                  # layer4[-1] of a ResNet, blocks[-1].norm1 of a ViT
+        >>> maps = fam.attribute(images, target=12)          # (N, 1, h, w) at the layer's resolution
+        >>> heat = render_maps(maps, images.shape[-2:])      # (N, 1, H, W) in [0, 1], ready to lay over the images
     """
 
     _target_name = "the SAE code"
@@ -59,15 +64,15 @@ class GradFAM(TokenGradCam):
         r"""Build the attribution for one model, layer and SAE.
 
         Args:
-        model: The classifier.
-        layer: The layer whose activations the map is built from (module or
-            dotted name); None picks the model family's default
-            (``layer4[-1]`` for ResNets, ``blocks[-1].norm1`` for timm ViTs).
-        sae: The sparse autoencoder whose codes are the targets.
-        site: Where the SAE reads its input; default the SAE's own site.
-        reshape_transform: Maps the layer's output to ``(N, C, h, w)``; default
-            for ViTs: drop the prefix tokens and fold the patch grid.
-        device_ids: As in Captum, for ``DataParallel`` models.
+            model: The classifier.
+            layer: The layer whose activations the map is built from (module or
+                dotted name); None picks the model family's default
+                (``layer4[-1]`` for ResNets, ``blocks[-1].norm1`` for timm ViTs).
+            sae: The sparse autoencoder whose codes are the targets.
+            site: Where the SAE reads its input; default the SAE's own site.
+            reshape_transform: Maps the layer's output to ``(N, C, h, w)``; default
+                for ViTs: drop the prefix tokens and fold the patch grid.
+            device_ids: As in Captum, for ``DataParallel`` models.
         """
         codes = FeatureCodes(model, sae, site)
         layer = default_cam_layer(model) if layer is None else get_module(model, layer)

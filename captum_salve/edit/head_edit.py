@@ -30,7 +30,12 @@ __all__ = ["HeadEdit", "edit_model", "edited", "head_of", "head_tensors64"]
 
 
 def head_of(model: nn.Module) -> nn.Linear:
-    """The linear head of a classifier, or ``model`` itself when it is an ``nn.Linear``."""
+    """The linear head of a classifier, or ``model`` itself when it is an ``nn.Linear``.
+
+    Example:
+        >>> head_of(timm.create_model("resnet18", num_classes=3))
+        Linear(in_features=512, out_features=3, bias=True)
+    """
     return model if isinstance(model, nn.Linear) else find_head(model)[1]
 
 
@@ -196,6 +201,11 @@ def head_tensors64(head: nn.Linear) -> tuple[Tensor, Tensor]:
     """The head's weight (K, M) and bias (K,) in float64, detached; a head without bias gets zeros.
 
     What every rule computes on: edits, sweeps and α_crit alike.
+
+    Example:
+        >>> weight, bias = head_tensors64(nn.Linear(4, 2, bias=False))
+        >>> weight.dtype, bias
+        (torch.float64, tensor([0., 0.], dtype=torch.float64))
     """
     weight = head.weight.detach().to(torch.float64)
     if head.bias is None:

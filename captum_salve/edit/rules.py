@@ -56,6 +56,10 @@ def mode_sign(mode: EditMode) -> float:
 
     Raises:
         ValueError: Any other mode.
+
+    Example:
+        >>> mode_sign("suppress"), mode_sign("enhance")
+        (-1.0, 1.0)
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -70,6 +74,12 @@ class FeatureDirections:
         decoder: (M, F) unit-norm directions, one column per feature.
         encoder: (F, M) rows e_l of the codes' affine part.
         offset: (F,) offsets β_l, so that the code's affine part is ``a @ e_l + β_l``.
+
+    Example:
+        >>> directions = FeatureDirections.from_sae(sae, [12, 40])    # two SAE features
+        >>> control = FeatureDirections.from_vectors(torch.tensor([3.0, 4.0]), mean=torch.zeros(2))
+        >>> control.decoder.T, control.count, control.width
+        (tensor([[0.6000, 0.8000]], dtype=torch.float64), 1, 2)
     """
 
     decoder: Tensor
@@ -137,6 +147,11 @@ class LogitPieces:
         q: (N, P, K) slopes.
         lo: (P,) start of each piece (the first is 0).
         hi: (P,) end of each piece (the last is ``inf``).
+
+    Example:
+        >>> pieces = LogitPieces.single(torch.tensor([[1.0, 0.0]]), torch.tensor([[-1.0, 1.0]]))
+        >>> pieces.at(2.0)
+        tensor([[-1.,  2.]])
     """
 
     p: Tensor
@@ -166,6 +181,14 @@ class EditRule(ABC):
     head; ``directions`` the F edited features; ``alphas`` their strengths,
     ``(F,)`` or with leading batch dimensions ``(..., F)``; ``sign`` −1 to
     suppress, +1 to enhance (see :func:`mode_sign`).
+
+    Example:
+        >>> rule = edit_rule("project")    # or a subclass of EditRule of your own
+        >>> weight, bias = torch.eye(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
+        >>> first_axis = FeatureDirections.from_vectors(torch.tensor([1.0, 0.0]), mean=torch.zeros(2))
+        >>> rule.weights(weight, bias, first_axis, torch.tensor([0.5], dtype=torch.float64), mode_sign("suppress"))[0]
+        tensor([[0.5000, 0.0000],
+                [0.0000, 1.0000]], dtype=torch.float64)
     """
 
     name: ClassVar[str]
@@ -210,7 +233,15 @@ class EditRule(ABC):
 
 
 class ScaleColumns(EditRule):
-    """The paper's rule ("salve"): each column of W scaled by ``1 ∓ α |d_j|`` (clipped at 0 when suppressing)."""
+    """The paper's rule ("salve"): each column of W scaled by ``1 ∓ α |d_j|`` (clipped at 0 when suppressing).
+
+    Example:
+        >>> d = FeatureDirections.from_vectors(torch.tensor([0.6, 0.8]), mean=torch.zeros(2))
+        >>> ScaleColumns().activations(torch.ones(1, 2), d, torch.tensor([0.5]), -1.0)    # 1 − 0.5·0.6, 1 − 0.5·0.8
+        tensor([[0.7000, 0.6000]])
+        >>> ScaleColumns().activations(torch.ones(1, 2), d, torch.tensor([1.5]), -1.0)    # 1 − 1.2 clipped at 0
+        tensor([[0.1000, 0.0000]])
+    """
 
     name = "salve"
 
@@ -251,7 +282,13 @@ class ScaleColumns(EditRule):
 
 
 class ProjectOut(EditRule):
-    """Our rule ("project"): the head sees ``a + s Σ α_l z_l(a) d_l``; logits move along ``W d_l``, linearly in α."""
+    """Our rule ("project"): the head sees ``a + s Σ α_l z_l(a) d_l``; logits move along ``W d_l``, linearly in α.
+
+    Example:
+        >>> d = FeatureDirections.from_vectors(torch.tensor([1.0, 0.0]), mean=torch.zeros(2))    # code z(a) = a_0
+        >>> ProjectOut().activations(torch.tensor([[2.0, 3.0]]), d, torch.tensor([0.5]), -1.0)    # a − 0.5·z(a)·d
+        tensor([[1., 3.]])
+    """
 
     name = "project"
 

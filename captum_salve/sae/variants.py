@@ -30,6 +30,22 @@ class CodeActivation(ABC):
         active_threshold: ``|z|`` above which a code counts as active (L0, dead latents).
         default_l1: Sparsity strength :func:`~captum_salve.sae.train_sae` uses when none is given.
         resamples_dead: Whether training re-initialises latents that never fire.
+
+    Example:
+        >>> class JumpReLU(CodeActivation):
+        ...     name = "jumprelu"
+        ...
+        ...     def __init__(self, threshold: float) -> None:
+        ...         self.threshold = threshold
+        ...
+        ...     def __call__(self, pre: Tensor) -> Tensor:
+        ...         return pre * (pre > self.threshold)
+        ...
+        ...     def settings(self) -> dict:
+        ...         return {"threshold": self.threshold}
+        >>> JumpReLU(0.5)(torch.tensor([[0.25, 0.75]]))
+        tensor([[0.0000, 0.7500]])
+        >>> sae = SparseAutoencoder(512, 2048, JumpReLU(0.5))    # unregistered: works, but not loadable from cfg.json
     """
 
     name: ClassVar[str]
@@ -62,7 +78,12 @@ class CodeActivation(ABC):
 
 
 class Linear(CodeActivation):
-    """No activation: signed codes, the paper's SAE. Never exactly zero, so activity is ``|z| > 0.01``."""
+    """No activation: signed codes, the paper's SAE. Never exactly zero, so activity is ``|z| > 0.01``.
+
+    Example:
+        >>> Linear()(torch.tensor([[-1.0, 2.0]])), Linear.active_threshold
+        (tensor([[-1.,  2.]]), 0.01)
+    """
 
     name = "linear"
     active_threshold = 1e-2
@@ -74,7 +95,12 @@ class Linear(CodeActivation):
 
 
 class ReLU(CodeActivation):
-    """The standard SAE: ``z = relu(pre)``."""
+    """The standard SAE: ``z = relu(pre)``.
+
+    Example:
+        >>> ReLU()(torch.tensor([[-1.0, 2.0]]))
+        tensor([[0., 2.]])
+    """
 
     name = "relu"
 
@@ -88,6 +114,10 @@ class TopK(CodeActivation):
 
     Args:
         k: Codes kept per input, at least 1.
+
+    Example:
+        >>> TopK(2)(torch.tensor([[3.0, -1.0, 2.0, 0.5]]))
+        tensor([[3., 0., 2., 0.]])
     """
 
     name = "topk"
