@@ -29,7 +29,12 @@ __all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``captum-salve`` console script."""
+    """Entry point of the ``captum-salve`` console script; returns the exit status.
+
+    Example:
+        >>> main(["demo", "--model", "vit", "--seeds", "3", "--out", "salve-report"])
+        0
+    """
     parser = _parser()
     args = parser.parse_args(argv)
     try:

@@ -72,8 +72,8 @@ def _parameters(obj: Callable) -> list[inspect.Parameter]:
     the fields are checked through it.
     """
     if inspect.isclass(obj):
-        if obj.__init__ is object.__init__:
-            return []  # a class without an __init__ of its own takes no arguments
+        if not inspect.isfunction(obj.__init__):
+            return []  # an __init__ inherited from a builtin (object, an exception) is not ours to annotate
         obj = obj.__init__
     return [p for p in inspect.signature(obj).parameters.values() if p.name not in ("self", "cls")]
 

@@ -58,7 +58,8 @@ class HeadEdit:
         >>> edited_model = edit.apply(model)           # a copy with new head weights
         >>> with edit.applied(model):                  # in place, restored bit-exactly after
         ...     logits = model(images)
-        >>> head(edit(a))                              # the same logits from head inputs a
+        >>> head = head_of(model)
+        >>> head(edit(acts.features))                  # the same logits from head inputs (run-time steering)
     """
 
     directions: FeatureDirections

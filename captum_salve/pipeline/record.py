@@ -20,7 +20,15 @@ __all__ = ["Record", "RecordFormatError", "to_plain"]
 
 
 class RecordFormatError(ValueError):
-    """A JSON value does not fit the record type it should rebuild."""
+    """A JSON value does not fit the record type it should rebuild; the message names the field.
+
+    Example:
+        >>> try:
+        ...     PipelineConfig.from_json({"seeds": "ten"})
+        ... except RecordFormatError as error:
+        ...     print(error)
+        PipelineConfig.seeds: expected int, got 'ten'
+    """
 
 
 class Record:

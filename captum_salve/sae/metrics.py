@@ -27,9 +27,10 @@ class ReconstructionStats:
         active_threshold: ``|z|`` above which a code counts as active.
 
     Example:
-        >>> stats = ReconstructionStats(acts.mean(0), sae.d_latent, sae.active_threshold)
-        >>> a_hat, z = sae(acts)
-        >>> stats.update(acts, a_hat, z)
+        >>> a = acts.features                     # (N, M) activations
+        >>> stats = ReconstructionStats(a.mean(0), sae.d_latent, sae.active_threshold)
+        >>> a_hat, z = sae(a)
+        >>> stats.update(a, a_hat, z)
         >>> stats.summary()["explained_variance"]
     """
 
