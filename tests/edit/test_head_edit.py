@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-from conftest import small_timm_vit, small_torchvision_vit
 from torch import nn
 
 from captum_salve import FeatureDirections, SparseAutoencoder, collect_activations, edit_model, edited
 from captum_salve.models import find_head
+from tests.helpers import small_timm_vit, small_torchvision_vit
 
 
 def _sae(d_in: int, activation: str = "linear", d_latent: int = 12, seed: int = 0) -> SparseAutoencoder:
