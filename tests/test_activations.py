@@ -12,10 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from captum_salve import ActivationSet, Site, collect_activations
 from captum_salve.models import create_model, default_cam_layer, find_head, token_layout
 from captum_salve.sites import recording
-
-
-def _all_hooks(model: nn.Module) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+from tests.helpers import hook_count
 
 
 @pytest.mark.parametrize(
@@ -108,10 +105,10 @@ def test_rows_are_copies_not_aliases_of_in_place_buffers():
 def test_hooks_are_removed_when_the_forward_raises(timm_resnet):
     with pytest.raises(RuntimeError):
         collect_activations(timm_resnet, torch.rand(2, 5, 32, 32), progress=False)  # 5 channels: conv1 fails
-    assert _all_hooks(timm_resnet) == 0
+    assert hook_count(timm_resnet) == 0
     with pytest.raises(ZeroDivisionError), recording(timm_resnet):
         raise ZeroDivisionError("raised inside the block")
-    assert _all_hooks(timm_resnet) == 0
+    assert hook_count(timm_resnet) == 0
 
 
 def test_train_mode_is_restored(timm_resnet):

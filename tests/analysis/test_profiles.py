@@ -34,57 +34,13 @@ from captum_salve import (
     top_activating,
     train_sae,
 )
-
-
-class _HeadOnly(nn.Module):
-    """A classifier that is only its head: the tests hand it head-input activations directly."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
-        super().__init__()
-        self.head = nn.Linear(weight.shape[1], weight.shape[0])
-        with torch.no_grad():
-            self.head.weight.copy_(weight)
-            self.head.bias.copy_(bias)
-
-    def get_classifier(self) -> nn.Linear:
-        return self.head
-
-    def forward(self, a: torch.Tensor) -> torch.Tensor:
-        return self.head(a)
-
-
-def _identity_sae(d: int, activation: str = "linear") -> SparseAutoencoder:
-    """Codes equal the activations: feature l is coordinate l."""
-    sae = SparseAutoencoder(d, d, activation)
-    with torch.no_grad():
-        sae.encoder.weight.copy_(torch.eye(d))
-        sae.decoder.weight.copy_(torch.eye(d))
-    return sae
-
-
-def _random_sae(d_in: int, d_latent: int, activation: str = "linear", seed: int = 0) -> SparseAutoencoder:
-    torch.manual_seed(seed)
-    sae = SparseAutoencoder(d_in, d_latent, activation, k=2 if activation == "topk" else None)
-    with torch.no_grad():
-        sae.encoder.bias.normal_()
-        sae.decoder.bias.normal_()
-    return sae
+from tests.helpers import HeadOnly, classified_clusters, identity_sae, random_sae
 
 
 def _profile(mean_codes: list[list[float]], code_std: list[float] | None = None) -> ClassProfile:
     mu = torch.tensor(mean_codes)
     std = torch.ones(mu.shape[1]) if code_std is None else torch.tensor(code_std)
     return ClassProfile(mu, torch.full((mu.shape[0],), 10), std, [str(k) for k in range(mu.shape[0])])
-
-
-def _labelled(n: int = 90, d: int = 6, k: int = 3, seed: int = 0) -> tuple[nn.Module, ActivationSet]:
-    """A random head over class-clustered activations, most of them classified correctly."""
-    generator = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % k
-    centres = torch.randn(k, d, generator=generator) * 2
-    features = centres[labels] + torch.randn(n, d, generator=generator)
-    model = _HeadOnly(centres, torch.zeros(k))
-    return model, ActivationSet(features, labels)
 
 
 # ---- class profile -------------------------------------------------------------------------
@@ -101,7 +57,7 @@ def test_mean_codes_are_the_per_class_means_of_the_codes(n, k, activation, seed)
     generator = torch.Generator().manual_seed(seed)
     features = torch.randn(n, 5, generator=generator)
     labels = torch.randint(0, k, (n,), generator=generator)
-    sae = _random_sae(5, 7, activation, seed=seed)
+    sae = random_sae(5, activation, d_latent=7, k=2 if activation == "topk" else None, seed=seed)
     profile = class_profile(sae, ActivationSet(features, labels))
     codes = sae.encode(features).detach()
     assert profile.num_classes == int(labels.max()) + 1
@@ -115,7 +71,7 @@ def test_mean_codes_are_the_per_class_means_of_the_codes(n, k, activation, seed)
 
 def test_class_names_default_to_indices_and_must_match_the_class_count():
     acts = ActivationSet(torch.randn(6, 3), torch.tensor([0, 1, 2, 0, 1, 2]))
-    sae = _identity_sae(3)
+    sae = identity_sae(3)
     assert class_profile(sae, acts).class_names == ["0", "1", "2"]
     assert class_profile(sae, acts, class_names=["a", "b", "c"]).class_names == ["a", "b", "c"]
     with pytest.raises(ValueError, match="class_names must have 3 entries, got 2"):
@@ -123,7 +79,7 @@ def test_class_names_default_to_indices_and_must_match_the_class_count():
     with pytest.raises(ValueError, match="carry no labels"):
         class_profile(sae, ActivationSet(torch.randn(6, 3)))
     with pytest.raises(ValueError, match=r"acts must be \(N, 4\) activations for this SAE"):
-        class_profile(_identity_sae(4), acts)
+        class_profile(identity_sae(4), acts)
 
 
 def test_dominant_by_magnitude_counts_negative_codes_and_by_contrast_ignores_shared_ones():
@@ -177,7 +133,7 @@ def test_cross_class_features_find_a_feature_planted_in_two_classes():
     features[labels == 1, 3] += 4.0  # coordinate 3 is shared by classes 1 and 2
     features[labels == 2, 3] += 3.0
     features[labels == 0, 0] += 4.0  # coordinate 0 belongs to class 0 alone
-    profile = class_profile(_identity_sae(5), ActivationSet(features, labels))
+    profile = class_profile(identity_sae(5), ActivationSet(features, labels))
     found = cross_class_features(profile, n_classes=2, top=2)
     assert found[0].feature == 3 and found[0].classes == (1, 2)
     magnitude = profile.mean_codes[:, 3].abs().sort(descending=True).values
@@ -206,7 +162,7 @@ def test_top_activating_equals_a_full_sort(n, k, seed):
     # a few distinct rows repeated: many exact ties in the codes
     rows = torch.randint(-2, 3, (4, 3), generator=generator).float()
     acts = ActivationSet(rows[torch.randint(0, 4, (n,), generator=generator)])
-    sae = _identity_sae(3)
+    sae = identity_sae(3)
     index, values = top_activating(sae, acts, 1, k=k)
     codes = acts.features[:, 1]
     expected = sorted(codes.tolist(), reverse=True)[:k]
@@ -216,13 +172,13 @@ def test_top_activating_equals_a_full_sort(n, k, seed):
 
 def test_top_activating_without_ties_gives_the_argsort():
     acts = ActivationSet(torch.tensor([[0.3], [2.0], [-1.0], [1.5], [0.9]]))
-    index, values = top_activating(_identity_sae(1), acts, 0, k=3)
+    index, values = top_activating(identity_sae(1), acts, 0, k=3)
     assert index.tolist() == [1, 3, 4] and values.tolist() == pytest.approx([2.0, 1.5, 0.9])
 
 
 def test_top_activating_refuses_bad_k_and_feature():
     acts = ActivationSet(torch.randn(5, 3))
-    sae = _identity_sae(3)
+    sae = identity_sae(3)
     with pytest.raises(ValueError, match=r"k must be in \[1, 5\], got 6"):
         top_activating(sae, acts, 0, k=6)
     with pytest.raises(ValueError, match=r"k must be in \[1, 5\], got 0"):
@@ -237,8 +193,8 @@ def test_top_activating_refuses_bad_k_and_feature():
 @pytest.mark.parametrize("rule", ["salve", "project"])
 @pytest.mark.parametrize("mode", ["suppress", "enhance"])
 def test_sweep_equals_editing_the_model_at_every_alpha(rule, mode):
-    model, acts = _labelled()
-    sae = _random_sae(6, 5, "relu")
+    model, acts = classified_clusters()
+    sae = random_sae(6, "relu", d_latent=5, seed=0)
     alphas = [3.0, 0.0, 0.5, 1.0, 10.0]  # unsorted on purpose
     sweep = alpha_sweep(model, sae, 2, acts, alphas, mode=mode, rule=rule)
     assert sweep.alphas.tolist() == sorted(alphas)
@@ -259,8 +215,8 @@ def test_sweep_equals_editing_the_model_at_every_alpha(rule, mode):
 
 
 def test_prediction_distribution_rows_are_shares_of_the_class():
-    model, acts = _labelled()
-    sweep = alpha_sweep(model, _random_sae(6, 5), [0, 1], acts, [0.0, 2.0, 8.0], rule="project")
+    model, acts = classified_clusters()
+    sweep = alpha_sweep(model, random_sae(6, d_latent=5, seed=0), [0, 1], acts, [0.0, 2.0, 8.0], rule="project")
     counts = torch.bincount(acts.labels)
     for c in range(3):
         assert torch.equal(sweep.confusion[:, c].sum(dim=1), counts[c].expand(3))
@@ -271,8 +227,8 @@ def test_prediction_distribution_rows_are_shares_of_the_class():
 
 
 def test_off_target_change_is_the_mean_change_of_the_other_classes():
-    model, acts = _labelled()
-    sweep = alpha_sweep(model, _random_sae(6, 5), 1, acts, [0.0, 2.0, 20.0], rule="project")
+    model, acts = classified_clusters()
+    sweep = alpha_sweep(model, random_sae(6, d_latent=5, seed=0), 1, acts, [0.0, 2.0, 20.0], rule="project")
     change = sweep.per_class_accuracy - sweep.baseline_accuracy
     torch.testing.assert_close(sweep.off_target_change(1), (change[:, 0] + change[:, 2]) / 2)
     torch.testing.assert_close(sweep.off_target_change([0, 2]), change[:, 1])
@@ -283,8 +239,8 @@ def test_off_target_change_is_the_mean_change_of_the_other_classes():
 
 
 def test_sweep_refuses_bad_input():
-    model, acts = _labelled()
-    sae = _random_sae(6, 5)
+    model, acts = classified_clusters()
+    sae = random_sae(6, d_latent=5, seed=0)
     with pytest.raises(ValueError, match="data must be head-input activations"):
         alpha_sweep(model, sae, 0, ActivationSet(acts.features, acts.labels, site="layer4"), [1.0])
     with pytest.raises(ValueError, match="alphas must be a non-empty 1-D sequence"):
@@ -339,7 +295,7 @@ def _backed_up_evidence() -> tuple[nn.Module, SparseAutoencoder, ActivationSet]:
     features[labels == 1, 1] += 2.0
     features[labels == 2, 2] += 2.0
     weight = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]])
-    return _HeadOnly(weight, torch.zeros(3)), _identity_sae(4), ActivationSet(features, labels)
+    return HeadOnly.from_weights(weight, torch.zeros(3)), identity_sae(4), ActivationSet(features, labels)
 
 
 def test_select_edit_picks_the_single_feature_and_the_smallest_alpha_that_suffices():
@@ -372,7 +328,7 @@ def _control_data(seed: int = 0) -> tuple[SparseAutoencoder, ActivationSet]:
     generator = torch.Generator().manual_seed(seed)
     # anisotropic: one direction carries most of the variance
     features = torch.randn(200, 6, generator=generator) * torch.tensor([0.5, 3.0, 0.2, 0.7, 0.1, 0.4]) + 1.0
-    return _random_sae(6, 4, seed=seed), ActivationSet(features)
+    return random_sae(6, d_latent=4, seed=seed), ActivationSet(features)
 
 
 def test_control_directions_are_unit_and_the_principal_one_is_the_top_singular_vector():
@@ -412,7 +368,7 @@ def test_control_codes_are_centred_and_as_large_as_the_features_code():
 
 
 def test_match_features_recovers_a_permutation_with_sign_flips():
-    reference = _random_sae(8, 6, seed=1)
+    reference = random_sae(8, d_latent=6, seed=1)
     permutation = torch.tensor([4, 0, 5, 2, 1, 3])  # other's feature j is reference's permutation[j]
     signs = torch.tensor([1.0, -1.0, -1.0, 1.0, 1.0, -1.0])
     other = SparseAutoencoder(8, 6, "linear")
@@ -425,7 +381,7 @@ def test_match_features_recovers_a_permutation_with_sign_flips():
 
 @pytest.mark.parametrize("seed", range(4))
 def test_match_features_maximises_total_similarity_like_exhaustive_search(seed):
-    reference, other = _random_sae(5, 5, seed=seed), _random_sae(5, 5, seed=seed + 100)
+    reference, other = random_sae(5, d_latent=5, seed=seed), random_sae(5, d_latent=5, seed=seed + 100)
     index, similarity = match_features(reference, other)
     cosine = (reference.decoder_weight.T @ other.decoder_weight).abs().detach().double()
     best = max(itertools.permutations(range(5)), key=lambda p: sum(cosine[i, p[i]].item() for i in range(5)))
@@ -435,11 +391,11 @@ def test_match_features_maximises_total_similarity_like_exhaustive_search(seed):
 
 def test_match_features_needs_the_same_shapes():
     with pytest.raises(ValueError, match="same d_in and d_latent"):
-        match_features(_random_sae(5, 4), _random_sae(5, 6))
+        match_features(random_sae(5, d_latent=4, seed=0), random_sae(5, d_latent=6, seed=0))
 
 
 def test_seed_study_repeats_the_sweep_for_each_seed_and_matches_to_seed_zero():
-    model, train = _labelled(n=120, seed=1)
+    model, train = classified_clusters(n=120, seed=1)
     test = train.subset(torch.arange(60, 120))
     alphas = [0.0, 1.0, 4.0]
     saes = [train_sae(train, 6, seed=s, progress=False, epochs=2, batch_size=64)[0] for s in range(3)]
@@ -476,6 +432,6 @@ def test_seed_bands_are_numpy_mean_and_sample_std_over_seeds():
 
 
 def test_seed_study_needs_two_seeds():
-    model, acts = _labelled()
+    model, acts = classified_clusters()
     with pytest.raises(ValueError, match="saes must hold at least 2 SAEs"):
-        seed_study(model, [_random_sae(6, 5)], acts, acts, [1.0])
+        seed_study(model, [random_sae(6, d_latent=5, seed=0)], acts, acts, [1.0])

@@ -9,29 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from captum_salve import SparseAutoencoder, class_profile, collect_activations, select_feature, train_sae
+from captum_salve import SparseAutoencoder, collect_activations, select_feature
 from captum_salve.attr import GradFAM, deletion_curve, deletion_score, maximize_feature, pointing_game
+from tests.helpers import PixelClassifier, hook_count, trained_digits_sae
 
 SIDE = 8
-
-
-def _hooks(model: nn.Module) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
-
-
-class _PixelClassifier(nn.Module):
-    """The head reads the raw pixels, so a linear SAE's code is linear in the image: ``z_l = e_l · x + β_l``."""
-
-    def __init__(self, side: int = SIDE, classes: int = 3) -> None:
-        super().__init__()
-        self.head = nn.Linear(3 * side * side, classes)
-        self.pretrained_cfg = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0), "input_size": (3, side, side)}
-
-    def get_classifier(self) -> nn.Linear:
-        return self.head
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(images.flatten(1))
 
 
 class _CellMeans(nn.Module):
@@ -51,7 +33,7 @@ class _CellMeans(nn.Module):
 
 def _pixel_setup(activation: str = "linear", seed: int = 0) -> tuple[nn.Module, SparseAutoencoder]:
     torch.manual_seed(seed)
-    return _PixelClassifier().eval(), SparseAutoencoder(3 * SIDE * SIDE, 4, activation)
+    return PixelClassifier(SIDE).eval(), SparseAutoencoder(3 * SIDE * SIDE, 4, activation)
 
 
 def _correlation(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -136,7 +118,7 @@ def test_the_model_keeps_its_weights_mode_and_no_hooks():
     maximize_feature(model, sae, [0], steps=3)
     assert model.training and torch.equal(model.head.weight, weight)
     assert model.head.weight.grad is None and sae.encoder.weight.grad is None
-    assert _hooks(model) == 0
+    assert hook_count(model) == 0
 
 
 def test_default_image_size_comes_from_the_model_config():
@@ -167,7 +149,7 @@ def test_bad_arguments_are_refused_by_name(kwargs, message):
     arguments = dict(features=0, steps=2) | kwargs
     with pytest.raises(ValueError, match=message):
         maximize_feature(model, sae, **arguments)
-    assert _hooks(model) == 0
+    assert hook_count(model) == 0
 
 
 # ---- deletion curves -----------------------------------------------------------------------
@@ -217,7 +199,7 @@ def test_the_curve_equals_deleting_cells_pixel_by_pixel_in_a_loop(h, w, data, se
     steps = data.draw(st.integers(1, h * w))
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = _PixelClassifier().eval()
+    model = PixelClassifier(SIDE).eval()
     sae = SparseAutoencoder(3 * SIDE * SIDE, 3, "linear")
     images = torch.rand(2, 3, SIDE, SIDE, generator=generator)
     maps = torch.randn(2, 1, h, w, generator=generator)
@@ -261,7 +243,7 @@ def test_batch_size_does_not_change_the_curve_and_no_hooks_are_left():
     whole = deletion_curve(model, sae, 0, images, maps)
     pieces = deletion_curve(model, sae, 0, images, maps, batch_size=5)
     torch.testing.assert_close(whole, pieces)
-    assert _hooks(model) == 0
+    assert hook_count(model) == 0
 
 
 @pytest.mark.parametrize(
@@ -354,19 +336,9 @@ def test_pointing_game_refuses_mismatched_shapes(maps, masks):
 # ---- on the trained digits classifier ------------------------------------------------------
 
 
-def _digits_setup(digits_resnet):
-    from captum_salve.data import DigitsCanvas
-
-    model = digits_resnet.model
-    train, test = DigitsCanvas("train"), DigitsCanvas("test")
-    acts = collect_activations(model, torch.utils.data.Subset(train, range(600)), progress=False)
-    sae, _ = train_sae(acts, 64, epochs=20, progress=False)
-    return model, sae, class_profile(sae, acts), test
-
-
 @pytest.mark.slow
 def test_grad_fam_on_the_digits_resnet_is_faithful_and_points_at_the_digit(digits_resnet):
-    model, sae, profile, test = _digits_setup(digits_resnet)
+    model, sae, profile, test = trained_digits_sae(digits_resnet)
     images, labels, masks = test.images[:48], test.labels[:48], test.masks()[:48]
     features = torch.tensor([select_feature(profile, int(c))[0] for c in labels])
     fam = GradFAM(model, "layer3.1", sae)  # a 4x4 map on the 64x64 canvas
@@ -387,7 +359,7 @@ def test_grad_fam_on_the_digits_resnet_is_faithful_and_points_at_the_digit(digit
 
 @pytest.mark.slow
 def test_maximised_images_beat_most_real_images_on_the_digits_resnet(digits_resnet):
-    model, sae, profile, test = _digits_setup(digits_resnet)
+    model, sae, profile, test = trained_digits_sae(digits_resnet)
     features = [select_feature(profile, c)[0] for c in (0, 3, 7)]
     codes = sae.encode_all(collect_activations(model, test.images[:300], progress=False))[:, features]
     result = maximize_feature(model, sae, features, steps=96)

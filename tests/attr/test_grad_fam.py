@@ -5,31 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 from captum.attr import LayerAttribution, LayerGradCam, NoiseTunnel
-from einops import rearrange
 from torch import nn
 
-from captum_salve import SparseAutoencoder
 from captum_salve.attr import FeatureCodes, GradFAM, TokenGradCam, tokens_to_grid
+from tests.helpers import FromGrid, ToGrid, hook_count, random_sae
 
 ATOL = 1e-5
-
-
-def _hooks(model: nn.Module) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
-
-
-def _sae(d_in: int, activation: str = "linear", d_latent: int = 10) -> SparseAutoencoder:
-    sae = SparseAutoencoder(d_in, d_latent, activation)
-    with torch.no_grad():
-        sae.encoder.bias.normal_()
-        sae.decoder.bias.normal_()
-    return sae
 
 
 @pytest.mark.parametrize("family", ["timm_resnet", "torchvision_resnet"])
 def test_equals_captum_layer_grad_cam_on_the_codes(family, request):
     model = request.getfixturevalue(family)
-    sae = _sae(512)
+    sae = random_sae(512)
     images = torch.rand(4, 3, 64, 64)
     targets = [0, 3, 3, 9]
     ours = GradFAM(model, model.layer3[-1], sae).attribute(images, target=targets)
@@ -43,33 +30,12 @@ def test_equals_captum_layer_grad_cam_on_the_codes(family, request):
     torch.testing.assert_close(ours_relu, captum_relu, atol=ATOL, rtol=1e-4)
 
 
-class _ToGrid(nn.Module):
-    """Exposes a ViT layer's patch tokens as a map so Captum's LayerGradCam can read them."""
-
-    def __init__(self, grid: int) -> None:
-        super().__init__()
-        self.grid, self.prefix = grid, None
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        self.prefix = tokens[:, :1]
-        return rearrange(tokens[:, 1:], "n (h w) c -> n c h w", h=self.grid)
-
-
-class _FromGrid(nn.Module):
-    def __init__(self, to_grid: _ToGrid) -> None:
-        super().__init__()
-        self.to_grid = [to_grid]
-
-    def forward(self, grid: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.to_grid[0].prefix, rearrange(grid, "n c h w -> n (h w) c")], dim=1)
-
-
 def test_vit_equals_captum_after_the_same_reshape(timm_vit):
-    sae = _sae(32)
+    sae = random_sae(32)
     images = torch.rand(3, 3, 32, 32)
     ours = GradFAM(timm_vit, timm_vit.blocks[-1].norm1, sae).attribute(images, target=[1, 4, 7])
-    to_grid = _ToGrid(4)
-    timm_vit.blocks[-1].norm1 = nn.Sequential(timm_vit.blocks[-1].norm1, to_grid, _FromGrid(to_grid))
+    to_grid = ToGrid(4)
+    timm_vit.blocks[-1].norm1 = nn.Sequential(timm_vit.blocks[-1].norm1, to_grid, FromGrid(to_grid))
     captum = LayerGradCam(FeatureCodes(timm_vit, sae), to_grid).attribute(images, target=[1, 4, 7])
     assert ours.shape == (3, 1, 4, 4)
     torch.testing.assert_close(ours, captum, atol=ATOL, rtol=1e-4)
@@ -80,8 +46,8 @@ def test_class_grad_cam_on_vit_tokens_equals_captum_after_the_same_reshape(timm_
     images = torch.rand(3, 3, 32, 32)
     layer = timm_vit.blocks[-1].norm1
     ours = TokenGradCam(timm_vit, layer, tokens_to_grid(1, (4, 4))).attribute(images, target=[0, 2, 4])
-    to_grid = _ToGrid(4)
-    timm_vit.blocks[-1].norm1 = nn.Sequential(layer, to_grid, _FromGrid(to_grid))
+    to_grid = ToGrid(4)
+    timm_vit.blocks[-1].norm1 = nn.Sequential(layer, to_grid, FromGrid(to_grid))
     captum = LayerGradCam(timm_vit, to_grid).attribute(images, target=[0, 2, 4])
     torch.testing.assert_close(ours, captum, atol=ATOL, rtol=1e-4)
     with pytest.raises(ValueError, match=r"target is needed: the forward gives \(5,\) outputs per input"):
@@ -89,13 +55,13 @@ def test_class_grad_cam_on_vit_tokens_equals_captum_after_the_same_reshape(timm_
 
 
 def test_torchvision_vit_maps_have_the_patch_grid(torchvision_vit):
-    maps = GradFAM(torchvision_vit, None, _sae(32)).attribute(torch.rand(2, 3, 32, 32), target=1)
+    maps = GradFAM(torchvision_vit, None, random_sae(32)).attribute(torch.rand(2, 3, 32, 32), target=1)
     assert maps.shape == (2, 1, 4, 4) and maps.abs().sum() > 0
 
 
 def test_linear_sae_at_resnet_layer4_is_a_cam_weighted_by_the_encoder_row(timm_resnet):
     """layer4 → global average pool → linear code: ∂z_l/∂A is e_l / (h w) at every cell."""
-    sae = _sae(512)
+    sae = random_sae(512)
     images = torch.rand(3, 3, 64, 64)
     maps = GradFAM(timm_resnet, timm_resnet.layer4[-1], sae).attribute(images, target=5)
     with torch.no_grad():
@@ -113,7 +79,7 @@ def test_linear_sae_at_resnet_layer4_is_a_cam_weighted_by_the_encoder_row(timm_r
 
 
 def test_every_image_of_a_batch_gets_its_own_map(timm_resnet):
-    sae = _sae(512)
+    sae = random_sae(512)
     images = torch.rand(4, 3, 64, 64)
     fam = GradFAM(timm_resnet, "layer3.1", sae)
     batch = fam.attribute(images, target=2)
@@ -125,7 +91,7 @@ def test_every_image_of_a_batch_gets_its_own_map(timm_resnet):
 @pytest.mark.parametrize("family, layer", [("timm_resnet", "layer3.1"), ("timm_vit", None)])
 def test_attribute_features_equals_one_call_per_feature(family, layer, request):
     model = request.getfixturevalue(family)
-    sae = _sae(model.get_classifier().in_features)
+    sae = random_sae(model.get_classifier().in_features)
     images = torch.rand(3, 3, 64 if family == "timm_resnet" else 32, 64 if family == "timm_resnet" else 32)
     fam = GradFAM(model, layer, sae)
     features = [0, 7, 3, 7]
@@ -136,7 +102,7 @@ def test_attribute_features_equals_one_call_per_feature(family, layer, request):
 
 
 def test_composes_with_noise_tunnel(timm_resnet):
-    sae = _sae(512)
+    sae = random_sae(512)
     images = torch.rand(2, 3, 64, 64)
     fam = GradFAM(timm_resnet, "layer3.1", sae)
     plain = fam.attribute(images, target=3)
@@ -149,22 +115,22 @@ def test_composes_with_noise_tunnel(timm_resnet):
 
 
 def test_the_last_vit_block_output_is_refused_with_the_reason(timm_vit):
-    fam = GradFAM(timm_vit, timm_vit.blocks[-1], _sae(32))
+    fam = GradFAM(timm_vit, timm_vit.blocks[-1], random_sae(32))
     with pytest.raises(ValueError, match=r"zero gradient on the patch tokens.*blocks\[-1\]\.norm1"):
         fam.attribute(torch.rand(2, 3, 32, 32), target=1)
-    assert _hooks(timm_vit) == 0
+    assert hook_count(timm_vit) == 0
 
 
 def test_a_layer_after_the_site_is_refused(timm_resnet):
-    fam = GradFAM(timm_resnet, timm_resnet.fc, _sae(512))
+    fam = GradFAM(timm_resnet, timm_resnet.fc, random_sae(512))
     for call in (lambda x: fam.attribute(x, target=1), lambda x: fam.attribute_features(x, [1, 2])):
         with pytest.raises(ValueError, match="does not depend on layer 'fc'.*pick a layer before it"):
             call(torch.rand(2, 3, 64, 64))
-    assert _hooks(timm_resnet) == 0
+    assert hook_count(timm_resnet) == 0
 
 
 def test_inactive_relu_codes_give_zero_maps_not_errors(timm_resnet):
-    sae = _sae(512, "relu")
+    sae = random_sae(512, "relu")
     with torch.no_grad():
         sae.encoder.bias[4] = -1e6  # feature 4 never fires
     maps = GradFAM(timm_resnet, "layer3.1", sae).attribute(torch.rand(2, 3, 64, 64), target=4)
@@ -172,7 +138,7 @@ def test_inactive_relu_codes_give_zero_maps_not_errors(timm_resnet):
 
 
 def test_bad_targets_and_no_hooks_left(timm_resnet):
-    fam = GradFAM(timm_resnet, None, _sae(512))
+    fam = GradFAM(timm_resnet, None, random_sae(512))
     for target, message in [
         (None, "target must name the SAE feature"),
         (10, r"in \[0, 9\]"),
@@ -183,8 +149,8 @@ def test_bad_targets_and_no_hooks_left(timm_resnet):
     with pytest.raises(TypeError, match="sae must be a SparseAutoencoder"):
         GradFAM(timm_resnet, None, "not an sae")
     with pytest.raises(ValueError, match="no module named 'layer9'"):
-        GradFAM(timm_resnet, "layer9", _sae(512))
+        GradFAM(timm_resnet, "layer9", random_sae(512))
     fam.attribute(torch.rand(2, 3, 64, 64), target=[1, 2])
     fam.attribute_features(torch.rand(2, 3, 64, 64), [1, 2])
-    assert _hooks(timm_resnet) == 0
+    assert hook_count(timm_resnet) == 0
     assert fam.multiplies_by_inputs is False and fam.has_convergence_delta() is False

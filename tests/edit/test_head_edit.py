@@ -7,18 +7,9 @@ import timm
 import torch
 from torch import nn
 
-from captum_salve import FeatureDirections, SparseAutoencoder, collect_activations, edit_model, edited
+from captum_salve import FeatureDirections, collect_activations, edit_model, edited
 from captum_salve.models import find_head
-from tests.helpers import small_timm_vit, small_torchvision_vit
-
-
-def _sae(d_in: int, activation: str = "linear", d_latent: int = 12, seed: int = 0) -> SparseAutoencoder:
-    torch.manual_seed(seed)
-    sae = SparseAutoencoder(d_in, d_latent, activation)
-    with torch.no_grad():
-        sae.encoder.bias.normal_()
-        sae.decoder.bias.normal_()
-    return sae
+from tests.helpers import hook_count, random_sae, small_timm_vit, small_torchvision_vit
 
 
 def _logits_with_head_input(model: nn.Module, images: torch.Tensor, change) -> torch.Tensor:
@@ -34,7 +25,7 @@ def _logits_with_head_input(model: nn.Module, images: torch.Tensor, change) -> t
 
 @pytest.mark.parametrize("mode", ["suppress", "enhance"])
 def test_salve_rule_scales_every_column_as_the_formula_says(timm_resnet, mode):
-    sae = _sae(512)
+    sae = random_sae(512, d_latent=12, seed=0)
     alpha = 7.5
     edited_model = edit_model(timm_resnet, sae, 3, alpha, mode=mode, rule="salve")
     w = timm_resnet.fc.weight.detach().double()
@@ -55,7 +46,7 @@ def test_project_rule_on_a_linear_sae_equals_editing_the_head_input(family, mode
     size = 32
     images = torch.rand(5, 3, size, size)
     _, head = find_head(model)
-    sae = _sae(head.in_features)
+    sae = random_sae(head.in_features, d_latent=12, seed=0)
     alpha, sign = 2.5, (-1 if mode == "suppress" else 1)
     d = sae.decoder_weight[:, 4].detach()
 
@@ -70,7 +61,7 @@ def test_project_rule_on_a_linear_sae_equals_editing_the_head_input(family, mode
 
 def test_project_rule_on_a_relu_sae_equals_the_gated_edit_where_the_code_is_active(timm_resnet):
     images = torch.rand(16, 3, 32, 32)
-    sae = _sae(512, "relu")
+    sae = random_sae(512, "relu", d_latent=12, seed=0)
     acts = collect_activations(timm_resnet, images, progress=False)
     with torch.no_grad():  # put feature 5's threshold mid-way through the data
         sae.encoder.bias[5] -= sae.pre_activation(acts.features)[:, 5].median() + 1e-3
@@ -89,7 +80,7 @@ def test_project_rule_on_a_relu_sae_equals_the_gated_edit_where_the_code_is_acti
 
 def test_several_features_combine_as_documented(timm_resnet):
     images = torch.rand(4, 3, 32, 32)
-    sae = _sae(512)
+    sae = random_sae(512, d_latent=12, seed=0)
     features, alphas = [1, 6], [2.0, 0.5]
     d = sae.decoder_weight[:, features].detach()
     expected = _logits_with_head_input(
@@ -104,7 +95,7 @@ def test_several_features_combine_as_documented(timm_resnet):
 
 
 def test_alpha_zero_is_the_identity(timm_vit):
-    sae = _sae(32)
+    sae = random_sae(32, d_latent=12, seed=0)
     for rule in ("salve", "project"):
         model = edit_model(timm_vit, sae, 2, 0.0, rule=rule)
         assert torch.equal(model.head.weight, timm_vit.head.weight) and torch.equal(model.head.bias, timm_vit.head.bias)
@@ -112,15 +103,15 @@ def test_alpha_zero_is_the_identity(timm_vit):
 
 def test_edit_model_leaves_the_original_alone_unless_inplace(timm_resnet):
     before = timm_resnet.fc.weight.clone()
-    copy = edit_model(timm_resnet, _sae(512), 0, 1.0)
+    copy = edit_model(timm_resnet, random_sae(512, d_latent=12, seed=0), 0, 1.0)
     assert torch.equal(timm_resnet.fc.weight, before) and copy is not timm_resnet
-    same = edit_model(timm_resnet, _sae(512), 0, 1.0, inplace=True)
+    same = edit_model(timm_resnet, random_sae(512, d_latent=12, seed=0), 0, 1.0, inplace=True)
     assert same is timm_resnet and not torch.equal(timm_resnet.fc.weight, before)
 
 
 def test_edited_restores_bit_exactly_also_on_error(timm_resnet):
     weight, bias = timm_resnet.fc.weight.clone(), timm_resnet.fc.bias.clone()
-    sae = _sae(512)
+    sae = random_sae(512, d_latent=12, seed=0)
     with edited(timm_resnet, sae, 3, 4.0, rule="project") as model:
         assert not torch.equal(model.fc.weight, weight) and not torch.equal(model.fc.bias, bias)
     assert torch.equal(timm_resnet.fc.weight, weight) and torch.equal(timm_resnet.fc.bias, bias)
@@ -135,18 +126,18 @@ def test_edited_restores_bit_exactly_also_on_error(timm_resnet):
 def test_edited_state_dict_loads_into_a_fresh_model(build, tmp_path):
     model = build().eval()
     _, head = find_head(model)
-    edited_model = edit_model(model, _sae(head.in_features), 1, 3.0, rule="project")
+    edited_model = edit_model(model, random_sae(head.in_features, d_latent=12, seed=0), 1, 3.0, rule="project")
     torch.save(edited_model.state_dict(), tmp_path / "edited.pt")
     fresh = build().eval()
     fresh.load_state_dict(torch.load(tmp_path / "edited.pt", weights_only=True))
     images = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(fresh(images), edited_model(images))
-    assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in edited_model.modules()) == 0
+    assert hook_count(edited_model) == 0
 
 
 def test_bad_input_is_refused(timm_resnet):
-    sae = _sae(512)
+    sae = random_sae(512, d_latent=12, seed=0)
     for kwargs, message in [
         (dict(alpha=-1.0), r"alpha must be finite and >= 0"),
         (dict(alpha=float("inf")), r"alpha must be finite and >= 0"),
@@ -163,7 +154,7 @@ def test_bad_input_is_refused(timm_resnet):
     with pytest.raises(
         ValueError, match="directions are 32-dimensional but the head takes 512: the SAE was trained on another site"
     ):
-        edit_model(timm_resnet, _sae(32), 0, 1.0)
+        edit_model(timm_resnet, random_sae(32, d_latent=12, seed=0), 0, 1.0)
     with pytest.raises(TypeError, match="sae must be a SparseAutoencoder or FeatureDirections"):
         edit_model(timm_resnet, torch.zeros(3), 0, 1.0)
 

@@ -10,24 +10,9 @@ from torch import nn
 
 from captum_salve import ActivationSet, HeadEdit, SparseAutoencoder, alpha_crit, alpha_sweep, edit_model, edited
 from captum_salve.edit import RULES, EditRule, FeatureDirections, LogitPieces, ProjectOut, ScaleColumns, edit_rule
+from tests.helpers import float64_head_and_sae
 
 RULE_NAMES = sorted(RULES)
-
-
-def _setup(m: int = 6, k: int = 4, d: int = 5, n: int = 9, seed: int = 0):
-    """A float64 head, an SAE with random biases, and non-negative head inputs."""
-    generator = torch.Generator().manual_seed(seed)
-    head = nn.Linear(m, k).double()
-    with torch.no_grad():
-        head.weight.copy_(torch.randn(k, m, generator=generator, dtype=torch.float64))
-        head.bias.copy_(torch.randn(k, generator=generator, dtype=torch.float64))
-    torch.manual_seed(seed)
-    sae = SparseAutoencoder(m, d, "linear").double()
-    with torch.no_grad():
-        sae.encoder.bias.normal_()
-        sae.decoder.bias.normal_()
-    a = torch.rand(n, m, generator=generator, dtype=torch.float64) * 3
-    return head, sae, a
 
 
 @settings(max_examples=25, deadline=None)
@@ -39,7 +24,7 @@ def _setup(m: int = 6, k: int = 4, d: int = 5, n: int = 9, seed: int = 0):
     seed=st.integers(0, 50),
 )
 def test_the_activation_form_and_the_weight_form_give_the_same_logits(rule, mode, features, alpha, seed):
-    head, sae, a = _setup(seed=seed)
+    head, sae, a = float64_head_and_sae(seed=seed)
     edit = HeadEdit.of(sae, features, alpha, mode=mode, rule=rule)
     weight, bias = edit.weights(head)
     torch.testing.assert_close(head(edit(a)), a @ weight.T + bias, rtol=1e-10, atol=1e-10)
@@ -53,7 +38,7 @@ def test_the_activation_form_and_the_weight_form_give_the_same_logits(rule, mode
     seed=st.integers(0, 50),
 )
 def test_the_exact_pieces_give_the_weight_forms_logits_at_every_alpha(rule, mode, alphas, seed):
-    head, sae, a = _setup(seed=seed)
+    head, sae, a = float64_head_and_sae(seed=seed)
     edit = HeadEdit.of(sae, 2, 0.0, mode=mode, rule=rule)
     weight, bias = head.weight.detach(), head.bias.detach()
     pieces = edit.rule.pieces(weight, bias, edit.directions, a, edit.sign)
@@ -66,7 +51,7 @@ def test_the_exact_pieces_give_the_weight_forms_logits_at_every_alpha(rule, mode
 
 @pytest.mark.parametrize("rule", RULE_NAMES)
 def test_the_linear_pieces_equal_the_exact_ones_before_the_first_breakpoint(rule):
-    head, sae, a = _setup()
+    head, sae, a = float64_head_and_sae()
     edit = HeadEdit.of(sae, 1, 0.0, rule=rule)
     args = (head.weight.detach(), head.bias.detach(), edit.directions, a, -1.0)
     exact, linear = edit.rule.pieces(*args), edit.rule.pieces(*args, exact=False)
@@ -77,7 +62,7 @@ def test_the_linear_pieces_equal_the_exact_ones_before_the_first_breakpoint(rule
 
 @pytest.mark.parametrize("mode", ["suppress", "enhance"])
 def test_the_rank_one_sweep_curve_equals_rebuilding_the_head_at_every_alpha(mode):
-    head, sae, a = _setup(m=16, k=7, d=8, n=40)
+    head, sae, a = float64_head_and_sae(m=16, k=7, d=8, n=40)
     edit = HeadEdit.of(sae, [1, 5], 0.0, mode=mode, rule="project")
     args = (head.weight.detach(), head.bias.detach(), edit.directions, a, edit.sign)
     fast, generic = ProjectOut().logit_curve(*args), EditRule.logit_curve(ProjectOut(), *args)
@@ -152,7 +137,7 @@ def test_a_new_rule_is_one_class_that_every_entry_point_accepts(timm_resnet):
 
 
 def test_head_edit_is_a_frozen_value_with_its_strengths_in_float64():
-    _, sae, _ = _setup()
+    _, sae, _ = float64_head_and_sae()
     edit = HeadEdit.of(sae, [0, 3], [1.0, 2.5], rule="project")
     assert edit.rule is RULES["project"] and edit.alpha.dtype == torch.float64 and edit.alpha.tolist() == [1.0, 2.5]
     with pytest.raises(AttributeError):
@@ -161,7 +146,7 @@ def test_head_edit_is_a_frozen_value_with_its_strengths_in_float64():
 
 
 def test_head_edit_refuses_what_would_be_silently_wrong():
-    head, sae, a = _setup()
+    head, sae, a = float64_head_and_sae()
     with pytest.raises(ValueError, match=r"features repeat \[3\]: editing a feature twice"):
         HeadEdit.of(sae, [3, 1, 3], 1.0)
     with pytest.raises(ValueError, match=r"feature must be SAE feature indices \(integers\), got 2.7"):

@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import pytest
-import timm
 import torch
 
 from captum_salve import ActivationSet, SparseAutoencoder, alpha_50, alpha_crit, alpha_sweep, edited
 from captum_salve.edit.threshold import _per_sample_targets
+from tests.helpers import HeadOnly
 
 RTOL = 1e-9  # exact vs bisect, relative (both in float64)
-
-
-def _model_with_head(head: torch.nn.Linear) -> torch.nn.Module:
-    """A timm ResNet whose classifier is ``head``; the tests pass head-input activations directly."""
-    model = timm.create_model("resnet18", num_classes=head.out_features).eval()
-    model.fc = head
-    return model
 
 
 def _setup(family: str, seed: int = 0):
@@ -34,7 +27,7 @@ def _setup(family: str, seed: int = 0):
         d = torch.randn(width, generator=generator).abs() ** 3
         sae.decoder.weight[:, 0] = d / d.norm()
     targets = torch.arange(len(features)) % 4
-    return _model_with_head(head), sae, ActivationSet(features), targets
+    return HeadOnly(head), sae, ActivationSet(features), targets
 
 
 def _assert_same(exact: torch.Tensor, other: torch.Tensor) -> None:
@@ -97,7 +90,7 @@ def test_linear_is_a_lower_bound_when_every_contribution_is_non_negative():
     with torch.no_grad():
         head.weight.uniform_(0, 1)
         head.bias.fill_(-0.5)
-    model = _model_with_head(head)
+    model = HeadOnly(head)
     acts = ActivationSet(torch.rand(200, 16))
     sae = SparseAutoencoder(16, 2, "linear")
     exact = alpha_crit(model, sae, 0, acts, 1, method="exact")
@@ -111,7 +104,7 @@ def test_linear_can_exceed_exact_when_a_negative_contribution_is_clipped():
     with torch.no_grad():
         head.weight.copy_(torch.tensor([[-1.0, 10.0], [0.0, 0.0]]))
         head.bias.zero_()
-    model = _model_with_head(head)
+    model = HeadOnly(head)
     sae = SparseAutoencoder(2, 1, "linear")
     with torch.no_grad():
         sae.decoder.weight.copy_(torch.tensor([[0.995], [0.0995]]) / torch.tensor([[0.995], [0.0995]]).norm())

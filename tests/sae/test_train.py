@@ -16,13 +16,12 @@ from captum_salve import ActivationSet, SparseAutoencoder, sae_metrics, train_sa
 from captum_salve.sae import VARIANTS, ActivationName, CodeActivation, code_activation
 from captum_salve.sae import train as train_module
 from captum_salve.sae.train import _resample_dead
+from tests.helpers import labelled_clusters
 
 
-def _clustered(n: int = 600, d: int = 16, seed: int = 0) -> ActivationSet:
-    generator = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % 4
-    centres = torch.randn(4, d, generator=generator) * 3
-    return ActivationSet(centres[labels] + 0.3 * torch.randn(n, d, generator=generator) + 5.0, labels)
+def _clustered(n: int = 600, d: int = 16) -> ActivationSet:
+    """Four tight clusters far from the origin: data an SAE reconstructs well."""
+    return labelled_clusters(n, d, 4, scale=3.0, spread=0.3, offset=5.0)[1]
 
 
 @settings(max_examples=25, deadline=None)
