@@ -21,6 +21,15 @@ def _seeded():
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """The models are tiny: with two threads on a busy two-core machine, OpenMP waits cost 50x the work."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def timm_resnet():
     return timm.create_model("resnet18", num_classes=4).eval()

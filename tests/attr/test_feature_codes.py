@@ -1,14 +1,12 @@
 """FeatureCodes as a Captum forward: the codes it returns, and what Captum's methods make of them.
 
 Every claim is checked against a route that does not go through the package:
-hand-made hooks and encoders, brute-force occlusion, ``torch.autograd.grad``,
-the completeness axiom of the path methods, and a numpy re-implementation of
-pytorch-grad-cam's map rendering.
+hand-made hooks and encoders, brute-force occlusion, ``torch.autograd.grad``
+and the completeness axiom of the path methods.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import timm
 import torch
@@ -16,34 +14,23 @@ from captum.attr import (
     InputXGradient,
     IntegratedGradients,
     LayerConductance,
-    LayerGradCam,
     LayerIntegratedGradients,
     NoiseTunnel,
     Occlusion,
     Saliency,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from torch import nn
 
 from captum_salve import SparseAutoencoder
-from captum_salve.attr import FeatureCodes, GradFAM, render_maps
+from captum_salve.attr import FeatureCodes
 from captum_salve.sites import Site
 from tests.helpers import hook_count, random_sae
 
 ATOL = 1e-5  # float32 forward passes of the same images, possibly batched differently
 RTOL = 1e-4
 COMPLETENESS = 1e-3  # |sum(attr) - (z(x) - z(0))| / |z(x) - z(0)| for the path methods
-RENDER_ATOL = 1e-6  # float32 torch against float64 numpy, values in [0, 1]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The models are tiny: with two threads on a busy two-core machine, OpenMP waits cost 50x the work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _by_hand(sae: SparseAutoencoder, a: torch.Tensor) -> torch.Tensor:
@@ -259,19 +246,6 @@ def test_saliency_and_input_x_gradient_are_the_code_gradient(family, request):
 # 5. Layer methods
 
 
-@pytest.mark.parametrize("family", ["timm_resnet", "torchvision_resnet"])
-@pytest.mark.parametrize("target", [2, [0, 9]], ids=["int", "per-example"])
-def test_layer_grad_cam_of_the_codes_is_grad_fam(family, target, request):
-    model = request.getfixturevalue(family)
-    sae = random_sae(512)
-    images = torch.rand(2, 3, 64, 64)
-    captum = LayerGradCam(FeatureCodes(model, sae), model.layer3[-1]).attribute(images, target=target)
-    ours = GradFAM(model, model.layer3[-1], sae).attribute(images, target=target)
-    assert ours.shape == (2, 1, 4, 4) and ours.abs().sum() > 0
-    torch.testing.assert_close(captum, ours, atol=ATOL, rtol=RTOL)
-    assert hook_count(model) == 0
-
-
 def _layer_completeness(method, model: nn.Module, images: torch.Tensor, n_steps: int) -> None:
     codes = FeatureCodes(model, random_sae(512))
     baselines = torch.zeros_like(images)
@@ -299,116 +273,7 @@ def test_layer_conductance_at_layer4_sums_to_the_code_difference(timm_resnet):
     _layer_completeness(LayerConductance, timm_resnet, torch.rand(2, 3, 64, 64), n_steps=100)
 
 
-# 6. Batched Grad-FAM next to a pytorch-grad-cam style hook
-
-
-def test_attribute_features_falls_back_to_a_loop_under_a_grad_cam_hook(timm_resnet):
-    layer = timm_resnet.layer3[-1]
-    stored: list[torch.Tensor] = []
-
-    def grad_cam_hook(module, args, output):  # what pytorch-grad-cam's ActivationsAndGradients does
-        output.register_hook(lambda grad: stored.append(grad.cpu().detach()))
-
-    handle = layer.register_forward_hook(grad_cam_hook)
-    images = torch.rand(2, 3, 32, 32)  # layer3's map is 2 x 2
-
-    # Precondition: in this torch version, the hook breaks batched gradients.
-    x = images.clone().requires_grad_()
-    out = timm_resnet(x)
-    with pytest.raises(RuntimeError, match="Batching rule not implemented"):
-        torch.autograd.grad(out, x, grad_outputs=torch.eye(4)[:, None].expand(4, 2, 4), is_grads_batched=True)
-    stored.clear()
-
-    fam = GradFAM(timm_resnet, layer, random_sae(512))
-    features = [1, 7, 7]
-    together = fam.attribute_features(images, features)
-    assert len(stored) == len(features)  # the hook saw one backward pass per feature: the loop ran
-    looped = torch.cat([fam.attribute(images, target=f) for f in features], dim=1)
-    assert together.shape == (2, 3, 2, 2) and looped.abs().sum() > 0
-    torch.testing.assert_close(together, looped, atol=ATOL, rtol=RTOL)
-    assert list(layer._forward_hooks) == [handle.id] and hook_count(timm_resnet) == 1
-    handle.remove()
-
-
-# 7. Rendering, against pytorch-grad-cam's recipe in numpy
-
-
-def _resize_axis(values: np.ndarray, size: int, axis: int) -> np.ndarray:
-    """Bilinear resize along one axis with half-pixel centres (OpenCV INTER_LINEAR, align_corners=False)."""
-    n = values.shape[axis]
-    source = np.clip((np.arange(size) + 0.5) * n / size - 0.5, 0, n - 1)
-    low = np.floor(source).astype(int)
-    high = np.minimum(low + 1, n - 1)
-    t = source - low
-    shape = [1] * values.ndim
-    shape[axis] = size
-    t = t.reshape(shape)
-    return np.take(values, low, axis=axis) * (1 - t) + np.take(values, high, axis=axis) * t
-
-
-def _render_reference(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    out = []
-    for m in maps[:, 0].astype(np.float64):
-        m = np.maximum(m, 0)
-        span = m.max() - m.min()
-        m = (m - m.min()) / span if span > 0 else np.zeros_like(m)
-        out.append(_resize_axis(_resize_axis(m, size[0], 0), size[1], 1))
-    return np.stack(out)[:, None]
-
-
-@pytest.mark.parametrize("shape, size", [((2, 2), (8, 8)), ((4, 4), (64, 64)), ((3, 5), (12, 20))])
-def test_render_maps_is_pytorch_grad_cams_rendering(shape, size):
-    maps = torch.randn(3, 1, *shape)
-    rendered = render_maps(maps, size)
-    assert rendered.shape == (3, 1, *size)
-    np.testing.assert_allclose(rendered.numpy(), _render_reference(maps.numpy(), size), atol=RENDER_ATOL, rtol=0)
-    assert rendered.min() >= 0 and rendered.max() <= 1
-    has_peak = maps.amax(dim=(2, 3)) > 0
-    assert torch.equal(rendered.amax(dim=(2, 3)) > 0.5, has_peak)  # a positive peak stays near 1, none gives 0
-
-
-@settings(max_examples=40, deadline=None)
-@given(
-    h=st.integers(1, 6),
-    w=st.integers(1, 6),
-    big_h=st.integers(1, 40),
-    big_w=st.integers(1, 40),
-    seed=st.integers(0, 2**16),
-)
-def test_render_maps_matches_the_reference_at_any_size(h, w, big_h, big_w, seed):
-    maps = torch.randn(2, 1, h, w, generator=torch.Generator().manual_seed(seed))
-    rendered = render_maps(maps, (big_h, big_w))
-    np.testing.assert_allclose(
-        rendered.numpy(), _render_reference(maps.numpy(), (big_h, big_w)), atol=RENDER_ATOL, rtol=0
-    )
-    assert rendered.min() >= 0 and rendered.max() <= 1
-
-
-def test_rendered_maps_never_exceed_one():
-    # Maps one cell thin: upsampling across them mixes the peak cell with itself, with float32 weights.
-    for maps in (torch.tensor([[[[-1.0, 2.0]]]]), torch.tensor([[[[-1.0], [2.0]]]])):
-        highest = max(render_maps(maps, (h, w)).max().item() for h in range(1, 33) for w in range(1, 33))
-        assert highest <= 1, f"max is 1 + {highest - 1:.3g}"
-
-
-def test_a_map_without_positive_evidence_renders_all_zero():
-    maps = torch.stack([-torch.rand(1, 4, 4) - 0.1, torch.full((1, 4, 4), 0.7)])  # all negative; constant
-    rendered = render_maps(maps, (16, 16))
-    assert torch.equal(rendered, torch.zeros(2, 1, 16, 16))
-
-
-def test_a_map_holding_nan_renders_all_nan_and_leaves_the_others_alone():
-    maps = torch.randn(2, 1, 4, 4)
-    maps[0, 0, 1, 2] = torch.nan
-    rendered = render_maps(maps, (16, 16))
-    assert rendered[0].isnan().all()
-    assert not rendered[1].isnan().any()
-    np.testing.assert_allclose(
-        rendered[1:].numpy(), _render_reference(maps[1:].numpy(), (16, 16)), atol=RENDER_ATOL, rtol=0
-    )
-
-
-# 8. Bad input
+# 6. Bad input
 
 
 def test_an_sae_that_is_not_an_sae_is_refused(timm_resnet):

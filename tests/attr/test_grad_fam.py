@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import pytest
 import torch
-from captum.attr import LayerAttribution, LayerGradCam, NoiseTunnel
+from captum.attr import (
+    LayerAttribution,
+    LayerGradCam,
+    NoiseTunnel,
+)
 from torch import nn
 
-from captum_salve.attr import FeatureCodes, GradFAM, TokenGradCam, tokens_to_grid
+from captum_salve.attr import FeatureCodes, GradFAM
 from tests.helpers import FromGrid, ToGrid, hook_count, random_sae
 
 ATOL = 1e-5
+RTOL = 1e-4
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("family", ["timm_resnet", "torchvision_resnet"])
@@ -39,19 +46,6 @@ def test_vit_equals_captum_after_the_same_reshape(timm_vit):
     captum = LayerGradCam(FeatureCodes(timm_vit, sae), to_grid).attribute(images, target=[1, 4, 7])
     assert ours.shape == (3, 1, 4, 4)
     torch.testing.assert_close(ours, captum, atol=ATOL, rtol=1e-4)
-
-
-def test_class_grad_cam_on_vit_tokens_equals_captum_after_the_same_reshape(timm_vit):
-    """TokenGradCam with the model itself as the forward: the faithfulness stage's class Grad-CAM."""
-    images = torch.rand(3, 3, 32, 32)
-    layer = timm_vit.blocks[-1].norm1
-    ours = TokenGradCam(timm_vit, layer, tokens_to_grid(1, (4, 4))).attribute(images, target=[0, 2, 4])
-    to_grid = ToGrid(4)
-    timm_vit.blocks[-1].norm1 = nn.Sequential(layer, to_grid, FromGrid(to_grid))
-    captum = LayerGradCam(timm_vit, to_grid).attribute(images, target=[0, 2, 4])
-    torch.testing.assert_close(ours, captum, atol=ATOL, rtol=1e-4)
-    with pytest.raises(ValueError, match=r"target is needed: the forward gives \(5,\) outputs per input"):
-        TokenGradCam(timm_vit, layer, tokens_to_grid(1, (4, 4))).attribute(images)
 
 
 def test_torchvision_vit_maps_have_the_patch_grid(torchvision_vit):
@@ -154,3 +148,44 @@ def test_bad_targets_and_no_hooks_left(timm_resnet):
     fam.attribute_features(torch.rand(2, 3, 64, 64), [1, 2])
     assert hook_count(timm_resnet) == 0
     assert fam.multiplies_by_inputs is False and fam.has_convergence_delta() is False
+
+
+@pytest.mark.parametrize("family", ["timm_resnet", "torchvision_resnet"])
+@pytest.mark.parametrize("target", [2, [0, 9]], ids=["int", "per-example"])
+def test_layer_grad_cam_of_the_codes_is_grad_fam(family, target, request):
+    model = request.getfixturevalue(family)
+    sae = random_sae(512)
+    images = torch.rand(2, 3, 64, 64)
+    captum = LayerGradCam(FeatureCodes(model, sae), model.layer3[-1]).attribute(images, target=target)
+    ours = GradFAM(model, model.layer3[-1], sae).attribute(images, target=target)
+    assert ours.shape == (2, 1, 4, 4) and ours.abs().sum() > 0
+    torch.testing.assert_close(captum, ours, atol=ATOL, rtol=RTOL)
+    assert hook_count(model) == 0
+
+
+def test_attribute_features_falls_back_to_a_loop_under_a_grad_cam_hook(timm_resnet):
+    layer = timm_resnet.layer3[-1]
+    stored: list[torch.Tensor] = []
+
+    def grad_cam_hook(module, args, output):  # what pytorch-grad-cam's ActivationsAndGradients does
+        output.register_hook(lambda grad: stored.append(grad.cpu().detach()))
+
+    handle = layer.register_forward_hook(grad_cam_hook)
+    images = torch.rand(2, 3, 32, 32)  # layer3's map is 2 x 2
+
+    # Precondition: in this torch version, the hook breaks batched gradients.
+    x = images.clone().requires_grad_()
+    out = timm_resnet(x)
+    with pytest.raises(RuntimeError, match="Batching rule not implemented"):
+        torch.autograd.grad(out, x, grad_outputs=torch.eye(4)[:, None].expand(4, 2, 4), is_grads_batched=True)
+    stored.clear()
+
+    fam = GradFAM(timm_resnet, layer, random_sae(512))
+    features = [1, 7, 7]
+    together = fam.attribute_features(images, features)
+    assert len(stored) == len(features)  # the hook saw one backward pass per feature: the loop ran
+    looped = torch.cat([fam.attribute(images, target=f) for f in features], dim=1)
+    assert together.shape == (2, 3, 2, 2) and looped.abs().sum() > 0
+    torch.testing.assert_close(together, looped, atol=ATOL, rtol=RTOL)
+    assert list(layer._forward_hooks) == [handle.id] and hook_count(timm_resnet) == 1
+    handle.remove()

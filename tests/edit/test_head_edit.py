@@ -1,4 +1,4 @@
-"""Weight edits: the two rules against independent routes, restoration, persistence, bad input."""
+"""HeadEdit, edit_model and edited: the rules against independent routes, restoration, persistence, bad input."""
 
 from __future__ import annotations
 
@@ -7,9 +7,17 @@ import timm
 import torch
 from torch import nn
 
-from captum_salve import FeatureDirections, collect_activations, edit_model, edited
+from captum_salve import (
+    FeatureDirections,
+    HeadEdit,
+    SparseAutoencoder,
+    collect_activations,
+    edit_model,
+    edited,
+)
+from captum_salve.edit import RULES, ScaleColumns, edit_rule
 from captum_salve.models import find_head
-from tests.helpers import hook_count, random_sae, small_timm_vit, small_torchvision_vit
+from tests.helpers import float64_head_and_sae, hook_count, random_sae, small_timm_vit, small_torchvision_vit
 
 
 def _logits_with_head_input(model: nn.Module, images: torch.Tensor, change) -> torch.Tensor:
@@ -159,10 +167,30 @@ def test_bad_input_is_refused(timm_resnet):
         edit_model(timm_resnet, torch.zeros(3), 0, 1.0)
 
 
-def test_directions_from_vectors_give_centred_scaled_codes():
-    mean = torch.tensor([1.0, 2.0, 3.0])
-    directions = FeatureDirections.from_vectors(torch.tensor([0.0, 3.0, 4.0]), mean=mean, code_scale=2.0)
-    a = torch.tensor([[1.0, 3.0, 3.0]])
-    torch.testing.assert_close(directions.decoder[:, 0], torch.tensor([0.0, 0.6, 0.8], dtype=torch.float64))
-    code = a.double() @ directions.encoder.T + directions.offset
-    torch.testing.assert_close(code, torch.tensor([[2.0 * 0.6]], dtype=torch.float64))
+def test_head_edit_is_a_frozen_value_with_its_strengths_in_float64():
+    _, sae, _ = float64_head_and_sae()
+    edit = HeadEdit.of(sae, [0, 3], [1.0, 2.5], rule="project")
+    assert edit.rule is RULES["project"] and edit.alpha.dtype == torch.float64 and edit.alpha.tolist() == [1.0, 2.5]
+    with pytest.raises(AttributeError):
+        edit.mode = "enhance"
+    assert edit_rule(ScaleColumns()) is not None and isinstance(edit_rule("salve"), ScaleColumns)
+
+
+def test_head_edit_refuses_what_would_be_silently_wrong():
+    head, sae, a = float64_head_and_sae()
+    with pytest.raises(ValueError, match=r"features repeat \[3\]: editing a feature twice"):
+        HeadEdit.of(sae, [3, 1, 3], 1.0)
+    with pytest.raises(ValueError, match=r"feature must be SAE feature indices \(integers\), got 2.7"):
+        HeadEdit.of(sae, 2.7, 1.0)
+    elsewhere = SparseAutoencoder(6, 5, "relu", site="layer3:spatial_mean")
+    with pytest.raises(ValueError, match="trained on 'layer3:spatial_mean', not on the head input"):
+        HeadEdit.of(elsewhere, 0, 1.0)
+    with pytest.raises(ValueError, match="features must be None when FeatureDirections are passed"):
+        HeadEdit.of(FeatureDirections.from_sae(sae, 0), 0, 1.0)
+    no_bias = nn.Linear(6, 4, bias=False).double()
+    with pytest.raises(ValueError, match="the head has no bias, but this edit"):
+        HeadEdit.of(sae, 0, 1.0, rule="project").weights(no_bias)
+    weight, bias = HeadEdit.of(sae, 0, 1.0, rule="salve").weights(no_bias)
+    assert bias is None and weight.shape == (4, 6)
+    with pytest.raises(ValueError, match=r"a must be \(N, 6\) head inputs"):
+        HeadEdit.of(sae, 0, 1.0)(a[:, :5])

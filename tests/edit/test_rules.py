@@ -1,4 +1,4 @@
-"""Edit rules and HeadEdit: every form of a rule agrees with the others, and a new rule is one class."""
+"""Edit rules: every form of a rule agrees with the others, and a new rule is one class."""
 
 from __future__ import annotations
 
@@ -6,10 +6,17 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch import nn
 
-from captum_salve import ActivationSet, HeadEdit, SparseAutoencoder, alpha_crit, alpha_sweep, edit_model, edited
-from captum_salve.edit import RULES, EditRule, FeatureDirections, LogitPieces, ProjectOut, ScaleColumns, edit_rule
+from captum_salve import (
+    ActivationSet,
+    FeatureDirections,
+    HeadEdit,
+    SparseAutoencoder,
+    alpha_crit,
+    alpha_sweep,
+    edit_model,
+)
+from captum_salve.edit import RULES, EditRule, LogitPieces, ProjectOut
 from tests.helpers import float64_head_and_sae
 
 RULE_NAMES = sorted(RULES)
@@ -71,33 +78,6 @@ def test_the_rank_one_sweep_curve_equals_rebuilding_the_head_at_every_alpha(mode
         torch.testing.assert_close(fast(strength), generic(strength), rtol=1e-10, atol=1e-9)
 
 
-def test_sweeps_take_the_head_alone_and_equal_the_model_route(timm_resnet):
-    torch.manual_seed(1)
-    sae = SparseAutoencoder(512, 8, "relu")
-    acts = ActivationSet(torch.rand(30, 512) * 2, torch.arange(30) % 4)
-    by_model = alpha_sweep(timm_resnet, sae, 3, acts, [0, 1, 5, 20], rule="project")
-    by_head = alpha_sweep(timm_resnet.fc, sae, 3, acts, [0, 1, 5, 20], rule="project")
-    assert torch.equal(by_model.confusion, by_head.confusion) and torch.equal(by_model.baseline, by_head.baseline)
-    crit_model = alpha_crit(timm_resnet, sae, 3, acts, 1, criterion="flip", rule="project")
-    crit_head = alpha_crit(timm_resnet.fc, sae, 3, acts, 1, criterion="flip", rule="project")
-    assert torch.equal(crit_model, crit_head)
-    with pytest.raises(ValueError, match="with the head alone, inputs must be head-input activations"):
-        alpha_crit(timm_resnet.fc, sae, 3, torch.rand(2, 3, 32, 32), 1)
-
-
-def test_the_sweep_predicts_what_the_edited_model_predicts(timm_resnet):
-    torch.manual_seed(2)
-    sae = SparseAutoencoder(512, 8, "linear")
-    acts = ActivationSet(torch.rand(40, 512) * 2, torch.arange(40) % 4)
-    alphas = [0.0, 2.0, 8.0]
-    sweep = alpha_sweep(timm_resnet, sae, [2, 6], acts, alphas, rule="project")
-    for i, alpha in enumerate(alphas):
-        with edited(timm_resnet, sae, [2, 6], alpha, rule="project") as model, torch.no_grad():
-            predicted = model.fc(acts.features).argmax(1)
-        expected = torch.bincount(acts.labels * 4 + predicted, minlength=16).reshape(4, 4)
-        assert torch.equal(sweep.confusion[i], expected)
-
-
 class ShiftAlong(EditRule):
     """A rule written for this test: the head input moves by ``s α d`` whatever its code (a constant shift)."""
 
@@ -136,37 +116,10 @@ def test_a_new_rule_is_one_class_that_every_entry_point_accepts(timm_resnet):
     torch.testing.assert_close(exact[exact.isfinite()], bisect[bisect.isfinite()], rtol=1e-6, atol=1e-9)
 
 
-def test_head_edit_is_a_frozen_value_with_its_strengths_in_float64():
-    _, sae, _ = float64_head_and_sae()
-    edit = HeadEdit.of(sae, [0, 3], [1.0, 2.5], rule="project")
-    assert edit.rule is RULES["project"] and edit.alpha.dtype == torch.float64 and edit.alpha.tolist() == [1.0, 2.5]
-    with pytest.raises(AttributeError):
-        edit.mode = "enhance"
-    assert edit_rule(ScaleColumns()) is not None and isinstance(edit_rule("salve"), ScaleColumns)
-
-
-def test_head_edit_refuses_what_would_be_silently_wrong():
-    head, sae, a = float64_head_and_sae()
-    with pytest.raises(ValueError, match=r"features repeat \[3\]: editing a feature twice"):
-        HeadEdit.of(sae, [3, 1, 3], 1.0)
-    with pytest.raises(ValueError, match=r"feature must be SAE feature indices \(integers\), got 2.7"):
-        HeadEdit.of(sae, 2.7, 1.0)
-    elsewhere = SparseAutoencoder(6, 5, "relu", site="layer3:spatial_mean")
-    with pytest.raises(ValueError, match="trained on 'layer3:spatial_mean', not on the head input"):
-        HeadEdit.of(elsewhere, 0, 1.0)
-    with pytest.raises(ValueError, match="features must be None when FeatureDirections are passed"):
-        HeadEdit.of(FeatureDirections.from_sae(sae, 0), 0, 1.0)
-    no_bias = nn.Linear(6, 4, bias=False).double()
-    with pytest.raises(ValueError, match="the head has no bias, but this edit"):
-        HeadEdit.of(sae, 0, 1.0, rule="project").weights(no_bias)
-    weight, bias = HeadEdit.of(sae, 0, 1.0, rule="salve").weights(no_bias)
-    assert bias is None and weight.shape == (4, 6)
-    with pytest.raises(ValueError, match=r"a must be \(N, 6\) head inputs"):
-        HeadEdit.of(sae, 0, 1.0)(a[:, :5])
-
-
-def test_alpha_crit_refuses_an_sae_whose_width_is_not_the_heads(timm_resnet):
-    narrow = SparseAutoencoder(32, 8, "linear")
-    acts = ActivationSet(torch.rand(4, 512), torch.arange(4))
-    with pytest.raises(ValueError, match="directions are 32-dimensional but the head takes 512"):
-        alpha_crit(timm_resnet, narrow, 0, acts, 1)
+def test_directions_from_vectors_give_centred_scaled_codes():
+    mean = torch.tensor([1.0, 2.0, 3.0])
+    directions = FeatureDirections.from_vectors(torch.tensor([0.0, 3.0, 4.0]), mean=mean, code_scale=2.0)
+    a = torch.tensor([[1.0, 3.0, 3.0]])
+    torch.testing.assert_close(directions.decoder[:, 0], torch.tensor([0.0, 0.6, 0.8], dtype=torch.float64))
+    code = a.double() @ directions.encoder.T + directions.offset
+    torch.testing.assert_close(code, torch.tensor([[2.0 * 0.6]], dtype=torch.float64))

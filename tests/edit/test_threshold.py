@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from captum_salve import ActivationSet, SparseAutoencoder, alpha_50, alpha_crit, alpha_sweep, edited
+from captum_salve import (
+    ActivationSet,
+    SparseAutoencoder,
+    alpha_50,
+    alpha_crit,
+    alpha_sweep,
+    edited,
+)
 from captum_salve.edit.threshold import _per_sample_targets
 from tests.helpers import HeadOnly
 
@@ -163,3 +170,10 @@ def test_bad_arguments():
         alpha_crit(model, sae, 0, ActivationSet(acts.features, site="layer4"), targets)
     with pytest.raises(ValueError, match="inputs hold no samples"):
         alpha_crit(model, sae, 0, acts.subset(torch.zeros(len(acts), dtype=torch.bool)), 0)
+
+
+def test_alpha_crit_refuses_an_sae_whose_width_is_not_the_heads(timm_resnet):
+    narrow = SparseAutoencoder(32, 8, "linear")
+    acts = ActivationSet(torch.rand(4, 512), torch.arange(4))
+    with pytest.raises(ValueError, match="directions are 32-dimensional but the head takes 512"):
+        alpha_crit(timm_resnet, narrow, 0, acts, 1)
