@@ -13,7 +13,6 @@ from captum_salve import (
     alpha_sweep,
     edited,
 )
-from captum_salve.edit.threshold import _per_sample_targets
 from tests.helpers import HeadOnly
 
 RTOL = 1e-9  # exact vs bisect, relative (both in float64)
@@ -165,7 +164,7 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match=r"one per sample \(64\)"):
         alpha_crit(model, sae, 0, acts, targets[:3])
     with pytest.raises(ValueError, match=r"target classes must be in \[0, 3\]"):
-        _per_sample_targets(7, 4, 4)
+        alpha_crit(model, sae, 0, acts, 7)
     with pytest.raises(ValueError, match="head-input activations of width 512"):
         alpha_crit(model, sae, 0, ActivationSet(acts.features, site="layer4"), targets)
     with pytest.raises(ValueError, match="inputs hold no samples"):
