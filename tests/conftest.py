@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 import timm
 import torch
 import torchvision
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO, small_timm_vit, small_torchvision_vit
+
 # Trained digits-canvas models are cached per checkout (fresh in CI, reused locally).
 os.environ.setdefault("CAPTUM_SALVE_CACHE", str(REPO / ".cache-test"))
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -21,16 +21,13 @@ def _seeded():
     torch.manual_seed(0)
 
 
-def small_timm_vit(num_classes: int = 5) -> torch.nn.Module:
-    return timm.create_model(
-        "vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, embed_dim=32, num_heads=2, num_classes=num_classes
-    ).eval()
-
-
-def small_torchvision_vit(num_classes: int = 5) -> torch.nn.Module:
-    return torchvision.models.VisionTransformer(
-        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=num_classes
-    ).eval()
+@pytest.fixture(scope="module")
+def one_thread():
+    """The models are tiny: with two threads on a busy two-core machine, OpenMP waits cost 50x the work."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -6,31 +6,17 @@ import copy
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from captum_salve import SparseAutoencoder, edit_model
 from captum_salve.cli import main
 from captum_salve.models import create_model, find_head
+from tests.helpers import image_tree
 
 # timm's tiny test networks: a real ResNet and a real ViT, small enough for a CPU test.
 SMALL_RESNET = "test_resnet"
-
-
-def image_tree(root: Path, classes: int = 3, per_class: int = 8) -> Path:
-    """An ImageFolder tree whose classes differ by where a bright square sits."""
-    rng = np.random.default_rng(0)
-    for c in range(classes):
-        folder = root / f"n0{c}"
-        folder.mkdir(parents=True)
-        for i in range(per_class):
-            pixels = (rng.random((40, 40, 3)) * 80).astype("uint8")
-            pixels[4 + 10 * c : 14 + 10 * c, 4:14] = 255
-            Image.fromarray(pixels).save(folder / f"{i}.JPEG")
-    return root
 
 
 def cli(capsys, *argv: str | Path) -> tuple[int, str, str]:

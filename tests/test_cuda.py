@@ -17,6 +17,7 @@ from captum_salve import (
     train_sae,
 )
 from captum_salve.attr import render_maps
+from tests.helpers import random_sae
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA = torch.device("cuda")
@@ -35,10 +36,7 @@ def _pair(seed: int = 0):
     """The same random ResNet-18 and linear SAE, once on the CPU and once on the GPU."""
     torch.manual_seed(seed)
     model = timm.create_model("resnet18", num_classes=5).eval()
-    sae = SparseAutoencoder(512, 64, "linear")
-    with torch.no_grad():
-        sae.encoder.bias.normal_()
-        sae.decoder.bias.normal_()
+    sae = random_sae(512, d_latent=64)
     gpu_model, gpu_sae = timm.create_model("resnet18", num_classes=5).eval(), SparseAutoencoder(512, 64, "linear")
     gpu_model.load_state_dict(model.state_dict())
     gpu_sae.load_state_dict(sae.state_dict())

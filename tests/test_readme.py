@@ -6,7 +6,8 @@ import re
 
 import pytest
 import torch
-from conftest import REPO
+
+from tests.helpers import REPO
 
 
 def python_blocks(markdown: str) -> list[str]:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
 
 import nbformat
 import pytest
 
-TUTORIALS = Path(__file__).resolve().parents[1] / "tutorials"
+from tests.helpers import REPO
+
+TUTORIALS = REPO / "tutorials"
 NOTEBOOKS = sorted(TUTORIALS.glob("*.ipynb"))
 EXPECTED = {
     "01_resnet18_discover_validate_control.ipynb",

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import pytest
-import timm
 import torch
 
-from captum_salve import ActivationSet, SparseAutoencoder, alpha_50, alpha_crit, alpha_sweep, edited
-from captum_salve.edit.threshold import _per_sample_targets
+from captum_salve import (
+    ActivationSet,
+    SparseAutoencoder,
+    alpha_50,
+    alpha_crit,
+    alpha_sweep,
+    edited,
+)
+from tests.helpers import HeadOnly
 
 RTOL = 1e-9  # exact vs bisect, relative (both in float64)
-
-
-def _model_with_head(head: torch.nn.Linear) -> torch.nn.Module:
-    """A timm ResNet whose classifier is ``head``; the tests pass head-input activations directly."""
-    model = timm.create_model("resnet18", num_classes=head.out_features).eval()
-    model.fc = head
-    return model
 
 
 def _setup(family: str, seed: int = 0):
@@ -34,7 +33,7 @@ def _setup(family: str, seed: int = 0):
         d = torch.randn(width, generator=generator).abs() ** 3
         sae.decoder.weight[:, 0] = d / d.norm()
     targets = torch.arange(len(features)) % 4
-    return _model_with_head(head), sae, ActivationSet(features), targets
+    return HeadOnly(head), sae, ActivationSet(features), targets
 
 
 def _assert_same(exact: torch.Tensor, other: torch.Tensor) -> None:
@@ -97,7 +96,7 @@ def test_linear_is_a_lower_bound_when_every_contribution_is_non_negative():
     with torch.no_grad():
         head.weight.uniform_(0, 1)
         head.bias.fill_(-0.5)
-    model = _model_with_head(head)
+    model = HeadOnly(head)
     acts = ActivationSet(torch.rand(200, 16))
     sae = SparseAutoencoder(16, 2, "linear")
     exact = alpha_crit(model, sae, 0, acts, 1, method="exact")
@@ -111,7 +110,7 @@ def test_linear_can_exceed_exact_when_a_negative_contribution_is_clipped():
     with torch.no_grad():
         head.weight.copy_(torch.tensor([[-1.0, 10.0], [0.0, 0.0]]))
         head.bias.zero_()
-    model = _model_with_head(head)
+    model = HeadOnly(head)
     sae = SparseAutoencoder(2, 1, "linear")
     with torch.no_grad():
         sae.decoder.weight.copy_(torch.tensor([[0.995], [0.0995]]) / torch.tensor([[0.995], [0.0995]]).norm())
@@ -165,8 +164,15 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match=r"one per sample \(64\)"):
         alpha_crit(model, sae, 0, acts, targets[:3])
     with pytest.raises(ValueError, match=r"target classes must be in \[0, 3\]"):
-        _per_sample_targets(7, 4, 4)
+        alpha_crit(model, sae, 0, acts, 7)
     with pytest.raises(ValueError, match="head-input activations of width 512"):
         alpha_crit(model, sae, 0, ActivationSet(acts.features, site="layer4"), targets)
     with pytest.raises(ValueError, match="inputs hold no samples"):
         alpha_crit(model, sae, 0, acts.subset(torch.zeros(len(acts), dtype=torch.bool)), 0)
+
+
+def test_alpha_crit_refuses_an_sae_whose_width_is_not_the_heads(timm_resnet):
+    narrow = SparseAutoencoder(32, 8, "linear")
+    acts = ActivationSet(torch.rand(4, 512), torch.arange(4))
+    with pytest.raises(ValueError, match="directions are 32-dimensional but the head takes 512"):
+        alpha_crit(timm_resnet, narrow, 0, acts, 1)

@@ -4,32 +4,26 @@ from __future__ import annotations
 
 import pytest
 import torch
-from captum.attr import LayerAttribution, LayerGradCam, NoiseTunnel
-from einops import rearrange
+from captum.attr import (
+    LayerAttribution,
+    LayerGradCam,
+    NoiseTunnel,
+)
 from torch import nn
 
-from captum_salve import SparseAutoencoder
-from captum_salve.attr import FeatureCodes, GradFAM, TokenGradCam, tokens_to_grid
+from captum_salve.attr import FeatureCodes, GradFAM
+from tests.helpers import FromGrid, ToGrid, hook_count, random_sae
 
 ATOL = 1e-5
+RTOL = 1e-4
 
-
-def _hooks(model: nn.Module) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
-
-
-def _sae(d_in: int, activation: str = "linear", d_latent: int = 10) -> SparseAutoencoder:
-    sae = SparseAutoencoder(d_in, d_latent, activation)
-    with torch.no_grad():
-        sae.encoder.bias.normal_()
-        sae.decoder.bias.normal_()
-    return sae
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("family", ["timm_resnet", "torchvision_resnet"])
 def test_equals_captum_layer_grad_cam_on_the_codes(family, request):
     model = request.getfixturevalue(family)
-    sae = _sae(512)
+    sae = random_sae(512)
     images = torch.rand(4, 3, 64, 64)
     targets = [0, 3, 3, 9]
     ours = GradFAM(model, model.layer3[-1], sae).attribute(images, target=targets)
@@ -43,59 +37,25 @@ def test_equals_captum_layer_grad_cam_on_the_codes(family, request):
     torch.testing.assert_close(ours_relu, captum_relu, atol=ATOL, rtol=1e-4)
 
 
-class _ToGrid(nn.Module):
-    """Exposes a ViT layer's patch tokens as a map so Captum's LayerGradCam can read them."""
-
-    def __init__(self, grid: int) -> None:
-        super().__init__()
-        self.grid, self.prefix = grid, None
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        self.prefix = tokens[:, :1]
-        return rearrange(tokens[:, 1:], "n (h w) c -> n c h w", h=self.grid)
-
-
-class _FromGrid(nn.Module):
-    def __init__(self, to_grid: _ToGrid) -> None:
-        super().__init__()
-        self.to_grid = [to_grid]
-
-    def forward(self, grid: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.to_grid[0].prefix, rearrange(grid, "n c h w -> n (h w) c")], dim=1)
-
-
 def test_vit_equals_captum_after_the_same_reshape(timm_vit):
-    sae = _sae(32)
+    sae = random_sae(32)
     images = torch.rand(3, 3, 32, 32)
     ours = GradFAM(timm_vit, timm_vit.blocks[-1].norm1, sae).attribute(images, target=[1, 4, 7])
-    to_grid = _ToGrid(4)
-    timm_vit.blocks[-1].norm1 = nn.Sequential(timm_vit.blocks[-1].norm1, to_grid, _FromGrid(to_grid))
+    to_grid = ToGrid(4)
+    timm_vit.blocks[-1].norm1 = nn.Sequential(timm_vit.blocks[-1].norm1, to_grid, FromGrid(to_grid))
     captum = LayerGradCam(FeatureCodes(timm_vit, sae), to_grid).attribute(images, target=[1, 4, 7])
     assert ours.shape == (3, 1, 4, 4)
     torch.testing.assert_close(ours, captum, atol=ATOL, rtol=1e-4)
 
 
-def test_class_grad_cam_on_vit_tokens_equals_captum_after_the_same_reshape(timm_vit):
-    """TokenGradCam with the model itself as the forward: the faithfulness stage's class Grad-CAM."""
-    images = torch.rand(3, 3, 32, 32)
-    layer = timm_vit.blocks[-1].norm1
-    ours = TokenGradCam(timm_vit, layer, tokens_to_grid(1, (4, 4))).attribute(images, target=[0, 2, 4])
-    to_grid = _ToGrid(4)
-    timm_vit.blocks[-1].norm1 = nn.Sequential(layer, to_grid, _FromGrid(to_grid))
-    captum = LayerGradCam(timm_vit, to_grid).attribute(images, target=[0, 2, 4])
-    torch.testing.assert_close(ours, captum, atol=ATOL, rtol=1e-4)
-    with pytest.raises(ValueError, match=r"target is needed: the forward gives \(5,\) outputs per input"):
-        TokenGradCam(timm_vit, layer, tokens_to_grid(1, (4, 4))).attribute(images)
-
-
 def test_torchvision_vit_maps_have_the_patch_grid(torchvision_vit):
-    maps = GradFAM(torchvision_vit, None, _sae(32)).attribute(torch.rand(2, 3, 32, 32), target=1)
+    maps = GradFAM(torchvision_vit, None, random_sae(32)).attribute(torch.rand(2, 3, 32, 32), target=1)
     assert maps.shape == (2, 1, 4, 4) and maps.abs().sum() > 0
 
 
 def test_linear_sae_at_resnet_layer4_is_a_cam_weighted_by_the_encoder_row(timm_resnet):
     """layer4 → global average pool → linear code: ∂z_l/∂A is e_l / (h w) at every cell."""
-    sae = _sae(512)
+    sae = random_sae(512)
     images = torch.rand(3, 3, 64, 64)
     maps = GradFAM(timm_resnet, timm_resnet.layer4[-1], sae).attribute(images, target=5)
     with torch.no_grad():
@@ -113,7 +73,7 @@ def test_linear_sae_at_resnet_layer4_is_a_cam_weighted_by_the_encoder_row(timm_r
 
 
 def test_every_image_of_a_batch_gets_its_own_map(timm_resnet):
-    sae = _sae(512)
+    sae = random_sae(512)
     images = torch.rand(4, 3, 64, 64)
     fam = GradFAM(timm_resnet, "layer3.1", sae)
     batch = fam.attribute(images, target=2)
@@ -125,7 +85,7 @@ def test_every_image_of_a_batch_gets_its_own_map(timm_resnet):
 @pytest.mark.parametrize("family, layer", [("timm_resnet", "layer3.1"), ("timm_vit", None)])
 def test_attribute_features_equals_one_call_per_feature(family, layer, request):
     model = request.getfixturevalue(family)
-    sae = _sae(model.get_classifier().in_features)
+    sae = random_sae(model.get_classifier().in_features)
     images = torch.rand(3, 3, 64 if family == "timm_resnet" else 32, 64 if family == "timm_resnet" else 32)
     fam = GradFAM(model, layer, sae)
     features = [0, 7, 3, 7]
@@ -136,7 +96,7 @@ def test_attribute_features_equals_one_call_per_feature(family, layer, request):
 
 
 def test_composes_with_noise_tunnel(timm_resnet):
-    sae = _sae(512)
+    sae = random_sae(512)
     images = torch.rand(2, 3, 64, 64)
     fam = GradFAM(timm_resnet, "layer3.1", sae)
     plain = fam.attribute(images, target=3)
@@ -149,22 +109,22 @@ def test_composes_with_noise_tunnel(timm_resnet):
 
 
 def test_the_last_vit_block_output_is_refused_with_the_reason(timm_vit):
-    fam = GradFAM(timm_vit, timm_vit.blocks[-1], _sae(32))
+    fam = GradFAM(timm_vit, timm_vit.blocks[-1], random_sae(32))
     with pytest.raises(ValueError, match=r"zero gradient on the patch tokens.*blocks\[-1\]\.norm1"):
         fam.attribute(torch.rand(2, 3, 32, 32), target=1)
-    assert _hooks(timm_vit) == 0
+    assert hook_count(timm_vit) == 0
 
 
 def test_a_layer_after_the_site_is_refused(timm_resnet):
-    fam = GradFAM(timm_resnet, timm_resnet.fc, _sae(512))
+    fam = GradFAM(timm_resnet, timm_resnet.fc, random_sae(512))
     for call in (lambda x: fam.attribute(x, target=1), lambda x: fam.attribute_features(x, [1, 2])):
         with pytest.raises(ValueError, match="does not depend on layer 'fc'.*pick a layer before it"):
             call(torch.rand(2, 3, 64, 64))
-    assert _hooks(timm_resnet) == 0
+    assert hook_count(timm_resnet) == 0
 
 
 def test_inactive_relu_codes_give_zero_maps_not_errors(timm_resnet):
-    sae = _sae(512, "relu")
+    sae = random_sae(512, "relu")
     with torch.no_grad():
         sae.encoder.bias[4] = -1e6  # feature 4 never fires
     maps = GradFAM(timm_resnet, "layer3.1", sae).attribute(torch.rand(2, 3, 64, 64), target=4)
@@ -172,7 +132,7 @@ def test_inactive_relu_codes_give_zero_maps_not_errors(timm_resnet):
 
 
 def test_bad_targets_and_no_hooks_left(timm_resnet):
-    fam = GradFAM(timm_resnet, None, _sae(512))
+    fam = GradFAM(timm_resnet, None, random_sae(512))
     for target, message in [
         (None, "target must name the SAE feature"),
         (10, r"in \[0, 9\]"),
@@ -183,8 +143,49 @@ def test_bad_targets_and_no_hooks_left(timm_resnet):
     with pytest.raises(TypeError, match="sae must be a SparseAutoencoder"):
         GradFAM(timm_resnet, None, "not an sae")
     with pytest.raises(ValueError, match="no module named 'layer9'"):
-        GradFAM(timm_resnet, "layer9", _sae(512))
+        GradFAM(timm_resnet, "layer9", random_sae(512))
     fam.attribute(torch.rand(2, 3, 64, 64), target=[1, 2])
     fam.attribute_features(torch.rand(2, 3, 64, 64), [1, 2])
-    assert _hooks(timm_resnet) == 0
+    assert hook_count(timm_resnet) == 0
     assert fam.multiplies_by_inputs is False and fam.has_convergence_delta() is False
+
+
+@pytest.mark.parametrize("family", ["timm_resnet", "torchvision_resnet"])
+@pytest.mark.parametrize("target", [2, [0, 9]], ids=["int", "per-example"])
+def test_layer_grad_cam_of_the_codes_is_grad_fam(family, target, request):
+    model = request.getfixturevalue(family)
+    sae = random_sae(512)
+    images = torch.rand(2, 3, 64, 64)
+    captum = LayerGradCam(FeatureCodes(model, sae), model.layer3[-1]).attribute(images, target=target)
+    ours = GradFAM(model, model.layer3[-1], sae).attribute(images, target=target)
+    assert ours.shape == (2, 1, 4, 4) and ours.abs().sum() > 0
+    torch.testing.assert_close(captum, ours, atol=ATOL, rtol=RTOL)
+    assert hook_count(model) == 0
+
+
+def test_attribute_features_falls_back_to_a_loop_under_a_grad_cam_hook(timm_resnet):
+    layer = timm_resnet.layer3[-1]
+    stored: list[torch.Tensor] = []
+
+    def grad_cam_hook(module, args, output):  # what pytorch-grad-cam's ActivationsAndGradients does
+        output.register_hook(lambda grad: stored.append(grad.cpu().detach()))
+
+    handle = layer.register_forward_hook(grad_cam_hook)
+    images = torch.rand(2, 3, 32, 32)  # layer3's map is 2 x 2
+
+    # Precondition: in this torch version, the hook breaks batched gradients.
+    x = images.clone().requires_grad_()
+    out = timm_resnet(x)
+    with pytest.raises(RuntimeError, match="Batching rule not implemented"):
+        torch.autograd.grad(out, x, grad_outputs=torch.eye(4)[:, None].expand(4, 2, 4), is_grads_batched=True)
+    stored.clear()
+
+    fam = GradFAM(timm_resnet, layer, random_sae(512))
+    features = [1, 7, 7]
+    together = fam.attribute_features(images, features)
+    assert len(stored) == len(features)  # the hook saw one backward pass per feature: the loop ran
+    looped = torch.cat([fam.attribute(images, target=f) for f in features], dim=1)
+    assert together.shape == (2, 3, 2, 2) and looped.abs().sum() > 0
+    torch.testing.assert_close(together, looped, atol=ATOL, rtol=RTOL)
+    assert list(layer._forward_hooks) == [handle.id] and hook_count(timm_resnet) == 1
+    handle.remove()

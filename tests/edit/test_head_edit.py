@@ -1,24 +1,23 @@
-"""Weight edits: the two rules against independent routes, restoration, persistence, bad input."""
+"""HeadEdit, edit_model and edited: the rules against independent routes, restoration, persistence, bad input."""
 
 from __future__ import annotations
 
 import pytest
 import timm
 import torch
-from conftest import small_timm_vit, small_torchvision_vit
 from torch import nn
 
-from captum_salve import FeatureDirections, SparseAutoencoder, collect_activations, edit_model, edited
+from captum_salve import (
+    FeatureDirections,
+    HeadEdit,
+    SparseAutoencoder,
+    collect_activations,
+    edit_model,
+    edited,
+)
+from captum_salve.edit import RULES, ScaleColumns, edit_rule
 from captum_salve.models import find_head
-
-
-def _sae(d_in: int, activation: str = "linear", d_latent: int = 12, seed: int = 0) -> SparseAutoencoder:
-    torch.manual_seed(seed)
-    sae = SparseAutoencoder(d_in, d_latent, activation)
-    with torch.no_grad():
-        sae.encoder.bias.normal_()
-        sae.decoder.bias.normal_()
-    return sae
+from tests.helpers import float64_head_and_sae, hook_count, random_sae, small_timm_vit, small_torchvision_vit
 
 
 def _logits_with_head_input(model: nn.Module, images: torch.Tensor, change) -> torch.Tensor:
@@ -34,7 +33,7 @@ def _logits_with_head_input(model: nn.Module, images: torch.Tensor, change) -> t
 
 @pytest.mark.parametrize("mode", ["suppress", "enhance"])
 def test_salve_rule_scales_every_column_as_the_formula_says(timm_resnet, mode):
-    sae = _sae(512)
+    sae = random_sae(512, d_latent=12, seed=0)
     alpha = 7.5
     edited_model = edit_model(timm_resnet, sae, 3, alpha, mode=mode, rule="salve")
     w = timm_resnet.fc.weight.detach().double()
@@ -55,7 +54,7 @@ def test_project_rule_on_a_linear_sae_equals_editing_the_head_input(family, mode
     size = 32
     images = torch.rand(5, 3, size, size)
     _, head = find_head(model)
-    sae = _sae(head.in_features)
+    sae = random_sae(head.in_features, d_latent=12, seed=0)
     alpha, sign = 2.5, (-1 if mode == "suppress" else 1)
     d = sae.decoder_weight[:, 4].detach()
 
@@ -70,7 +69,7 @@ def test_project_rule_on_a_linear_sae_equals_editing_the_head_input(family, mode
 
 def test_project_rule_on_a_relu_sae_equals_the_gated_edit_where_the_code_is_active(timm_resnet):
     images = torch.rand(16, 3, 32, 32)
-    sae = _sae(512, "relu")
+    sae = random_sae(512, "relu", d_latent=12, seed=0)
     acts = collect_activations(timm_resnet, images, progress=False)
     with torch.no_grad():  # put feature 5's threshold mid-way through the data
         sae.encoder.bias[5] -= sae.pre_activation(acts.features)[:, 5].median() + 1e-3
@@ -89,7 +88,7 @@ def test_project_rule_on_a_relu_sae_equals_the_gated_edit_where_the_code_is_acti
 
 def test_several_features_combine_as_documented(timm_resnet):
     images = torch.rand(4, 3, 32, 32)
-    sae = _sae(512)
+    sae = random_sae(512, d_latent=12, seed=0)
     features, alphas = [1, 6], [2.0, 0.5]
     d = sae.decoder_weight[:, features].detach()
     expected = _logits_with_head_input(
@@ -104,7 +103,7 @@ def test_several_features_combine_as_documented(timm_resnet):
 
 
 def test_alpha_zero_is_the_identity(timm_vit):
-    sae = _sae(32)
+    sae = random_sae(32, d_latent=12, seed=0)
     for rule in ("salve", "project"):
         model = edit_model(timm_vit, sae, 2, 0.0, rule=rule)
         assert torch.equal(model.head.weight, timm_vit.head.weight) and torch.equal(model.head.bias, timm_vit.head.bias)
@@ -112,15 +111,15 @@ def test_alpha_zero_is_the_identity(timm_vit):
 
 def test_edit_model_leaves_the_original_alone_unless_inplace(timm_resnet):
     before = timm_resnet.fc.weight.clone()
-    copy = edit_model(timm_resnet, _sae(512), 0, 1.0)
+    copy = edit_model(timm_resnet, random_sae(512, d_latent=12, seed=0), 0, 1.0)
     assert torch.equal(timm_resnet.fc.weight, before) and copy is not timm_resnet
-    same = edit_model(timm_resnet, _sae(512), 0, 1.0, inplace=True)
+    same = edit_model(timm_resnet, random_sae(512, d_latent=12, seed=0), 0, 1.0, inplace=True)
     assert same is timm_resnet and not torch.equal(timm_resnet.fc.weight, before)
 
 
 def test_edited_restores_bit_exactly_also_on_error(timm_resnet):
     weight, bias = timm_resnet.fc.weight.clone(), timm_resnet.fc.bias.clone()
-    sae = _sae(512)
+    sae = random_sae(512, d_latent=12, seed=0)
     with edited(timm_resnet, sae, 3, 4.0, rule="project") as model:
         assert not torch.equal(model.fc.weight, weight) and not torch.equal(model.fc.bias, bias)
     assert torch.equal(timm_resnet.fc.weight, weight) and torch.equal(timm_resnet.fc.bias, bias)
@@ -135,18 +134,18 @@ def test_edited_restores_bit_exactly_also_on_error(timm_resnet):
 def test_edited_state_dict_loads_into_a_fresh_model(build, tmp_path):
     model = build().eval()
     _, head = find_head(model)
-    edited_model = edit_model(model, _sae(head.in_features), 1, 3.0, rule="project")
+    edited_model = edit_model(model, random_sae(head.in_features, d_latent=12, seed=0), 1, 3.0, rule="project")
     torch.save(edited_model.state_dict(), tmp_path / "edited.pt")
     fresh = build().eval()
     fresh.load_state_dict(torch.load(tmp_path / "edited.pt", weights_only=True))
     images = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(fresh(images), edited_model(images))
-    assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in edited_model.modules()) == 0
+    assert hook_count(edited_model) == 0
 
 
 def test_bad_input_is_refused(timm_resnet):
-    sae = _sae(512)
+    sae = random_sae(512, d_latent=12, seed=0)
     for kwargs, message in [
         (dict(alpha=-1.0), r"alpha must be finite and >= 0"),
         (dict(alpha=float("inf")), r"alpha must be finite and >= 0"),
@@ -163,15 +162,35 @@ def test_bad_input_is_refused(timm_resnet):
     with pytest.raises(
         ValueError, match="directions are 32-dimensional but the head takes 512: the SAE was trained on another site"
     ):
-        edit_model(timm_resnet, _sae(32), 0, 1.0)
+        edit_model(timm_resnet, random_sae(32, d_latent=12, seed=0), 0, 1.0)
     with pytest.raises(TypeError, match="sae must be a SparseAutoencoder or FeatureDirections"):
         edit_model(timm_resnet, torch.zeros(3), 0, 1.0)
 
 
-def test_directions_from_vectors_give_centred_scaled_codes():
-    mean = torch.tensor([1.0, 2.0, 3.0])
-    directions = FeatureDirections.from_vectors(torch.tensor([0.0, 3.0, 4.0]), mean=mean, code_scale=2.0)
-    a = torch.tensor([[1.0, 3.0, 3.0]])
-    torch.testing.assert_close(directions.decoder[:, 0], torch.tensor([0.0, 0.6, 0.8], dtype=torch.float64))
-    code = a.double() @ directions.encoder.T + directions.offset
-    torch.testing.assert_close(code, torch.tensor([[2.0 * 0.6]], dtype=torch.float64))
+def test_head_edit_is_a_frozen_value_with_its_strengths_in_float64():
+    _, sae, _ = float64_head_and_sae()
+    edit = HeadEdit.of(sae, [0, 3], [1.0, 2.5], rule="project")
+    assert edit.rule is RULES["project"] and edit.alpha.dtype == torch.float64 and edit.alpha.tolist() == [1.0, 2.5]
+    with pytest.raises(AttributeError):
+        edit.mode = "enhance"
+    assert edit_rule(ScaleColumns()) is not None and isinstance(edit_rule("salve"), ScaleColumns)
+
+
+def test_head_edit_refuses_what_would_be_silently_wrong():
+    head, sae, a = float64_head_and_sae()
+    with pytest.raises(ValueError, match=r"features repeat \[3\]: editing a feature twice"):
+        HeadEdit.of(sae, [3, 1, 3], 1.0)
+    with pytest.raises(ValueError, match=r"feature must be SAE feature indices \(integers\), got 2.7"):
+        HeadEdit.of(sae, 2.7, 1.0)
+    elsewhere = SparseAutoencoder(6, 5, "relu", site="layer3:spatial_mean")
+    with pytest.raises(ValueError, match="trained on 'layer3:spatial_mean', not on the head input"):
+        HeadEdit.of(elsewhere, 0, 1.0)
+    with pytest.raises(ValueError, match="features must be None when FeatureDirections are passed"):
+        HeadEdit.of(FeatureDirections.from_sae(sae, 0), 0, 1.0)
+    no_bias = nn.Linear(6, 4, bias=False).double()
+    with pytest.raises(ValueError, match="the head has no bias, but this edit"):
+        HeadEdit.of(sae, 0, 1.0, rule="project").weights(no_bias)
+    weight, bias = HeadEdit.of(sae, 0, 1.0, rule="salve").weights(no_bias)
+    assert bias is None and weight.shape == (4, 6)
+    with pytest.raises(ValueError, match=r"a must be \(N, 6\) head inputs"):
+        HeadEdit.of(sae, 0, 1.0)(a[:, :5])

@@ -1,14 +1,12 @@
 """FeatureCodes as a Captum forward: the codes it returns, and what Captum's methods make of them.
 
 Every claim is checked against a route that does not go through the package:
-hand-made hooks and encoders, brute-force occlusion, ``torch.autograd.grad``,
-the completeness axiom of the path methods, and a numpy re-implementation of
-pytorch-grad-cam's map rendering.
+hand-made hooks and encoders, brute-force occlusion, ``torch.autograd.grad``
+and the completeness axiom of the path methods.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import timm
 import torch
@@ -16,48 +14,23 @@ from captum.attr import (
     InputXGradient,
     IntegratedGradients,
     LayerConductance,
-    LayerGradCam,
     LayerIntegratedGradients,
     NoiseTunnel,
     Occlusion,
     Saliency,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from torch import nn
 
 from captum_salve import SparseAutoencoder
-from captum_salve.attr import FeatureCodes, GradFAM, render_maps
+from captum_salve.attr import FeatureCodes
 from captum_salve.sites import Site
+from tests.helpers import hook_count, random_sae
 
 ATOL = 1e-5  # float32 forward passes of the same images, possibly batched differently
 RTOL = 1e-4
 COMPLETENESS = 1e-3  # |sum(attr) - (z(x) - z(0))| / |z(x) - z(0)| for the path methods
-RENDER_ATOL = 1e-6  # float32 torch against float64 numpy, values in [0, 1]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The models are tiny: with two threads on a busy two-core machine, OpenMP waits cost 50x the work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _hooks(model: nn.Module) -> int:
-    return sum(
-        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) + len(m._backward_pre_hooks)
-        for m in model.modules()
-    )
-
-
-def _sae(d_in: int, activation: str = "linear", d_latent: int = 10, site: str = "head_input") -> SparseAutoencoder:
-    sae = SparseAutoencoder(d_in, d_latent, activation, site=site)
-    with torch.no_grad():
-        sae.encoder.bias.normal_()
-        sae.decoder.bias.normal_()
-    return sae
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _by_hand(sae: SparseAutoencoder, a: torch.Tensor) -> torch.Tensor:
@@ -101,7 +74,7 @@ def _smooth_resnet() -> nn.Module:
 def test_codes_are_the_sae_encoding_of_the_head_input(family, head, request):
     model = request.getfixturevalue(family)
     head_module = getattr(model, head)
-    sae = _sae(head_module.in_features, "relu")
+    sae = random_sae(head_module.in_features, "relu")
     images = torch.rand(3, 3, 32, 32)
     a = _head_input(model, head_module, images)
     with torch.no_grad():
@@ -114,11 +87,11 @@ def test_codes_are_the_sae_encoding_of_the_head_input(family, head, request):
         )
         torch.testing.assert_close(FeatureCodes(model, sae).site_activations(images), a, atol=ATOL, rtol=RTOL)
     assert codes.shape == (3, 10) and codes.gt(0).any() and codes.eq(0).any()  # a ReLU code, neither all off nor all on
-    assert _hooks(model) == 0
+    assert hook_count(model) == 0
 
 
 def test_the_default_site_is_the_one_stored_in_the_sae(timm_resnet):
-    sae = _sae(256, "relu", site="layer3:spatial_mean")
+    sae = random_sae(256, "relu", site="layer3:spatial_mean")
     images = torch.rand(3, 3, 32, 32)
     seen = []
     handle = timm_resnet.layer3.register_forward_hook(lambda module, args, output: seen.append(output.detach().clone()))
@@ -132,16 +105,16 @@ def test_the_default_site_is_the_one_stored_in_the_sae(timm_resnet):
     torch.testing.assert_close(default, _by_hand(sae, a), atol=ATOL, rtol=RTOL)
     torch.testing.assert_close(explicit, default, atol=0, rtol=0)
     assert FeatureCodes(timm_resnet, sae).site.key == "layer3:spatial_mean"
-    assert _hooks(timm_resnet) == 0
+    assert hook_count(timm_resnet) == 0
 
 
 def test_no_hook_is_left_behind_when_the_forward_raises(timm_resnet):
-    codes = FeatureCodes(timm_resnet, _sae(512))
+    codes = FeatureCodes(timm_resnet, random_sae(512))
     with pytest.raises(RuntimeError):
         codes(torch.rand(2, 1, 32, 32))  # one channel: the stem convolution refuses it
-    assert _hooks(timm_resnet) == 0
+    assert hook_count(timm_resnet) == 0
     assert codes(torch.rand(2, 3, 32, 32)).shape == (2, 10)  # and the module still works afterwards
-    assert _hooks(timm_resnet) == 0
+    assert hook_count(timm_resnet) == 0
 
 
 # 2. Integrated gradients: completeness
@@ -181,7 +154,7 @@ def _completeness_error(
 @pytest.mark.parametrize("per_example", [False, True], ids=["int", "per-example"])
 def test_integrated_gradients_is_complete_on_timm_resnet(timm_resnet, per_example):
     """Timm's init makes the ResNet homogeneous, so this checks Euler's identity: x · ∇z(x) = z(x) - z(0)."""
-    codes = FeatureCodes(timm_resnet, _sae(512))
+    codes = FeatureCodes(timm_resnet, random_sae(512))
     attr_error, delta_error = _completeness_error(codes, torch.rand(2, 3, 32, 32), per_example, n_steps=10)
     assert attr_error.max() < COMPLETENESS and delta_error.max() < COMPLETENESS
 
@@ -190,7 +163,7 @@ def test_integrated_gradients_is_complete_on_timm_resnet(timm_resnet, per_exampl
 def test_integrated_gradients_is_complete_on_a_curved_resnet(per_example):
     """In float64: in float32, rounding alone leaves about 2e-4 of z(x) - z(0) unexplained on this model."""
     model = _smooth_resnet().double()
-    codes = FeatureCodes(model, _sae(512).double())
+    codes = FeatureCodes(model, random_sae(512).double())
     images = torch.rand(2, 3, 32, 32, dtype=torch.float64)
     attr_error, delta_error = _completeness_error(codes, images, per_example, n_steps=32)
     assert attr_error.max() < COMPLETENESS and delta_error.max() < COMPLETENESS
@@ -200,13 +173,13 @@ def test_integrated_gradients_is_complete_on_a_curved_resnet(per_example):
 
 @pytest.mark.parametrize("per_example", [False, True], ids=["int", "per-example"])
 def test_integrated_gradients_is_complete_on_timm_vit(timm_vit, per_example):
-    codes = FeatureCodes(timm_vit, _sae(32))
+    codes = FeatureCodes(timm_vit, random_sae(32))
     attr_error, delta_error = _completeness_error(codes, torch.rand(3, 3, 32, 32), per_example, n_steps=50)
     assert attr_error.max() < COMPLETENESS and delta_error.max() < COMPLETENESS
 
 
 def test_noise_tunnel_without_noise_is_plain_integrated_gradients(timm_vit):
-    codes = FeatureCodes(timm_vit, _sae(32))
+    codes = FeatureCodes(timm_vit, random_sae(32))
     images = torch.rand(2, 3, 32, 32)
     plain = IntegratedGradients(codes).attribute(images, target=4, n_steps=16)
     tunnel = NoiseTunnel(IntegratedGradients(codes)).attribute(
@@ -222,7 +195,7 @@ def test_noise_tunnel_without_noise_is_plain_integrated_gradients(timm_vit):
 @pytest.mark.parametrize("family, window", [("timm_resnet", 8), ("timm_vit", 8), ("timm_vit", 16)])
 def test_occlusion_is_the_code_drop_of_blanking_each_window(family, window, request):
     model = request.getfixturevalue(family)
-    codes = FeatureCodes(model, _sae(model.get_classifier().in_features))
+    codes = FeatureCodes(model, random_sae(model.get_classifier().in_features))
     images = torch.rand(2, 3, 32, 32)
     feature = 6
     attr = Occlusion(codes).attribute(
@@ -256,7 +229,7 @@ def test_occlusion_is_the_code_drop_of_blanking_each_window(family, window, requ
 @pytest.mark.parametrize("family", ["timm_resnet", "timm_vit"])
 def test_saliency_and_input_x_gradient_are_the_code_gradient(family, request):
     model = request.getfixturevalue(family)
-    codes = FeatureCodes(model, _sae(model.get_classifier().in_features))
+    codes = FeatureCodes(model, random_sae(model.get_classifier().in_features))
     images = torch.rand(2, 3, 32, 32)
     feature = 5
     x = images.clone().requires_grad_()
@@ -273,21 +246,8 @@ def test_saliency_and_input_x_gradient_are_the_code_gradient(family, request):
 # 5. Layer methods
 
 
-@pytest.mark.parametrize("family", ["timm_resnet", "torchvision_resnet"])
-@pytest.mark.parametrize("target", [2, [0, 9]], ids=["int", "per-example"])
-def test_layer_grad_cam_of_the_codes_is_grad_fam(family, target, request):
-    model = request.getfixturevalue(family)
-    sae = _sae(512)
-    images = torch.rand(2, 3, 64, 64)
-    captum = LayerGradCam(FeatureCodes(model, sae), model.layer3[-1]).attribute(images, target=target)
-    ours = GradFAM(model, model.layer3[-1], sae).attribute(images, target=target)
-    assert ours.shape == (2, 1, 4, 4) and ours.abs().sum() > 0
-    torch.testing.assert_close(captum, ours, atol=ATOL, rtol=RTOL)
-    assert _hooks(model) == 0
-
-
 def _layer_completeness(method, model: nn.Module, images: torch.Tensor, n_steps: int) -> None:
-    codes = FeatureCodes(model, _sae(512))
+    codes = FeatureCodes(model, random_sae(512))
     baselines = torch.zeros_like(images)
     target = _moving_target(codes, images, per_example=False)
     attr, delta = method(codes, model.layer4).attribute(
@@ -300,7 +260,7 @@ def _layer_completeness(method, model: nn.Module, images: torch.Tensor, n_steps:
     summed = attr.sum(dim=(1, 2, 3))
     torch.testing.assert_close(summed - diff, delta, atol=1e-6, rtol=1e-3)
     torch.testing.assert_close(summed, diff, atol=0, rtol=COMPLETENESS)
-    assert _hooks(model) == 0
+    assert hook_count(model) == 0
 
 
 def test_layer_integrated_gradients_at_layer4_is_complete(timm_resnet):
@@ -313,116 +273,7 @@ def test_layer_conductance_at_layer4_sums_to_the_code_difference(timm_resnet):
     _layer_completeness(LayerConductance, timm_resnet, torch.rand(2, 3, 64, 64), n_steps=100)
 
 
-# 6. Batched Grad-FAM next to a pytorch-grad-cam style hook
-
-
-def test_attribute_features_falls_back_to_a_loop_under_a_grad_cam_hook(timm_resnet):
-    layer = timm_resnet.layer3[-1]
-    stored: list[torch.Tensor] = []
-
-    def grad_cam_hook(module, args, output):  # what pytorch-grad-cam's ActivationsAndGradients does
-        output.register_hook(lambda grad: stored.append(grad.cpu().detach()))
-
-    handle = layer.register_forward_hook(grad_cam_hook)
-    images = torch.rand(2, 3, 32, 32)  # layer3's map is 2 x 2
-
-    # Precondition: in this torch version, the hook breaks batched gradients.
-    x = images.clone().requires_grad_()
-    out = timm_resnet(x)
-    with pytest.raises(RuntimeError, match="Batching rule not implemented"):
-        torch.autograd.grad(out, x, grad_outputs=torch.eye(4)[:, None].expand(4, 2, 4), is_grads_batched=True)
-    stored.clear()
-
-    fam = GradFAM(timm_resnet, layer, _sae(512))
-    features = [1, 7, 7]
-    together = fam.attribute_features(images, features)
-    assert len(stored) == len(features)  # the hook saw one backward pass per feature: the loop ran
-    looped = torch.cat([fam.attribute(images, target=f) for f in features], dim=1)
-    assert together.shape == (2, 3, 2, 2) and looped.abs().sum() > 0
-    torch.testing.assert_close(together, looped, atol=ATOL, rtol=RTOL)
-    assert list(layer._forward_hooks) == [handle.id] and _hooks(timm_resnet) == 1
-    handle.remove()
-
-
-# 7. Rendering, against pytorch-grad-cam's recipe in numpy
-
-
-def _resize_axis(values: np.ndarray, size: int, axis: int) -> np.ndarray:
-    """Bilinear resize along one axis with half-pixel centres (OpenCV INTER_LINEAR, align_corners=False)."""
-    n = values.shape[axis]
-    source = np.clip((np.arange(size) + 0.5) * n / size - 0.5, 0, n - 1)
-    low = np.floor(source).astype(int)
-    high = np.minimum(low + 1, n - 1)
-    t = source - low
-    shape = [1] * values.ndim
-    shape[axis] = size
-    t = t.reshape(shape)
-    return np.take(values, low, axis=axis) * (1 - t) + np.take(values, high, axis=axis) * t
-
-
-def _render_reference(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    out = []
-    for m in maps[:, 0].astype(np.float64):
-        m = np.maximum(m, 0)
-        span = m.max() - m.min()
-        m = (m - m.min()) / span if span > 0 else np.zeros_like(m)
-        out.append(_resize_axis(_resize_axis(m, size[0], 0), size[1], 1))
-    return np.stack(out)[:, None]
-
-
-@pytest.mark.parametrize("shape, size", [((2, 2), (8, 8)), ((4, 4), (64, 64)), ((3, 5), (12, 20))])
-def test_render_maps_is_pytorch_grad_cams_rendering(shape, size):
-    maps = torch.randn(3, 1, *shape)
-    rendered = render_maps(maps, size)
-    assert rendered.shape == (3, 1, *size)
-    np.testing.assert_allclose(rendered.numpy(), _render_reference(maps.numpy(), size), atol=RENDER_ATOL, rtol=0)
-    assert rendered.min() >= 0 and rendered.max() <= 1
-    has_peak = maps.amax(dim=(2, 3)) > 0
-    assert torch.equal(rendered.amax(dim=(2, 3)) > 0.5, has_peak)  # a positive peak stays near 1, none gives 0
-
-
-@settings(max_examples=40, deadline=None)
-@given(
-    h=st.integers(1, 6),
-    w=st.integers(1, 6),
-    big_h=st.integers(1, 40),
-    big_w=st.integers(1, 40),
-    seed=st.integers(0, 2**16),
-)
-def test_render_maps_matches_the_reference_at_any_size(h, w, big_h, big_w, seed):
-    maps = torch.randn(2, 1, h, w, generator=torch.Generator().manual_seed(seed))
-    rendered = render_maps(maps, (big_h, big_w))
-    np.testing.assert_allclose(
-        rendered.numpy(), _render_reference(maps.numpy(), (big_h, big_w)), atol=RENDER_ATOL, rtol=0
-    )
-    assert rendered.min() >= 0 and rendered.max() <= 1
-
-
-def test_rendered_maps_never_exceed_one():
-    # Maps one cell thin: upsampling across them mixes the peak cell with itself, with float32 weights.
-    for maps in (torch.tensor([[[[-1.0, 2.0]]]]), torch.tensor([[[[-1.0], [2.0]]]])):
-        highest = max(render_maps(maps, (h, w)).max().item() for h in range(1, 33) for w in range(1, 33))
-        assert highest <= 1, f"max is 1 + {highest - 1:.3g}"
-
-
-def test_a_map_without_positive_evidence_renders_all_zero():
-    maps = torch.stack([-torch.rand(1, 4, 4) - 0.1, torch.full((1, 4, 4), 0.7)])  # all negative; constant
-    rendered = render_maps(maps, (16, 16))
-    assert torch.equal(rendered, torch.zeros(2, 1, 16, 16))
-
-
-def test_a_map_holding_nan_renders_all_nan_and_leaves_the_others_alone():
-    maps = torch.randn(2, 1, 4, 4)
-    maps[0, 0, 1, 2] = torch.nan
-    rendered = render_maps(maps, (16, 16))
-    assert rendered[0].isnan().all()
-    assert not rendered[1].isnan().any()
-    np.testing.assert_allclose(
-        rendered[1:].numpy(), _render_reference(maps[1:].numpy(), (16, 16)), atol=RENDER_ATOL, rtol=0
-    )
-
-
-# 8. Bad input
+# 6. Bad input
 
 
 def test_an_sae_that_is_not_an_sae_is_refused(timm_resnet):
@@ -431,14 +282,14 @@ def test_an_sae_that_is_not_an_sae_is_refused(timm_resnet):
 
 
 def test_an_sae_of_another_width_is_refused_on_the_first_forward(timm_resnet):
-    codes = FeatureCodes(timm_resnet, _sae(256))  # the head input is 512 wide
+    codes = FeatureCodes(timm_resnet, random_sae(256))  # the head input is 512 wide
     with pytest.raises(ValueError, match="512-dimensional.*reads 256.*trained on another site or model"):
         codes(torch.rand(2, 3, 32, 32))
-    assert _hooks(timm_resnet) == 0
+    assert hook_count(timm_resnet) == 0
 
 
 def test_an_sae_stored_with_a_custom_reducer_asks_for_the_site(timm_resnet):
-    sae = _sae(256, site="layer3:<mycallable>")
+    sae = random_sae(256, site="layer3:<mycallable>")
     with pytest.raises(ValueError, match=r"custom reducer.*pass site=Site\(module, reducer\) explicitly"):
         FeatureCodes(timm_resnet, sae)
     codes = FeatureCodes(timm_resnet, sae, Site("layer3", reducer=lambda out: out.amax(dim=(2, 3))))

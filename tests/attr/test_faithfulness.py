@@ -1,4 +1,4 @@
-"""Validate: activation maximisation and the faithfulness scores, on toy models whose codes are known in closed form."""
+"""Faithfulness scores: deletion curves and the pointing game, on toy models whose codes are known in closed form."""
 
 from __future__ import annotations
 
@@ -9,29 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from captum_salve import SparseAutoencoder, class_profile, collect_activations, select_feature, train_sae
-from captum_salve.attr import GradFAM, deletion_curve, deletion_score, maximize_feature, pointing_game
+from captum_salve import SparseAutoencoder, select_feature
+from captum_salve.attr import GradFAM, deletion_curve, deletion_score, pointing_game
+from tests.helpers import PixelClassifier, hook_count, trained_digits_sae
 
 SIDE = 8
-
-
-def _hooks(model: nn.Module) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
-
-
-class _PixelClassifier(nn.Module):
-    """The head reads the raw pixels, so a linear SAE's code is linear in the image: ``z_l = e_l · x + β_l``."""
-
-    def __init__(self, side: int = SIDE, classes: int = 3) -> None:
-        super().__init__()
-        self.head = nn.Linear(3 * side * side, classes)
-        self.pretrained_cfg = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0), "input_size": (3, side, side)}
-
-    def get_classifier(self) -> nn.Linear:
-        return self.head
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(images.flatten(1))
 
 
 class _CellMeans(nn.Module):
@@ -47,127 +29,6 @@ class _CellMeans(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(F.avg_pool2d(images, self.cell).flatten(1))
-
-
-def _pixel_setup(activation: str = "linear", seed: int = 0) -> tuple[nn.Module, SparseAutoencoder]:
-    torch.manual_seed(seed)
-    return _PixelClassifier().eval(), SparseAutoencoder(3 * SIDE * SIDE, 4, activation)
-
-
-def _correlation(x: torch.Tensor, y: torch.Tensor) -> float:
-    return float(torch.corrcoef(torch.stack([x.flatten(), y.flatten()]))[0, 1])
-
-
-# ---- activation maximisation ---------------------------------------------------------------
-
-
-@pytest.mark.parametrize("parameterization, least", [("pixel", 0.7), ("fourier", 0.3)])
-def test_the_image_grows_along_the_encoders_pixel_direction(parameterization, least):
-    model, sae = _pixel_setup()
-    result = maximize_feature(model, sae, [0, 3], steps=32, parameterization=parameterization)
-    encoder = sae.encoder.weight.detach()
-    for row, feature in enumerate([0, 3]):
-        change = result.images[row] - result.snapshots[0][row]
-        assert _correlation(change, encoder[feature]) > least
-        assert abs(_correlation(change, encoder[1])) < 0.25  # a feature not asked for
-    assert (result.history[-1] > result.history[0] + 0.5).all()
-
-
-def test_activations_are_the_codes_of_the_final_images():
-    model, sae = _pixel_setup("relu")
-    result = maximize_feature(model, sae, [2, 0, 2], steps=8, parameterization="pixel")
-    codes = sae.encode(result.images.flatten(1)).detach()
-    torch.testing.assert_close(result.activations, codes[torch.arange(3), torch.tensor([2, 0, 2])])
-    assert result.features == [2, 0, 2] and result.history.shape == (8, 3)
-
-
-def test_a_relu_feature_that_starts_switched_off_is_still_driven_up():
-    model, sae = _pixel_setup("relu")
-    start = torch.sigmoid(torch.randn(1, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(0)) * 0.5)
-    with torch.no_grad():  # the starting image's pre-activation is -1: code 0, no gradient through the ReLU
-        sae.encoder.bias[1] -= sae.pre_activation(start.flatten(1))[0, 1] + 1.0
-    result = maximize_feature(model, sae, 1, steps=48, parameterization="pixel", transforms=False)
-    assert result.history[0, 0].item() == pytest.approx(-1.0, abs=1e-5)
-    assert result.activations[0] > 0
-
-
-def test_the_same_seed_gives_the_same_images_and_another_seed_does_not():
-    model, sae = _pixel_setup()
-    first, again = (maximize_feature(model, sae, [1, 2], steps=6, seed=3) for _ in range(2))
-    assert torch.equal(first.images, again.images) and torch.equal(first.history, again.history)
-    assert all(torch.equal(first.snapshots[s], again.snapshots[s]) for s in first.snapshots)
-    other = maximize_feature(model, sae, [1, 2], steps=6, seed=4)
-    assert not torch.allclose(first.images, other.images)
-
-
-def test_snapshots_are_kept_at_the_requested_steps_and_start_from_the_seeded_noise():
-    model, sae = _pixel_setup()
-    result = maximize_feature(model, sae, [0, 1], steps=10, snapshots=(0, 3, 7, 25), parameterization="pixel", seed=5)
-    assert sorted(result.snapshots) == [0, 3, 7, 10]  # the last step is always kept; steps past it are not
-    assert torch.equal(result.snapshots[10], result.images)
-    noise = torch.randn(2, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(5)) * 0.5
-    torch.testing.assert_close(result.snapshots[0], torch.sigmoid(noise))
-    assert not torch.equal(result.snapshots[3], result.snapshots[7])
-    for images in result.snapshots.values():
-        assert images.shape == (2, 3, SIDE, SIDE) and images.min() >= 0 and images.max() <= 1
-
-
-@pytest.mark.parametrize("parameterization", ["pixel", "fourier"])
-def test_without_transforms_each_feature_is_optimised_independently_of_the_batch(parameterization):
-    """Rows share nothing but the noise stream: row 0 is the same alone or next to any other feature.
-
-    (With transforms, each step draws one random transform per row from one generator,
-    so the draws, and hence the images, depend on the batch size.)
-    """
-    model, sae = _pixel_setup()
-    kwargs = dict(steps=12, transforms=False, parameterization=parameterization)
-    alone = maximize_feature(model, sae, 2, **kwargs)
-    with_one = maximize_feature(model, sae, [2, 0], **kwargs)
-    with_two = maximize_feature(model, sae, [2, 3, 1], **kwargs)
-    torch.testing.assert_close(with_one.images[0], alone.images[0], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(with_two.images[0], alone.images[0], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(with_two.history[:, 0], alone.history[:, 0], rtol=1e-5, atol=1e-5)
-
-
-def test_the_model_keeps_its_weights_mode_and_no_hooks():
-    model, sae = _pixel_setup()
-    model.train()
-    weight = model.head.weight.detach().clone()
-    maximize_feature(model, sae, [0], steps=3)
-    assert model.training and torch.equal(model.head.weight, weight)
-    assert model.head.weight.grad is None and sae.encoder.weight.grad is None
-    assert _hooks(model) == 0
-
-
-def test_default_image_size_comes_from_the_model_config():
-    model, sae = _pixel_setup()
-    assert maximize_feature(model, sae, [0, 1], steps=1).images.shape == (2, 3, SIDE, SIDE)
-
-
-@pytest.mark.parametrize(
-    "kwargs, message",
-    [
-        (dict(steps=-1), "steps must be a positive integer, got -1"),
-        (dict(steps=0), "steps must be a positive integer, got 0"),
-        (dict(steps=2.5), "steps must be a positive integer, got 2.5"),
-        (dict(features=4), r"features must be SAE feature indices in \[0, 3\], got \[4\]"),
-        (dict(features=[1, -1]), r"features must be SAE feature indices in \[0, 3\]"),
-        (dict(features=[]), r"features must name at least one SAE feature"),
-        (dict(features=[1.0]), r"features must be SAE feature indices \(integers\), got \[1.0\]"),
-        (dict(parameterization="wavelet"), "parameterization must be one of .*'wavelet'"),
-        (dict(lr=0.0), "lr must be > 0, got 0.0"),
-        (dict(lr=float("nan")), "lr must be > 0, got nan"),
-        (dict(l2=-1e-3), "l2 must be >= 0, got -0.001"),
-        (dict(tv=-1.0), "tv must be >= 0, got -1.0"),
-        (dict(image_size=4), "image_size must be a side or"),
-    ],
-)
-def test_bad_arguments_are_refused_by_name(kwargs, message):
-    model, sae = _pixel_setup()
-    arguments = dict(features=0, steps=2) | kwargs
-    with pytest.raises(ValueError, match=message):
-        maximize_feature(model, sae, **arguments)
-    assert _hooks(model) == 0
 
 
 # ---- deletion curves -----------------------------------------------------------------------
@@ -217,7 +78,7 @@ def test_the_curve_equals_deleting_cells_pixel_by_pixel_in_a_loop(h, w, data, se
     steps = data.draw(st.integers(1, h * w))
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = _PixelClassifier().eval()
+    model = PixelClassifier(SIDE).eval()
     sae = SparseAutoencoder(3 * SIDE * SIDE, 3, "linear")
     images = torch.rand(2, 3, SIDE, SIDE, generator=generator)
     maps = torch.randn(2, 1, h, w, generator=generator)
@@ -261,7 +122,7 @@ def test_batch_size_does_not_change_the_curve_and_no_hooks_are_left():
     whole = deletion_curve(model, sae, 0, images, maps)
     pieces = deletion_curve(model, sae, 0, images, maps, batch_size=5)
     torch.testing.assert_close(whole, pieces)
-    assert _hooks(model) == 0
+    assert hook_count(model) == 0
 
 
 @pytest.mark.parametrize(
@@ -354,19 +215,9 @@ def test_pointing_game_refuses_mismatched_shapes(maps, masks):
 # ---- on the trained digits classifier ------------------------------------------------------
 
 
-def _digits_setup(digits_resnet):
-    from captum_salve.data import DigitsCanvas
-
-    model = digits_resnet.model
-    train, test = DigitsCanvas("train"), DigitsCanvas("test")
-    acts = collect_activations(model, torch.utils.data.Subset(train, range(600)), progress=False)
-    sae, _ = train_sae(acts, 64, epochs=20, progress=False)
-    return model, sae, class_profile(sae, acts), test
-
-
 @pytest.mark.slow
 def test_grad_fam_on_the_digits_resnet_is_faithful_and_points_at_the_digit(digits_resnet):
-    model, sae, profile, test = _digits_setup(digits_resnet)
+    model, sae, profile, test = trained_digits_sae(digits_resnet)
     images, labels, masks = test.images[:48], test.labels[:48], test.masks()[:48]
     features = torch.tensor([select_feature(profile, int(c))[0] for c in labels])
     fam = GradFAM(model, "layer3.1", sae)  # a 4x4 map on the 64x64 canvas
@@ -383,12 +234,3 @@ def test_grad_fam_on_the_digits_resnet_is_faithful_and_points_at_the_digit(digit
         ]
     )
     assert deletion_score(own).nanmean() < deletion_score(rand).nanmean() - 0.05
-
-
-@pytest.mark.slow
-def test_maximised_images_beat_most_real_images_on_the_digits_resnet(digits_resnet):
-    model, sae, profile, test = _digits_setup(digits_resnet)
-    features = [select_feature(profile, c)[0] for c in (0, 3, 7)]
-    codes = sae.encode_all(collect_activations(model, test.images[:300], progress=False))[:, features]
-    result = maximize_feature(model, sae, features, steps=96)
-    assert (result.activations > codes.quantile(0.99, dim=0)).all()  # as the pipeline reports it

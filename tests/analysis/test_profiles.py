@@ -1,0 +1,168 @@
+"""Class profiles, feature selection and top-activating examples, against hand-worked cases and full sorts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from captum_salve import (
+    ActivationSet,
+    ClassProfile,
+    class_profile,
+    cross_class_features,
+    select_feature,
+    top_activating,
+)
+from tests.helpers import identity_sae, random_sae
+
+
+def _profile(mean_codes: list[list[float]], code_std: list[float] | None = None) -> ClassProfile:
+    mu = torch.tensor(mean_codes)
+    std = torch.ones(mu.shape[1]) if code_std is None else torch.tensor(code_std)
+    return ClassProfile(mu, torch.full((mu.shape[0],), 10), std, [str(k) for k in range(mu.shape[0])])
+
+
+# ---- class profile -------------------------------------------------------------------------
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    n=st.integers(2, 30),
+    k=st.integers(1, 4),
+    activation=st.sampled_from(["linear", "relu", "topk"]),
+    seed=st.integers(0, 2**16),
+)
+def test_mean_codes_are_the_per_class_means_of_the_codes(n, k, activation, seed):
+    generator = torch.Generator().manual_seed(seed)
+    features = torch.randn(n, 5, generator=generator)
+    labels = torch.randint(0, k, (n,), generator=generator)
+    sae = random_sae(5, activation, d_latent=7, k=2 if activation == "topk" else None, seed=seed)
+    profile = class_profile(sae, ActivationSet(features, labels))
+    codes = sae.encode(features).detach()
+    assert profile.num_classes == int(labels.max()) + 1
+    for c in range(profile.num_classes):
+        mine = codes[labels == c]
+        assert profile.counts[c] == len(mine)
+        expected = mine.mean(0) if len(mine) else torch.zeros(7)  # a class with no samples has a zero profile
+        torch.testing.assert_close(profile.mean_codes[c], expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(profile.code_std, codes.std(dim=0), rtol=1e-5, atol=1e-6)
+
+
+def test_class_names_default_to_indices_and_must_match_the_class_count():
+    acts = ActivationSet(torch.randn(6, 3), torch.tensor([0, 1, 2, 0, 1, 2]))
+    sae = identity_sae(3)
+    assert class_profile(sae, acts).class_names == ["0", "1", "2"]
+    assert class_profile(sae, acts, class_names=["a", "b", "c"]).class_names == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="class_names must have 3 entries, got 2"):
+        class_profile(sae, acts, class_names=["a", "b"])
+    with pytest.raises(ValueError, match="carry no labels"):
+        class_profile(sae, ActivationSet(torch.randn(6, 3)))
+    with pytest.raises(ValueError, match=r"acts must be \(N, 4\) activations for this SAE"):
+        class_profile(identity_sae(4), acts)
+
+
+def test_dominant_by_magnitude_counts_negative_codes_and_by_contrast_ignores_shared_ones():
+    # feature 0 is equally large for every class, feature 1 is strongly negative for class 0
+    profile = _profile([[3.0, -5.0, 1.0], [3.0, 0.0, 0.0], [3.0, 0.0, 0.0]])
+    assert profile.dominant(0, 3, by="magnitude").tolist() == [1, 0, 2]
+    torch.testing.assert_close(profile.contrast()[0], torch.tensor([0.0, -5.0, 1.0]))
+    assert profile.dominant(0, 3, by="contrast").tolist() == [2, 0, 1]
+    assert profile.dominant(0, 10).tolist() == [1, 0, 2]  # n larger than d: all of them
+
+
+def test_contrast_is_the_gap_to_the_mean_of_the_other_classes_in_code_stds():
+    generator = torch.Generator().manual_seed(3)
+    mu = torch.randn(4, 6, generator=generator)
+    std = torch.rand(6, generator=generator) + 0.5
+    profile = ClassProfile(mu, torch.ones(4), std, list("abcd"))
+    expected = torch.empty(4, 6)
+    for k in range(4):
+        others = torch.stack([mu[j] for j in range(4) if j != k]).mean(0)
+        expected[k] = (mu[k] - others) / std
+    torch.testing.assert_close(profile.contrast(), expected)
+
+
+def test_selectivity_and_specificity_by_hand():
+    profile = _profile([[2.0, 0.0, 1.0], [-1.0, 4.0, 1.0], [1.0, 0.0, 1.0]])
+    torch.testing.assert_close(profile.selectivity(0), torch.tensor([0.5, 0.25, 0.25]))
+    torch.testing.assert_close(profile.selectivity(1), torch.tensor([0.0, 1.0, 0.0]))
+    torch.testing.assert_close(profile.selectivity(2), torch.full((3,), 1 / 3))
+    # top feature by magnitude: class 0 -> 0 (share 0.5), class 1 -> 1 (1.0), class 2 -> 0 or 2 tie at 1.0
+    specificity = profile.specificity()
+    assert specificity[0] == pytest.approx(0.5) and specificity[1] == pytest.approx(1.0)
+    assert specificity[2].item() in (pytest.approx(0.25), pytest.approx(1 / 3))
+
+
+def test_profile_arguments_are_checked():
+    profile = _profile([[1.0, 2.0], [3.0, 4.0]])
+    with pytest.raises(ValueError, match=r"class_index must be in \[0, 1\], got 2"):
+        profile.dominant(2)
+    with pytest.raises(ValueError, match="by must be 'magnitude' or 'contrast'"):
+        profile.dominant(0, by="size")
+    with pytest.raises(ValueError, match="n must be at least 1, got 0"):
+        profile.dominant(0, 0)
+    with pytest.raises(ValueError, match=r"feature must be SAE feature indices in \[0, 1\], got \[-1\]"):
+        profile.selectivity(-1)
+
+
+def test_cross_class_features_find_a_feature_planted_in_two_classes():
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(200) % 4
+    features = torch.randn(200, 5, generator=generator) * 0.3
+    features[labels == 1, 3] += 4.0  # coordinate 3 is shared by classes 1 and 2
+    features[labels == 2, 3] += 3.0
+    features[labels == 0, 0] += 4.0  # coordinate 0 belongs to class 0 alone
+    profile = class_profile(identity_sae(5), ActivationSet(features, labels))
+    found = cross_class_features(profile, n_classes=2, top=2)
+    assert found[0].feature == 3 and found[0].classes == (1, 2)
+    magnitude = profile.mean_codes[:, 3].abs().sort(descending=True).values
+    assert found[0].score == pytest.approx(float((magnitude[1] - magnitude[2]) / profile.code_std[3]), rel=1e-5)
+    assert found[0].score > found[1].score and len(found) == 2
+    with pytest.raises(ValueError, match=r"n_classes must be in \[2, 3\], got 4"):
+        cross_class_features(profile, n_classes=4)
+
+
+def test_select_feature_is_the_top_of_the_chosen_ranking():
+    profile = _profile([[3.0, -5.0, 1.0], [3.0, 0.0, 0.0], [3.0, 0.0, 0.0]])
+    assert select_feature(profile, 0) == [2]  # contrast by default
+    assert select_feature(profile, 0, by="magnitude") == [1]
+    assert select_feature(profile, 0, n=2, by="magnitude") == [1, 0]
+    assert all(isinstance(f, int) for f in select_feature(profile, 1, n=3))
+
+
+# ---- top-activating examples ---------------------------------------------------------------
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 40), k=st.integers(1, 40), seed=st.integers(0, 2**16))
+def test_top_activating_equals_a_full_sort(n, k, seed):
+    k = min(k, n)
+    generator = torch.Generator().manual_seed(seed)
+    # a few distinct rows repeated: many exact ties in the codes
+    rows = torch.randint(-2, 3, (4, 3), generator=generator).float()
+    acts = ActivationSet(rows[torch.randint(0, 4, (n,), generator=generator)])
+    sae = identity_sae(3)
+    index, values = top_activating(sae, acts, 1, k=k)
+    codes = acts.features[:, 1]
+    expected = sorted(codes.tolist(), reverse=True)[:k]
+    assert values.tolist() == expected
+    assert len(set(index.tolist())) == k and torch.equal(codes[index], values)
+
+
+def test_top_activating_without_ties_gives_the_argsort():
+    acts = ActivationSet(torch.tensor([[0.3], [2.0], [-1.0], [1.5], [0.9]]))
+    index, values = top_activating(identity_sae(1), acts, 0, k=3)
+    assert index.tolist() == [1, 3, 4] and values.tolist() == pytest.approx([2.0, 1.5, 0.9])
+
+
+def test_top_activating_refuses_bad_k_and_feature():
+    acts = ActivationSet(torch.randn(5, 3))
+    sae = identity_sae(3)
+    with pytest.raises(ValueError, match=r"k must be in \[1, 5\], got 6"):
+        top_activating(sae, acts, 0, k=6)
+    with pytest.raises(ValueError, match=r"k must be in \[1, 5\], got 0"):
+        top_activating(sae, acts, 0, k=0)
+    with pytest.raises(ValueError, match=r"feature must be SAE feature indices in \[0, 2\], got \[3\]"):
+        top_activating(sae, acts, 3)

@@ -1,0 +1,183 @@
+"""α sweeps, α_50 and the choice of an edit, against editing the model at every strength."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from captum_salve import (
+    ActivationSet,
+    SparseAutoencoder,
+    SweepResult,
+    alpha_50,
+    alpha_crit,
+    alpha_sweep,
+    class_profile,
+    edit_model,
+    edited,
+    select_edit,
+)
+from tests.helpers import HeadOnly, classified_clusters, identity_sae, random_sae
+
+# ---- α sweeps ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rule", ["salve", "project"])
+@pytest.mark.parametrize("mode", ["suppress", "enhance"])
+def test_sweep_equals_editing_the_model_at_every_alpha(rule, mode):
+    model, acts = classified_clusters()
+    sae = random_sae(6, "relu", d_latent=5, seed=0)
+    alphas = [3.0, 0.0, 0.5, 1.0, 10.0]  # unsorted on purpose
+    sweep = alpha_sweep(model, sae, 2, acts, alphas, mode=mode, rule=rule)
+    assert sweep.alphas.tolist() == sorted(alphas)
+    k = 3
+    for i, alpha in enumerate(sorted(alphas)):
+        with torch.no_grad():
+            predicted = edit_model(model, sae, 2, alpha, mode=mode, rule=rule)(acts.features).argmax(1)
+        confusion = torch.zeros(k, k, dtype=torch.long)
+        for true, guess in zip(acts.labels.tolist(), predicted.tolist(), strict=True):
+            confusion[true, guess] += 1
+        assert torch.equal(sweep.confusion[i], confusion)
+        for c in range(k):
+            mine = acts.labels == c
+            accuracy = (predicted[mine] == c).double().mean()
+            assert sweep.per_class_accuracy[i, c].item() == pytest.approx(accuracy.item())
+    assert torch.equal(sweep.baseline, sweep.confusion[0])  # α = 0 is the unedited model
+    assert sweep.label == f"{mode} feature 2 ({rule})"
+
+
+def test_prediction_distribution_rows_are_shares_of_the_class():
+    model, acts = classified_clusters()
+    sweep = alpha_sweep(model, random_sae(6, d_latent=5, seed=0), [0, 1], acts, [0.0, 2.0, 8.0], rule="project")
+    counts = torch.bincount(acts.labels)
+    for c in range(3):
+        assert torch.equal(sweep.confusion[:, c].sum(dim=1), counts[c].expand(3))
+        shares = sweep.prediction_distribution(c)
+        torch.testing.assert_close(shares.sum(dim=1), torch.ones(3, dtype=torch.float64))
+        torch.testing.assert_close(shares, sweep.confusion[:, c].double() / counts[c])
+        torch.testing.assert_close(shares[:, c], sweep.per_class_accuracy[:, c])
+
+
+def test_off_target_change_is_the_mean_change_of_the_other_classes():
+    model, acts = classified_clusters()
+    sweep = alpha_sweep(model, random_sae(6, d_latent=5, seed=0), 1, acts, [0.0, 2.0, 20.0], rule="project")
+    change = sweep.per_class_accuracy - sweep.baseline_accuracy
+    torch.testing.assert_close(sweep.off_target_change(1), (change[:, 0] + change[:, 2]) / 2)
+    torch.testing.assert_close(sweep.off_target_change([0, 2]), change[:, 1])
+    with pytest.raises(ValueError, match=r"class_index must be in \[0, 2\], got 3"):
+        sweep.off_target_change(3)
+    with pytest.raises(ValueError, match=r"class_index must be in \[0, 2\], got -1"):
+        sweep.prediction_distribution(-1)
+
+
+def test_sweep_refuses_bad_input():
+    model, acts = classified_clusters()
+    sae = random_sae(6, d_latent=5, seed=0)
+    with pytest.raises(ValueError, match="data must be head-input activations"):
+        alpha_sweep(model, sae, 0, ActivationSet(acts.features, acts.labels, site="layer4"), [1.0])
+    with pytest.raises(ValueError, match="alphas must be a non-empty 1-D sequence"):
+        alpha_sweep(model, sae, 0, acts, [])
+    with pytest.raises(ValueError, match="alphas must be finite and >= 0"):
+        alpha_sweep(model, sae, 0, acts, [1.0, -1.0])
+    with pytest.raises(ValueError, match="rule must be one of"):
+        alpha_sweep(model, sae, 0, acts, [1.0], rule="rome")
+    with pytest.raises(ValueError, match="carry no labels"):
+        alpha_sweep(model, sae, 0, ActivationSet(acts.features), [1.0])
+    with pytest.raises(ValueError, match=r"data labels must be classes of the head, in \[0, 2\], got 0 to 3"):
+        alpha_sweep(model, sae, 0, ActivationSet(acts.features, acts.labels.clamp(max=1) * 3), [1.0])
+
+
+def test_sweeps_take_the_head_alone_and_equal_the_model_route(timm_resnet):
+    torch.manual_seed(1)
+    sae = SparseAutoencoder(512, 8, "relu")
+    acts = ActivationSet(torch.rand(30, 512) * 2, torch.arange(30) % 4)
+    by_model = alpha_sweep(timm_resnet, sae, 3, acts, [0, 1, 5, 20], rule="project")
+    by_head = alpha_sweep(timm_resnet.fc, sae, 3, acts, [0, 1, 5, 20], rule="project")
+    assert torch.equal(by_model.confusion, by_head.confusion) and torch.equal(by_model.baseline, by_head.baseline)
+    crit_model = alpha_crit(timm_resnet, sae, 3, acts, 1, criterion="flip", rule="project")
+    crit_head = alpha_crit(timm_resnet.fc, sae, 3, acts, 1, criterion="flip", rule="project")
+    assert torch.equal(crit_model, crit_head)
+    with pytest.raises(ValueError, match="with the head alone, inputs must be head-input activations"):
+        alpha_crit(timm_resnet.fc, sae, 3, torch.rand(2, 3, 32, 32), 1)
+
+
+def test_the_sweep_predicts_what_the_edited_model_predicts(timm_resnet):
+    torch.manual_seed(2)
+    sae = SparseAutoencoder(512, 8, "linear")
+    acts = ActivationSet(torch.rand(40, 512) * 2, torch.arange(40) % 4)
+    alphas = [0.0, 2.0, 8.0]
+    sweep = alpha_sweep(timm_resnet, sae, [2, 6], acts, alphas, rule="project")
+    for i, alpha in enumerate(alphas):
+        with edited(timm_resnet, sae, [2, 6], alpha, rule="project") as model, torch.no_grad():
+            predicted = model.fc(acts.features).argmax(1)
+        expected = torch.bincount(acts.labels * 4 + predicted, minlength=16).reshape(4, 4)
+        assert torch.equal(sweep.confusion[i], expected)
+
+
+def _sweep_with_accuracy(alphas: list[float], correct: list[int], total: int = 10) -> SweepResult:
+    """A 2-class sweep whose class 0 has ``correct[i]`` of ``total`` right at ``alphas[i]``."""
+    confusion = torch.zeros(len(alphas), 2, 2, dtype=torch.long)
+    confusion[:, 0, 0] = torch.tensor(correct)
+    confusion[:, 0, 1] = total - torch.tensor(correct)
+    confusion[:, 1, 1] = total
+    return SweepResult(torch.tensor(alphas, dtype=torch.float64), confusion, confusion[0], "test", ["a", "b"])
+
+
+def test_alpha_50_interpolates_linearly_between_the_straddling_strengths():
+    sweep = _sweep_with_accuracy([0.0, 1.0, 2.0, 4.0], [10, 8, 4, 0])
+    assert alpha_50(sweep, 0) == pytest.approx(1.0 + (0.8 - 0.5) / (0.8 - 0.4))  # 1.75
+    assert alpha_50(_sweep_with_accuracy([0.0, 1.0, 3.0], [10, 9, 5]), 0) == pytest.approx(3.0)  # exactly 50%
+
+
+def test_alpha_50_when_the_curve_never_or_already_crosses():
+    assert alpha_50(_sweep_with_accuracy([0.0, 1.0, 2.0], [10, 9, 6]), 0) == math.inf
+    assert alpha_50(_sweep_with_accuracy([0.5, 1.0, 2.0], [4, 2, 0]), 0) == 0.5
+    assert alpha_50(_sweep_with_accuracy([0.0, 1.0], [10, 0]), 1) == math.inf  # class 1 is never touched
+    with pytest.raises(ValueError, match=r"class_index must be in \[0, 1\], got 2"):
+        alpha_50(_sweep_with_accuracy([0.0], [10]), 2)
+
+
+# ---- choosing an edit ----------------------------------------------------------------------
+
+
+def _backed_up_evidence() -> tuple[nn.Module, SparseAutoencoder, ActivationSet]:
+    """Class 0's logit is a0 + a3: its evidence sits on two features, each enough alone.
+
+    Under rule "salve" one feature's column is at most zeroed, which leaves the other's
+    evidence (about 2) far above the other logits (below 0.1): only the pair flips class 0.
+    """
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(60) % 3
+    features = torch.rand(60, 4, generator=generator) * 0.1
+    features[labels == 0, 0] += 2.0
+    features[labels == 0, 3] += 2.0
+    features[labels == 1, 1] += 2.0
+    features[labels == 2, 2] += 2.0
+    weight = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]])
+    return HeadOnly.from_weights(weight, torch.zeros(3)), identity_sae(4), ActivationSet(features, labels)
+
+
+def test_select_edit_picks_the_single_feature_and_the_smallest_alpha_that_suffices():
+    model, sae, acts = _backed_up_evidence()
+    profile = class_profile(sae, acts)
+    # rule "project" turns a1 into (1 - α) a1: at α = 0.9 class 1 still wins (0.1 a1 >= 0.2 > a0 + a3),
+    # at α = 1.1 its logit is negative; the other classes do not read a1
+    choice = select_edit(model, sae, profile, 1, acts, alphas=[0.5, 0.9, 1.1, 3.0, 10.0], candidates=3)
+    assert choice.features == (1,) and choice.alpha == 1.1 and choice.rule == "project"
+    assert choice.reached and choice.target_accuracy == 0.0 and choice.off_target_change == 0.0
+
+
+def test_select_edit_takes_the_pair_when_one_feature_cannot_do_it():
+    model, sae, acts = _backed_up_evidence()
+    profile = class_profile(sae, acts)
+    alphas = [0.5, 0.9, 1.1, 3.0, 100.0]
+    choice = select_edit(model, sae, profile, 0, acts, rule="salve", candidates=2, alphas=alphas)
+    assert sorted(choice.features) == [0, 3] and choice.alpha == 1.1
+    assert choice.reached and choice.target_accuracy == 0.0 and choice.off_target_change == 0.0
+    alone = select_edit(model, sae, profile, 0, acts, rule="salve", candidates=2, max_features=1, alphas=alphas)
+    assert not alone.reached and alone.target_accuracy == 1.0 and alone.features[0] in (0, 3)
+    with pytest.raises(ValueError, match="candidates and max_features must be at least 1, got 2 and 0"):
+        select_edit(model, sae, profile, 0, acts, candidates=2, max_features=0)

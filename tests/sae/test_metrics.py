@@ -1,0 +1,64 @@
+"""SAE metrics against a hand computation: explained variance, MSE, L0, dead latents, spliced accuracy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from captum_salve import ActivationSet, SparseAutoencoder, sae_metrics
+
+
+def test_metrics_match_a_hand_computation():
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(40, 5, generator=generator) + 3.0  # far from zero: centring matters
+    sae = SparseAutoencoder(5, 6, "relu")
+    with torch.no_grad():
+        sae.encoder.bias[4:] = -1e6  # latents 4 and 5 can never fire
+    acts = ActivationSet(a)
+    metrics = sae_metrics(sae, acts, batch_size=7)
+
+    x = a.double().numpy()
+    with torch.no_grad():
+        a_hat, z = sae(a)
+    residual = x - a_hat.double().numpy()
+    expected_ev = 1 - (residual**2).sum() / ((x - x.mean(axis=0)) ** 2).sum()
+    assert metrics["explained_variance"] == pytest.approx(expected_ev, rel=1e-6)
+    assert metrics["mse"] == pytest.approx((residual**2).sum(axis=1).mean(), rel=1e-6)
+    assert metrics["l0"] == pytest.approx((z.numpy() > 0).sum(axis=1).mean())
+    never_active = (z.numpy() > 0).sum(axis=0) == 0
+    assert never_active[4:].all() and metrics["dead_fraction"] == pytest.approx(never_active.mean())
+
+
+def test_spliced_accuracy_of_a_perfect_and_a_broken_reconstruction():
+    head = nn.Linear(4, 3)
+    a = torch.randn(30, 4)
+    labels = head(a).argmax(1)
+    labels[:5] = (labels[:5] + 1) % 3  # accuracy 25/30
+    acts = ActivationSet(a, labels)
+    identity = SparseAutoencoder(4, 4, "linear")
+    with torch.no_grad():
+        identity.encoder.weight.copy_(torch.eye(4))
+        identity.decoder.weight.copy_(torch.eye(4))
+    metrics = sae_metrics(identity, acts, head=head)
+    assert metrics["accuracy"] == metrics["spliced_accuracy"] == pytest.approx(25 / 30)
+    assert metrics["explained_variance"] == pytest.approx(1.0)
+    with torch.no_grad():
+        identity.decoder.weight.zero_()
+    assert sae_metrics(identity, acts, head=head)["spliced_accuracy"] == pytest.approx(
+        (head.bias.argmax() == labels).float().mean().item()
+    )
+
+
+def test_metrics_refuse_mismatched_inputs():
+    sae = SparseAutoencoder(4, 8)
+    with pytest.raises(ValueError, match="the SAE reads 4-dimensional activations, acts have 5"):
+        sae_metrics(sae, ActivationSet(torch.randn(3, 5)))
+    with pytest.raises(ValueError, match="spliced accuracy needs head-input activations"):
+        sae_metrics(
+            sae, ActivationSet(torch.randn(3, 4), torch.zeros(3, dtype=torch.long), "layer3"), head=nn.Linear(4, 2)
+        )
+    with pytest.raises(ValueError, match="carry no labels"):
+        sae_metrics(sae, ActivationSet(torch.randn(3, 4)), head=nn.Linear(4, 2))
+    assert np.isfinite(sae_metrics(sae, ActivationSet(torch.randn(3, 4)))["mse"])

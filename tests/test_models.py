@@ -1,0 +1,66 @@
+"""What differs between model families: heads, default Grad-CAM layers, token layouts, model creation."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+import torchvision
+from torch import nn
+
+from captum_salve import Site, collect_activations
+from captum_salve.models import create_model, default_cam_layer, find_head, token_layout
+
+
+@pytest.mark.parametrize(
+    "fixture, head_name",
+    [("timm_resnet", "fc"), ("timm_vit", "head"), ("torchvision_resnet", "fc"), ("torchvision_vit", "heads.head")],
+)
+def test_head_is_found_for_every_family(fixture, head_name, request):
+    model = request.getfixturevalue(fixture)
+    name, head = find_head(model)
+    assert name == head_name and isinstance(head, nn.Linear)
+
+
+def test_head_of_the_papers_full_size_models():
+    assert find_head(timm.create_model("vit_base_patch16_224"))[1].in_features == 768
+    assert find_head(torchvision.models.vit_b_16())[1].in_features == 768
+    assert find_head(torchvision.models.resnet18())[1].in_features == 512
+
+
+def test_model_without_linear_head_is_refused():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    with pytest.raises(ValueError, match="no linear classifier head found on Sequential"):
+        collect_activations(model, torch.rand(1, 3, 8, 8), progress=False)
+    headless = timm.create_model("resnet18", num_classes=0)
+    with pytest.raises(ValueError, match="its classifier is Identity"):
+        find_head(headless)
+
+
+def test_missing_module_name_lists_close_names(timm_resnet):
+    with pytest.raises(ValueError, match=r"no module named 'layer5'.*closest names: layer"):
+        collect_activations(timm_resnet, torch.rand(1, 3, 32, 32), Site("layer5"), progress=False)
+
+
+def test_default_cam_layers_and_token_layouts(timm_resnet, timm_vit, torchvision_resnet, torchvision_vit):
+    assert default_cam_layer(timm_resnet) is timm_resnet.layer4[-1]
+    assert default_cam_layer(torchvision_resnet) is torchvision_resnet.layer4[-1]
+    assert default_cam_layer(timm_vit) is timm_vit.blocks[-1].norm1
+    assert default_cam_layer(torchvision_vit) is torchvision_vit.encoder.layers[-1].ln_1
+    assert token_layout(timm_vit).grid == (4, 4) and token_layout(timm_vit).prefix_tokens == 1
+    assert token_layout(torchvision_vit).grid == (4, 4)
+    assert token_layout(timm_resnet) is None
+
+
+def test_create_model_errors(tmp_path):
+    with pytest.raises(ValueError, match="timm does not know the model 'resnet_nope'"):
+        create_model("resnet_nope")
+    with pytest.raises(ValueError, match="torchvision has no model 'resnet19'"):
+        create_model("torchvision/resnet19")
+    wrong = tmp_path / "wrong.pth"
+    torch.save(timm.create_model("resnet18", num_classes=3).state_dict(), wrong)
+    with pytest.raises(ValueError, match="does not fit ResNet"):
+        create_model("resnet18", checkpoint_path=wrong, num_classes=5)
+    model = create_model("resnet18", checkpoint_path=wrong, num_classes=3)
+    assert model.fc.out_features == 3
+    assert isinstance(create_model("torchvision/vit_b_16", num_classes=7).heads.head, nn.Linear)
