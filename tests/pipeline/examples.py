@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import timm
 import torch
 from torch.utils.data import TensorDataset
 
@@ -33,6 +32,7 @@ from captum_salve.pipeline import (
     SeedsResult,
     ValidateResult,
 )
+from tests.helpers import small_timm_vit
 
 # Small enough that a whole run takes seconds; every stage still does real work.
 TOY_CONFIG = PipelineConfig(
@@ -50,9 +50,7 @@ def toy_inputs(classes: int, *, seed: int = 0, name: str | None = None) -> Pipel
     """A random two-block ViT on 32×32 images whose brightness grows with the class, with masks and a cue."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = timm.create_model(
-        "vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, embed_dim=32, num_heads=2, num_classes=classes
-    )
+    model = small_timm_vit(num_classes=classes)
 
     def data(n: int) -> TensorDataset:
         labels = torch.arange(n) % classes
