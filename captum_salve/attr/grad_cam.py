@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -14,6 +15,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from captum_salve.models import module_name
+from captum_salve.sites import eval_mode
 
 __all__ = ["TokenGradCam", "render_maps", "tokens_to_grid"]
 
@@ -154,6 +156,9 @@ class TokenGradCam(LayerAttribution, GradientAttribution):
     ) -> Tensor:
         r"""Compute one map per example.
 
+        The forward runs with the model in eval mode (a model left in training mode
+        would update its BatchNorm statistics); every module's own mode comes back after.
+
         Args:
             inputs (Tensor or tuple[Tensor, ...]): Inputs for which maps are
                 computed, dimension 0 indexing examples.
@@ -179,6 +184,19 @@ class TokenGradCam(LayerAttribution, GradientAttribution):
             >>> heat = render_maps(maps, images.shape[-2:])      # (N, 1, H, W) in [0, 1]
         """
         self._check_target(target)
+        with _evaluating(self.forward_func):
+            extra, kwargs = additional_forward_args, grad_kwargs
+            return self._maps(inputs, target, extra, relu_attributions, attr_dim_summation, kwargs)
+
+    def _maps(
+        self,
+        inputs: Tensor | tuple[Tensor, ...],
+        target: TargetType,
+        additional_forward_args: Any,
+        relu_attributions: bool,
+        attr_dim_summation: bool,
+        grad_kwargs: dict[str, Any] | None,
+    ) -> Tensor:
         if self.reshape_transform is None:
             try:
                 maps = LayerGradCam(self.forward_func, self.layer, self.device_ids).attribute(
@@ -237,7 +255,7 @@ class TokenGradCam(LayerAttribution, GradientAttribution):
             (N, F, h, w) maps: channel f is ``targets[f]``.
         """
         index = torch.as_tensor(targets, dtype=torch.long).reshape(-1)
-        with torch.enable_grad():
+        with _evaluating(self.forward_func), torch.enable_grad():
             outputs, layer_output = self._forward_and_layer_output(
                 _as_tuple(inputs), _as_tuple(additional_forward_args)
             )
@@ -348,3 +366,13 @@ def _gradients_per_column(selected: Tensor, layer_output: Tensor) -> Tensor | No
             return None
         columns.append(gradient)
     return torch.stack(columns)
+
+
+def _evaluating(forward_func: Callable) -> AbstractContextManager:
+    """Eval mode for the module behind ``forward_func`` (a module or its bound method), its modes restored after.
+
+    A model left in training mode would otherwise update its BatchNorm statistics
+    (and drop units) in every forward an attribution runs.
+    """
+    owner = forward_func if isinstance(forward_func, nn.Module) else getattr(forward_func, "__self__", None)
+    return eval_mode(owner) if isinstance(owner, nn.Module) else nullcontext()

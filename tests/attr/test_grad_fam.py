@@ -11,7 +11,8 @@ from captum.attr import (
 )
 from torch import nn
 
-from captum_salve.attr import FeatureCodes, GradFAM
+from captum_salve.attr import FeatureCodes, GradFAM, TokenGradCam
+from captum_salve.sites import eval_mode
 from tests.helpers import FromGrid, ToGrid, hook_count, random_sae
 
 ATOL = 1e-5
@@ -189,3 +190,22 @@ def test_attribute_features_falls_back_to_a_loop_under_a_grad_cam_hook(timm_resn
     torch.testing.assert_close(together, looped, atol=ATOL, rtol=RTOL)
     assert list(layer._forward_hooks) == [handle.id] and hook_count(timm_resnet) == 1
     handle.remove()
+
+
+def test_a_model_in_training_mode_keeps_its_batchnorm_statistics_and_its_modes(timm_resnet):
+    model = timm_resnet.train()
+    model.layer1.eval()  # a mix of modes must come back as it was
+    modes = {name: m.training for name, m in model.named_modules()}
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
+    sae = random_sae(512, d_latent=8)
+    images = torch.randn(3, 3, 64, 64)
+    fam = GradFAM(model, "layer4.1", sae)
+    maps = fam.attribute(images, target=2)
+    stacked = fam.attribute_features(images, [2, 5])
+    class_maps = TokenGradCam(model, model.layer4[1]).attribute(images, target=1)
+    assert {name: m.training for name, m in model.named_modules()} == modes
+    assert all(torch.equal(b, buffers[name]) for name, b in model.named_buffers())
+    with eval_mode(model):  # the maps are the eval-mode model's
+        torch.testing.assert_close(maps, GradFAM(model, "layer4.1", sae).attribute(images, target=2))
+        torch.testing.assert_close(stacked[:, :1], maps)
+        torch.testing.assert_close(class_maps, LayerGradCam(model, model.layer4[1]).attribute(images, target=1))
