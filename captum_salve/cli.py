@@ -23,6 +23,7 @@ from captum_salve.models import create_model, find_head, input_normalization, ke
 from captum_salve.pipeline import DIGITS_CAM_LAYERS, PipelineConfig, PipelineInputs, digits_inputs, run_pipeline
 from captum_salve.report import write_report
 from captum_salve.sae import VARIANTS, SparseAutoencoder
+from captum_salve.sites import as_device
 from captum_salve.zoo import digits_classifier
 
 __all__ = ["main"]
@@ -135,7 +136,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def _device(name: str | None) -> torch.device:
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    device = as_device(name, "--device")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name} asked for CUDA, but torch sees no GPU here")
     return device
@@ -154,8 +155,8 @@ def _config(args: argparse.Namespace, **settings: object) -> PipelineConfig:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    out = ensure_directory(args.out)
     device = _device(args.device)
+    out = ensure_directory(args.out)
     start = time.perf_counter()
     archs = tuple(DIGITS_CAM_LAYERS) if args.model == "both" else (args.model,)
     config = _config(args)
@@ -176,8 +177,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    out = ensure_directory(args.out)
     device = _device(args.device)
+    out = ensure_directory(args.out)
     # The folder tells the head size and the model name tells the transform, so read it with a plain model first.
     train = image_folder(args.data, create_model(args.model, num_classes=args.num_classes or 2))
     classes = train.classes

@@ -26,6 +26,7 @@ __all__ = [
     "Recording",
     "ReducerName",
     "Site",
+    "as_device",
     "eval_mode",
     "on_device",
     "recording",
@@ -205,6 +206,27 @@ def recording(model: nn.Module, site: Site | BoundSite | None = None) -> Iterato
         handle.remove()
 
 
+def as_device(device: torch.device | str, name: str = "device") -> torch.device:
+    """``device`` as a :class:`torch.device` that can hold data, or a ValueError naming ``name``.
+
+    Example:
+        >>> as_device("cuda:1")
+        device(type='cuda', index=1)
+        >>> as_device("gpu", "--device")
+        Traceback (most recent call last):
+        ValueError: --device 'gpu' is not a device torch knows; use 'cpu', 'cuda' or 'cuda:<index>' (or 'mps')
+    """
+    try:
+        target = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"{name} {device!r} is not a device torch knows; use 'cpu', 'cuda' or 'cuda:<index>' (or 'mps')"
+        ) from None
+    if target.type == "meta":
+        raise ValueError(f"{name} {device!r} cannot hold data (tensors on 'meta' have no values); use 'cpu' or 'cuda'")
+    return target
+
+
 @contextmanager
 def on_device(model: nn.Module, device: torch.device | str | None) -> Iterator[torch.device]:
     """Move the model to ``device`` (default: where it is) for the block, and back after.
@@ -217,7 +239,7 @@ def on_device(model: nn.Module, device: torch.device | str | None) -> Iterator[t
         True
     """
     home = model_device(model)
-    target = torch.device(device) if device is not None else home
+    target = as_device(device) if device is not None else home
     if target != home:
         model.to(target)
     try:

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from captum_salve.data import CanvasConfig, DigitsCanvas
 from captum_salve.files import atomic_path
-from captum_salve.sites import eval_mode
+from captum_salve.sites import as_device, eval_mode
 
 __all__ = ["ARCHITECTURES", "TrainedClassifier", "cache_dir", "digits_classifier", "evaluate_accuracy"]
 
@@ -145,7 +145,7 @@ def digits_classifier(
         True
     """
     config = config or CanvasConfig()
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = as_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = build_digits_model(arch, config)
     spec = ARCHITECTURES[arch]
     key = json.dumps([_CACHE_VERSION, arch, asdict(spec), asdict(config), seed], sort_keys=True)

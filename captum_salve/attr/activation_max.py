@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from captum_salve.attr.feature_codes import FeatureCodes
 from captum_salve.models import input_config, model_device
 from captum_salve.sae.model import SparseAutoencoder
-from captum_salve.sites import Site, eval_mode
+from captum_salve.sites import Site, as_device, eval_mode
 
 __all__ = ["MaximizationResult", "maximize_feature"]
 
@@ -109,12 +109,12 @@ def maximize_feature(
     lr = lr if lr is not None else _DEFAULT_LR[parameterization]
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr!r}")
+    if not 0 < lr < math.inf:
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
     for name, value in (("l2", l2), ("tv", tv)):
-        if not value >= 0:
-            raise ValueError(f"{name} must be >= 0, got {value!r}")
-    device = torch.device(device) if device is not None else model_device(model)
+        if not 0 <= value < math.inf:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    device = as_device(device) if device is not None else model_device(model)
     config = input_config(model)
     height, width = _image_size(config["input_size"][-2:] if image_size is None else image_size)
     mean, std = (torch.tensor(config[key], device=device).view(1, -1, 1, 1) for key in ("mean", "std"))

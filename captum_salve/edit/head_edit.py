@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from captum_salve.edit.rules import EditMode, EditRule, EditRuleName, FeatureDirections, edit_rule, mode_sign
 from captum_salve.models import find_head
-from captum_salve.sae.model import SparseAutoencoder
+from captum_salve.sae.model import SparseAutoencoder, check_finite
 from captum_salve.sites import HEAD_INPUT
 
 __all__ = ["HeadEdit", "edit_model", "edited", "head_of", "head_tensors64"]
@@ -127,20 +127,28 @@ class HeadEdit:
         """The edited head's weight and bias, computed in float64 and returned in the head's dtype.
 
         Raises:
-            ValueError: The head's input width is not the directions'; or the head
-                has no bias but the edit needs one.
+            ValueError: The head's input width is not the directions'; the head
+                has no bias but the edit needs one; or the edited weights are not
+                finite in the head's dtype (an α too strong for it).
         """
         self.check_head(head)
         weight, bias = head_tensors64(head)
         new_weight, new_bias = self.rule.weights(weight, bias, self.directions, self.alpha.to(weight.device), self.sign)
-        if head.bias is None:
-            if new_bias.any():
-                raise ValueError(
-                    f"the head has no bias, but this edit ({self.rule.name}) moves the logits by a constant; "
-                    "give the head a zero bias first"
+        if head.bias is None and new_bias.any():
+            raise ValueError(
+                f"the head has no bias, but this edit ({self.rule.name}) moves the logits by a constant; "
+                "give the head a zero bias first"
+            )
+        new_weight = new_weight.to(head.weight.dtype)
+        new_bias = new_bias.to(head.bias.dtype) if head.bias is not None else None
+        for name, tensor in (("weight", new_weight), ("bias", new_bias)):
+            if tensor is not None:
+                check_finite(
+                    tensor,
+                    f"the edited head's {name} ({tensor.dtype})",
+                    f"; alpha {self.alpha.tolist()} is too strong for rule {self.rule.name!r} in this dtype",
                 )
-            return new_weight.to(head.weight.dtype), None
-        return new_weight.to(head.weight.dtype), new_bias.to(head.bias.dtype)
+        return new_weight, new_bias
 
     def apply(self, model: nn.Module, *, inplace: bool = False) -> nn.Module:
         """A model of the same architecture whose head carries the edit (a deep copy unless ``inplace``).

@@ -16,7 +16,7 @@ from captum_salve.files import atomic_path, ensure_directory
 from captum_salve.sae.variants import ActivationName, CodeActivation, code_activation
 from captum_salve.sites import HEAD_INPUT
 
-__all__ = ["SparseAutoencoder", "check_feature_index"]
+__all__ = ["SparseAutoencoder", "check_feature_index", "check_finite"]
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "cfg.json"
@@ -45,6 +45,24 @@ def check_feature_index(features: Any, d_latent: int, name: str = "feature") -> 
     if values.min() < 0 or values.max() >= d_latent:
         raise ValueError(f"{name} must be SAE feature indices in [0, {d_latent - 1}], got {values.tolist()[:8]}")
     return values
+
+
+def check_finite(values: Tensor, name: str, hint: str = "") -> None:
+    """Refuse a tensor holding NaN or Inf, naming it, how many entries are not finite and where the first is.
+
+    Example:
+        >>> check_finite(torch.tensor([[1.0, 2.0], [float("nan"), 0.0]]), "acts")
+        Traceback (most recent call last):
+        ValueError: acts holds 1 non-finite value (NaN or Inf); the first at index (1, 0)
+    """
+    bad = ~torch.isfinite(values)
+    if bad.any():
+        count = int(bad.sum())
+        first = tuple(int(i) for i in bad.nonzero()[0])
+        raise ValueError(
+            f"{name} holds {count} non-finite value{'s' if count > 1 else ''} (NaN or Inf); "
+            f"the first at index {first}{hint}"
+        )
 
 
 class SparseAutoencoder(nn.Module):
@@ -245,5 +263,8 @@ class SparseAutoencoder(nn.Module):
                 f"the tensors in {str(path)!r} do not match {CONFIG_FILE}: expected {expected}, found {found}"
             )
         load_model(sae, str(path))
+        for name, tensor in sae.state_dict().items():
+            damaged = "; the file is damaged or was saved from a diverged SAE"
+            check_finite(tensor, f"{str(path)!r} tensor {name!r}", damaged)
         sae.metadata = metadata
         return sae.to(device) if device is not None else sae

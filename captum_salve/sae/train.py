@@ -15,8 +15,9 @@ from tqdm.auto import tqdm
 from captum_salve.activations import ActivationSet
 from captum_salve.files import atomic_path
 from captum_salve.sae.metrics import ReconstructionStats
-from captum_salve.sae.model import SparseAutoencoder
+from captum_salve.sae.model import SparseAutoencoder, check_finite
 from captum_salve.sae.variants import ActivationName, CodeActivation, code_activation
+from captum_salve.sites import as_device
 
 __all__ = ["CHECKPOINT_FILE", "train_sae"]
 
@@ -89,6 +90,7 @@ def train_sae(
     features = acts.features if isinstance(acts, ActivationSet) else acts
     if not isinstance(features, Tensor) or features.dim() != 2 or len(features) < 2:
         raise ValueError("acts must be an ActivationSet or an (N, M) tensor with N >= 2")
+    check_finite(features, "acts", "; drop or fix those rows before training")
     variant = code_activation(activation, k=k)
     l1 = variant.default_l1 if l1 is None else l1
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
@@ -100,7 +102,7 @@ def train_sae(
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir, the directory the checkpoints were written to")
 
-    device = torch.device(device) if device is not None else features.device
+    device = as_device(device) if device is not None else features.device
     data = features.to(device, torch.float32)
     generator = torch.Generator().manual_seed(seed)
     sae = _initial_sae(data, d_latent, variant, generator)

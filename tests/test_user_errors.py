@@ -1,0 +1,108 @@
+"""The red-team catalogue of issue 12 as tests: a user's mistake ends in a clear error, and nothing is lost.
+
+One row per case: the call, the error it must raise and phrases its message must hold.
+Each case also checks that what the call touched is as it was (weights, devices, files).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_model
+
+from captum_salve import GradFAM, SparseAutoencoder, collect_activations, edit_model, train_sae
+from captum_salve.attr import maximize_feature
+from captum_salve.cli import main
+from tests.helpers import HeadOnly, random_sae
+
+
+def _nan_acts():
+    acts = torch.randn(20, 4)
+    acts[3, 1] = float("nan")
+    acts[7, 0] = float("inf")
+    return train_sae(acts, 8, epochs=1, progress=False)
+
+
+def _sae_with_nan_weights(tmp_path):
+    sae = random_sae(4, d_latent=8)
+    sae.save(tmp_path / "sae")
+    with torch.no_grad():
+        sae.encoder.weight[2, 1] = float("nan")
+    save_model(sae, str(tmp_path / "sae" / "model.safetensors"))
+    return SparseAutoencoder.load(tmp_path / "sae")
+
+
+def _edit_overflowing_float32():
+    model = HeadOnly(torch.nn.Linear(4, 3))
+    return edit_model(model, random_sae(4, d_latent=8), 2, 1e300, rule="project")
+
+
+CASES = {
+    "training activations with NaN and Inf": (
+        lambda tmp_path, resnet: _nan_acts(),
+        ValueError,
+        ["acts holds 2 non-finite values", "index (3, 1)", "before training"],
+    ),
+    "an SAE file with a NaN weight": (
+        lambda tmp_path, resnet: _sae_with_nan_weights(tmp_path),
+        ValueError,
+        ["'encoder.weight'", "1 non-finite value", "(2, 1)", "damaged"],
+    ),
+    "an edit too strong for a float32 head": (
+        lambda tmp_path, resnet: _edit_overflowing_float32(),
+        ValueError,
+        ["edited head's weight (torch.float32)", "too strong for rule 'project'"],
+    ),
+    "activation maximisation with an infinite penalty": (
+        lambda tmp_path, resnet: maximize_feature(resnet, random_sae(512), 1, steps=1, l2=float("inf")),
+        ValueError,
+        ["l2 must be a finite number >= 0", "inf"],
+    ),
+    "activations collected on the meta device": (
+        lambda tmp_path, resnet: collect_activations(resnet, torch.randn(2, 3, 32, 32), device="meta", progress=False),
+        ValueError,
+        ["device 'meta' cannot hold data"],
+    ),
+    "a device torch does not know": (
+        lambda tmp_path, resnet: collect_activations(resnet, torch.randn(2, 3, 32, 32), device="gpu", progress=False),
+        ValueError,
+        ["device 'gpu' is not a device torch knows", "'cuda:<index>'"],
+    ),
+    "a fractional Grad-FAM target": (
+        lambda tmp_path, resnet: GradFAM(resnet, "layer4.1", random_sae(512)).attribute(
+            torch.randn(1, 3, 32, 32), target=2.5
+        ),
+        ValueError,
+        ["target must be SAE feature indices (integers)", "2.5"],
+    ),
+    "fractional features in an edit": (
+        lambda tmp_path, resnet: edit_model(resnet, random_sae(512), [2.7, 1], 1.0),
+        ValueError,
+        ["SAE feature indices (integers)", "2.7"],
+    ),
+    "a feature named twice in one edit": (
+        lambda tmp_path, resnet: edit_model(resnet, random_sae(512), [3, 3], 1.0),
+        ValueError,
+        ["features repeat [3]"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_mistake_gives_a_clear_error_and_loses_nothing(case, tmp_path, timm_resnet):
+    call, error, phrases = CASES[case]
+    state = {name: t.clone() for name, t in timm_resnet.state_dict().items()}
+    with pytest.raises(error) as raised:
+        call(tmp_path, timm_resnet)
+    message = str(raised.value)
+    missing = [p for p in phrases if p not in message]
+    assert not missing, f"{message!r} lacks {missing}"
+    after = timm_resnet.state_dict()
+    assert all(t.device.type == "cpu" and torch.equal(t, after[name]) for name, t in state.items())
+
+
+def test_the_command_line_names_a_device_it_does_not_know_in_one_line(capsys, tmp_path):
+    code = main(["demo", "--device", "gpu", "--out", str(tmp_path / "report")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--device 'gpu' is not a device torch knows" in err[0]
+    assert not (tmp_path / "report").exists()  # refused before anything was written
