@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
@@ -20,6 +21,8 @@ __all__ = ["SparseAutoencoder", "check_feature_index", "check_finite"]
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "cfg.json"
+# The safetensors header key under which the weights file keeps its own copy of cfg.json.
+EMBEDDED_CONFIG = "captum_salve_cfg"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 
@@ -63,6 +66,17 @@ def check_finite(values: Tensor, name: str, hint: str = "") -> None:
             f"{name} holds {count} non-finite value{'s' if count > 1 else ''} (NaN or Inf); "
             f"the first at index {first}{hint}"
         )
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        cfg = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{str(path)!r} is not a valid SAE config (not JSON: {error})") from None
+    missing = [key for key in ("d_in", "d_latent", "activation") if not isinstance(cfg, dict) or key not in cfg]
+    if missing:
+        raise ValueError(f"{str(path)!r} is not a valid SAE config: it lacks {missing}")
+    return cfg
 
 
 class SparseAutoencoder(nn.Module):
@@ -217,12 +231,18 @@ class SparseAutoencoder(nn.Module):
 
         ``cfg.json`` holds the constructor arguments (the site and model included)
         and :attr:`metadata`, a JSON-able dict for anything else worth keeping
-        (training settings, the final epoch's metrics).
+        (training settings, the final epoch's metrics). The weights file carries the
+        same config in its header, so a save interrupted between the two files
+        leaves weights that still load with their own config.
+
+        Example:
+            >>> sae.save("saes/resnet18-head")
+            PosixPath('saes/resnet18-head')
         """
         directory = ensure_directory(directory)
-        with atomic_path(directory / WEIGHTS_FILE) as tmp:
-            save_model(self, str(tmp))
         cfg = {"format_version": FORMAT_VERSION, **self.config(), "metadata": self.metadata}
+        with atomic_path(directory / WEIGHTS_FILE) as tmp:
+            save_model(self, str(tmp), metadata={EMBEDDED_CONFIG: json.dumps(cfg)})
         with atomic_path(directory / CONFIG_FILE) as tmp:
             tmp.write_text(json.dumps(cfg, indent=2))
         return directory
@@ -234,11 +254,14 @@ class SparseAutoencoder(nn.Module):
         The config is checked against the tensors.
 
         Nothing is unpickled: weights come from safetensors, the config from JSON.
+        The config stored in the weights file's header wins over ``cfg.json`` when
+        they differ (a save interrupted after the weights), with a warning.
         A version-1 file named its site in ``metadata["site"]`` (default the head input).
 
         Raises:
             FileNotFoundError: A file is missing.
-            ValueError: The config and the tensors disagree, or the format is unknown.
+            ValueError: A file is not valid safetensors or JSON, the config and the
+                tensors disagree, the format is unknown, or a weight is NaN or Inf.
         """
         directory = Path(directory)
         for name in (CONFIG_FILE, WEIGHTS_FILE):
@@ -246,7 +269,21 @@ class SparseAutoencoder(nn.Module):
                 raise FileNotFoundError(
                     f"{str(directory / name)!r} is missing; an SAE directory holds {CONFIG_FILE} and {WEIGHTS_FILE}"
                 )
-        cfg = json.loads((directory / CONFIG_FILE).read_text())
+        path = directory / WEIGHTS_FILE
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                found = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+                embedded = (handle.metadata() or {}).get(EMBEDDED_CONFIG)
+        except (SafetensorError, OSError) as error:
+            raise ValueError(f"{str(path)!r} is not a valid SAE weights file: {error}") from None
+        cfg = _read_config(directory / CONFIG_FILE)
+        if embedded is not None and json.loads(embedded) != cfg:
+            warnings.warn(
+                f"{str(directory / CONFIG_FILE)!r} does not describe {str(path)!r} (an interrupted save?); "
+                "loading the weights with the config stored in their own file",
+                stacklevel=2,
+            )
+            cfg = json.loads(embedded)
         version = cfg.get("format_version")
         if version not in READABLE_VERSIONS:
             raise ValueError(f"{CONFIG_FILE} has format_version {version!r}; this version reads {READABLE_VERSIONS}")
@@ -254,9 +291,6 @@ class SparseAutoencoder(nn.Module):
         site = cfg.get("site", metadata.get("site", HEAD_INPUT))
         model = cfg.get("model", metadata.get("model"))
         sae = cls(cfg["d_in"], cfg["d_latent"], cfg["activation"], k=cfg.get("k"), site=site, model=model)
-        path = directory / WEIGHTS_FILE
-        with safe_open(str(path), framework="pt") as handle:
-            found = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
         expected = {name: tuple(t.shape) for name, t in sae.state_dict().items()}
         if expected != found:
             raise ValueError(

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_model
 
 from captum_salve import SparseAutoencoder
 
@@ -49,9 +52,15 @@ def test_save_load_round_trip(tmp_path):
     assert sorted(p.name for p in (tmp_path / "sae").iterdir()) == ["cfg.json", "model.safetensors"]
 
 
+def _without_embedded_config(sae: SparseAutoencoder, folder) -> None:
+    """Rewrite the weights file as versions before 0.2 wrote it: no config in its header."""
+    save_model(sae, str(folder / "model.safetensors"))
+
+
 def test_a_version_one_folder_still_loads_with_its_site_from_the_metadata(tmp_path):
     sae = SparseAutoencoder(5, 7, "relu")
     sae.save(tmp_path)
+    _without_embedded_config(sae, tmp_path)
     old = {
         "format_version": 1,
         "d_in": 5,
@@ -70,11 +79,52 @@ def test_a_version_one_folder_still_loads_with_its_site_from_the_metadata(tmp_pa
 
 
 def test_load_refuses_a_config_that_does_not_match_the_tensors(tmp_path):
-    SparseAutoencoder(5, 7).save(tmp_path)
+    sae = SparseAutoencoder(5, 7)
+    sae.save(tmp_path)
+    _without_embedded_config(sae, tmp_path)
     cfg = json.loads((tmp_path / "cfg.json").read_text())
     (tmp_path / "cfg.json").write_text(json.dumps({**cfg, "d_latent": 8}))
     with pytest.raises(ValueError, match="do not match cfg.json"):
         SparseAutoencoder.load(tmp_path)
     (tmp_path / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        SparseAutoencoder.load(tmp_path)
+
+
+def test_a_save_interrupted_after_the_weights_leaves_one_consistent_sae(tmp_path, monkeypatch):
+    old, new = SparseAutoencoder(5, 7, "relu"), SparseAutoencoder(5, 9, "topk", k=2)
+    old.save(tmp_path)
+    write_text = Path.write_text
+
+    def failing(path, *args, **kwargs):
+        if path.name.startswith(".cfg.json"):  # the temporary file cfg.json is written through
+            raise OSError("disk full")
+        return write_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", failing)
+    with pytest.raises(OSError, match="disk full"):
+        new.save(tmp_path)
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "cfg.json").read_text())["d_latent"] == 7  # the old config is still there
+    with pytest.warns(UserWarning, match="does not describe"):
+        loaded = SparseAutoencoder.load(tmp_path)
+    assert loaded.d_latent == 9 and loaded.config()["activation"] == "topk" and loaded.config()["k"] == 2
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), new.state_dict().values(), strict=True))
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda folder: (folder / "model.safetensors").write_bytes(b"\x00" * 5), "is not a valid SAE weights file"),
+        (lambda folder: (folder / "cfg.json").write_text("{not json"), "is not a valid SAE config (not JSON"),
+        (lambda folder: (folder / "cfg.json").write_text("{}"), "it lacks ['d_in', 'd_latent', 'activation']"),
+    ],
+    ids=["truncated weights", "config not JSON", "config without keys"],
+)
+def test_a_damaged_folder_is_named_not_a_traceback(tmp_path, damage, message):
+    sae = SparseAutoencoder(5, 7)
+    sae.save(tmp_path)
+    _without_embedded_config(sae, tmp_path)  # the config file alone describes the SAE
+    damage(tmp_path)
+    with pytest.raises(ValueError, match=re.escape(message)):
         SparseAutoencoder.load(tmp_path)
