@@ -65,10 +65,12 @@ def points(value: float | None) -> str:
     """A change of a fraction in percentage points, signed.
 
     Example:
-        >>> points(-0.015), points(0.0)
+        >>> points(-0.015), points(-0.0001)
         ('-1.5', '+0.0')
     """
-    return MISSING if value is None or value != value else f"{100 * value:+.1f}"
+    if value is None or value != value:
+        return MISSING
+    return f"{round(100 * value, 1) + 0.0:+.1f}"  # + 0.0 turns a rounded -0.0 into 0.0
 
 
 def anchor(name: str) -> str:
