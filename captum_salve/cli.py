@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -27,6 +28,9 @@ from captum_salve.sites import as_device
 from captum_salve.zoo import digits_classifier
 
 __all__ = ["main"]
+
+# The seed of a model `run` builds without --pretrained or --checkpoint, so a resumed run analyses the same model.
+RANDOM_MODEL_SEED = 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,23 +147,29 @@ def _device(name: str | None) -> torch.device:
 
 
 def _config(args: argparse.Namespace, **settings: object) -> PipelineConfig:
-    return PipelineConfig(
-        seeds=args.seeds,
-        rule=args.rule,
-        sae_activation=args.sae_activation,
-        sae_epochs=args.sae_epochs,
-        maximization_steps=args.maximization_steps,
-        faithfulness_images=args.faithfulness_images,
-        **settings,
-    )
+    """The run's settings from the flags, checked before anything is loaded or written."""
+    try:
+        return PipelineConfig(
+            seeds=args.seeds,
+            rule=args.rule,
+            sae_activation=args.sae_activation,
+            sae_epochs=args.sae_epochs,
+            maximization_steps=args.maximization_steps,
+            faithfulness_images=args.faithfulness_images,
+            **settings,
+        )
+    except ValueError as error:  # name the flag, not the field
+        message = str(error)
+        for field in fields(PipelineConfig):
+            message = message.replace(f"PipelineConfig {field.name} ", f"--{field.name.replace('_', '-')} ")
+        raise ValueError(message) from None
 
 
 def _demo(args: argparse.Namespace) -> int:
-    device = _device(args.device)
+    device, config = _device(args.device), _config(args)
     out = ensure_directory(args.out)
     start = time.perf_counter()
     archs = tuple(DIGITS_CAM_LAYERS) if args.model == "both" else (args.model,)
-    config = _config(args)
     summaries = []
     for arch in archs:
         inputs = digits_inputs(arch, device=device, progress=not args.quiet)
@@ -177,7 +187,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    device = _device(args.device)
+    device, config = _device(args.device), _config(args, sae_latents=args.sae_latents)
     out = ensure_directory(args.out)
     # The folder tells the head size and the model name tells the transform, so read it with a plain model first.
     train = image_folder(args.data, create_model(args.model, num_classes=args.num_classes or 2))
@@ -190,12 +200,19 @@ def _run(args: argparse.Namespace) -> int:
         model = _pretrained_for(args.model, classes)
     else:
         num_classes = args.num_classes or len(classes)
-        model = create_model(
-            args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint, num_classes=num_classes
-        )
+        with torch.random.fork_rng():  # weights not loaded from a file are drawn the same way on every (re)run
+            torch.manual_seed(RANDOM_MODEL_SEED)
+            model = create_model(
+                args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint, num_classes=num_classes
+            )
     model = model.to(device).eval()
     if args.val_data is not None:
         test = image_folder(args.val_data, model)
+        if test.classes != classes:
+            raise ValueError(
+                f"--val-data {str(args.val_data)!r} has the class folders {test.classes[:6]}, --data has "
+                f"{classes[:6]}: both need the same folders, or a class would be scored as another"
+            )
     else:
         held_out = max(1, len(train) // 5)
         train, test = random_split(train, [len(train) - held_out, held_out], generator=torch.Generator().manual_seed(0))
@@ -209,11 +226,12 @@ def _run(args: argparse.Namespace) -> int:
         to_display=lambda x: (x.cpu() * std + mean).clamp(0, 1),
         description={
             "model": args.model,
-            "weights": "pretrained" if args.pretrained else str(args.checkpoint or "random"),
+            "weights": "pretrained"
+            if args.pretrained
+            else str(args.checkpoint or f"random (seed {RANDOM_MODEL_SEED})"),
             "data": str(args.data),
         },
     )
-    config = _config(args, sae_latents=args.sae_latents)
     summary = run_pipeline(inputs, out / inputs.name, config, progress=not args.quiet)
     print(f"report: {write_report([summary], out, title=f'captum_salve: {args.model}')}")
     return 0

@@ -13,7 +13,7 @@ from safetensors.torch import save_model
 from captum_salve import GradFAM, SparseAutoencoder, collect_activations, edit_model, train_sae
 from captum_salve.attr import maximize_feature
 from captum_salve.cli import main
-from tests.helpers import HeadOnly, random_sae
+from tests.helpers import HeadOnly, image_tree, random_sae
 
 
 def _nan_acts():
@@ -106,3 +106,60 @@ def test_the_command_line_names_a_device_it_does_not_know_in_one_line(capsys, tm
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--device 'gpu' is not a device torch knows" in err[0]
     assert not (tmp_path / "report").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize(
+    ("flags", "phrase"),
+    [
+        (["--seeds", "1"], "--seeds must be an integer >= 2 (the seed study compares SAEs from two seeds or more)"),
+        (["--sae-epochs", "0"], "--sae-epochs must be an integer >= 1, got 0"),
+        (["--maximization-steps", "0"], "--maximization-steps must be an integer >= 1, got 0"),
+        (["--faithfulness-images", "0"], "--faithfulness-images must be an integer >= 1, got 0"),
+        (["--sae-latents", "3"], "--sae-latents must be an integer >= 8"),
+    ],
+)
+def test_run_refuses_settings_that_cannot_work_before_it_reads_or_writes_anything(capsys, tmp_path, flags, phrase):
+    out = tmp_path / "out"
+    code = main(["run", "--model", "resnet18", "--data", str(tmp_path / "absent"), "--out", str(out), *flags])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and phrase in err[0]
+    assert not out.exists()  # no config.json left to block the corrected run
+
+
+class _Stop(Exception):
+    pass
+
+
+def _captured_inputs(monkeypatch, argv):
+    """The PipelineInputs `run` builds from argv (the pipeline itself is not run)."""
+    seen = []
+
+    def stop(inputs, *args, **kwargs):
+        seen.append(inputs)
+        raise _Stop
+
+    monkeypatch.setattr("captum_salve.cli.run_pipeline", stop)
+    with pytest.raises(_Stop):
+        main(argv)
+    return seen[0]
+
+
+def test_run_builds_the_same_random_model_on_every_rerun(monkeypatch, tmp_path):
+    argv = ["run", "--model", "resnet18", "--data", str(image_tree(tmp_path / "data")), "--out", str(tmp_path / "o")]
+    torch.manual_seed(1)
+    first = _captured_inputs(monkeypatch, argv)
+    torch.manual_seed(2)  # whatever the global generator holds
+    second = _captured_inputs(monkeypatch, argv)
+    pairs = zip(first.model.state_dict().values(), second.model.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+    assert first.description["weights"] == "random (seed 0)"
+
+
+def test_run_refuses_validation_folders_that_differ_from_the_training_ones(capsys, tmp_path):
+    data, val = image_tree(tmp_path / "data", classes=3), image_tree(tmp_path / "val", classes=2)
+    (val / "n01").rename(val / "n07")
+    argv = ["run", "--model", "resnet18", "--data", str(data), "--val-data", str(val), "--out", str(tmp_path / "o")]
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "['n00', 'n07']" in err[0] and "['n00', 'n01', 'n02']" in err[0] and "scored as another" in err[0]

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from captum_salve.analysis.goal import ControlGoal
-from captum_salve.edit import EditRuleName
+from captum_salve.edit import RULES, EditRuleName
 from captum_salve.pipeline.record import Record
-from captum_salve.sae import ActivationName
+from captum_salve.sae import VARIANTS, ActivationName
 
-__all__ = ["PipelineConfig"]
+__all__ = ["MIN_LATENTS", "PipelineConfig"]
+
+# The control stage's select_edit weighs each class's top 6 features, and Grad-FAM overlays show the top 4.
+MIN_LATENTS = 8
 
 
 @dataclass(frozen=True)
@@ -17,7 +21,8 @@ class PipelineConfig(Record):
     """Settings of one pipeline run (defaults: what reaches the control goal on the digits canvas).
 
     A run records its settings in ``<out>/config.json`` and refuses to resume in that
-    folder with other ones.
+    folder with other ones. Settings that cannot work are refused when the config is
+    made, before any stage runs.
 
     Attributes:
         sae_latents: SAE width d.
@@ -51,3 +56,35 @@ class PipelineConfig(Record):
     faithfulness_images: int = 200
     maximization_steps: int = 512
     batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        # Checked here, before a run writes anything or spends minutes on the first stages.
+        for name, least, why in (
+            ("sae_latents", MIN_LATENTS, "the control stage weighs each class's top 6 features"),
+            ("sae_epochs", 1, ""),
+            ("seeds", 2, "the seed study compares SAEs from two seeds or more"),
+            ("faithfulness_images", 1, ""),
+            ("maximization_steps", 1, ""),
+            ("batch_size", 1, ""),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                reason = f" ({why})" if why else ""
+                raise ValueError(f"PipelineConfig {name} must be an integer >= {least}{reason}, got {value!r}")
+        if self.sae_activation not in VARIANTS:
+            raise ValueError(
+                f"PipelineConfig sae_activation must be one of {tuple(VARIANTS)}, got {self.sae_activation!r}"
+            )
+        if self.rule not in RULES:
+            raise ValueError(f"PipelineConfig rule must be one of {tuple(RULES)}, got {self.rule!r}")
+        if self.topk is not None and not (isinstance(self.topk, int) and 1 <= self.topk <= self.sae_latents):
+            raise ValueError(f"PipelineConfig topk must be None or an integer in [1, sae_latents], got {self.topk!r}")
+        alphas = self.sweep_alphas
+        if (
+            not alphas
+            or not all(isinstance(a, (int, float)) and 0 <= a < math.inf for a in alphas)
+            or list(alphas) != sorted(set(alphas))
+        ):
+            raise ValueError(
+                f"PipelineConfig sweep_alphas must be increasing, finite strengths >= 0, got {tuple(alphas)!r}"
+            )
