@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
@@ -25,7 +26,18 @@ from captum_salve.models import input_config
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["CanvasConfig", "DigitsCanvas", "cifar100", "image_folder", "imagenet_classes", "model_transform"]
+__all__ = [
+    "CanvasConfig",
+    "DigitsCanvas",
+    "cifar100",
+    "image_folder",
+    "imagenet_classes",
+    "load_rgb",
+    "model_transform",
+]
+
+# PIL modes of grey images deeper than 8 bits, which a plain convert("RGB") clips at 255.
+_DEEP_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 SPLITS = ("train", "test")
 _SPLIT_SEED = 1234  # which digits are held out never changes with the canvas seed
@@ -214,11 +226,28 @@ def image_folder(root: str | Path, model: nn.Module, *, train: bool = False) -> 
     if not root.is_dir():
         raise FileNotFoundError(f"data folder {str(root)!r} does not exist")
     try:
-        return ImageFolder(str(root), transform=model_transform(model, train=train))
+        return ImageFolder(str(root), transform=model_transform(model, train=train), loader=load_rgb)
     except (FileNotFoundError, RuntimeError) as error:
         raise FileNotFoundError(
             f"data folder {str(root)!r} holds no images in class sub-folders (root/<class>/<image>): {error}"
         ) from None
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """An image file as 8-bit RGB; 16-bit grey images are scaled by their depth, not clipped at 255.
+
+    Example:
+        >>> np.asarray(load_rgb("scan-16bit.png")).max()     # a 16-bit scan whose brightest pixel is 65535
+        255
+    """
+    from PIL import Image
+
+    with Image.open(path) as image:
+        if image.mode in _DEEP_GREY_MODES:
+            values = np.asarray(image, dtype=np.float64)
+            depth = 65535.0 if image.mode.startswith("I;16") or values.max() <= 65535 else float(2**32 - 1)
+            return Image.fromarray(np.round(values.clip(0, None) / depth * 255).astype(np.uint8)).convert("RGB")
+        return image.convert("RGB")
 
 
 def imagenet_classes(folders: list[str]) -> list[int]:

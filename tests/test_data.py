@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import timm
 import torch
 from PIL import Image
 
-from captum_salve.data import CanvasConfig, DigitsCanvas, cifar100, image_folder
+from captum_salve.data import CanvasConfig, DigitsCanvas, cifar100, image_folder, load_rgb
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +92,18 @@ def test_image_folder_errors(tmp_path):
 def test_cifar100_is_never_downloaded(tmp_path):
     with pytest.raises(FileNotFoundError, match="CIFAR-100 was not found under"):
         cifar100(tmp_path, timm.create_model("resnet18", num_classes=100))
+
+
+def test_a_16_bit_grey_image_is_scaled_not_clipped(tmp_path):
+    ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "ramp.png")
+    loaded = np.asarray(load_rgb(tmp_path / "ramp.png"))
+    assert loaded.shape == (64, 64, 3) and loaded.dtype == np.uint8
+    np.testing.assert_array_equal(loaded[..., 0], np.round(ramp / 65535 * 255).astype(np.uint8))
+    folder = tmp_path / "tree" / "a"
+    folder.mkdir(parents=True)
+    Image.fromarray(ramp).save(folder / "ramp.png")
+    Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(folder / "plain.png")
+    dataset = image_folder(tmp_path / "tree", timm.create_model("resnet18", num_classes=1))
+    assert dataset.loader is load_rgb
+    np.testing.assert_array_equal(np.asarray(load_rgb(folder / "plain.png")), 200)
