@@ -21,8 +21,15 @@ from captum_salve.data import image_folder, imagenet_classes
 from captum_salve.edit import MODES, RULES, edit_model
 from captum_salve.files import atomic_path, ensure_directory
 from captum_salve.models import create_model, find_head, input_normalization, keep_classes
-from captum_salve.pipeline import DIGITS_CAM_LAYERS, PipelineConfig, PipelineInputs, digits_inputs, run_pipeline
-from captum_salve.report import write_report
+from captum_salve.pipeline import (
+    DIGITS_CAM_LAYERS,
+    PipelineConfig,
+    PipelineInputs,
+    PipelineSummary,
+    digits_inputs,
+    run_pipeline,
+)
+from captum_salve.report import read_summaries, write_report
 from captum_salve.sae import VARIANTS, SparseAutoencoder
 from captum_salve.sites import as_device
 from captum_salve.zoo import digits_classifier
@@ -233,8 +240,24 @@ def _run(args: argparse.Namespace) -> int:
         },
     )
     summary = run_pipeline(inputs, out / inputs.name, config, progress=not args.quiet)
-    print(f"report: {write_report([summary], out, title=f'captum_salve: {args.model}')}")
+    summaries = [*_earlier_models(out, summary.name), summary]
+    title = f"captum_salve: {args.model}" if len(summaries) == 1 else "captum_salve"
+    print(f"report: {write_report(summaries, out, title=title)}")
     return 0
+
+
+def _earlier_models(out: Path, name: str) -> list[PipelineSummary]:
+    """The other models' summaries already in ``out``, so a new model's report keeps their sections."""
+    path = out / "summary.json"
+    if not path.is_file():
+        return []
+    try:
+        earlier = read_summaries(path)
+    except (ValueError, KeyError, TypeError) as error:
+        note = f"captum-salve: note: {str(path)!r} could not be read ({error}); its models are left out"
+        print(note, file=sys.stderr)
+        return []
+    return [s for s in earlier if s.name != name and (out / s.name).is_dir()]
 
 
 def _pretrained_for(name: str, classes: list[str]) -> torch.nn.Module:

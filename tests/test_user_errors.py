@@ -13,7 +13,9 @@ from safetensors.torch import save_model
 from captum_salve import GradFAM, SparseAutoencoder, collect_activations, edit_model, train_sae
 from captum_salve.attr import maximize_feature
 from captum_salve.cli import main
+from captum_salve.report import read_summaries
 from tests.helpers import HeadOnly, image_tree, random_sae
+from tests.pipeline.examples import hand_built_summary
 
 
 def _nan_acts():
@@ -163,3 +165,21 @@ def test_run_refuses_validation_folders_that_differ_from_the_training_ones(capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert "['n00', 'n07']" in err[0] and "['n00', 'n01', 'n02']" in err[0] and "scored as another" in err[0]
+
+
+def test_a_second_model_in_the_same_out_keeps_the_first_models_report(monkeypatch, capsys, tmp_path):
+    out = tmp_path / "out"
+    monkeypatch.setattr(
+        "captum_salve.cli.run_pipeline",
+        lambda inputs, folder, *a, **k: hand_built_summary(folder, name=inputs.name),
+    )
+    data = str(image_tree(tmp_path / "data"))
+    for model in ("resnet18", "resnet34", "resnet18"):  # the first model again: one section, replaced
+        assert main(["run", "--model", model, "--data", data, "--out", str(out), "--quiet"]) == 0
+    html = (out / "report.html").read_text()
+    assert html.count('<h2 id="resnet18">') == 1 and html.count('<h2 id="resnet34">') == 1
+    assert [s.name for s in read_summaries(out / "summary.json")] == ["resnet34", "resnet18"]
+    (out / "summary.json").write_text("{not json")
+    assert main(["run", "--model", "resnet18", "--data", data, "--out", str(out), "--quiet"]) == 0
+    assert "could not be read" in capsys.readouterr().err
+    assert [s.name for s in read_summaries(out / "summary.json")] == ["resnet18"]
