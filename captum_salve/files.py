@@ -1,4 +1,4 @@
-"""Writing files so that a reader never sees a partial one."""
+"""Writing files so that a reader never sees a partial one, and one writer per folder at a time."""
 
 from __future__ import annotations
 
@@ -8,7 +8,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "ensure_directory"]
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; runs on one folder are not serialised there
+    fcntl = None
+
+__all__ = ["atomic_path", "ensure_directory", "folder_lock"]
+
+LOCK_FILE = ".lock"
 
 
 @contextmanager
@@ -56,3 +63,30 @@ def ensure_directory(path: str | Path) -> Path:
         raise NotADirectoryError(f"{str(path)!r} is a file, but a directory is needed there")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@contextmanager
+def folder_lock(folder: str | Path) -> Iterator[Path]:
+    """Hold ``folder/.lock`` for the block; another process (or block) asking for it meanwhile is refused.
+
+    The lock is the operating system's (``flock``): a killed holder releases it, so
+    no stale lock ever blocks a rerun.
+
+    Raises:
+        ValueError: Another holder has the folder.
+
+    Example:
+        >>> with folder_lock("salve-report/resnet18"):
+        ...     summary = run_pipeline(inputs, "salve-report/resnet18")
+    """
+    folder = ensure_directory(folder)
+    path = folder / LOCK_FILE
+    with open(path, "a+") as handle:
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ValueError(
+                    f"another run holds {str(folder)!r}; wait for it to finish or use another folder"
+                ) from None
+        yield folder

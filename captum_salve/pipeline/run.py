@@ -17,6 +17,7 @@ from captum_salve.analysis import ClassProfile, class_profile, select_feature
 from captum_salve.files import atomic_path, ensure_directory
 from captum_salve.models import default_cam_layer, model_device, module_name
 from captum_salve.pipeline.config import PipelineConfig
+from captum_salve.pipeline.fingerprint import data_fingerprint, model_fingerprint
 from captum_salve.pipeline.inputs import PipelineInputs
 from captum_salve.pipeline.record import Record, RecordFormatError, to_plain
 from captum_salve.sae import VARIANTS, SparseAutoencoder, code_activation, train_sae
@@ -25,6 +26,8 @@ __all__ = ["STAGE_FORMAT", "Run"]
 
 # Version of the stage files; a file of another version is refused, not misread.
 STAGE_FORMAT = 2
+# What config.json records of the inputs, by hash: a rerun on other weights or images is refused.
+_FINGERPRINTS = ("model weights", "training data", "test data")
 
 R = TypeVar("R", bound=Record)
 
@@ -45,7 +48,9 @@ class Run:
 
     Raises:
         ValueError: ``out`` holds a run with other settings, classes or Grad-FAM
-            layers, or one written by another version of captum_salve.
+            layers, of other model weights or other data (compared by hash, see
+            :mod:`~captum_salve.pipeline.fingerprint`), or one written by another
+            version of captum_salve.
 
     Example:
         >>> run = Run(digits_inputs("resnet18"), "salve-report/digits-resnet18", PipelineConfig())
@@ -72,6 +77,9 @@ class Run:
             "config": self.config.to_json(),
             "class_names": list(self.class_names),
             "cam_layers": list(self.inputs.cam_layers),
+            "model weights": model_fingerprint(self.model),
+            "training data": data_fingerprint(self.inputs.train),
+            "test data": data_fingerprint(self.inputs.test),
         }
         path = self.out / "config.json"
         if not path.is_file():
@@ -91,6 +99,7 @@ class Run:
             for key in ("class_names", "cam_layers")
             if before.get(key) != record[key]
         ]
+        changed += [f"other {key}" for key in _FINGERPRINTS if before.get(key) != record[key]]
         if changed:
             raise ValueError(
                 f"{str(self.out)!r} holds a run made with other settings ({'; '.join(changed)}); "

@@ -10,6 +10,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from captum_salve.files import folder_lock
 from captum_salve.pipeline.alpha_crit import AlphaCritResult, alpha_crit_stage
 from captum_salve.pipeline.config import PipelineConfig
 from captum_salve.pipeline.control import ControlResult, control
@@ -88,8 +89,9 @@ def run_pipeline(
     """Discover, validate and control on one model; write figures and stage results under ``out``.
 
     A stage whose file is already in ``out`` (from an earlier, perhaps interrupted,
-    call with the same settings) is read instead of computed. The model is put in
-    eval mode for the run and given back in the mode it came in.
+    call with the same settings, model weights and data) is read instead of computed.
+    The model is put in eval mode for the run and given back in the mode it came in.
+    One run at a time holds ``out`` (:func:`~captum_salve.files.folder_lock`).
 
     Args:
         inputs: The model and data.
@@ -101,14 +103,15 @@ def run_pipeline(
         Every stage's result.
 
     Raises:
-        ValueError: ``out`` holds a run with other settings, or files of another version.
+        ValueError: ``out`` holds a run with other settings, weights or data, or files
+            of another version; or another run holds ``out`` now.
 
     Example:
         >>> summary = run_pipeline(inputs, "salve-report/resnet18")
         >>> summary.control.goal_met(summary.config.goal)
     """
     config = config or PipelineConfig()
-    with eval_mode(inputs.model):
+    with folder_lock(out), eval_mode(inputs.model):
         run = Run(inputs, out, config)
         results: dict[str, Record] = {}
         seconds: dict[str, float] = {}

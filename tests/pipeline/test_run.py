@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import replace
 
 import pytest
+import torch
+from torch.utils.data import Subset, TensorDataset
 
+from captum_salve.files import folder_lock
 from captum_salve.pipeline import STAGES, PipelineSummary, Run, run_pipeline
 from captum_salve.report import write_report
 from tests.pipeline.examples import TOY_CONFIG, toy_inputs
+
+
+def _nudged(model):
+    """A copy of the model with one weight changed by a little."""
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        next(other.parameters()).view(-1)[0] += 1e-3
+    return other
+
+
+def _nudged_data(data):
+    images, labels = data.tensors
+    return TensorDataset(images + 1e-3, labels)
 
 
 def _files(folder):
@@ -60,8 +77,11 @@ def test_a_second_run_reads_every_stage_and_recomputes_nothing(first_run):
         (lambda i: (i, replace(TOY_CONFIG, sweep_alphas=(0.0, 2.0))), "sweep_alphas"),
         (lambda i: (replace(i, class_names=[n.upper() for n in i.class_names]), TOY_CONFIG), "class_names"),
         (lambda i: (replace(i, cam_layers=("blocks.0",)), TOY_CONFIG), "cam_layers"),
+        (lambda i: (replace(i, model=_nudged(i.model)), TOY_CONFIG), "other model weights"),
+        (lambda i: (replace(i, train=_nudged_data(i.train)), TOY_CONFIG), "other training data"),
+        (lambda i: (replace(i, test=Subset(i.test, range(len(i.test) - 1))), TOY_CONFIG), "other test data"),
     ],
-    ids=["seeds", "alphas", "class names", "Grad-FAM layers"],
+    ids=["seeds", "alphas", "class names", "Grad-FAM layers", "weights", "training images", "test images"],
 )
 def test_other_settings_in_the_same_folder_are_refused_and_nothing_changes(first_run, change, message):
     _, inputs, out, _, _ = first_run
@@ -70,6 +90,15 @@ def test_other_settings_in_the_same_folder_are_refused_and_nothing_changes(first
     with pytest.raises(ValueError, match=message):
         run_pipeline(other_inputs, out, other_config, progress=False)
     assert _files(out) == before
+
+
+def test_a_folder_another_run_holds_is_refused(first_run):
+    _, inputs, out, _, _ = first_run
+    before = _files(out)
+    with folder_lock(out), pytest.raises(ValueError, match="another run holds"):
+        run_pipeline(inputs, out, TOY_CONFIG, progress=False)
+    assert _files(out) == before
+    assert run_pipeline(inputs, out, TOY_CONFIG, progress=False).name == inputs.name  # released after the block
 
 
 def test_a_stage_file_that_no_longer_parses_is_refused_naming_it(first_run, tmp_path):
