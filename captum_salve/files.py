@@ -13,9 +13,11 @@ try:
 except ImportError:  # Windows: no advisory locks; runs on one folder are not serialised there
     fcntl = None
 
-__all__ = ["atomic_path", "ensure_directory", "folder_lock"]
+__all__ = ["LOCK_FILE", "PARTIAL_SUFFIX", "atomic_path", "ensure_directory", "folder_lock"]
 
 LOCK_FILE = ".lock"
+# The suffix of atomic_path's temporary files; one left behind was being written when its process died.
+PARTIAL_SUFFIX = ".partial"
 
 
 @contextmanager
@@ -30,7 +32,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     ensure_directory(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX, dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:

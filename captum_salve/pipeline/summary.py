@@ -10,7 +10,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from captum_salve.files import folder_lock
+from captum_salve.files import PARTIAL_SUFFIX, folder_lock
 from captum_salve.pipeline.alpha_crit import AlphaCritResult, alpha_crit_stage
 from captum_salve.pipeline.config import PipelineConfig
 from captum_salve.pipeline.control import ControlResult, control
@@ -112,6 +112,8 @@ def run_pipeline(
     """
     config = config or PipelineConfig()
     with folder_lock(out), eval_mode(inputs.model):
+        for partial in Path(out).rglob(f"*{PARTIAL_SUFFIX}"):  # left by a killed run: no one else writes here now
+            partial.unlink()
         run = Run(inputs, out, config)
         results: dict[str, Record] = {}
         seconds: dict[str, float] = {}

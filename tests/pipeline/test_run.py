@@ -92,6 +92,14 @@ def test_other_settings_in_the_same_folder_are_refused_and_nothing_changes(first
     assert _files(out) == before
 
 
+def test_a_killed_runs_partial_files_are_cleaned_up(first_run):
+    _, inputs, out, _, _ = first_run
+    partial = out / "stages" / ".control.json.x1y2.partial"
+    partial.write_bytes(b"")
+    run_pipeline(inputs, out, TOY_CONFIG, progress=False)
+    assert not partial.exists()
+
+
 def test_a_folder_another_run_holds_is_refused(first_run):
     _, inputs, out, _, _ = first_run
     before = _files(out)
