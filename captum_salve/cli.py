@@ -2,7 +2,9 @@
 
 Mistakes a user can make (a folder with no images, an unknown model, a checkpoint
 that does not fit, an ``--out`` that is a file) end with one ``error:`` line and
-exit status 2; earlier outputs in ``--out`` are left as they were.
+exit status 2; earlier outputs in ``--out`` are left as they were. An error from
+inside a library that is not one of these checks is reported as an internal
+error, with exit status 1, never as the user's mistake.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ from captum_salve.zoo import digits_classifier
 
 __all__ = ["main"]
 
+# Errors raised from this package's own files are its checks of what the user gave; any other is internal.
+_PACKAGE = Path(__file__).resolve().parent
+
 # The seed of a model `run` builds without --pretrained or --checkpoint, so a resumed run analyses the same model.
 RANDOM_MODEL_SEED = 0
 
@@ -52,11 +57,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except (ValueError, TypeError, OSError) as error:
-        print(f"captum-salve: error: {error}", file=sys.stderr)
-        return 2
+        origin = _raised_in(error)
+        if isinstance(error, OSError) or origin.is_relative_to(_PACKAGE):  # our checks, or the system's refusal
+            print(f"captum-salve: error: {error}", file=sys.stderr)
+            return 2
+        print(
+            f"captum-salve: internal error, not a mistake in your command: {type(error).__name__} from "
+            f"{origin.name}: {error}; please report it with the command you ran",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt:
         print("captum-salve: interrupted; finished stages are kept in --out and reused next time", file=sys.stderr)
         return 130
+
+
+def _raised_in(error: BaseException) -> Path:
+    """The file of the innermost frame that raised ``error``."""
+    frame = error.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return Path(frame.tb_frame.f_code.co_filename).resolve() if frame is not None else _PACKAGE
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -6,6 +6,8 @@ Each case also checks that what the call touched is as it was (weights, devices,
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import save_model
@@ -183,3 +185,16 @@ def test_a_second_model_in_the_same_out_keeps_the_first_models_report(monkeypatc
     assert main(["run", "--model", "resnet18", "--data", data, "--out", str(out), "--quiet"]) == 0
     assert "could not be read" in capsys.readouterr().err
     assert [s.name for s in read_summaries(out / "summary.json")] == ["resnet18"]
+
+
+def test_an_internal_failure_is_not_reported_as_the_users_mistake(monkeypatch, capsys, tmp_path):
+    def library_failure(*args, **kwargs):
+        json.loads("{")  # a ValueError raised inside a library, not by a check of ours
+
+    monkeypatch.setattr("captum_salve.cli.run_pipeline", library_failure)
+    argv = ["run", "--model", "resnet18", "--data", str(image_tree(tmp_path / "data")), "--out", str(tmp_path / "o")]
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1
+    assert err[0].startswith("captum-salve: internal error, not a mistake in your command: JSONDecodeError from ")
+    assert "please report it" in err[0]
