@@ -198,3 +198,13 @@ def test_an_internal_failure_is_not_reported_as_the_users_mistake(monkeypatch, c
     assert code == 1 and len(err) == 1
     assert err[0].startswith("captum-salve: internal error, not a mistake in your command: JSONDecodeError from ")
     assert "please report it" in err[0]
+
+
+def test_run_refuses_a_head_larger_than_the_class_folders_before_any_work(capsys, tmp_path):
+    out = tmp_path / "out"
+    argv = ["run", "--model", "resnet18", "--data", str(image_tree(tmp_path / "data")), "--out", str(out)]
+    code = main([*argv, "--num-classes", "5"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "the model's head has 5 outputs but 3 class names were given (['n00', 'n01', 'n02'])" in err[0]
+    assert not (out / "resnet18" / "config.json").exists()

@@ -15,7 +15,7 @@ from torch import Tensor
 from captum_salve.activations import ActivationSet, collect_activations
 from captum_salve.analysis import ClassProfile, class_profile, select_feature
 from captum_salve.files import atomic_path, ensure_directory
-from captum_salve.models import default_cam_layer, model_device, module_name
+from captum_salve.models import default_cam_layer, find_head, model_device, module_name
 from captum_salve.pipeline.config import PipelineConfig
 from captum_salve.pipeline.fingerprint import data_fingerprint, model_fingerprint
 from captum_salve.pipeline.inputs import PipelineInputs
@@ -47,7 +47,8 @@ class Run:
         config: The settings; a folder written with other settings is refused.
 
     Raises:
-        ValueError: ``out`` holds a run with other settings, classes or Grad-FAM
+        ValueError: The model's head has another number of outputs than there are
+            class names; or ``out`` holds a run with other settings, classes or Grad-FAM
             layers, of other model weights or other data (compared by hash, see
             :mod:`~captum_salve.pipeline.fingerprint`), or one written by another
             version of captum_salve.
@@ -62,6 +63,12 @@ class Run:
         self.out = ensure_directory(out)
         self.model = inputs.model
         self.device = model_device(self.model)
+        outputs = find_head(self.model)[1].out_features
+        if outputs != len(self.class_names):
+            raise ValueError(
+                f"the model's head has {outputs} outputs but {len(self.class_names)} class names were given "
+                f"({self.class_names[:6]}); the pipeline analyses one named class per output"
+            )
         self._saes: dict[str, SparseAutoencoder] = {}
         self._record_settings()
 
