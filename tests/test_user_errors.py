@@ -7,17 +7,21 @@ Each case also checks that what the call touched is as it was (weights, devices,
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import replace
 
 import pytest
 import torch
 from safetensors.torch import save_model
+from torch.utils.data import TensorDataset
 
 from captum_salve import GradFAM, SparseAutoencoder, collect_activations, edit_model, train_sae
 from captum_salve.attr import maximize_feature
 from captum_salve.cli import main
+from captum_salve.pipeline import run_pipeline
 from captum_salve.report import read_summaries
 from tests.helpers import HeadOnly, image_tree, random_sae
-from tests.pipeline.examples import hand_built_summary
+from tests.pipeline.examples import TOY_CONFIG, hand_built_summary, toy_inputs
 
 
 def _nan_acts():
@@ -208,3 +212,28 @@ def test_run_refuses_a_head_larger_than_the_class_folders_before_any_work(capsys
     assert code == 2 and len(err) == 1
     assert "the model's head has 5 outputs but 3 class names were given (['n00', 'n01', 'n02'])" in err[0]
     assert not (out / "resnet18" / "config.json").exists()
+
+
+def _without_test_images_of(inputs, label):
+    images, labels = inputs.test.tensors
+    keep = labels != label
+    return replace(inputs, test=TensorDataset(images[keep], labels[keep]), masks=None, planted_cue=None)
+
+
+def _with_float_labels(inputs):
+    images, labels = inputs.train.tensors
+    return replace(inputs, train=TensorDataset(images, labels.float() + 0.5))
+
+
+@pytest.mark.parametrize(
+    ("broken", "phrase"),
+    [
+        (lambda i: _without_test_images_of(i, 2), "classes ['c2'] have no test images (1 of 3 classes)"),
+        (_with_float_labels, "the train data must be labelled with integer class indices in [0, 2], got [0.5, 1.5"),
+    ],
+    ids=["a class without test images", "fractional labels"],
+)
+def test_data_that_cannot_be_measured_is_refused_before_anything_is_written(tmp_path, broken, phrase):
+    with pytest.raises(ValueError, match=re.escape(phrase)):
+        run_pipeline(broken(toy_inputs(3)), tmp_path / "run", TOY_CONFIG, progress=False)
+    assert not any(p.is_file() for p in (tmp_path / "run").rglob("*") if p.name != ".lock")

@@ -11,6 +11,7 @@ from typing import TypeVar
 import torch
 from matplotlib.figure import Figure
 from torch import Tensor
+from torch.utils.data import Dataset, Subset, TensorDataset
 
 from captum_salve.activations import ActivationSet, collect_activations
 from captum_salve.analysis import ClassProfile, class_profile, select_feature
@@ -69,6 +70,10 @@ class Run:
                 f"the model's head has {outputs} outputs but {len(self.class_names)} class names were given "
                 f"({self.class_names[:6]}); the pipeline analyses one named class per output"
             )
+        for split, data in (("train", inputs.train), ("test", inputs.test)):
+            labels = _dataset_labels(data)
+            if labels is not None:  # known without reading an image: checked before anything is written
+                self._check_labels(labels, split)
         self._saes: dict[str, SparseAutoencoder] = {}
         self._record_settings()
 
@@ -142,8 +147,33 @@ class Run:
             return ActivationSet.load(path)
         data = self.inputs.train if split == "train" else self.inputs.test
         acts = collect_activations(self.model, data, batch_size=self.config.batch_size, progress=False)
+        self._check_labels(acts.labels, split)
         acts.save(path)
         return acts
+
+    def _check_labels(self, labels: Tensor | None, split: str) -> None:
+        """Every class needs images in both sets: a class without test images cannot be measured."""
+        names = self.class_names
+        if (
+            labels is None
+            or labels.dtype.is_floating_point
+            or labels.dtype == torch.bool
+            or len(labels) == 0
+            or labels.min() < 0
+            or labels.max() >= len(names)
+        ):
+            shown = labels[:6].tolist() if labels is not None else None
+            raise ValueError(
+                f"the {split} data must be labelled with integer class indices in [0, {len(names) - 1}], "
+                f"got {shown} ..."
+            )
+        counts = torch.bincount(labels.long(), minlength=len(names))
+        empty = [names[k] for k in range(len(names)) if counts[k] == 0]
+        if empty:
+            raise ValueError(
+                f"classes {empty[:6]} have no {split} images ({len(empty)} of {len(names)} classes); "
+                "every class needs training and test images"
+            )
 
     @cached_property
     def train_acts(self) -> ActivationSet:
@@ -213,6 +243,20 @@ class Run:
     def images(self, indices: Sequence[int] | Tensor) -> Tensor:
         """Test images at ``indices``, stacked (on the CPU)."""
         return torch.stack([self.inputs.test[int(i)][0] for i in indices])
+
+
+def _dataset_labels(data: Dataset) -> Tensor | None:
+    """A dataset's labels when it holds them (ImageFolder, TensorDataset, the digits canvas, their Subsets)."""
+    if isinstance(data, Subset):
+        labels = _dataset_labels(data.dataset)
+        return labels[torch.as_tensor(list(data.indices), dtype=torch.long)] if labels is not None else None
+    if isinstance(data, TensorDataset) and len(data.tensors) > 1:
+        labels = data.tensors[1]
+    else:
+        labels = getattr(data, "targets", getattr(data, "labels", None))
+    if isinstance(labels, (list, Tensor)) and len(labels) == len(data):
+        return torch.as_tensor(labels)
+    return None
 
 
 def _read_json(path: Path) -> dict:
