@@ -8,6 +8,7 @@ a family means adding one :class:`ModelFamily` to :data:`FAMILIES`.
 from __future__ import annotations
 
 import difflib
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -389,8 +390,15 @@ def _load_checkpoint(model: nn.Module, path: str | Path) -> None:
     # entries and strips DataParallel's "module." prefixes; weights_only refuses pickled code.
     try:
         state = load_state_dict(str(path), weights_only=True)
-    except (RuntimeError, OSError, ValueError) as error:
-        raise ValueError(f"the checkpoint {str(path)!r} cannot be read: {str(error).splitlines()[0]}") from None
+    except (RuntimeError, OSError, ValueError, pickle.UnpicklingError) as error:
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if "weights_only" in first_line or isinstance(error, pickle.UnpicklingError):
+            raise ValueError(
+                f"the checkpoint {str(path)!r} holds Python objects besides tensors, which could run code when "
+                "unpickled; it was not loaded. Save the model's state_dict (torch.save(model.state_dict(), path)) "
+                "or a .safetensors file instead"
+            ) from None
+        raise ValueError(f"the checkpoint {str(path)!r} cannot be read: {first_line}") from None
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]

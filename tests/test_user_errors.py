@@ -18,6 +18,7 @@ from torch.utils.data import TensorDataset
 from captum_salve import GradFAM, SparseAutoencoder, collect_activations, edit_model, train_sae
 from captum_salve.attr import maximize_feature
 from captum_salve.cli import main
+from captum_salve.models import create_model
 from captum_salve.pipeline import run_pipeline
 from captum_salve.report import read_summaries
 from tests.helpers import HeadOnly, image_tree, random_sae
@@ -237,3 +238,18 @@ def test_data_that_cannot_be_measured_is_refused_before_anything_is_written(tmp_
     with pytest.raises(ValueError, match=re.escape(phrase)):
         run_pipeline(broken(toy_inputs(3)), tmp_path / "run", TOY_CONFIG, progress=False)
     assert not any(p.is_file() for p in (tmp_path / "run").rglob("*") if p.name != ".lock")
+
+
+class _RunsCode:
+    """An object whose unpickling would call a function: what weights_only loading must refuse."""
+
+    def __reduce__(self):
+        return (print, ("this must never be printed",))
+
+
+def test_a_checkpoint_holding_code_is_refused_unexecuted(capsys, tmp_path):
+    path = tmp_path / "model.pth"
+    torch.save({"fc.weight": torch.zeros(2, 512), "payload": _RunsCode()}, path)
+    with pytest.raises(ValueError, match="holds Python objects besides tensors.*it was not loaded"):
+        create_model("resnet18", checkpoint_path=path, num_classes=2)
+    assert "must never be printed" not in capsys.readouterr().out
