@@ -207,11 +207,11 @@ def recording(model: nn.Module, site: Site | BoundSite | None = None) -> Iterato
 
 
 def as_device(device: torch.device | str, name: str = "device") -> torch.device:
-    """``device`` as a :class:`torch.device` that can hold data, or a ValueError naming ``name``.
+    """``device`` as a :class:`torch.device` that can hold data here, or a ValueError naming ``name``.
 
     Example:
-        >>> as_device("cuda:1")
-        device(type='cuda', index=1)
+        >>> as_device("cpu")
+        device(type='cpu')
         >>> as_device("gpu", "--device")
         Traceback (most recent call last):
         ValueError: --device 'gpu' is not a device torch knows; use 'cpu', 'cuda' or 'cuda:<index>' (or 'mps')
@@ -224,6 +224,8 @@ def as_device(device: torch.device | str, name: str = "device") -> torch.device:
         ) from None
     if target.type == "meta":
         raise ValueError(f"{name} {device!r} cannot hold data (tensors on 'meta' have no values); use 'cpu' or 'cuda'")
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{name} {device} asked for CUDA, but torch sees no GPU here")
     return target
 
 

@@ -97,6 +97,13 @@ CASES = {
 }
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_without_a_gpu_is_one_clear_error_from_any_entry_point(timm_resnet):
+    with pytest.raises(ValueError, match="device cuda asked for CUDA, but torch sees no GPU here"):
+        collect_activations(timm_resnet, torch.randn(2, 3, 32, 32), device="cuda", progress=False)
+    assert all(t.device.type == "cpu" for t in timm_resnet.state_dict().values())
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_a_mistake_gives_a_clear_error_and_loses_nothing(case, tmp_path, timm_resnet):
     call, error, phrases = CASES[case]
