@@ -199,6 +199,16 @@ def classified_clusters(n: int = 90, d: int = 6, classes: int = 3, seed: int = 0
     return HeadOnly.from_weights(centres, torch.zeros(classes)), acts
 
 
+def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
+    """The command line refused a user's mistake: exit status 2 and one ``error:`` line holding each fragment."""
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("captum-salve: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
 def image_tree(root: Path, classes: int = 3, per_class: int = 8) -> Path:
     """An ImageFolder tree whose classes differ by where a bright square sits."""
     rng = np.random.default_rng(0)

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from captum_salve import SparseAutoencoder, edit_model
 from captum_salve.cli import main
 from captum_salve.models import create_model, find_head
-from tests.helpers import image_tree
+from tests.helpers import assert_one_line_error, image_tree
 
 # timm's tiny test networks: a real ResNet and a real ViT, small enough for a CPU test.
 SMALL_RESNET = "test_resnet"
@@ -23,15 +23,6 @@ def cli(capsys, *argv: str | Path) -> tuple[int, str, str]:
     code = main([str(a) for a in argv])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
-
-
-def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("captum-salve: error: ")
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from captum_salve.cli import main
 from captum_salve.models import create_model
 from captum_salve.pipeline import run_pipeline
 from captum_salve.report import read_summaries
-from tests.helpers import HeadOnly, image_tree, random_sae
+from tests.helpers import HeadOnly, assert_one_line_error, image_tree, random_sae
 from tests.pipeline.examples import TOY_CONFIG, hand_built_summary, toy_inputs
 
 
@@ -119,8 +119,7 @@ def test_a_mistake_gives_a_clear_error_and_loses_nothing(case, tmp_path, timm_re
 
 def test_the_command_line_names_a_device_it_does_not_know_in_one_line(capsys, tmp_path):
     code = main(["demo", "--device", "gpu", "--out", str(tmp_path / "report")])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "--device 'gpu' is not a device torch knows" in err[0]
+    assert_one_line_error(code, capsys.readouterr().err, "--device 'gpu' is not a device torch knows")
     assert not (tmp_path / "report").exists()  # refused before anything was written
 
 
@@ -137,8 +136,7 @@ def test_the_command_line_names_a_device_it_does_not_know_in_one_line(capsys, tm
 def test_run_refuses_settings_that_cannot_work_before_it_reads_or_writes_anything(capsys, tmp_path, flags, phrase):
     out = tmp_path / "out"
     code = main(["run", "--model", "resnet18", "--data", str(tmp_path / "absent"), "--out", str(out), *flags])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and phrase in err[0]
+    assert_one_line_error(code, capsys.readouterr().err, phrase)
     assert not out.exists()  # no config.json left to block the corrected run
 
 
@@ -176,9 +174,7 @@ def test_run_refuses_validation_folders_that_differ_from_the_training_ones(capsy
     (val / "n01").rename(val / "n07")
     argv = ["run", "--model", "resnet18", "--data", str(data), "--val-data", str(val), "--out", str(tmp_path / "o")]
     code = main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1
-    assert "['n00', 'n07']" in err[0] and "['n00', 'n01', 'n02']" in err[0] and "scored as another" in err[0]
+    assert_one_line_error(code, capsys.readouterr().err, "['n00', 'n07']", "['n00', 'n01', 'n02']", "scored as another")
 
 
 def test_a_second_model_in_the_same_out_keeps_the_first_models_report(monkeypatch, capsys, tmp_path):
@@ -216,9 +212,8 @@ def test_run_refuses_a_head_larger_than_the_class_folders_before_any_work(capsys
     out = tmp_path / "out"
     argv = ["run", "--model", "resnet18", "--data", str(image_tree(tmp_path / "data")), "--out", str(out)]
     code = main([*argv, "--num-classes", "5"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1
-    assert "the model's head has 5 outputs but 3 class names were given (['n00', 'n01', 'n02'])" in err[0]
+    phrase = "the model's head has 5 outputs but 3 class names were given (['n00', 'n01', 'n02'])"
+    assert_one_line_error(code, capsys.readouterr().err, phrase)
     assert not (out / "resnet18" / "config.json").exists()
 
 
