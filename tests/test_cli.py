@@ -142,50 +142,16 @@ def test_edit_writes_weights_that_load_into_a_fresh_model(capsys, tmp_path, save
 def test_edit_errors(capsys, tmp_path, saved_sae):
     _, sae_dir = saved_sae
     (tmp_path / "a_folder").mkdir()
-    code, _, err = cli(
-        capsys,
-        "edit",
-        "--model",
-        SMALL_RESNET,
-        "--sae",
-        sae_dir,
-        "--feature",
-        "1",
-        "--alpha",
-        "1",
-        "--out",
-        tmp_path / "a_folder",
-    )
+
+    def edit(feature: str, alpha: str, out: Path) -> tuple[int, str, str]:
+        argv = ["edit", "--model", SMALL_RESNET, "--sae", sae_dir, "--feature", feature, "--alpha", alpha]
+        return cli(capsys, *argv, "--out", out)
+
+    code, _, err = edit("1", "1", tmp_path / "a_folder")
     assert_one_line_error(code, err, "is a directory")
-    code, _, err = cli(
-        capsys,
-        "edit",
-        "--model",
-        SMALL_RESNET,
-        "--sae",
-        sae_dir,
-        "--feature",
-        "99",
-        "--alpha",
-        "1",
-        "--out",
-        tmp_path / "e.safetensors",
-    )
+    code, _, err = edit("99", "1", tmp_path / "e.safetensors")
     assert_one_line_error(code, err, "99")
-    code, _, err = cli(
-        capsys,
-        "edit",
-        "--model",
-        SMALL_RESNET,
-        "--sae",
-        sae_dir,
-        "--feature",
-        "1",
-        "--alpha",
-        "-1",
-        "--out",
-        tmp_path / "e.safetensors",
-    )
+    code, _, err = edit("1", "-1", tmp_path / "e.safetensors")
     assert_one_line_error(code, err, "alpha")
     assert not (tmp_path / "e.safetensors").exists()
 
