@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from captum_salve.files import atomic_path
-from captum_salve.models import model_label
+from captum_salve.models import model_input, model_label
 from captum_salve.sites import HEAD_INPUT, Site, eval_mode, on_device, recording
 
 __all__ = ["ActivationSet", "ImageData", "collect_activations", "iter_batches"]
@@ -185,9 +185,9 @@ def collect_activations(
     features, labels = [], []
     batches = iter_batches(data, batch_size)
     bar = tqdm(batches, total=_batch_count(data, batch_size), desc=f"activations @ {bound.name}", disable=not progress)
-    with on_device(model, device) as device, eval_mode(model), recording(model, bound) as rec, torch.inference_mode():
+    with on_device(model, device), eval_mode(model), recording(model, bound) as rec, torch.inference_mode():
         for images, batch_labels in bar:
-            model(images.to(device))
+            model(model_input(model, images, "data"))
             features.append(rec.take().detach().to("cpu", torch.float32, copy=True))
             if batch_labels is not None:
                 labels.append(batch_labels.to("cpu", torch.long))

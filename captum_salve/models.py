@@ -17,6 +17,7 @@ import timm
 import torch
 import torchvision
 from timm.data import resolve_model_data_config
+from timm.layers import PatchEmbed
 from timm.models import load_state_dict
 from timm.models.resnet import ResNet as TimmResNet
 from timm.models.vision_transformer import VisionTransformer as TimmViT
@@ -30,11 +31,13 @@ __all__ = [
     "default_cam_layer",
     "family_of",
     "find_head",
+    "fixed_image_size",
     "get_module",
     "input_config",
     "input_normalization",
     "keep_classes",
     "model_device",
+    "model_input",
     "model_label",
     "module_name",
     "token_layout",
@@ -147,6 +150,85 @@ def model_device(model: nn.Module) -> torch.device:
     """
     param = next(model.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
+
+
+def model_input(model: nn.Module, images: object, name: str = "images") -> torch.Tensor:
+    """``images`` checked against what ``model`` takes, on its device and in its floating dtype.
+
+    Every function of the package that runs a model passes its inputs through here,
+    so a mistake is named before torch meets it. For an image model (one with a
+    convolution: every CNN, and a ViT's patch embedding) the inputs must be a 4-D
+    floating-point tensor with the channel count of the first convolution and, for a
+    fixed-size ViT, its image size. Floating-point inputs of another dtype are cast
+    to the model's (float32 images into a float16 or bfloat16 model, say).
+
+    Args:
+        model: The classifier.
+        images: (N, C, H, W) floating-point images, normalised as the model expects
+            (for a model without a convolution: whatever its forward takes).
+        name: The argument's name, for the error message.
+
+    Raises:
+        TypeError: ``images`` is not a tensor.
+        ValueError: Its shape, dtype, channel count or size does not fit the model.
+
+    Example:
+        >>> model = timm.create_model("resnet18", num_classes=3).half()
+        >>> model_input(model, torch.rand(2, 3, 32, 32)).dtype
+        torch.float16
+        >>> model_input(model, torch.rand(2, 1, 32, 32))
+        Traceback (most recent call last):
+        ValueError: images have 1 channel but the model's first convolution (conv1) takes 3; ...
+    """
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor of images (N, C, H, W), got {type(images).__name__}")
+    first_conv = next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+    if first_conv is not None:
+        _check_images(images, name, *first_conv, fixed_image_size(model))
+    if images.dtype.is_floating_point:
+        dtype = next((p.dtype for p in model.parameters() if p.dtype.is_floating_point), images.dtype)
+        return images.to(model_device(model), dtype)
+    return images.to(model_device(model))
+
+
+def _check_images(images: torch.Tensor, name: str, conv_name: str, conv: nn.Conv2d, size: tuple | None) -> None:
+    """Refuse images an image model cannot take, naming ``name`` and what was expected."""
+    if images.dim() != 4:
+        raise ValueError(f"{name} must be images of shape (N, C, H, W), got {tuple(images.shape)}")
+    if not images.dtype.is_floating_point:
+        raise ValueError(
+            f"{name} must be floating-point images, normalised as the model expects, got {images.dtype}; "
+            "e.g. images.float() / 255, then the model's mean and std (input_normalization)"
+        )
+    channels = images.shape[1]
+    if channels != conv.in_channels:
+        raise ValueError(
+            f"{name} have {channels} channel{'s' if channels != 1 else ''} but the model's first convolution "
+            f"({conv_name}) takes {conv.in_channels}; convert the images (e.g. grey to RGB) or use a model for them"
+        )
+    given = tuple(images.shape[-2:])
+    if size is not None and given != size:
+        raise ValueError(
+            f"{name} are {given[0]}×{given[1]} but the model takes {size[0]}×{size[1]} images (its patch "
+            "embedding is built for that size); resize them, e.g. with the model's data config (input_config)"
+        )
+
+
+def fixed_image_size(model: nn.Module) -> tuple[int, int] | None:
+    """(H, W) that a ViT's patch embedding requires, or None when the model takes any size.
+
+    Example:
+        >>> fixed_image_size(timm.create_model("vit_tiny_patch16_224", img_size=64))
+        (64, 64)
+        >>> fixed_image_size(timm.create_model("resnet18")) is None
+        True
+    """
+    if isinstance(model, torchvision.models.VisionTransformer):
+        return (model.image_size, model.image_size)
+    embed = next((m for m in model.modules() if isinstance(m, PatchEmbed)), None)
+    if embed is not None and embed.img_size is not None and embed.strict_img_size:
+        return tuple(embed.img_size)
+    return None
 
 
 def model_label(model: nn.Module) -> str:

@@ -7,6 +7,7 @@ expression of a notebook cell. Numbers refer to the SALVE paper's figures.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence, Sized
 
 import matplotlib
@@ -294,7 +295,11 @@ def alpha_crit_boxplots(
     *,
     title: str = "Per-sample α_crit: analytical vs numerical, with α_50% (Fig. 5b)",
 ) -> Figure:
-    """Figure 5b: per-class boxplots of analytical and numerical α_crit, α_50 marked (finite values only).
+    """Figure 5b: per-class boxplots of analytical and numerical α_crit, α_50 marked.
+
+    The axis is logarithmic, so only finite values above 0 are drawn; how many were
+    left out (infinite: the criterion is never met; 0: met without an edit; NaN) is
+    written under the axis, and a figure with none to draw says so instead of failing.
 
     Example:
         >>> class_3 = test_acts.subset(test_acts.labels == 3)
@@ -309,22 +314,36 @@ def alpha_crit_boxplots(
         )
     fig, ax = _subplots(figsize=(max(6, 0.9 * len(names) + 2), 4))
     positions = np.arange(len(names))
+    left_out = {"infinite": 0, "at 0 or below": 0, "NaN": 0}
+    drawn = []
     for offset, data, color, label in (
         (-0.18, analytical, "#2980b9", "analytical (α_lin)"),
         (0.18, numerical, "#e67e22", "numerical"),
     ):
-        values = [data[n][torch.isfinite(data[n])].numpy() for n in names]
+        values = []
+        for name in names:
+            x = torch.as_tensor(data[name], dtype=torch.float64).reshape(-1)
+            left_out["infinite"] += int(x.isinf().sum())
+            left_out["at 0 or below"] += int((x <= 0).sum())
+            left_out["NaN"] += int(x.isnan().sum())
+            values.append(x[torch.isfinite(x) & (x > 0)].numpy())
+        drawn += [v for v in values if len(v)]
         parts = ax.boxplot(values, positions=positions + offset, widths=0.32, patch_artist=True, showfliers=False)
         for box in parts["boxes"]:
             box.set_facecolor(color)
             box.set_alpha(0.6)
         ax.plot([], [], color=color, lw=6, alpha=0.6, label=label)
-    if alpha_50:
-        marks = [alpha_50.get(n, np.nan) for n in names]
+    marks = [alpha_50.get(n, np.nan) for n in names] if alpha_50 else []
+    marks = [m if 0 < m < math.inf else np.nan for m in marks]
+    if marks and not all(np.isnan(marks)):
         ax.scatter(positions, marks, marker="D", color="black", zorder=3, label="α_50%")
+    if not drawn and (not marks or all(np.isnan(marks))):
+        ax.set_ylim(0.1, 10)  # nothing to autoscale a log axis on
+        ax.text(0.5, 0.5, "no finite α_crit above 0 to draw", transform=ax.transAxes, ha="center", va="center")
     ax.set_xticks(positions, names)
     ax.set_yscale("log")
-    ax.set_xlabel("class")
+    not_drawn = ", ".join(f"{count} {kind}" for kind, count in left_out.items() if count)
+    ax.set_xlabel("class" + (f"  (not drawn: {not_drawn})" if not_drawn else ""))
     ax.set_ylabel("α_crit")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7)

@@ -9,7 +9,15 @@ import torchvision
 from torch import nn
 
 from captum_salve import Site, collect_activations
-from captum_salve.models import create_model, default_cam_layer, find_head, token_layout
+from captum_salve.models import (
+    create_model,
+    default_cam_layer,
+    find_head,
+    fixed_image_size,
+    model_input,
+    token_layout,
+)
+from tests.helpers import small_timm_vit, small_torchvision_vit
 
 
 @pytest.mark.parametrize(
@@ -64,3 +72,32 @@ def test_create_model_errors(tmp_path):
     model = create_model("resnet18", checkpoint_path=wrong, num_classes=3)
     assert model.fc.out_features == 3
     assert isinstance(create_model("torchvision/vit_b_16", num_classes=7).heads.head, nn.Linear)
+
+
+def test_model_input_casts_to_the_models_dtype_and_device_and_names_what_does_not_fit(timm_resnet):
+    half = model_input(timm_resnet.half(), torch.rand(2, 3, 32, 32, dtype=torch.float64))
+    assert half.dtype == torch.float16 and half.shape == (2, 3, 32, 32)
+    head = nn.Sequential(nn.Linear(4, 2))  # no convolution: any input shape goes to its forward
+    assert model_input(head, torch.ones(3, 4, dtype=torch.float64)).dtype == torch.float32
+    with pytest.raises(TypeError, match="inputs must be a tensor of images"):
+        model_input(timm_resnet, [[1.0]], "inputs")
+
+
+@pytest.mark.parametrize(
+    ("model", "size"),
+    [
+        (small_torchvision_vit(), (32, 32)),
+        (small_timm_vit(), (32, 32)),
+        (timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=1, dynamic_img_size=True), None),
+        (timm.create_model("resnet18"), None),
+    ],
+    ids=["torchvision ViT", "timm ViT", "timm ViT of dynamic size", "ResNet"],
+)
+def test_only_a_fixed_size_vit_refuses_other_image_sizes(model, size):
+    assert fixed_image_size(model) == size
+    images = torch.rand(1, 3, 48, 48)
+    if size is None:
+        model(model_input(model, images))  # runs at 48 × 48
+    else:
+        with pytest.raises(ValueError, match=r"images are 48×48 but the model takes 32×32 images"):
+            model_input(model, images)

@@ -1,28 +1,48 @@
-"""The red-team catalogue of issue 12 as tests: a user's mistake ends in a clear error, and nothing is lost.
+"""The red-team catalogue of issue 12 as tests: no silent wrong answer, no traceback for a mistake, nothing lost.
 
-One row per case: the call, the error it must raise and phrases its message must hold.
-Each case also checks that what the call touched is as it was (weights, devices, files).
+:data:`CASES` holds one row per single call; its id starts with the verdict the call
+must get: ``clear`` (an error of the given type whose message holds the given
+phrases) or ``worked`` (a result the row's check finds right). Every row also checks
+that the model it was handed is as it was: weights, device, train/eval modes, hooks.
+The tests after it are the cases that take several steps (the command line, reruns).
 """
 
 from __future__ import annotations
 
+import copy
+import io
 import json
+import math
 import re
+from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import torch
+from matplotlib.text import Text
 from safetensors.torch import save_model
+from torch import nn
 from torch.utils.data import TensorDataset
 
-from captum_salve import GradFAM, SparseAutoencoder, collect_activations, edit_model, train_sae
-from captum_salve.attr import maximize_feature
+from captum_salve import GradFAM, SparseAutoencoder, alpha_sweep, collect_activations, edit_model, plots, train_sae
+from captum_salve.attr import FeatureCodes, TokenGradCam, maximize_feature
 from captum_salve.cli import main
 from captum_salve.models import create_model
 from captum_salve.pipeline import run_pipeline
 from captum_salve.report import read_summaries
-from tests.helpers import HeadOnly, assert_one_line_error, image_tree, random_sae
+from tests.helpers import HeadOnly, assert_one_line_error, hook_count, image_tree, random_sae, small_timm_vit
 from tests.pipeline.examples import TOY_CONFIG, hand_built_summary, toy_inputs
+
+
+class Case(NamedTuple):
+    """One catalogued call: ``call(tmp_path, resnet)``, and either the error it must raise or a check of its result."""
+
+    call: Callable[[Path, nn.Module], object]
+    raises: type[Exception] | None  # None: the call must work
+    phrases: tuple[str, ...] = ()  # each must be in the error message
+    check: Callable[[object], bool] | None = None  # for a call that works: its result is right
 
 
 def _nan_acts():
@@ -46,53 +66,166 @@ def _edit_overflowing_float32():
     return edit_model(model, random_sae(4, d_latent=8), 2, 1e300, rule="project")
 
 
+IMAGES = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+def _same_rows_as_float32(resnet: nn.Module, dtype: torch.dtype, images_dtype: torch.dtype = torch.float32):
+    """Activations of ``resnet`` cast to ``dtype``, against those of its float32 copy on the same rounded weights."""
+    low = copy.deepcopy(resnet).to(dtype)
+    got = collect_activations(low, IMAGES.to(images_dtype), progress=False).features
+    want = collect_activations(low.float(), IMAGES.to(dtype).float(), progress=False).features
+    return got, want
+
+
+def _sweeps_agree(resnet: nn.Module) -> bool:
+    """alpha_sweep on a bfloat16 model equals the sweep on its weights in float32 (the sweep runs in float64)."""
+    sae, acts = random_sae(512), collect_activations(resnet, torch.rand(12, 3, 32, 32), progress=False)
+    acts.labels = torch.arange(12) % 4
+    low = copy.deepcopy(resnet).to(torch.bfloat16)
+    sweeps = [alpha_sweep(m, sae, 3, acts, [0, 1, 10], rule="project") for m in (low, low.float())]
+    return torch.equal(sweeps[0].confusion, sweeps[1].confusion)
+
+
+def _codes_in_both_dtypes(sae: SparseAutoencoder, acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes of ``acts`` from ``sae`` in bfloat16, and from its float32 copy on the same rounded weights."""
+    low = sae.to(torch.bfloat16)
+    return low.encode_all(acts), copy.deepcopy(low).float().encode_all(acts.bfloat16().float())
+
+
+def _figure_text(fig) -> str:
+    fig.savefig(io.BytesIO(), format="png")  # renders: matplotlib's own errors would come here
+    return " ".join(t.get_text() for t in fig.findobj(Text))
+
+
+_VIT = small_timm_vit(4)
+_INF = torch.full((3,), float("inf"))
+
+# The catalogue. A case's id starts with its verdict: "clear" (a named error) or "worked".
 CASES = {
-    "training activations with NaN and Inf": (
+    # non-finite numbers
+    "clear: training activations with NaN and Inf": Case(
         lambda tmp_path, resnet: _nan_acts(),
         ValueError,
-        ["acts holds 2 non-finite values", "index (3, 1)", "before training"],
+        ("acts holds 2 non-finite values", "index (3, 1)", "before training"),
     ),
-    "an SAE file with a NaN weight": (
+    "clear: an SAE file with a NaN weight": Case(
         lambda tmp_path, resnet: _sae_with_nan_weights(tmp_path),
         ValueError,
-        ["'encoder.weight'", "1 non-finite value", "(2, 1)", "damaged"],
+        ("'encoder.weight'", "1 non-finite value", "(2, 1)", "damaged"),
     ),
-    "an edit too strong for a float32 head": (
+    "clear: an edit too strong for a float32 head": Case(
         lambda tmp_path, resnet: _edit_overflowing_float32(),
         ValueError,
-        ["edited head's weight (torch.float32)", "too strong for rule 'project'"],
+        ("edited head's weight (torch.float32)", "too strong for rule 'project'"),
     ),
-    "activation maximisation with an infinite penalty": (
+    "clear: activation maximisation with an infinite penalty": Case(
         lambda tmp_path, resnet: maximize_feature(resnet, random_sae(512), 1, steps=1, l2=float("inf")),
         ValueError,
-        ["l2 must be a finite number >= 0", "inf"],
+        ("l2 must be a finite number >= 0", "inf"),
     ),
-    "activations collected on the meta device": (
-        lambda tmp_path, resnet: collect_activations(resnet, torch.randn(2, 3, 32, 32), device="meta", progress=False),
+    # devices
+    "clear: activations collected on the meta device": Case(
+        lambda tmp_path, resnet: collect_activations(resnet, IMAGES, device="meta", progress=False),
         ValueError,
-        ["device 'meta' cannot hold data"],
+        ("device 'meta' cannot hold data",),
     ),
-    "a device torch does not know": (
-        lambda tmp_path, resnet: collect_activations(resnet, torch.randn(2, 3, 32, 32), device="gpu", progress=False),
+    "clear: a device torch does not know": Case(
+        lambda tmp_path, resnet: collect_activations(resnet, IMAGES, device="gpu", progress=False),
         ValueError,
-        ["device 'gpu' is not a device torch knows", "'cuda:<index>'"],
+        ("device 'gpu' is not a device torch knows", "'cuda:<index>'"),
     ),
-    "a fractional Grad-FAM target": (
-        lambda tmp_path, resnet: GradFAM(resnet, "layer4.1", random_sae(512)).attribute(
-            torch.randn(1, 3, 32, 32), target=2.5
-        ),
+    # indices
+    "clear: a fractional Grad-FAM target": Case(
+        lambda tmp_path, resnet: GradFAM(resnet, "layer4.1", random_sae(512)).attribute(IMAGES[:1], target=2.5),
         ValueError,
-        ["target must be SAE feature indices (integers)", "2.5"],
+        ("target must be SAE feature indices (integers)", "2.5"),
     ),
-    "fractional features in an edit": (
+    "clear: fractional features in an edit": Case(
         lambda tmp_path, resnet: edit_model(resnet, random_sae(512), [2.7, 1], 1.0),
         ValueError,
-        ["SAE feature indices (integers)", "2.7"],
+        ("SAE feature indices (integers)", "2.7"),
     ),
-    "a feature named twice in one edit": (
+    "clear: a feature named twice in one edit": Case(
         lambda tmp_path, resnet: edit_model(resnet, random_sae(512), [3, 3], 1.0),
         ValueError,
-        ["features repeat [3]"],
+        ("features repeat [3]",),
+    ),
+    # images the model cannot take
+    "clear: grey images into an RGB model": Case(
+        lambda tmp_path, resnet: collect_activations(resnet, IMAGES[:, :1], progress=False),
+        ValueError,
+        ("data have 1 channel but the model's first convolution (conv1) takes 3", "grey to RGB"),
+    ),
+    "clear: grey images into Grad-FAM": Case(
+        lambda tmp_path, resnet: GradFAM(resnet, "layer4.1", random_sae(512)).attribute(IMAGES[:, :1], target=1),
+        ValueError,
+        ("inputs have 1 channel", "takes 3"),
+    ),
+    "clear: grey images into a class Grad-CAM": Case(
+        lambda tmp_path, resnet: TokenGradCam(resnet, resnet.layer4[-1]).attribute(IMAGES[:, :1], target=0),
+        ValueError,
+        ("inputs have 1 channel", "takes 3"),
+    ),
+    "clear: images of another size into a fixed-size ViT": Case(
+        lambda tmp_path, resnet: collect_activations(_VIT, torch.rand(2, 3, 40, 40), progress=False),
+        ValueError,
+        ("data are 40×40 but the model takes 32×32 images", "resize them"),
+    ),
+    "clear: a maximisation image size a fixed-size ViT cannot take": Case(
+        lambda tmp_path, resnet: maximize_feature(_VIT, random_sae(32), 1, steps=1, image_size=40),
+        ValueError,
+        ("image_size must be the model's fixed input size (32, 32), got (40, 40)",),
+    ),
+    "clear: uint8 images, not normalised": Case(
+        lambda tmp_path, resnet: collect_activations(resnet, (IMAGES * 255).to(torch.uint8), progress=False),
+        ValueError,
+        ("data must be floating-point images", "torch.uint8", "images.float() / 255"),
+    ),
+    "clear: one image without its batch dimension": Case(
+        lambda tmp_path, resnet: FeatureCodes(resnet, random_sae(512))(IMAGES[0]),
+        ValueError,
+        ("inputs must be images of shape (N, C, H, W), got (3, 32, 32)",),
+    ),
+    # dtypes: cast, with the result the same as in the model's own dtype
+    "worked: float32 images into a float16 model": Case(
+        lambda tmp_path, resnet: _same_rows_as_float32(resnet, torch.float16),
+        None,
+        check=lambda rows: torch.allclose(*rows, rtol=1e-2, atol=1e-2),
+    ),
+    "worked: float64 images into a bfloat16 model": Case(
+        lambda tmp_path, resnet: _same_rows_as_float32(resnet, torch.bfloat16, torch.float64),
+        None,
+        check=lambda rows: torch.allclose(*rows, rtol=5e-2, atol=5e-2),
+    ),
+    "worked: Grad-FAM on a bfloat16 model": Case(
+        lambda tmp_path, resnet: (
+            GradFAM(copy.deepcopy(resnet).to(torch.bfloat16), "layer4.1", random_sae(512))
+            .attribute(IMAGES, target=1)
+            .float()
+        ),
+        None,
+        check=lambda maps: maps.shape == (2, 1, 1, 1) and bool(maps.isfinite().all()),
+    ),
+    "worked: a bfloat16 SAE on float32 activations": Case(
+        lambda tmp_path, resnet: _codes_in_both_dtypes(random_sae(512), torch.randn(5, 512)),
+        None,
+        check=lambda codes: codes[0].dtype == torch.float32 and torch.allclose(*codes, rtol=5e-2, atol=5e-2),
+    ),
+    "worked: alpha_sweep on a bfloat16 model": Case(
+        lambda tmp_path, resnet: _sweeps_agree(resnet), None, check=lambda agree: agree
+    ),
+    # figures of degenerate data
+    "worked: α_crit boxplots where no sample ever crosses": Case(
+        lambda tmp_path, resnet: _figure_text(plots.alpha_crit_boxplots({"c": _INF}, {"c": _INF}, {"c": math.inf})),
+        None,
+        check=lambda text: "not drawn: 6 infinite" in text and "no finite α_crit above 0 to draw" in text,
+    ),
+    "worked: α_crit boxplots with samples crossed at α = 0": Case(
+        lambda tmp_path, resnet: _figure_text(
+            plots.alpha_crit_boxplots({"c": torch.tensor([0.0, 2.0])}, {"c": torch.tensor([0.0, 3.0])})
+        ),
+        None,
+        check=lambda text: "not drawn: 2 at 0 or below" in text,
     ),
 }
 
@@ -104,17 +237,22 @@ def test_cuda_without_a_gpu_is_one_clear_error_from_any_entry_point(timm_resnet)
     assert all(t.device.type == "cpu" for t in timm_resnet.state_dict().values())
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_a_mistake_gives_a_clear_error_and_loses_nothing(case, tmp_path, timm_resnet):
-    call, error, phrases = CASES[case]
-    state = {name: t.clone() for name, t in timm_resnet.state_dict().items()}
-    with pytest.raises(error) as raised:
-        call(tmp_path, timm_resnet)
-    message = str(raised.value)
-    missing = [p for p in phrases if p not in message]
-    assert not missing, f"{message!r} lacks {missing}"
+@pytest.mark.parametrize("name", list(CASES))
+def test_each_case_gives_a_clear_error_or_the_right_result_and_loses_nothing(name, tmp_path, timm_resnet):
+    case = CASES[name]
+    state = {key: t.clone() for key, t in timm_resnet.state_dict().items()}
+    modes = [m.training for m in timm_resnet.modules()]
+    if case.raises is None:
+        assert case.check(case.call(tmp_path, timm_resnet))
+    else:
+        with pytest.raises(case.raises) as raised:
+            case.call(tmp_path, timm_resnet)
+        message = str(raised.value)
+        missing = [p for p in case.phrases if p not in message]
+        assert not missing, f"{message!r} lacks {missing}"
     after = timm_resnet.state_dict()
-    assert all(t.device.type == "cpu" and torch.equal(t, after[name]) for name, t in state.items())
+    assert all(t.device.type == "cpu" and torch.equal(t, after[key]) for key, t in state.items())
+    assert [m.training for m in timm_resnet.modules()] == modes and hook_count(timm_resnet) == 0
 
 
 def test_the_command_line_names_a_device_it_does_not_know_in_one_line(capsys, tmp_path):

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from captum_salve.attr.feature_codes import FeatureCodes
-from captum_salve.models import input_config, model_device
+from captum_salve.models import fixed_image_size, input_config, model_device
 from captum_salve.sae.model import SparseAutoencoder
 from captum_salve.sites import Site, as_device, eval_mode
 
@@ -92,7 +92,8 @@ def maximize_feature(
             step of the first three quarters; the last quarter settles the image
             without them.
         parameterization: ``"fourier"`` (decorrelated spectrum) or ``"pixel"``.
-        image_size: (H, W) or a side; default the input size of the model's timm data config.
+        image_size: (H, W) or a side; default the size a fixed-size ViT takes, else the input
+            size of the model's timm data config.
         seed: Seed of the starting noise and of the transforms.
         snapshots: Steps at which to keep a copy of the images (the last is always kept).
         site: Where the SAE reads; default the SAE's own site.
@@ -115,8 +116,10 @@ def maximize_feature(
         if not 0 <= value < math.inf:
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     device = as_device(device) if device is not None else model_device(model)
-    config = input_config(model)
-    height, width = _image_size(config["input_size"][-2:] if image_size is None else image_size)
+    config, fixed = input_config(model), fixed_image_size(model)
+    height, width = _image_size(image_size if image_size is not None else fixed or config["input_size"][-2:])
+    if fixed is not None and (height, width) != fixed:
+        raise ValueError(f"image_size must be the model's fixed input size {fixed}, got {(height, width)}")
     mean, std = (torch.tensor(config[key], device=device).view(1, -1, 1, 1) for key in ("mean", "std"))
     generator = torch.Generator().manual_seed(seed)
     image_of = _parameterization(parameterization, len(index), height, width, generator, device)

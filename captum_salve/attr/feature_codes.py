@@ -6,6 +6,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from captum_salve.models import model_input
 from captum_salve.sae.model import SparseAutoencoder
 from captum_salve.sites import BoundSite, Site, recording
 
@@ -54,7 +55,7 @@ class FeatureCodes(nn.Module):
     def site_activations(self, images: Tensor, *args: Any) -> Tensor:
         """The (N, M) activations the SAE reads, still connected to the graph."""
         with recording(self.model, self.site) as rec:
-            self.model(images, *args)
+            self.model(model_input(self.model, images, "inputs"), *args)
         value = rec.take()
         if value.shape[1] != self.sae.d_in:
             raise ValueError(

@@ -14,7 +14,7 @@ from captum.log import log_usage
 from einops import rearrange
 from torch import Tensor, nn
 
-from captum_salve.models import module_name
+from captum_salve.models import model_input, module_name
 from captum_salve.sites import eval_mode
 
 __all__ = ["TokenGradCam", "render_maps", "tokens_to_grid"]
@@ -186,7 +186,7 @@ class TokenGradCam(LayerAttribution, GradientAttribution):
         self._check_target(target)
         with _evaluating(self.forward_func):
             extra, kwargs = additional_forward_args, grad_kwargs
-            return self._maps(inputs, target, extra, relu_attributions, attr_dim_summation, kwargs)
+            return self._maps(self._model_input(inputs), target, extra, relu_attributions, attr_dim_summation, kwargs)
 
     def _maps(
         self,
@@ -257,7 +257,7 @@ class TokenGradCam(LayerAttribution, GradientAttribution):
         index = torch.as_tensor(targets, dtype=torch.long).reshape(-1)
         with _evaluating(self.forward_func), torch.enable_grad():
             outputs, layer_output = self._forward_and_layer_output(
-                _as_tuple(inputs), _as_tuple(additional_forward_args)
+                _as_tuple(self._model_input(inputs)), _as_tuple(additional_forward_args)
             )
             selected = outputs[:, index.to(outputs.device)]  # (N, F)
             gradients = _gradients_per_column(selected, layer_output)
@@ -270,6 +270,12 @@ class TokenGradCam(LayerAttribution, GradientAttribution):
             self._refuse_silent_layer(grads, selected[:, position].detach())
             maps.append(_weighted_maps(grads, acts, relu_attributions, True))
         return torch.cat(maps, dim=1)
+
+    def _model_input(self, inputs: Tensor | tuple[Tensor, ...]) -> Tensor | tuple[Tensor, ...]:
+        """One input tensor of a module forward, checked and cast by :func:`~captum_salve.models.model_input`."""
+        if isinstance(self.forward_func, nn.Module) and isinstance(inputs, Tensor):
+            return model_input(self.forward_func, inputs, "inputs")
+        return inputs
 
     def _check_target(self, target: TargetType) -> None:
         """Refuse a target this attribution cannot explain (any target Captum accepts, here)."""

@@ -152,18 +152,18 @@ class SparseAutoencoder(nn.Module):
         return self.code_activation.active_threshold
 
     def pre_activation(self, a: Tensor) -> Tensor:
-        """The affine part of the encoder, ``E (a - b_d) + b_e``."""
-        return self.encoder(a - self.decoder.bias)
+        """The affine part of the encoder, ``E (a - b_d) + b_e``, with ``a`` cast to the SAE's dtype."""
+        return self.encoder(a.to(self.decoder.bias.dtype) - self.decoder.bias)
 
     def encode(self, a: Tensor) -> Tensor:
-        """Codes z, (N, d_latent)."""
+        """Codes z, (N, d_latent), in the SAE's dtype."""
         if a.dim() != 2 or a.shape[1] != self.d_in:
             raise ValueError(f"expected activations of shape (N, {self.d_in}), got {tuple(a.shape)}")
         return self.code_activation(self.pre_activation(a))
 
     @torch.no_grad()
     def encode_all(self, acts: ActivationSet | Tensor, *, batch_size: int = 4096) -> Tensor:
-        """Codes of every row of a (possibly large) set of activations, in batches: (N, d_latent) on the CPU.
+        """Codes of every row of a (possibly large) set of activations, in batches: (N, d_latent) float32 on the CPU.
 
         Example:
             >>> codes = sae.encode_all(test_acts)
@@ -176,7 +176,7 @@ class SparseAutoencoder(nn.Module):
         device = self.decoder_weight.device
         return torch.cat(
             [
-                self.encode(features[s : s + batch_size].to(device, torch.float32)).cpu()
+                self.encode(features[s : s + batch_size].to(device)).to("cpu", torch.float32)
                 for s in range(0, len(features), batch_size)
             ]
             or [torch.zeros(0, self.d_latent)]
