@@ -25,7 +25,7 @@ from captum_salve.pipeline.record import Record, RecordFormatError
 from captum_salve.pipeline.run import Run
 from captum_salve.pipeline.seeds import SeedsResult, seeds
 from captum_salve.pipeline.summary import STAGES, PipelineSummary, Stage, run_pipeline
-from captum_salve.pipeline.validate import Maximization, ValidateResult, validate
+from captum_salve.pipeline.validate import ClassFigures, Maximization, ValidateResult, validate
 
 __all__ = [
     "DIGITS_CAM_LAYERS",
@@ -35,6 +35,7 @@ __all__ = [
     "ClassAlphaCrit",
     "ClassControl",
     "ClassFeatures",
+    "ClassFigures",
     "ControlResult",
     "CrossClassEdit",
     "CrossClassEntry",

@@ -56,42 +56,51 @@ class FaithfulnessResult(Record):
 def faithfulness(run: Run) -> FaithfulnessResult:
     """Score Grad-FAM against class Grad-CAM, another class's feature and random maps, at every Grad-FAM layer.
 
+    Each layer's scores are kept as they are finished (:meth:`Run.part`): an
+    interrupted stage resumes at the next layer.
+
     Example:
         >>> faithfulness(run).images
         200
     """
-    test, sae, features = run.test_acts, run.sae, torch.tensor(run.features)
-    n = min(run.config.faithfulness_images, len(test))
+    n = min(run.config.faithfulness_images, len(run.test_acts))
+    layers = {
+        layer: run.part("faithfulness", f"layer-{layer}", LayerFaithfulness, lambda layer=layer: _score(run, layer, n))
+        for layer in run.cam_layers
+    }
+    return FaithfulnessResult(images=n, layers=layers)
+
+
+def _score(run: Run, layer: str, n: int) -> LayerFaithfulness:
+    """Pointing game and deletion AUC of the four kinds of map at one layer, on the first ``n`` test images."""
+    sae, features = run.sae, torch.tensor(run.features)
     images = run.images(torch.arange(n)).to(run.device)
-    labels = test.labels[:n]
+    labels = run.test_acts.labels[:n]
     own, other = features[labels], features[(labels + 1) % len(features)]
     generator = torch.Generator().manual_seed(0)
     batch = run.config.batch_size
-    layers = {}
-    for layer in run.cam_layers:
-        fam = GradFAM(run.model, layer, sae)
-        maps = _batched(fam, images, own, batch)
-        class_cam = TokenGradCam(run.model, fam.layer, fam.reshape_transform)
-        candidates = {
-            "grad_fam": maps,
-            "class_grad_cam": _batched(class_cam, images, labels, batch),
-            "other_feature": _batched(fam, images, other, batch),
-            "random": torch.rand(maps.shape, generator=generator),
-        }
-        pointing = None
-        if run.inputs.masks is not None:
-            masks = run.inputs.masks[:n]
-            pointing = {kind: float(pointing_game(m.cpu(), masks).float().mean()) for kind, m in candidates.items()}
-        deletion = {}
-        for kind, m in candidates.items():
-            steps = min(16, m.shape[-2] * m.shape[-1])
-            curves = [
-                deletion_curve(run.model, sae, int(own[i]), images[i : i + 1], m[i : i + 1].to(run.device), steps=steps)
-                for i in range(n)
-            ]
-            deletion[kind] = float(deletion_score(torch.cat(curves)).nanmean())
-        layers[layer] = LayerFaithfulness(map_size=list(maps.shape[-2:]), deletion_auc=deletion, pointing_game=pointing)
-    return FaithfulnessResult(images=n, layers=layers)
+    fam = GradFAM(run.model, layer, sae)
+    maps = _batched(fam, images, own, batch)
+    class_cam = TokenGradCam(run.model, fam.layer, fam.reshape_transform)
+    candidates = {
+        "grad_fam": maps,
+        "class_grad_cam": _batched(class_cam, images, labels, batch),
+        "other_feature": _batched(fam, images, other, batch),
+        "random": torch.rand(maps.shape, generator=generator),
+    }
+    pointing = None
+    if run.inputs.masks is not None:
+        masks = run.inputs.masks[:n]
+        pointing = {kind: float(pointing_game(m.cpu(), masks).float().mean()) for kind, m in candidates.items()}
+    deletion = {}
+    for kind, m in candidates.items():
+        steps = min(16, m.shape[-2] * m.shape[-1])
+        curves = [
+            deletion_curve(run.model, sae, int(own[i]), images[i : i + 1], m[i : i + 1].to(run.device), steps=steps)
+            for i in range(n)
+        ]
+        deletion[kind] = float(deletion_score(torch.cat(curves)).nanmean())
+    return LayerFaithfulness(map_size=list(maps.shape[-2:]), deletion_auc=deletion, pointing_game=pointing)
 
 
 def _batched(attribution: TokenGradCam, images: Tensor, targets: Tensor, batch_size: int) -> Tensor:

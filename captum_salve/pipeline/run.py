@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
@@ -22,6 +23,7 @@ from captum_salve.pipeline.fingerprint import data_fingerprint, model_fingerprin
 from captum_salve.pipeline.inputs import PipelineInputs
 from captum_salve.pipeline.record import Record, RecordFormatError, to_plain
 from captum_salve.sae import VARIANTS, SparseAutoencoder, code_activation, train_sae
+from captum_salve.sae.train import CHECKPOINT_FILE
 
 __all__ = ["STAGE_FORMAT", "Run"]
 
@@ -37,8 +39,10 @@ class Run:
     """One model's pipeline run in its output folder.
 
     The folder holds ``config.json`` (the settings and what the run is about),
-    ``activations/``, one folder per trained SAE, ``stages/<stage>.json`` and
-    ``figures/``. What several stages need (activations, the SAE, its class
+    ``activations/``, one folder per trained SAE (``sae-<variant>[-seed<s>]/``, with
+    its epoch checkpoints in ``<folder>.training/`` while it trains),
+    ``stages/<stage>.json`` (and ``stages/<stage>/`` with the finished pieces of a
+    stage in progress, see :meth:`part`) and ``figures/``. What several stages need (activations, the SAE, its class
     profile, each class's feature) is a property computed on first use and loaded
     from its file when a previous run left one.
 
@@ -74,7 +78,7 @@ class Run:
             labels = _dataset_labels(data)
             if labels is not None:  # known without reading an image: checked before anything is written
                 self._check_labels(labels, split)
-        self._saes: dict[str, SparseAutoencoder] = {}
+        self._saes: dict[tuple[str, int], SparseAutoencoder] = {}
         self._record_settings()
 
     @property
@@ -119,20 +123,24 @@ class Run:
             )
 
     def stage(self, name: str, kind: type[R], compute: Callable[[Run], R]) -> R:
-        """The result of stage ``name``: read from ``stages/<name>.json``, or computed and written there."""
-        path = self.out / "stages" / f"{name}.json"
-        if path.is_file():
-            stored = _read_json(path)
-            if stored.get("format") != STAGE_FORMAT or "result" not in stored:
-                raise ValueError(_other_version(path, "it has no result of this version's format"))
-            try:
-                return kind.from_json(stored["result"])
-            except RecordFormatError as error:
-                raise ValueError(_other_version(path, str(error))) from None
-        result = compute(self)
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps({"format": STAGE_FORMAT, "stage": name, "result": result.to_json()}, indent=2))
+        """The result of stage ``name``: read from ``stages/<name>.json``, or computed and written there.
+
+        The pieces a long stage kept with :meth:`part` are removed once its file is written.
+        """
+        result = _stored(self.out / "stages" / f"{name}.json", name, kind, lambda: compute(self))
+        shutil.rmtree(self.out / "stages" / name, ignore_errors=True)
         return result
+
+    def part(self, stage: str, key: str, kind: type[R], compute: Callable[[], R]) -> R:
+        """One finished piece of a long stage (a class, a layer), kept in ``stages/<stage>/<key>.json``.
+
+        A stage interrupted part-way starts again after its last finished piece
+        instead of from its beginning.
+
+        Example:
+            >>> figures = [run.part("validate", f"class{k}", ClassFigures, lambda: draw(k)) for k in classes]
+        """
+        return _stored(self.out / "stages" / stage / f"{key}.json", f"{stage}/{key}", kind, compute)
 
     def figure(self, fig: Figure, name: str) -> str:
         """Save ``fig`` as ``figures/<name>.png``; returns that path relative to the run folder."""
@@ -185,33 +193,37 @@ class Run:
         """Head-input activations of the test images (every reported number is measured on these)."""
         return self._activations("test")
 
-    def train_sae(self, activation: str, seed: int) -> tuple[SparseAutoencoder, list[dict]]:
-        """An SAE of this run's settings trained from one seed on the training activations (not saved)."""
-        settings = VARIANTS[activation].default_settings(self.config.sae_latents)
-        if "k" in settings and self.config.topk is not None:
-            settings["k"] = self.config.topk
-        return train_sae(
-            self.train_acts,
-            self.config.sae_latents,
-            activation=code_activation(activation, **settings),
-            epochs=self.config.sae_epochs,
-            seed=seed,
-            device=self.device,
-            progress=False,
-        )
+    def sae_of(self, activation: str, seed: int = 0) -> SparseAutoencoder:
+        """The run's SAE of one variant and seed, trained once and kept in ``sae-<activation>[-seed<seed>]/``.
 
-    def sae_of(self, activation: str) -> SparseAutoencoder:
-        """The run's SAE of one variant (seed 0), trained once and kept in ``sae-<activation>/``."""
-        if activation not in self._saes:
-            directory = self.out / f"sae-{activation}"
+        Training keeps a checkpoint after every epoch in ``<that folder>.training/``, so a
+        run interrupted during training resumes from its last finished epoch.
+        """
+        if (activation, seed) not in self._saes:
+            directory = self.out / (f"sae-{activation}" if seed == 0 else f"sae-{activation}-seed{seed}")
             if (directory / "cfg.json").is_file():
-                self._saes[activation] = SparseAutoencoder.load(directory, device=self.device)
+                self._saes[activation, seed] = SparseAutoencoder.load(directory, device=self.device)
             else:
-                sae, history = self.train_sae(activation, seed=0)
+                checkpoints = directory.with_name(f"{directory.name}.training")
+                settings = VARIANTS[activation].default_settings(self.config.sae_latents)
+                if "k" in settings and self.config.topk is not None:
+                    settings["k"] = self.config.topk
+                sae, history = train_sae(
+                    self.train_acts,
+                    self.config.sae_latents,
+                    activation=code_activation(activation, **settings),
+                    epochs=self.config.sae_epochs,
+                    seed=seed,
+                    device=self.device,
+                    checkpoint_dir=checkpoints,
+                    resume=(checkpoints / CHECKPOINT_FILE).is_file(),
+                    progress=False,
+                )
                 sae.metadata.update(run=self.inputs.name, final_epoch=to_plain(history[-1]))
                 sae.save(directory)
-                self._saes[activation] = sae
-        return self._saes[activation]
+                shutil.rmtree(checkpoints)
+                self._saes[activation, seed] = sae
+        return self._saes[activation, seed]
 
     @property
     def sae(self) -> SparseAutoencoder:
@@ -259,6 +271,22 @@ def _dataset_labels(data: Dataset) -> Tensor | None:
     return None
 
 
+def _stored(path: Path, name: str, kind: type[R], compute: Callable[[], R]) -> R:
+    """The record in ``path``, or ``compute()`` written there (atomically) and returned."""
+    if path.is_file():
+        stored = _read_json(path)
+        if stored.get("format") != STAGE_FORMAT or "result" not in stored:
+            raise ValueError(_other_version(path, "it has no result of this version's format"))
+        try:
+            return kind.from_json(stored["result"])
+        except RecordFormatError as error:
+            raise ValueError(_other_version(path, str(error))) from None
+    result = compute()
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps({"format": STAGE_FORMAT, "stage": name, "result": result.to_json()}, indent=2))
+    return result
+
+
 def _read_json(path: Path) -> dict:
     try:
         value = json.loads(path.read_text())
@@ -270,7 +298,7 @@ def _read_json(path: Path) -> dict:
 
 
 def _other_version(path: Path, reason: str) -> str:
-    folder = path.parent if path.name == "config.json" else path.parent.parent
+    folder = next((p for p in path.parents if (p / "config.json").is_file()), path.parent)
     return (
         f"{str(path)!r} was not written by this version of captum_salve ({reason}); "
         f"delete it, or the whole run folder {str(folder)!r}, to compute it again"

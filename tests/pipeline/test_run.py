@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from dataclasses import replace
 
 import pytest
@@ -137,3 +138,69 @@ def test_a_folder_of_version_0_1_is_refused(tmp_path):
 def test_a_summary_reads_back_from_its_json(first_run):
     *_, summary, _ = first_run
     assert PipelineSummary.from_json(json.loads(json.dumps(summary.to_json()))).to_json() == summary.to_json()
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _calls_of(monkeypatch, target, interrupt_at=None):
+    """Record the calls of ``target`` (a dotted name), raising on call number ``interrupt_at``; returns the calls."""
+    module_name, attribute = target.rsplit(".", 1)
+    module = __import__(module_name, fromlist=[attribute])
+    real, calls = getattr(module, attribute), []
+
+    def wrapper(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == interrupt_at:
+            raise _Interrupted
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, attribute, wrapper)
+    return calls
+
+
+def _copy_without(out, tmp_path, *removed):
+    """A copy of a finished run folder without ``removed`` (relative paths), as if the run had stopped earlier."""
+    copy_of = tmp_path / out.name
+    shutil.copytree(out, copy_of)
+    for path in removed:
+        target = copy_of / path
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    return copy_of
+
+
+def test_an_interrupted_stage_resumes_after_its_last_finished_piece(first_run, tmp_path, monkeypatch):
+    _, inputs, out, summary, _ = first_run
+    copy_of = _copy_without(out, tmp_path, "stages/validate.json", "stages/faithfulness.json")
+    with monkeypatch.context() as patch:  # stopped in the second maximisation, then resumed
+        _calls_of(patch, "captum_salve.pipeline.validate._maximize", 2)
+        with pytest.raises(_Interrupted):
+            run_pipeline(inputs, copy_of, TOY_CONFIG, progress=False)
+    kept = sorted(p.name for p in (copy_of / "stages" / "validate").iterdir())
+    assert kept == [*(f"class{k}.json" for k in range(len(inputs.class_names))), "maximization-fourier.json"]
+    figures = _calls_of(monkeypatch, "captum_salve.pipeline.validate._class_figures")
+    maximizations = _calls_of(monkeypatch, "captum_salve.pipeline.validate._maximize")
+    again = run_pipeline(inputs, copy_of, TOY_CONFIG, progress=False)
+    assert figures == [] and [call[1] for call in maximizations] == ["pixel"]  # only what was left
+    assert again.validate == summary.validate and again.faithfulness == summary.faithfulness
+    assert not (copy_of / "stages" / "validate").exists()  # the pieces go once the stage is written
+
+
+def test_sae_training_interrupted_mid_way_resumes_to_the_same_sae(first_run, tmp_path, monkeypatch):
+    _, inputs, out, summary, _ = first_run
+    seed_sae = f"sae-{TOY_CONFIG.sae_activation}-seed1"
+    copy_of = _copy_without(out, tmp_path, "stages/seeds.json", seed_sae)
+    with monkeypatch.context() as patch:  # stopped in the second epoch of seed 1's SAE
+        _calls_of(patch, "captum_salve.sae.train._train_epoch", 2)
+        with pytest.raises(_Interrupted):
+            run_pipeline(inputs, copy_of, TOY_CONFIG, progress=False)
+    assert (copy_of / f"{seed_sae}.training" / "checkpoint.safetensors").is_file()
+    epochs = _calls_of(monkeypatch, "captum_salve.sae.train._train_epoch")
+    again = run_pipeline(inputs, copy_of, TOY_CONFIG, progress=False)
+    assert len(epochs) == TOY_CONFIG.sae_epochs - 1  # seed 0 was kept; seed 1 resumed after its first epoch
+    assert again.seeds == summary.seeds
+    assert _files(copy_of / seed_sae).keys() == _files(out / seed_sae).keys()
+    for name in ("model.safetensors", "cfg.json"):
+        assert (copy_of / seed_sae / name).read_bytes() == (out / seed_sae / name).read_bytes()
+    assert not (copy_of / f"{seed_sae}.training").exists()
