@@ -14,6 +14,7 @@ from captum_salve import (
     SparseAutoencoder,
     alpha_crit,
     alpha_sweep,
+    collect_activations,
     train_sae,
 )
 from captum_salve.attr import render_maps
@@ -83,3 +84,17 @@ def test_sae_training_on_the_gpu_is_reproducible():
     for name, tensor in first.state_dict().items():
         assert torch.equal(tensor, second.state_dict()[name]), name
     assert history[-1]["explained_variance"] > history[0]["explained_variance"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_precision_model_on_the_gpu_takes_float32_images_from_the_cpu(dtype):
+    (model, sae), (gpu_model, gpu_sae) = _pair(2)
+    images = torch.rand(4, 3, 64, 64)  # float32, on the CPU: cast and moved to the model's dtype and device
+    low = gpu_model.to(dtype)
+    rounded = timm.create_model("resnet18", num_classes=5).eval()
+    rounded.load_state_dict({k: v.to(dtype).float() for k, v in model.state_dict().items()})
+    got = collect_activations(low, images, progress=False).features
+    want = collect_activations(rounded, images.to(dtype).float(), progress=False).features
+    torch.testing.assert_close(got, want, rtol=5e-2, atol=5e-2 * float(want.abs().max()))
+    maps = GradFAM(low, "layer3.1", gpu_sae.to(dtype)).attribute_features(images, [1, 7])
+    assert maps.device.type == "cuda" and maps.dtype == dtype and bool(maps.isfinite().all())
