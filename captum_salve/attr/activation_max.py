@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from captum_salve.attr.feature_codes import FeatureCodes
+from captum_salve.checks import check_int, check_real
 from captum_salve.models import fixed_image_size, input_config, model_device
 from captum_salve.sae.model import SparseAutoencoder
 from captum_salve.sites import Site, as_device, eval_mode
@@ -108,13 +109,8 @@ def maximize_feature(
     if parameterization not in PARAMETERIZATIONS:
         raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
     lr = lr if lr is not None else _DEFAULT_LR[parameterization]
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    if not 0 < lr < math.inf:
-        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
-    for name, value in (("l2", l2), ("tv", tv)):
-        if not 0 <= value < math.inf:
-            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    steps, seed = check_int(steps, "steps", 1), check_int(seed, "seed")
+    lr, l2, tv = check_real(lr, "lr", 0, above=True), check_real(l2, "l2", 0), check_real(tv, "tv", 0)
     device = as_device(device) if device is not None else model_device(model)
     config, fixed = input_config(model), fixed_image_size(model)
     height, width = _image_size(image_size if image_size is not None else fixed or config["input_size"][-2:])

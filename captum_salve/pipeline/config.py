@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 from captum_salve.analysis.goal import ControlGoal
+from captum_salve.checks import check_int
 from captum_salve.edit import RULES, EditRuleName
 from captum_salve.pipeline.record import Record
 from captum_salve.sae import VARIANTS, ActivationName
@@ -67,10 +68,7 @@ class PipelineConfig(Record):
             ("maximization_steps", 1, ""),
             ("batch_size", 1, ""),
         ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                reason = f" ({why})" if why else ""
-                raise ValueError(f"PipelineConfig {name} must be an integer >= {least}{reason}, got {value!r}")
+            check_int(getattr(self, name), f"PipelineConfig {name}", least, why=why)
         if self.sae_activation not in VARIANTS:
             raise ValueError(
                 f"PipelineConfig sae_activation must be one of {tuple(VARIANTS)}, got {self.sae_activation!r}"

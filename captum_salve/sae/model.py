@@ -13,6 +13,7 @@ from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
 from captum_salve.activations import ActivationSet
+from captum_salve.checks import check_int
 from captum_salve.files import atomic_path, ensure_directory
 from captum_salve.sae.variants import ActivationName, CodeActivation, code_activation
 from captum_salve.sites import HEAD_INPUT
@@ -119,9 +120,7 @@ class SparseAutoencoder(nn.Module):
         model: str | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (("d_in", d_in), ("d_latent", d_latent)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        d_in, d_latent = check_int(d_in, "d_in", 1), check_int(d_latent, "d_latent", 1)
         if not isinstance(site, str) or not site:
             raise ValueError(f"site must be a site key such as 'head_input' or 'layer3:spatial_mean', got {site!r}")
         self.code_activation = code_activation(activation, k=k)

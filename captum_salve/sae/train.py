@@ -13,6 +13,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from captum_salve.activations import ActivationSet
+from captum_salve.checks import check_int, check_real
 from captum_salve.files import atomic_path
 from captum_salve.sae.metrics import ReconstructionStats
 from captum_salve.sae.model import SparseAutoencoder, check_finite
@@ -93,12 +94,9 @@ def train_sae(
     check_finite(features, "acts", "; drop or fix those rows before training")
     variant = code_activation(activation, k=k)
     l1 = variant.default_l1 if l1 is None else l1
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    for name, value in (("l1", l1), ("lr", lr)):
-        if not math.isfinite(value) or value < 0 or (name == "lr" and value == 0):
-            raise ValueError(f"{name} must be a finite number {'> 0' if name == 'lr' else '>= 0'}, got {value!r}")
+    epochs, batch_size = check_int(epochs, "epochs", 1), check_int(batch_size, "batch_size", 1)
+    seed = check_int(seed, "seed")
+    l1, lr = check_real(l1, "l1", 0.0), check_real(lr, "lr", 0.0, above=True)
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir, the directory the checkpoints were written to")
 

@@ -17,6 +17,8 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
+from captum_salve.checks import check_int
+
 __all__ = ["VARIANTS", "ActivationName", "CodeActivation", "Linear", "ReLU", "TopK", "code_activation"]
 
 ActivationName = Literal["linear", "relu", "topk"]
@@ -124,9 +126,7 @@ class TopK(CodeActivation):
     default_l1 = 0.0
 
     def __init__(self, k: int) -> None:
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"activation 'topk' needs a positive integer k, got k={k!r}")
-        self.k = k
+        self.k = check_int(k, "k (of activation 'topk')", 1)
 
     @override
     def __call__(self, pre: Tensor) -> Tensor:

@@ -108,9 +108,10 @@ def test_default_image_size_comes_from_the_model_config():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(steps=-1), "steps must be a positive integer, got -1"),
-        (dict(steps=0), "steps must be a positive integer, got 0"),
-        (dict(steps=2.5), "steps must be a positive integer, got 2.5"),
+        (dict(steps=-1), "steps must be an integer >= 1, got -1"),
+        (dict(steps=0), "steps must be an integer >= 1, got 0"),
+        (dict(steps=2.5), "steps must be an integer >= 1, got 2.5"),
+        (dict(steps=True), "steps must be an integer >= 1, got True"),
         (dict(features=4), r"features must be SAE feature indices in \[0, 3\], got \[4\]"),
         (dict(features=[1, -1]), r"features must be SAE feature indices in \[0, 3\]"),
         (dict(features=[]), r"features must name at least one SAE feature"),

@@ -28,13 +28,13 @@ def test_bad_constructor_arguments():
         SparseAutoencoder(4, 8, "gelu")
     with pytest.raises(ValueError, match=r"activation 'topk' takes the settings \['k'\], got none"):
         SparseAutoencoder(4, 8, "topk")
-    with pytest.raises(ValueError, match="activation 'topk' needs a positive integer k, got k=0"):
+    with pytest.raises(ValueError, match=r"k \(of activation 'topk'\) must be an integer >= 1, got 0"):
         SparseAutoencoder(4, 8, "topk", k=0)
     with pytest.raises(ValueError, match="k must be at most d_latent=8, got k=9"):
         SparseAutoencoder(4, 8, "topk", k=9)
     with pytest.raises(ValueError, match=r"activation 'relu' takes no settings, got \['k'\]"):
         SparseAutoencoder(4, 8, "relu", k=2)
-    with pytest.raises(ValueError, match="d_latent must be a positive integer"):
+    with pytest.raises(ValueError, match="d_latent must be an integer >= 1"):
         SparseAutoencoder(4, 0)
     with pytest.raises(ValueError, match=r"expected activations of shape \(N, 4\)"):
         SparseAutoencoder(4, 8).encode(torch.randn(2, 5))

@@ -75,7 +75,7 @@ def test_resume_refuses_other_settings_and_missing_checkpoints(tmp_path):
 def test_bad_training_arguments():
     acts = _clustered(n=10)
     for kwargs, message in [
-        (dict(epochs=0), "epochs must be a positive integer"),
+        (dict(epochs=0), "epochs must be an integer >= 1"),
         (dict(lr=0.0), "lr must be a finite number > 0"),
         (dict(l1=float("nan")), "l1 must be a finite number >= 0"),
     ]:

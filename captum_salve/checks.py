@@ -1,0 +1,108 @@
+"""Argument checks shared by every public function: one wording, one rule for each kind of value.
+
+Each check returns the value in the form the caller uses (a Python ``int``, a
+``float``, a long tensor) or raises an error that names the argument, says what was
+expected and shows what was given. Booleans are never numbers here: ``True`` where
+a count or a class is expected is a mistake, not 1.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["check_class_names", "check_int", "check_labels", "check_real"]
+
+
+def check_int(value: Any, name: str, least: int | None = None, most: int | None = None, *, why: str = "") -> int:
+    """``value`` as an ``int`` (Python or NumPy integers, 0-d integer tensors), within [least, most].
+
+    ``why``, when given, is added to the message in parentheses.
+
+    Example:
+        >>> check_int(np.int64(3), "k", least=1)
+        3
+        >>> check_int(2.5, "k", least=1)
+        Traceback (most recent call last):
+        ValueError: k must be an integer >= 1, got 2.5
+    """
+    if isinstance(value, Tensor) and value.dim() == 0 and not value.dtype.is_floating_point:
+        value = value.item()
+    reason = f" ({why})" if why else ""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer{_range(least, most)}{reason}, got {value!r}")
+    value = int(value)
+    if (least is not None and value < least) or (most is not None and value > most):
+        raise ValueError(f"{name} must be an integer{_range(least, most)}{reason}, got {value}")
+    return value
+
+
+def check_real(value: Any, name: str, least: float | None = None, *, above: bool = False) -> float:
+    """``value`` as a finite ``float``, at least ``least`` (strictly above it with ``above=True``).
+
+    Example:
+        >>> check_real(1e-3, "lr", 0.0, above=True)
+        0.001
+        >>> check_real("0.1", "lr", 0.0, above=True)
+        Traceback (most recent call last):
+        ValueError: lr must be a finite number > 0, got '0.1'
+    """
+    bound = "" if least is None else f" {'>' if above else '>='} {least:g}"
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a finite number{bound}, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or (least is not None and (value <= least if above else value < least)):
+        raise ValueError(f"{name} must be a finite number{bound}, got {value!r}")
+    return value
+
+
+def check_labels(labels: Any, name: str = "labels", classes: int | None = None) -> Tensor:
+    """Class labels as a 1-D long tensor: integers (not floats, not booleans) in [0, classes).
+
+    Example:
+        >>> check_labels([0, 2, 1], classes=3)
+        tensor([0, 2, 1])
+        >>> check_labels(torch.tensor([0.0, 1.5]))
+        Traceback (most recent call last):
+        ValueError: labels must be integer class indices, got torch.float32 values [0.0, 1.5]
+    """
+    values = labels if isinstance(labels, Tensor) else torch.as_tensor(np.asarray(labels))
+    if values.dim() != 1:
+        raise ValueError(f"{name} must be a 1-D sequence of class indices, got shape {tuple(values.shape)}")
+    if values.dtype == torch.bool or values.dtype.is_floating_point or values.dtype.is_complex:
+        raise ValueError(f"{name} must be integer class indices, got {values.dtype} values {values[:6].tolist()}")
+    values = values.long()
+    if len(values) and (values.min() < 0 or (classes is not None and values.max() >= classes)):
+        upper = f", {classes - 1}]" if classes is not None else ", ...)"
+        raise ValueError(
+            f"{name} must be class indices in [0{upper}, got values from {int(values.min())} to {int(values.max())}"
+        )
+    return values
+
+
+def check_class_names(names: Any, name: str = "class_names", count: int | None = None) -> list[str]:
+    """Class names as a list of strings (a single string is refused, not split into letters).
+
+    Example:
+        >>> check_class_names(("cat", "dog"), count=2)
+        ['cat', 'dog']
+    """
+    if isinstance(names, str) or not isinstance(names, Sequence) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{name} must be a list of strings, one per class, got {names!r}")
+    if count is not None and len(names) != count:
+        raise ValueError(f"{name} must have {count} entries, one per class, got {len(names)}: {list(names)[:6]}")
+    return list(names)
+
+
+def _range(least: int | None, most: int | None) -> str:
+    if least is not None and most is not None:
+        return f" in [{least}, {most}]"
+    if least is not None:
+        return f" >= {least}"
+    return f" <= {most}" if most is not None else ""
