@@ -8,11 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from captum_salve.checks import check_int, check_labels
 from captum_salve.files import atomic_path
 from captum_salve.models import model_input, model_label
 from captum_salve.sites import HEAD_INPUT, Site, eval_mode, on_device, recording
@@ -51,10 +53,12 @@ class ActivationSet:
         if not isinstance(self.features, Tensor) or self.features.dim() != 2:
             shape = tuple(self.features.shape) if isinstance(self.features, Tensor) else type(self.features).__name__
             raise ValueError(f"features must be an (N, M) tensor, got {shape}")
-        if self.labels is not None and (self.labels.dim() != 1 or len(self.labels) != len(self.features)):
-            raise ValueError(
-                f"labels must be an ({len(self.features)},) tensor matching features, got {tuple(self.labels.shape)}"
-            )
+        if self.labels is not None:
+            self.labels = check_labels(self.labels)
+            if len(self.labels) != len(self.features):
+                raise ValueError(
+                    f"labels must be an ({len(self.features)},) tensor matching features, got {len(self.labels)} labels"
+                )
 
     def __len__(self) -> int:
         return len(self.features)
@@ -96,11 +100,14 @@ class ActivationSet:
     @classmethod
     def load(cls, path: str | Path) -> ActivationSet:
         """Read a set written by :meth:`save`."""
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        tensors = load_file(str(path))
+        if not Path(path).is_file():
+            raise ValueError(f"{str(path)!r} is not a file; pass the .safetensors file ActivationSet.save wrote")
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+            tensors = load_file(str(path))
+        except SafetensorError as error:
+            raise ValueError(f"{str(path)!r} is not a valid activation file: {error}") from None
         if "features" not in tensors:
             raise ValueError(f"{str(path)!r} holds no 'features' tensor; it was not written by ActivationSet.save")
         return cls(tensors["features"], tensors.get("labels"), metadata.get("site", HEAD_INPUT), metadata.get("model"))
@@ -148,7 +155,7 @@ def _batch_count(data: ImageData, batch_size: int) -> int | None:
 def collect_activations(
     model: nn.Module,
     data: ImageData,
-    site: Site | None = None,
+    site: Site | str | None = None,
     *,
     batch_size: int = 64,
     device: torch.device | str | None = None,
@@ -164,7 +171,8 @@ def collect_activations(
         model: A classifier (timm or torchvision ResNet / ViT, or any model whose
             head :func:`~captum_salve.models.find_head` recognises).
         data: Images as an (N, C, H, W) tensor, a Dataset of (image, label), or a DataLoader.
-        site: Where to read; default the classifier head's input (pre-logits).
+        site: Where to read: a Site or its key (``"layer3:spatial_mean"``); default the
+            classifier head's input (pre-logits).
         batch_size: Images per forward pass when ``data`` is not a DataLoader.
         device: Where to run; default the model's device. The model is moved there
             for the call and back after.
@@ -179,8 +187,11 @@ def collect_activations(
         >>> acts.features.shape
         torch.Size([8, 512])
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+    batch_size = check_int(batch_size, "batch_size", 1)
+    if isinstance(site, str):
+        site = Site.from_key(site)
+    if site is not None and not isinstance(site, Site):
+        raise TypeError(f"site must be a Site, a site key such as 'layer3:spatial_mean', or None, got {site!r}")
     bound = (site or Site()).bind(model)
     features, labels = [], []
     batches = iter_batches(data, batch_size)

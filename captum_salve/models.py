@@ -193,8 +193,8 @@ def model_input(model: nn.Module, images: object, name: str = "images") -> torch
 
 def _check_images(images: torch.Tensor, name: str, conv_name: str, conv: nn.Conv2d, size: tuple | None) -> None:
     """Refuse images an image model cannot take, naming ``name`` and what was expected."""
-    if images.dim() != 4:
-        raise ValueError(f"{name} must be images of shape (N, C, H, W), got {tuple(images.shape)}")
+    if images.dim() != 4 or len(images) == 0:
+        raise ValueError(f"{name} must be images of shape (N, C, H, W) with N >= 1, got {tuple(images.shape)}")
     if not images.dtype.is_floating_point:
         raise ValueError(
             f"{name} must be floating-point images, normalised as the model expects, got {images.dtype}; "

@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import pytest
 import torch
 from matplotlib.text import Text
@@ -26,8 +27,21 @@ from safetensors.torch import save_model
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from captum_salve import GradFAM, SparseAutoencoder, alpha_sweep, collect_activations, edit_model, plots, train_sae
-from captum_salve.attr import FeatureCodes, TokenGradCam, maximize_feature
+from captum_salve import (
+    ActivationSet,
+    GradFAM,
+    HeadEdit,
+    Site,
+    SparseAutoencoder,
+    alpha_crit,
+    alpha_sweep,
+    collect_activations,
+    edit_model,
+    plots,
+    sae_metrics,
+    train_sae,
+)
+from captum_salve.attr import FeatureCodes, TokenGradCam, maximize_feature, render_maps
 from captum_salve.cli import main
 from captum_salve.models import create_model
 from captum_salve.pipeline import run_pipeline
@@ -59,6 +73,31 @@ def _sae_with_nan_weights(tmp_path):
         sae.encoder.weight[2, 1] = float("nan")
     save_model(sae, str(tmp_path / "sae" / "model.safetensors"))
     return SparseAutoencoder.load(tmp_path / "sae")
+
+
+SAE_512 = random_sae(512)
+
+
+def _both(attribute, images, target):
+    """Maps for a NumPy integer target and for the same Python int."""
+    return [attribute(images, target=np.int64(target)), attribute(images, target=target)]
+
+
+def _save_nan_sae_over_a_good_one(tmp_path):
+    good = random_sae(4, d_latent=8)
+    good.save(tmp_path / "sae")
+    bad = random_sae(4, d_latent=8)
+    with torch.no_grad():
+        bad.encoder.weight[0, 0] = float("nan")
+    try:
+        bad.save(tmp_path / "sae")
+    finally:  # the folder still holds the good SAE
+        assert torch.equal(SparseAutoencoder.load(tmp_path / "sae").encoder.weight, good.encoder.weight)
+
+
+def _load_junk_activations(tmp_path):
+    (tmp_path / "acts.safetensors").write_bytes(b"not a safetensors file at all")
+    return ActivationSet.load(tmp_path / "acts.safetensors")
 
 
 def _edit_overflowing_float32():
@@ -184,7 +223,154 @@ CASES = {
     "clear: one image without its batch dimension": Case(
         lambda tmp_path, resnet: FeatureCodes(resnet, random_sae(512))(IMAGES[0]),
         ValueError,
-        ("inputs must be images of shape (N, C, H, W), got (3, 32, 32)",),
+        ("inputs must be images of shape (N, C, H, W) with N >= 1, got (3, 32, 32)",),
+    ),
+    "clear: an empty batch of images": Case(
+        lambda tmp_path, resnet: GradFAM(resnet, "layer4.1", random_sae(512)).attribute(IMAGES[:0], target=1),
+        ValueError,
+        ("inputs must be images of shape (N, C, H, W) with N >= 1, got (0, 3, 32, 32)",),
+    ),
+    # argument types: booleans are not numbers, strings are not numbers, numbers are not sites
+    "clear: a boolean batch size": Case(
+        lambda tmp_path, resnet: collect_activations(resnet, IMAGES, batch_size=True, progress=False),
+        ValueError,
+        ("batch_size must be an integer >= 1, got True",),
+    ),
+    "clear: a fractional batch size": Case(
+        lambda tmp_path, resnet: collect_activations(resnet, IMAGES, batch_size=2.5, progress=False),
+        ValueError,
+        ("batch_size must be an integer >= 1, got 2.5",),
+    ),
+    "worked: a site given by its key": Case(
+        lambda tmp_path, resnet: [
+            collect_activations(resnet, IMAGES, site, progress=False).features
+            for site in ("layer3:spatial_mean", Site("layer3", "spatial_mean"))
+        ],
+        None,
+        check=lambda rows: torch.equal(*rows),
+    ),
+    "clear: a site that is neither a Site nor a key": Case(
+        lambda tmp_path, resnet: collect_activations(resnet, IMAGES, 3, progress=False),
+        TypeError,
+        ("site must be a Site, a site key such as 'layer3:spatial_mean', or None, got 3",),
+    ),
+    "clear: a fractional seed": Case(
+        lambda tmp_path, resnet: train_sae(torch.randn(20, 4), 8, epochs=1, seed=1.5, progress=False),
+        ValueError,
+        ("seed must be an integer, got 1.5",),
+    ),
+    "clear: a learning rate given as a string": Case(
+        lambda tmp_path, resnet: train_sae(torch.randn(20, 4), 8, epochs=1, lr="1e-3", progress=False),
+        ValueError,
+        ("lr must be a finite number > 0, got '1e-3'",),
+    ),
+    "clear: an edit strength given as a string": Case(
+        lambda tmp_path, resnet: edit_model(resnet, random_sae(512), 3, "5"),
+        ValueError,
+        ("alpha must be a number >= 0 or one per feature (1), got '5'",),
+    ),
+    "clear: a boolean edit strength": Case(
+        lambda tmp_path, resnet: edit_model(resnet, random_sae(512), 3, True),
+        ValueError,
+        ("alpha must be a number >= 0 or one per feature (1), got True",),
+    ),
+    "clear: no feature named for an edit": Case(
+        lambda tmp_path, resnet: edit_model(resnet, random_sae(512), None, 1.0),
+        ValueError,
+        ("feature must be SAE feature indices (integers), got None",),
+    ),
+    "worked: a NumPy integer as the Grad-FAM target": Case(
+        lambda tmp_path, resnet: _both(GradFAM(resnet, "layer4.1", random_sae(512)).attribute, IMAGES, target=5),
+        None,
+        check=lambda maps: torch.equal(*maps),
+    ),
+    "clear: one Grad-FAM target per image, but too few": Case(
+        lambda tmp_path, resnet: GradFAM(resnet, "layer4.1", random_sae(512)).attribute(IMAGES, target=[1, 2, 3]),
+        ValueError,
+        ("one per image (2), got 3: [1, 2, 3]",),
+    ),
+    "worked: an edit's weights computed from the whole model": Case(
+        lambda tmp_path, resnet: [HeadEdit.of(SAE_512, 3, 2.0).weights(m) for m in (resnet, resnet.fc)],
+        None,
+        check=lambda pair: all(torch.equal(a, b) for a, b in zip(*pair, strict=True)),
+    ),
+    "clear: a rendering size that is not two integers": Case(
+        lambda tmp_path, resnet: render_maps(torch.rand(2, 1, 4, 4), (8.7, 8.2)),
+        ValueError,
+        ("size (H, W) must be an integer >= 1, got 8.7",),
+    ),
+    # labels
+    "worked: labels given as a list": Case(
+        lambda tmp_path, resnet: ActivationSet(torch.randn(3, 4), [0, 2, 1]).labels,
+        None,
+        check=lambda labels: labels.dtype == torch.long and labels.tolist() == [0, 2, 1],
+    ),
+    "clear: fractional labels": Case(
+        lambda tmp_path, resnet: ActivationSet(torch.randn(3, 4), torch.tensor([0.0, 1.5, 2.0])),
+        ValueError,
+        ("labels must be integer class indices, got torch.float32 values [0.0, 1.5, 2.0]",),
+    ),
+    "clear: negative labels": Case(
+        lambda tmp_path, resnet: ActivationSet(torch.randn(3, 4), torch.tensor([0, -1, 1])),
+        ValueError,
+        ("labels must be class indices in [0, ...), got values from -1 to 1",),
+    ),
+    # SAE training, metrics and files
+    "clear: training on one row repeated": Case(
+        lambda tmp_path, resnet: train_sae(torch.ones(20, 4), 8, epochs=1, progress=False),
+        ValueError,
+        ("acts are 20 copies of one row",),
+    ),
+    "clear: training that diverges": Case(
+        lambda tmp_path, resnet: train_sae(torch.randn(64, 4) * 1e30, 8, epochs=2, progress=False),
+        ValueError,
+        ("SAE training diverged in epoch 1", "lower lr"),
+    ),
+    "clear: metrics of a tensor instead of an ActivationSet": Case(
+        lambda tmp_path, resnet: sae_metrics(random_sae(4, d_latent=8), torch.randn(5, 4)),
+        TypeError,
+        ("acts must be an ActivationSet (ActivationSet(features, labels)), got Tensor",),
+    ),
+    "clear: metrics with labels the head does not have": Case(
+        lambda tmp_path, resnet: sae_metrics(
+            random_sae(4, d_latent=8), ActivationSet(torch.randn(5, 4), torch.arange(5)), head=nn.Linear(4, 3)
+        ),
+        ValueError,
+        ("acts.labels must be class indices in [0, 2], got values from 0 to 4",),
+    ),
+    "clear: metrics of activations with NaN": Case(
+        lambda tmp_path, resnet: sae_metrics(
+            random_sae(4, d_latent=8), ActivationSet(torch.tensor([[0.0, 1, 2, 3], [float("nan"), 1, 2, 3]]))
+        ),
+        ValueError,
+        ("acts holds 1 non-finite value", "(1, 0)"),
+    ),
+    "clear: metrics of a single row": Case(
+        lambda tmp_path, resnet: sae_metrics(random_sae(4, d_latent=8), ActivationSet(torch.randn(1, 4))),
+        ValueError,
+        ("acts hold 1 rows; explained variance needs at least 2",),
+    ),
+    "clear: saving a non-finite SAE over a good one": Case(
+        lambda tmp_path, resnet: _save_nan_sae_over_a_good_one(tmp_path),
+        ValueError,
+        ("the SAE's 'encoder.weight' holds 1 non-finite value", "it was not saved"),
+    ),
+    "clear: an SAE loaded onto a device torch does not know": Case(
+        lambda tmp_path, resnet: SparseAutoencoder.load(random_sae(4, d_latent=8).save(tmp_path / "s"), device="gpu"),
+        ValueError,
+        ("device 'gpu' is not a device torch knows",),
+    ),
+    "clear: an activation file that is not one": Case(
+        lambda tmp_path, resnet: _load_junk_activations(tmp_path),
+        ValueError,
+        ("acts.safetensors' is not a valid activation file",),
+    ),
+    "clear: α_crit of a sample with NaN activations": Case(
+        lambda tmp_path, resnet: alpha_crit(
+            resnet, random_sae(512), 3, ActivationSet(torch.full((2, 512), float("nan"))), 0
+        ),
+        ValueError,
+        ("inputs' head-input activations holds 1024 non-finite values",),
     ),
     # dtypes: cast, with the result the same as in the model's own dtype
     "worked: float32 images into a float16 model": Case(

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from captum_salve.attr.feature_codes import FeatureCodes
-from captum_salve.sae.model import SparseAutoencoder
+from captum_salve.checks import check_int, check_real
+from captum_salve.sae.model import SparseAutoencoder, check_finite
 from captum_salve.sites import Site, eval_mode
 
 __all__ = ["deletion_curve", "deletion_score", "pointing_game"]
@@ -53,15 +52,27 @@ def deletion_curve(
         >>> maps = GradFAM(model, None, sae).attribute(images, target=7)
         >>> deletion_score(deletion_curve(model, sae, 7, images, maps)).mean()
     """
-    if images.dim() != 4 or attribution.dim() != 4 or attribution.shape[1] != 1 or len(attribution) != len(images):
+    if (
+        not isinstance(images, Tensor)
+        or not isinstance(attribution, Tensor)
+        or images.dim() != 4
+        or attribution.dim() != 4
+        or attribution.shape[1] != 1
+        or len(attribution) != len(images)
+    ):
         raise ValueError(
-            f"images must be (N, C, H, W) and attribution (N, 1, h, w) with the same N, "
-            f"got {tuple(images.shape)} and {tuple(attribution.shape)}"
+            f"images must be (N, C, H, W) and attribution (N, 1, h, w) tensors with the same N, "
+            f"got {_shape(images)} and {_shape(attribution)}"
         )
+    check_finite(attribution, "attribution", "; a map with NaN ranks its cells arbitrarily")
     if sae.feature_index(feature).numel() != 1:
         raise ValueError(f"feature must be one SAE feature, got {feature!r}")
-    if fill != "mean" and (isinstance(fill, str) or not math.isfinite(fill)):
-        raise ValueError(f"fill must be 'mean' or a finite number, got {fill!r}")
+    if fill != "mean":
+        try:
+            fill = check_real(fill, "fill")
+        except ValueError:
+            raise ValueError(f"fill must be 'mean' or a finite number, got {fill!r}") from None
+    batch_size = check_int(batch_size, "batch_size", 1)
     n, _, height, width = images.shape
     h, w = attribution.shape[-2:]
     if h > height or w > width:
@@ -77,9 +88,7 @@ def deletion_curve(
         images.mean(dim=(2, 3), keepdim=True) if fill == "mean" else torch.full_like(images[:, :, :1, :1], float(fill))
     )
     cells = h * w
-    steps = cells if steps is None else steps
-    if not 1 <= steps <= cells:
-        raise ValueError(f"steps must be in [1, {cells}] for a {h}x{w} map, got {steps}")
+    steps = cells if steps is None else check_int(steps, f"steps (for a {h}x{w} map)", 1, cells)
     removed = [round(i * cells / steps) for i in range(steps + 1)]
     variants = torch.stack([torch.where((pixel_rank < r)[:, None], filler, images) for r in removed], dim=1)
     variants = variants.reshape(n * (steps + 1), *images.shape[1:])
@@ -129,12 +138,23 @@ def pointing_game(attribution: Tensor, masks: Tensor) -> Tensor:
         >>> pointing_game(maps, masks)
         tensor([ True, False])
     """
-    if attribution.dim() != 4 or attribution.shape[1] != 1 or masks.dim() != 3 or len(attribution) != len(masks):
+    if (
+        not isinstance(attribution, Tensor)
+        or not isinstance(masks, Tensor)
+        or attribution.dim() != 4
+        or attribution.shape[1] != 1
+        or masks.dim() != 3
+        or len(attribution) != len(masks)
+    ):
         raise ValueError(
-            f"attribution must be (N, 1, h, w) and masks (N, H, W) with the same N, "
-            f"got {tuple(attribution.shape)} and {tuple(masks.shape)}"
+            f"attribution must be (N, 1, h, w) and masks (N, H, W) tensors with the same N, "
+            f"got {_shape(attribution)} and {_shape(masks)}"
         )
+    if masks.dtype != torch.bool:
+        raise ValueError(f"masks must be boolean (True inside the object), got {masks.dtype}; e.g. masks > 0.5")
     (h, w), (height, width) = attribution.shape[-2:], masks.shape[-2:]
+    if height < h or width < w:
+        raise ValueError(f"masks ({height}x{width}) must be at least as fine as the maps ({h}x{w})")
     maps = attribution.float().flatten(1).to(masks.device)
     peak = maps.argmax(dim=1)
     rows = (((peak // w) * 2 + 1) * height) // (2 * h)  # floor((row + 1/2) · H / h), in integers
@@ -142,3 +162,8 @@ def pointing_game(attribution: Tensor, masks: Tensor) -> Tensor:
     hit = masks[torch.arange(len(masks), device=masks.device), rows, columns]
     has_peak = (maps.amax(dim=1) > maps.amin(dim=1)) & ~maps.isnan().any(dim=1)
     return hit.bool() & has_peak
+
+
+def _shape(value: object) -> object:
+    """A tensor's shape as a tuple, or the type name of anything else (for error messages)."""
+    return tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__

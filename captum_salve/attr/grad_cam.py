@@ -14,6 +14,7 @@ from captum.log import log_usage
 from einops import rearrange
 from torch import Tensor, nn
 
+from captum_salve.checks import check_int
 from captum_salve.models import model_input, module_name
 from captum_salve.sites import eval_mode
 
@@ -63,15 +64,18 @@ def render_maps(maps: Tensor, size: tuple[int, int]) -> Tensor:
     Example:
         >>> heat = render_maps(fam.attribute(images, target=12), images.shape[-2:])
     """
-    if maps.dim() != 4 or maps.shape[1] != 1:
-        raise ValueError(f"maps must be (N, 1, h, w), got {tuple(maps.shape)}")
+    if not isinstance(maps, Tensor) or maps.dim() != 4 or maps.shape[1] != 1:
+        raise ValueError(f"maps must be an (N, 1, h, w) tensor, got {getattr(maps, 'shape', type(maps).__name__)}")
+    if isinstance(size, (str, int)) or not isinstance(size, Sequence) or len(size) != 2:
+        raise ValueError(f"size must be (H, W), two integers >= 1, got {size!r}")
+    size = tuple(check_int(s, "size (H, W)", 1) for s in size)
     positive = maps.float().clamp_min(0)  # clamp_min keeps NaN
     low = positive.amin(dim=(2, 3), keepdim=True)
     high = positive.amax(dim=(2, 3), keepdim=True)
     span = high - low
     scaled = torch.where(span > 0, (positive - low) / span.where(span > 0, 1.0), torch.zeros_like(positive))
     scaled = torch.where(positive.isnan().any(dim=(2, 3), keepdim=True), torch.nan, scaled)
-    upsampled = F.interpolate(scaled, size=tuple(int(s) for s in size), mode="bilinear", align_corners=False)
+    upsampled = F.interpolate(scaled, size=size, mode="bilinear", align_corners=False)
     return upsampled.clamp(0, 1)  # float32 interpolation weights can sum to one step above 1; clamp keeps NaN
 
 
@@ -183,7 +187,7 @@ class TokenGradCam(LayerAttribution, GradientAttribution):
             >>> maps = cam.attribute(images, target=labels)      # class Grad-CAM on ViT tokens
             >>> heat = render_maps(maps, images.shape[-2:])      # (N, 1, H, W) in [0, 1]
         """
-        self._check_target(target)
+        target = self._checked_target(target, inputs)
         with _evaluating(self.forward_func):
             extra, kwargs = additional_forward_args, grad_kwargs
             return self._maps(self._model_input(inputs), target, extra, relu_attributions, attr_dim_summation, kwargs)
@@ -277,8 +281,9 @@ class TokenGradCam(LayerAttribution, GradientAttribution):
             return model_input(self.forward_func, inputs, "inputs")
         return inputs
 
-    def _check_target(self, target: TargetType) -> None:
-        """Refuse a target this attribution cannot explain (any target Captum accepts, here)."""
+    def _checked_target(self, target: TargetType, inputs: Tensor | tuple[Tensor, ...]) -> TargetType:
+        """The target as Captum takes it; here any target Captum accepts, as it is."""
+        return target
 
     def _forward_and_layer_output(self, inputs: tuple, extra: tuple) -> tuple[Tensor, Tensor]:
         """Run the forward once, keeping the layer's output (the model goes on with a clone of it)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 from captum._utils.typing import TargetType
 from torch import Tensor, nn
 
@@ -83,11 +84,20 @@ class GradFAM(TokenGradCam):
         self.layer_name = module_name(model, layer)
         self._active_threshold = sae.active_threshold
 
-    def _check_target(self, target: TargetType) -> None:
-        """Grad-FAM's target names SAE features: one int for every image, or one per image."""
+    def _checked_target(self, target: TargetType, inputs: Tensor | tuple[Tensor, ...]) -> TargetType:
+        """Grad-FAM's target names SAE features: one for every image (an int), or one per image (a list)."""
         if target is None:
             raise ValueError("target must name the SAE feature(s): an int, or one per example")
-        self.sae.feature_index(target, "target")
+        index = self.sae.feature_index(target, "target")
+        if isinstance(target, (int, np.integer)) or (isinstance(target, Tensor) and target.dim() == 0):
+            return int(index)
+        n = len(inputs if isinstance(inputs, Tensor) else inputs[0])
+        if len(index) != n:
+            raise ValueError(
+                f"target must be one SAE feature for every image (an int) or one per image ({n}), "
+                f"got {len(index)}: {index.tolist()[:8]}"
+            )
+        return index.tolist()
 
     def attribute_features(
         self,

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -123,14 +124,17 @@ class HeadEdit:
         """−1 when suppressing, +1 when enhancing."""
         return mode_sign(self.mode)
 
-    def weights(self, head: nn.Linear) -> tuple[Tensor, Tensor | None]:
+    def weights(self, head: nn.Module) -> tuple[Tensor, Tensor | None]:
         """The edited head's weight and bias, computed in float64 and returned in the head's dtype.
+
+        ``head`` is the ``nn.Linear`` head, or the classifier (its head is found).
 
         Raises:
             ValueError: The head's input width is not the directions'; the head
                 has no bias but the edit needs one; or the edited weights are not
                 finite in the head's dtype (an α too strong for it).
         """
+        head = head_of(head)
         self.check_head(head)
         weight, bias = head_tensors64(head)
         new_weight, new_bias = self.rule.weights(weight, bias, self.directions, self.alpha.to(weight.device), self.sign)
@@ -196,7 +200,13 @@ class HeadEdit:
 
 
 def _alpha_vector(alpha: float | Sequence[float] | Tensor, count: int) -> Tensor:
-    alphas = torch.as_tensor(alpha, dtype=torch.float64)
+    try:
+        alphas = alpha.detach() if isinstance(alpha, Tensor) else torch.as_tensor(np.asarray(alpha))  # float64 kept
+    except (TypeError, ValueError, RuntimeError):
+        alphas = None
+    if alphas is None or alphas.dtype == torch.bool or not (alphas.dtype.is_floating_point or alphas.dtype.is_signed):
+        raise ValueError(f"alpha must be a number >= 0 or one per feature ({count}), got {alpha!r}")
+    alphas = alphas.to(torch.float64)
     if alphas.dim() == 0:
         alphas = alphas.expand(count).clone()
     if alphas.shape != (count,):

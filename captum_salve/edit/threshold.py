@@ -28,9 +28,10 @@ import torch
 from torch import Tensor, nn
 
 from captum_salve.activations import ActivationSet, ImageData, collect_activations
+from captum_salve.checks import check_int, check_labels
 from captum_salve.edit.head_edit import HeadEdit, head_of, head_tensors64
 from captum_salve.edit.rules import EditMode, EditRule, EditRuleName, FeatureDirections, LogitPieces
-from captum_salve.sae.model import SparseAutoencoder
+from captum_salve.sae.model import SparseAutoencoder, check_finite
 from captum_salve.sites import HEAD_INPUT
 
 __all__ = ["CRITERIA", "METHODS", "Criterion", "Method", "alpha_crit"]
@@ -102,6 +103,7 @@ def alpha_crit(
         )
     if len(acts) == 0:
         raise ValueError("inputs hold no samples; alpha_crit needs at least one")
+    check_finite(acts.features, "inputs' head-input activations")
     a = acts.features.to(head.weight.device, torch.float64)
     targets = _per_sample_targets(target, len(a), head.out_features).to(a.device)
 
@@ -119,15 +121,16 @@ def alpha_crit(
 
 
 def _per_sample_targets(target: int | Sequence[int] | Tensor, n: int, classes: int) -> Tensor:
-    targets = torch.as_tensor(target, dtype=torch.long)
-    if targets.dim() == 0:
-        targets = targets.expand(n)
+    one_per_sample = (isinstance(target, Tensor) and target.dim() > 0) or (
+        isinstance(target, Sequence) and not isinstance(target, str)
+    )
+    if not one_per_sample:
+        return torch.full((n,), check_int(target, "target", 0, classes - 1), dtype=torch.long)
+    targets = check_labels(target, "target", classes)
     if targets.shape != (n,):
         raise ValueError(
             f"target must be one class for all samples or one per sample ({n}), got shape {tuple(targets.shape)}"
         )
-    if targets.min() < 0 or targets.max() >= classes:
-        raise ValueError(f"target classes must be in [0, {classes - 1}], got {targets.unique().tolist()}")
     return targets
 
 

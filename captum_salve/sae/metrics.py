@@ -6,8 +6,9 @@ import torch
 from torch import Tensor, nn
 
 from captum_salve.activations import ActivationSet
+from captum_salve.checks import check_int, check_labels
 from captum_salve.models import find_head
-from captum_salve.sae.model import SparseAutoencoder
+from captum_salve.sae.model import SparseAutoencoder, check_finite
 from captum_salve.sites import HEAD_INPUT
 
 __all__ = ["ReconstructionStats", "sae_metrics"]
@@ -57,6 +58,8 @@ class ReconstructionStats:
         if self.rows == 0:
             raise ValueError("no rows were added; update() with at least one batch first")
         squared_error, variance, active = self.sums.tolist()
+        if variance == 0:
+            raise ValueError(f"the {self.rows} rows are all equal: explained variance is undefined for them")
         return {
             "mse": squared_error / self.rows,
             "explained_variance": 1.0 - squared_error / variance,
@@ -94,16 +97,22 @@ def sae_metrics(
         >>> metrics = sae_metrics(sae, acts, head=model)
         >>> metrics["spliced_accuracy"] - metrics["accuracy"]
     """
+    if not isinstance(acts, ActivationSet):
+        raise TypeError(f"acts must be an ActivationSet (ActivationSet(features, labels)), got {type(acts).__name__}")
     if acts.dim != sae.d_in:
         raise ValueError(f"the SAE reads {sae.d_in}-dimensional activations, acts have {acts.dim}")
-    if len(acts) == 0:
-        raise ValueError("acts hold no rows; sae_metrics needs at least one")
+    if len(acts) < 2:
+        raise ValueError(f"acts hold {len(acts)} rows; explained variance needs at least 2")
+    check_finite(acts.features, "acts")
+    batch_size = check_int(batch_size, "batch_size", 1)
     linear = None
     if head is not None:
         if acts.site != HEAD_INPUT:
             raise ValueError(f"spliced accuracy needs head-input activations, but acts were read at {acts.site!r}")
         linear = head if isinstance(head, nn.Linear) else find_head(head)[1]
-        acts.require_labels()
+        if linear.in_features != sae.d_in:
+            raise ValueError(f"head takes {linear.in_features}-dimensional inputs but the SAE reads {sae.d_in}")
+        check_labels(acts.require_labels(), "acts.labels", linear.out_features)
     device = sae.decoder_weight.device
     stats = ReconstructionStats(acts.features.double().mean(dim=0).to(device), sae.d_latent, sae.active_threshold)
     correct = spliced = 0

@@ -16,7 +16,7 @@ from captum_salve.activations import ActivationSet
 from captum_salve.checks import check_int
 from captum_salve.files import atomic_path, ensure_directory
 from captum_salve.sae.variants import ActivationName, CodeActivation, code_activation
-from captum_salve.sites import HEAD_INPUT
+from captum_salve.sites import HEAD_INPUT, as_device
 
 __all__ = ["SparseAutoencoder", "check_feature_index", "check_finite"]
 
@@ -39,7 +39,10 @@ def check_feature_index(features: Any, d_latent: int, name: str = "feature") -> 
         >>> check_feature_index([3, 7], 10)
         tensor([3, 7])
     """
-    values = features if isinstance(features, Tensor) else torch.as_tensor(features)
+    try:
+        values = features if isinstance(features, Tensor) else torch.as_tensor(features)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"{name} must be SAE feature indices (integers), got {features!r}") from None
     if values.numel() == 0:
         raise ValueError(f"{name} must name at least one SAE feature")
     if values.dtype == torch.bool or values.dtype.is_floating_point or values.dtype.is_complex:
@@ -77,6 +80,8 @@ def _read_config(path: Path) -> dict[str, Any]:
     missing = [key for key in ("d_in", "d_latent", "activation") if not isinstance(cfg, dict) or key not in cfg]
     if missing:
         raise ValueError(f"{str(path)!r} is not a valid SAE config: it lacks {missing}")
+    if not isinstance(cfg.get("metadata", {}), dict):
+        raise ValueError(f"{str(path)!r} is not a valid SAE config: its 'metadata' is not a JSON object")
     return cfg
 
 
@@ -238,6 +243,8 @@ class SparseAutoencoder(nn.Module):
             >>> sae.save("saes/resnet18-head")
             PosixPath('saes/resnet18-head')
         """
+        for name, tensor in self.state_dict().items():  # checked before the folder's files are touched
+            check_finite(tensor, f"the SAE's {name!r}", f"; it was not saved to {str(directory)!r}")
         directory = ensure_directory(directory)
         cfg = {"format_version": FORMAT_VERSION, **self.config(), "metadata": self.metadata}
         with atomic_path(directory / WEIGHTS_FILE) as tmp:
@@ -262,7 +269,7 @@ class SparseAutoencoder(nn.Module):
             ValueError: A file is not valid safetensors or JSON, the config and the
                 tensors disagree, the format is unknown, or a weight is NaN or Inf.
         """
-        directory = Path(directory)
+        directory, device = Path(directory), as_device(device) if device is not None else None
         for name in (CONFIG_FILE, WEIGHTS_FILE):
             if not (directory / name).is_file():
                 raise FileNotFoundError(

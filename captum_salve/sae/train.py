@@ -92,6 +92,8 @@ def train_sae(
     if not isinstance(features, Tensor) or features.dim() != 2 or len(features) < 2:
         raise ValueError("acts must be an ActivationSet or an (N, M) tensor with N >= 2")
     check_finite(features, "acts", "; drop or fix those rows before training")
+    if bool((features == features[0]).all()):
+        raise ValueError(f"acts are {len(features)} copies of one row: there is no variation for an SAE to learn")
     variant = code_activation(activation, k=k)
     l1 = variant.default_l1 if l1 is None else l1
     epochs, batch_size = check_int(epochs, "epochs", 1), check_int(batch_size, "batch_size", 1)
@@ -133,6 +135,11 @@ def train_sae(
             if variant.resamples_dead and epoch < epochs - 1
             else 0
         )
+        if not math.isfinite(metrics["loss"]):
+            raise ValueError(
+                f"SAE training diverged in epoch {epoch + 1} (loss {metrics['loss']}); lower lr (now {lr:g}) "
+                "or rescale the activations"
+            )
         history.append({"epoch": epoch + 1, **metrics, "resampled": resampled})
         if checkpoint_dir is not None:
             _save_checkpoint(Path(checkpoint_dir), sae, optimizer, generator, settings, history)

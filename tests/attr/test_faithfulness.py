@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -128,12 +130,16 @@ def test_batch_size_does_not_change_the_curve_and_no_hooks_are_left():
 @pytest.mark.parametrize(
     "change, message",
     [
-        (dict(attribution=torch.rand(2, 2, 4, 4)), r"attribution \(N, 1, h, w\) with the same N, got .*\(2, 2, 4, 4\)"),
+        (dict(attribution=torch.rand(2, 2, 4, 4)), r"\(N, 1, h, w\) tensors with the same N, got .*\(2, 2, 4, 4\)"),
+        (dict(attribution=torch.full((2, 1, 4, 4), float("nan"))), r"attribution holds 32 non-finite values"),
+        (dict(attribution=torch.rand(2, 1, 4, 4).numpy()), r"attribution \(N, 1, h, w\) tensors .* and ndarray"),
         (dict(attribution=torch.rand(3, 1, 4, 4)), r"with the same N, got \(2, 1, 8, 8\) and \(3, 1, 4, 4\)"),
         (dict(images=torch.rand(2, 8, 8)), r"images must be \(N, C, H, W\)"),
         (dict(attribution=torch.rand(2, 1, 16, 16)), r"the map \(16x16\) cannot be finer than the image \(8x8\)"),
-        (dict(steps=0), r"steps must be in \[1, 16\] for a 4x4 map, got 0"),
-        (dict(steps=17), r"steps must be in \[1, 16\] for a 4x4 map, got 17"),
+        (dict(steps=0), r"steps \(for a 4x4 map\) must be an integer in \[1, 16\], got 0"),
+        (dict(steps=17), r"steps \(for a 4x4 map\) must be an integer in \[1, 16\], got 17"),
+        (dict(steps=True), r"steps \(for a 4x4 map\) must be an integer in \[1, 16\], got True"),
+        (dict(batch_size=0), r"batch_size must be an integer >= 1, got 0"),
         (dict(feature=2), r"feature must be SAE feature indices in \[0, 1\], got \[2\]"),
         (dict(feature=-1), r"feature must be SAE feature indices in \[0, 1\], got \[-1\]"),
         (dict(fill="zero"), "fill must be 'mean' or a finite number, got 'zero'"),
@@ -208,7 +214,7 @@ def test_at_full_resolution_a_hit_is_the_mask_at_the_maps_argmax(n, side, seed):
     ],
 )
 def test_pointing_game_refuses_mismatched_shapes(maps, masks):
-    with pytest.raises(ValueError, match=r"attribution must be \(N, 1, h, w\) and masks \(N, H, W\) with the same N"):
+    with pytest.raises(ValueError, match=r"and masks \(N, H, W\) tensors with the same N"):
         pointing_game(maps, masks)
 
 
@@ -234,3 +240,16 @@ def test_grad_fam_on_the_digits_resnet_is_faithful_and_points_at_the_digit(digit
         ]
     )
     assert deletion_score(own).nanmean() < deletion_score(rand).nanmean() - 0.05
+
+
+@pytest.mark.parametrize(
+    ("masks", "message"),
+    [
+        (torch.ones(2, 16, 16), "masks must be boolean (True inside the object), got torch.float32"),
+        (torch.ones(2, 2, 2, dtype=torch.bool), "masks (2x2) must be at least as fine as the maps (4x4)"),
+    ],
+    ids=["float masks", "masks coarser than the maps"],
+)
+def test_pointing_game_refuses_masks_it_would_misread(masks, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        pointing_game(torch.rand(2, 1, 4, 4), masks)

@@ -163,8 +163,13 @@ def test_bad_arguments():
         alpha_crit(model, sae, [0, 1], acts, targets)
     with pytest.raises(ValueError, match=r"one per sample \(64\)"):
         alpha_crit(model, sae, 0, acts, targets[:3])
-    with pytest.raises(ValueError, match=r"target classes must be in \[0, 3\]"):
+    with pytest.raises(ValueError, match=r"target must be an integer in \[0, 3\], got 7"):
         alpha_crit(model, sae, 0, acts, 7)
+    for wrong in (2.5, True, "0"):
+        with pytest.raises(ValueError, match=r"target must be an integer in \[0, 3\], got"):
+            alpha_crit(model, sae, 0, acts, wrong)
+    with pytest.raises(ValueError, match=r"target must be class indices in \[0, 3\], got values from 0 to 9"):
+        alpha_crit(model, sae, 0, acts, torch.arange(64) % 10)
     with pytest.raises(ValueError, match="head-input activations of width 512"):
         alpha_crit(model, sae, 0, ActivationSet(acts.features, site="layer4"), targets)
     with pytest.raises(ValueError, match="inputs hold no samples"):
