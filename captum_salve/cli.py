@@ -271,7 +271,7 @@ def _earlier_models(out: Path, name: str) -> list[PipelineSummary]:
         return []
     try:
         earlier = read_summaries(path)
-    except (ValueError, KeyError, TypeError) as error:
+    except ValueError as error:
         note = f"captum-salve: note: {str(path)!r} could not be read ({error}); its models are left out"
         print(note, file=sys.stderr)
         return []
@@ -306,6 +306,8 @@ def _pretrained_for(name: str, classes: list[str]) -> torch.nn.Module:
 def _edit(args: argparse.Namespace) -> int:
     if args.out.exists() and args.out.is_dir():
         raise IsADirectoryError(f"--out {str(args.out)!r} is a directory; give a .safetensors file name")
+    if args.out.suffix != ".safetensors":
+        raise ValueError(f"--out {str(args.out)!r} must end in .safetensors, the format of the edited weights")
     if args.model.startswith("digits/"):
         model = digits_classifier(args.model.split("/", 1)[1], device="cpu", progress=False).model
     else:

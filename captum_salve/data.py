@@ -240,14 +240,17 @@ def load_rgb(path: str | Path) -> Image.Image:
         >>> np.asarray(load_rgb("scan-16bit.png")).max()     # a 16-bit scan whose brightest pixel is 65535
         255
     """
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
-    with Image.open(path) as image:
-        if image.mode in _DEEP_GREY_MODES:
-            values = np.asarray(image, dtype=np.float64)
-            depth = 65535.0 if image.mode.startswith("I;16") or values.max() <= 65535 else float(2**32 - 1)
-            return Image.fromarray(np.round(values.clip(0, None) / depth * 255).astype(np.uint8)).convert("RGB")
-        return image.convert("RGB")
+    try:
+        with Image.open(path) as image:
+            if image.mode in _DEEP_GREY_MODES:
+                values = np.asarray(image, dtype=np.float64)
+                depth = 65535.0 if image.mode.startswith("I;16") or values.max() <= 65535 else float(2**32 - 1)
+                return Image.fromarray(np.round(values.clip(0, None) / depth * 255).astype(np.uint8)).convert("RGB")
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as error:  # truncated, corrupt or not an image
+        raise ValueError(f"the image file {str(path)!r} cannot be read ({error}); fix or remove it") from None
 
 
 def imagenet_classes(folders: list[str]) -> list[int]:

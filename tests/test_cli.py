@@ -153,7 +153,9 @@ def test_edit_errors(capsys, tmp_path, saved_sae):
     assert_one_line_error(code, err, "99")
     code, _, err = edit("1", "-1", tmp_path / "e.safetensors")
     assert_one_line_error(code, err, "alpha")
-    assert not (tmp_path / "e.safetensors").exists()
+    code, _, err = edit("1", "1", tmp_path / "e.pth")  # torch.load could not read what would be written there
+    assert_one_line_error(code, err, "--out", "e.pth' must end in .safetensors")
+    assert not (tmp_path / "e.safetensors").exists() and not (tmp_path / "e.pth").exists()
 
 
 @pytest.mark.slow

@@ -579,3 +579,54 @@ def test_a_checkpoint_holding_code_is_refused_unexecuted(capsys, tmp_path):
     with pytest.raises(ValueError, match="holds Python objects besides tensors.*it was not loaded"):
         create_model("resnet18", checkpoint_path=path, num_classes=2)
     assert "must never be printed" not in capsys.readouterr().out
+
+
+def test_a_corrupt_image_in_the_data_is_named_in_one_line(capsys, tmp_path):
+    data = image_tree(tmp_path / "data")
+    broken = data / "n01" / "broken.JPEG"
+    broken.write_bytes((data / "n01" / "0.JPEG").read_bytes()[:200])  # a truncated JPEG
+    val = str(image_tree(tmp_path / "val"))
+    argv = ["run", "--model", "resnet18", "--data", str(data), "--val-data", val, "--out", str(tmp_path / "o")]
+    code = main([*argv, "--quiet", "--sae-latents", "8", "--sae-epochs", "1"])
+    assert_one_line_error(code, capsys.readouterr().err, f"the image file {str(broken)!r} cannot be read", "fix or")
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "phrase"),
+    [
+        (dict(goal={"class_accuracy": 0.1}), TypeError, "PipelineConfig goal must be a ControlGoal, got dict"),
+        (dict(topk=4), ValueError, "PipelineConfig topk is only read by sae_activation 'topk', not 'relu'"),
+        (dict(sae_activation="topk", topk=True), ValueError, "PipelineConfig topk must be an integer in [1, 16]"),
+        (dict(sweep_alphas=(False, True, 2.0)), ValueError, "sweep_alphas must be increasing, finite strengths"),
+    ],
+    ids=["a goal that is a dict", "topk for a ReLU SAE", "a boolean topk", "boolean strengths"],
+)
+def test_settings_that_would_be_misread_are_refused(change, error, phrase):
+    with pytest.raises(error, match=re.escape(phrase)):
+        replace(TOY_CONFIG, **{"sae_activation": "relu", "sae_latents": 16, **change})
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "phrase"),
+    [
+        (dict(masks=torch.zeros(2, 32, 32, dtype=torch.bool)), ValueError, "masks must be a boolean (N_test, H, W)"),
+        (dict(planted_cue=torch.ones(24)), ValueError, "planted_cue must be a boolean (N_test,) tensor"),
+        (dict(class_names="abc"), ValueError, "class_names must be a list of strings, one per class, got 'abc'"),
+    ],
+    ids=["masks for 2 of 24 test images", "a cue of floats", "class names as one string"],
+)
+def test_pipeline_inputs_that_do_not_fit_the_test_images_are_refused(change, error, phrase):
+    with pytest.raises(error, match=re.escape(phrase)):
+        replace(toy_inputs(3), **change)
+
+
+def test_run_pipeline_refuses_settings_that_are_not_a_pipeline_config(tmp_path):
+    with pytest.raises(TypeError, match=r"config must be a PipelineConfig \(e.g. .*\), got dict"):
+        run_pipeline(toy_inputs(2), tmp_path / "run", {"seeds": 2}, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_summary_file_of_another_shape_is_named(tmp_path):
+    (tmp_path / "summary.json").write_text("[]")
+    with pytest.raises(ValueError, match="summary.json' is not a summary file: it holds a JSON list, not an object"):
+        read_summaries(tmp_path / "summary.json")

@@ -75,12 +75,19 @@ class PipelineConfig(Record):
             )
         if self.rule not in RULES:
             raise ValueError(f"PipelineConfig rule must be one of {tuple(RULES)}, got {self.rule!r}")
-        if self.topk is not None and not (isinstance(self.topk, int) and 1 <= self.topk <= self.sae_latents):
-            raise ValueError(f"PipelineConfig topk must be None or an integer in [1, sae_latents], got {self.topk!r}")
+        if self.topk is not None:
+            check_int(self.topk, "PipelineConfig topk", 1, self.sae_latents, why="None, or at most sae_latents")
+            if self.sae_activation != "topk":
+                raise ValueError(
+                    f"PipelineConfig topk is only read by sae_activation 'topk', not {self.sae_activation!r}; "
+                    "leave it None"
+                )
+        if not isinstance(self.goal, ControlGoal):
+            raise TypeError(f"PipelineConfig goal must be a ControlGoal, got {type(self.goal).__name__}")
         alphas = self.sweep_alphas
         if (
             not alphas
-            or not all(isinstance(a, (int, float)) and 0 <= a < math.inf for a in alphas)
+            or not all(isinstance(a, (int, float)) and not isinstance(a, bool) and 0 <= a < math.inf for a in alphas)
             or list(alphas) != sorted(set(alphas))
         ):
             raise ValueError(

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from captum_salve.checks import check_class_names
 from captum_salve.data import DigitsCanvas
 from captum_salve.zoo import digits_classifier
 
@@ -56,8 +57,22 @@ class PipelineInputs:
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name or self.name in (".", ".."):
             raise ValueError(f"PipelineInputs name must be a plain folder name, got {self.name!r}")
+        self.class_names = check_class_names(self.class_names, "PipelineInputs class_names")
         if len(self.class_names) < 2:
             raise ValueError(f"PipelineInputs class_names must name at least 2 classes, got {self.class_names!r}")
+        if not callable(self.to_display):
+            raise TypeError(f"PipelineInputs to_display must be a function of images, got {self.to_display!r}")
+        tests = len(self.test)
+        for name, value, rank in (("masks", self.masks, 3), ("planted_cue", self.planted_cue, 1)):
+            if value is None:
+                continue
+            if not isinstance(value, Tensor) or value.dtype != torch.bool or value.dim() != rank or len(value) != tests:
+                shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                kind = "(N_test, H, W)" if rank == 3 else "(N_test,)"
+                raise ValueError(
+                    f"PipelineInputs {name} must be a boolean {kind} tensor, one row per test image ({tests}), "
+                    f"got {shape}" + (f" of {value.dtype}" if isinstance(value, Tensor) else "")
+                )
 
 
 def digits_inputs(

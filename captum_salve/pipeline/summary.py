@@ -110,7 +110,11 @@ def run_pipeline(
         >>> summary = run_pipeline(inputs, "salve-report/resnet18")
         >>> summary.control.goal_met(summary.config.goal)
     """
-    config = config or PipelineConfig()
+    config = PipelineConfig() if config is None else config
+    if not isinstance(inputs, PipelineInputs):
+        raise TypeError(f"inputs must be PipelineInputs, got {type(inputs).__name__}")
+    if not isinstance(config, PipelineConfig):
+        raise TypeError(f"config must be a PipelineConfig (e.g. PipelineConfig(seeds=2)), got {type(config).__name__}")
     with folder_lock(out), eval_mode(inputs.model):
         for partial in Path(out).rglob(f"*{PARTIAL_SUFFIX}"):  # left by a killed run: no one else writes here now
             partial.unlink()

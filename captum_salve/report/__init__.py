@@ -13,6 +13,7 @@ from pathlib import Path
 
 from captum_salve.files import atomic_path, ensure_directory
 from captum_salve.pipeline import PipelineSummary
+from captum_salve.pipeline.record import RecordFormatError
 from captum_salve.report.html import ModelPage, page
 from captum_salve.report.sections import render_model
 
@@ -62,5 +63,13 @@ def read_summaries(path: str | Path) -> list[PipelineSummary]:
         >>> [s.name for s in read_summaries("salve-report/summary.json")]
         ['digits-resnet18', 'digits-vit']
     """
-    stored = json.loads(Path(path).read_text())
-    return [PipelineSummary.from_json(value) for value in stored.values()]
+    try:
+        stored = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{str(path)!r} is not a summary file: it is not JSON ({error})") from None
+    if not isinstance(stored, dict):
+        raise ValueError(f"{str(path)!r} is not a summary file: it holds a JSON {type(stored).__name__}, not an object")
+    try:
+        return [PipelineSummary.from_json(value) for value in stored.values()]
+    except RecordFormatError as error:
+        raise ValueError(f"{str(path)!r} was not written by this version of captum_salve: {error}") from None
