@@ -219,7 +219,7 @@ def test_seed_bands_one_panel_per_class_with_mean_and_std_bands():
             lambda: plots.accuracy_vs_alpha(_sweep(), 0, controls={str(i): _sweep() for i in range(4)}),
             "at most 3 controls",
         ),
-        (lambda: plots.prediction_distribution(_sweep(), -1), r"class_index must be in \[0, 2\], got -1"),
+        (lambda: plots.prediction_distribution(_sweep(), -1), r"class_index must be an integer in \[0, 2\], got -1"),
         (lambda: plots.accuracy_change_bars(_sweep(), 4), r"alpha_index must be in \[0, 3\], got 4"),
         (
             lambda: plots.alpha_crit_boxplots({"a": torch.ones(2)}, {"b": torch.ones(2)}),
