@@ -19,6 +19,7 @@ from torch import Tensor
 from captum_salve.analysis import ClassProfile, SeedStudy, SweepResult
 from captum_salve.attr.activation_max import MaximizationResult
 from captum_salve.attr.grad_cam import render_maps
+from captum_salve.checks import check_class_names, check_int
 from captum_salve.sae.model import check_feature_index
 
 __all__ = [
@@ -45,19 +46,13 @@ def _image(x: Tensor) -> np.ndarray:
     return x.detach().float().cpu().clamp(0, 1).permute(1, 2, 0).numpy()
 
 
-def _check_index(name: str, value: int, size: int) -> None:
-    if not 0 <= value < size:
-        raise ValueError(f"{name} must be in [0, {size - 1}], got {value}")
-
-
 def _check_length(name: str, values: Sized | None, n: int, per: str) -> None:
     if values is not None and len(values) != n:
         raise ValueError(f"{name} must have {n} entries, one per {per}, got {len(values)}")
 
 
-def _check_positive(name: str, value: int) -> None:
-    if value < 1:
-        raise ValueError(f"{name} must be at least 1, got {value}")
+def _sweep_class_names(sweep: SweepResult) -> list[str]:
+    return check_class_names(sweep.class_names, "sweep.class_names", sweep.confusion.shape[1])
 
 
 def class_heatmap(profile: ClassProfile, *, features: Sequence[int] | None = None, title: str | None = None) -> Figure:
@@ -67,10 +62,12 @@ def class_heatmap(profile: ClassProfile, *, features: Sequence[int] | None = Non
         >>> class_heatmap(class_profile(sae, train_acts)).savefig("fig1a.png")
     """
     mu = profile.mean_codes
+    names = check_class_names(profile.class_names, "profile.class_names", profile.num_classes)
     if features is None:
         picked = []
         for k in range(profile.num_classes):
-            picked += [int(f) for f in profile.dominant(k, 3, by="contrast") if int(f) not in picked]
+            if profile.counts[k] > 0:  # a class without samples has no features of its own
+                picked += [int(f) for f in profile.dominant(k, 3, by="contrast") if int(f) not in picked]
         features = picked
     features = check_feature_index(features, mu.shape[1], "features").tolist()
     data = mu[:, features].numpy()
@@ -78,7 +75,7 @@ def class_heatmap(profile: ClassProfile, *, features: Sequence[int] | None = Non
     limit = np.abs(data).max() or 1.0
     image = ax.imshow(data, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
     ax.set_xticks(range(len(features)), [str(f) for f in features], rotation=90, fontsize=7)
-    ax.set_yticks(range(profile.num_classes), profile.class_names)
+    ax.set_yticks(range(profile.num_classes), names)
     ax.set_xlabel("SAE feature")
     ax.set_ylabel("class")
     ax.set_title(title or "Class-conditional mean code μ (Fig. 1a)")
@@ -106,7 +103,7 @@ def gallery(
     n = len(images)
     _check_length("values", values, n, "image")
     _check_length("labels", labels, n, "image")
-    _check_positive("columns", columns)
+    columns = check_int(columns, "columns", least=1)
     rows = -(-n // columns)
     fig, axes = _subplots(rows, columns, figsize=(1.5 * columns, 1.6 * rows + 0.4), squeeze=False)
     for i, ax in enumerate(axes.flat):
@@ -212,20 +209,20 @@ def accuracy_vs_alpha(
         ... }
         >>> fig = accuracy_vs_alpha(sweep, 3, controls=controls)
     """
-    _check_index("class_index", class_index, sweep.confusion.shape[1])
+    class_index = sweep.check_class(class_index)
+    names = _sweep_class_names(sweep)
     if controls is not None and len(controls) > 3:
         raise ValueError(f"at most 3 controls can be drawn (one line style each), got {len(controls)}")
     alphas = sweep.alphas.numpy()
     accuracy = sweep.per_class_accuracy.numpy()
+    others = (sweep.counts > 0).numpy()  # classes without samples have no accuracy to draw
+    others[class_index] = False
     fig, ax = _subplots(figsize=(6, 4))
-    for k in range(accuracy.shape[1]):
-        if k != class_index:
-            ax.plot(alphas, accuracy[:, k], color=OFF_COLOR, alpha=0.35, lw=1)
-    others = np.delete(accuracy, class_index, axis=1).mean(axis=1)
-    ax.plot(alphas, others, color="black", lw=2, label="other classes (mean)")
-    ax.plot(
-        alphas, accuracy[:, class_index], color=TARGET_COLOR, lw=2.5, label=f"class {sweep.class_names[class_index]}"
-    )
+    for k in others.nonzero()[0]:
+        ax.plot(alphas, accuracy[:, k], color=OFF_COLOR, alpha=0.35, lw=1)
+    if others.any():
+        ax.plot(alphas, accuracy[:, others].mean(axis=1), color="black", lw=2, label="other classes (mean)")
+    ax.plot(alphas, accuracy[:, class_index], color=TARGET_COLOR, lw=2.5, label=f"class {names[class_index]}")
     for (name, control), style in zip((controls or {}).items(), ("--", ":", "-."), strict=False):
         ax.plot(
             control.alphas.numpy(),
@@ -233,7 +230,7 @@ def accuracy_vs_alpha(
             style,
             color=TARGET_COLOR,
             lw=1.5,
-            label=f"{name} (class {sweep.class_names[class_index]})",
+            label=f"{name} (class {names[class_index]})",
         )
     ax.set_xscale("symlog", linthresh=1.0)
     ax.set_xlabel("α")
@@ -251,36 +248,39 @@ def prediction_distribution(sweep: SweepResult, class_index: int, *, title: str 
     Example:
         >>> fig = prediction_distribution(alpha_sweep(model, sae, 12, test_acts, [0, 1, 2, 5, 10]), 3)
     """
+    class_index = sweep.check_class(class_index)
+    names = _sweep_class_names(sweep)
     shares = sweep.prediction_distribution(class_index).numpy()
     positions = np.arange(len(sweep.alphas))
     fig, ax = _subplots(figsize=(6, 4))
     bottom = np.zeros(len(positions))
     colors = matplotlib.colormaps["tab10"]
     for k in range(shares.shape[1]):
-        ax.bar(positions, shares[:, k], bottom=bottom, color=colors(k % 10), label=sweep.class_names[k], width=0.85)
+        ax.bar(positions, shares[:, k], bottom=bottom, color=colors(k % 10), label=names[k], width=0.85)
         bottom += shares[:, k]
     ax.set_xticks(positions, [f"{a:g}" for a in sweep.alphas.tolist()], rotation=45, fontsize=7)
     ax.set_xlabel("α")
-    ax.set_ylabel(f"share of class {sweep.class_names[class_index]} images")
-    ax.set_title(title or f"Where class {sweep.class_names[class_index]}'s predictions go (Fig. 4b)")
+    ax.set_ylabel(f"share of class {names[class_index]} images")
+    ax.set_title(title or f"Where class {names[class_index]}'s predictions go (Fig. 4b)")
     ax.legend(fontsize=6, ncol=2, bbox_to_anchor=(1.01, 1), loc="upper left")
     fig.tight_layout()
     return fig
 
 
 def accuracy_change_bars(sweep: SweepResult, alpha_index: int, *, title: str | None = None) -> Figure:
-    """Figure 3b: per-class accuracy change at one α (red: loss, green: gain).
+    """Figure 3b: per-class accuracy change at one α (red: loss, green: gain; no bar for a class without samples).
 
     Example:
         >>> sweep = alpha_sweep(model, sae, 12, test_acts, [0, 1, 2, 5, 10])
         >>> fig = accuracy_change_bars(sweep, alpha_index=3)    # at α = 5
     """
-    _check_index("alpha_index", alpha_index, len(sweep.alphas))
+    alpha_index = check_int(alpha_index, "alpha_index", 0, len(sweep.alphas) - 1)
+    names = _sweep_class_names(sweep)
     change = (sweep.per_class_accuracy[alpha_index] - sweep.baseline_accuracy).numpy() * 100
     fig, ax = _subplots(figsize=(6, 3.5))
     ax.bar(range(len(change)), change, color=["#c0392b" if c < 0 else "#27ae60" for c in change])
     ax.axhline(0, color="black", lw=0.8)
-    ax.set_xticks(range(len(change)), sweep.class_names)
+    ax.set_xticks(range(len(change)), names)
     ax.set_xlabel("class")
     ax.set_ylabel("accuracy change (points)")
     ax.set_title(title or f"{sweep.label} at α={float(sweep.alphas[alpha_index]):g} (Fig. 3b)")
@@ -362,8 +362,8 @@ def seed_bands(study: SeedStudy, class_names: Sequence[str], *, columns: int = 5
     """
     alphas = study.alphas.numpy()
     k = study.accuracy.shape[1]
-    _check_length("class_names", class_names, k, "class")
-    _check_positive("columns", columns)
+    class_names = check_class_names(class_names, count=k)
+    columns = check_int(columns, "columns", least=1)
     rows = -(-k // columns)
     fig, axes = _subplots(rows, columns, figsize=(2.6 * columns, 2.2 * rows + 0.6), squeeze=False)
     for c, ax in enumerate(axes.flat):

@@ -26,11 +26,23 @@ def _profile() -> ClassProfile:
     return ClassProfile(mu, torch.tensor([5, 6, 7]), torch.rand(12, generator=generator) + 0.5, ["a", "b", "c"])
 
 
-def _sweep(classes: int = 3, alphas: tuple[float, ...] = (0.0, 1.0, 5.0, 20.0)) -> SweepResult:
+_TOO_FEW_NAMES = r"sweep.class_names must have 3 entries, one per class, got 1: \['a'\]"
+
+
+def _sweep(
+    classes: int = 3,
+    alphas: tuple[float, ...] = (0.0, 1.0, 5.0, 20.0),
+    *,
+    names: list[str] | None = None,
+    empty: int | None = None,
+) -> SweepResult:
+    """A random sweep; ``empty`` names a class without samples."""
     generator = torch.Generator().manual_seed(1)
     confusion = torch.randint(0, 10, (len(alphas), classes, classes), generator=generator)
     confusion[0] += torch.eye(classes, dtype=torch.long) * 20
-    names = [f"class{k}" for k in range(classes)]
+    if empty is not None:
+        confusion[:, empty] = 0
+    names = [f"class{k}" for k in range(classes)] if names is None else names
     return SweepResult(
         torch.tensor(alphas, dtype=torch.float64), confusion, confusion[0], "suppress feature 4 (salve)", names
     )
@@ -129,6 +141,23 @@ def test_accuracy_vs_alpha_draws_every_class_the_mean_and_the_controls():
     assert len(plots.accuracy_vs_alpha(sweep, 0).axes[0].lines) == 5
 
 
+def test_accuracy_vs_alpha_leaves_classes_without_samples_out_of_the_others():
+    sweep = _sweep(classes=4, empty=3)
+    ax = plots.accuracy_vs_alpha(sweep, np.int64(0)).axes[0]
+    assert len(ax.lines) == 2 + 1 + 1  # classes 1 and 2, their mean, the target
+    by_label = {line.get_label(): line for line in ax.lines}
+    accuracy = sweep.per_class_accuracy.numpy()
+    np.testing.assert_allclose(by_label["other classes (mean)"].get_ydata(), accuracy[:, [1, 2]].mean(axis=1))
+
+
+def test_class_heatmap_picks_features_of_the_classes_with_samples():
+    mu = torch.tensor([[5.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 4.0]])
+    profile = ClassProfile(mu, torch.tensor([5, 0, 5]), torch.ones(4), ["a", "b", "c"])
+    ax = plots.class_heatmap(profile).axes[0]
+    shown = [int(t.get_text()) for t in ax.get_xticklabels()]
+    assert shown[0] == 0 and 3 in shown and len(shown) == 4  # 3 per measured class, no repeats
+
+
 def test_prediction_distribution_stacks_one_bar_series_per_class():
     sweep = _sweep(classes=3)
     fig = plots.prediction_distribution(sweep, 1)
@@ -194,7 +223,7 @@ def test_seed_bands_one_panel_per_class_with_mean_and_std_bands():
         (lambda: plots.gallery(_images(3)[:0]), r"images must be \(N, 3, H, W\) with N >= 1"),
         (lambda: plots.gallery(_images(3), torch.ones(2)), "values must have 3 entries, one per image, got 2"),
         (lambda: plots.gallery(_images(3), labels=["a"]), "labels must have 3 entries, one per image, got 1"),
-        (lambda: plots.gallery(_images(3), columns=0), "columns must be at least 1, got 0"),
+        (lambda: plots.gallery(_images(3), columns=0), "columns must be an integer >= 1, got 0"),
         (lambda: plots.grad_fam_overlays(_images(1), torch.rand(2, 4, 4), [1, 2]), r"image must be \(3, H, W\)"),
         (
             lambda: plots.grad_fam_overlays(_images(1)[0], torch.rand(3, 4, 4), [1, 2]),
@@ -214,13 +243,13 @@ def test_seed_bands_one_panel_per_class_with_mean_and_std_bands():
             ),
             "names must have 2 entries, one per feature, got 1",
         ),
-        (lambda: plots.accuracy_vs_alpha(_sweep(), 3), r"class_index must be in \[0, 2\], got 3"),
+        (lambda: plots.accuracy_vs_alpha(_sweep(), 3), r"class_index must be an integer in \[0, 2\], got 3"),
         (
             lambda: plots.accuracy_vs_alpha(_sweep(), 0, controls={str(i): _sweep() for i in range(4)}),
             "at most 3 controls",
         ),
-        (lambda: plots.prediction_distribution(_sweep(), -1), r"class_index must be in \[0, 2\], got -1"),
-        (lambda: plots.accuracy_change_bars(_sweep(), 4), r"alpha_index must be in \[0, 3\], got 4"),
+        (lambda: plots.prediction_distribution(_sweep(), -1), r"class_index must be an integer in \[0, 2\], got -1"),
+        (lambda: plots.accuracy_change_bars(_sweep(), 4), r"alpha_index must be an integer in \[0, 3\], got 4"),
         (
             lambda: plots.alpha_crit_boxplots({"a": torch.ones(2)}, {"b": torch.ones(2)}),
             "analytical and numerical must name the same classes",
@@ -230,7 +259,29 @@ def test_seed_bands_one_panel_per_class_with_mean_and_std_bands():
             lambda: plots.seed_bands(_study(classes=3), ["x", "y"]),
             "class_names must have 3 entries, one per class, got 2",
         ),
-        (lambda: plots.seed_bands(_study(classes=3), ["x", "y", "z"], columns=0), "columns must be at least 1, got 0"),
+        (
+            lambda: plots.seed_bands(_study(classes=3), ["x", "y", "z"], columns=0),
+            "columns must be an integer >= 1, got 0",
+        ),
+        (lambda: plots.seed_bands(_study(classes=3), "xyz"), "class_names must be a list of strings, one per class"),
+        (lambda: plots.gallery(_images(3), columns=2.5), "columns must be an integer >= 1, got 2.5"),
+        (lambda: plots.seed_bands(_study(classes=3), ["x", "y", "z"], columns=True), "columns must be an integer >= 1"),
+        (lambda: plots.accuracy_change_bars(_sweep(), 1.5), r"alpha_index must be an integer in \[0, 3\], got 1.5"),
+        (lambda: plots.accuracy_vs_alpha(_sweep(), True), r"class_index must be an integer in \[0, 2\], got True"),
+        (lambda: plots.accuracy_vs_alpha(_sweep(), 1.0), r"class_index must be an integer in \[0, 2\], got 1.0"),
+        (lambda: plots.prediction_distribution(_sweep(), 0.5), r"class_index must be an integer in \[0, 2\], got 0.5"),
+        (lambda: plots.accuracy_vs_alpha(_sweep(names=["a"]), 0), _TOO_FEW_NAMES),
+        (lambda: plots.prediction_distribution(_sweep(names=["a"]), 0), _TOO_FEW_NAMES),
+        (lambda: plots.accuracy_change_bars(_sweep(names=["a"]), 0), _TOO_FEW_NAMES),
+        (lambda: plots.accuracy_vs_alpha(_sweep(names="abc"), 0), "sweep.class_names must be a list of strings"),
+        (
+            lambda: plots.class_heatmap(ClassProfile(torch.ones(3, 2), torch.ones(3), torch.ones(2), ["a", "b"])),
+            r"profile.class_names must have 3 entries, one per class, got 2: \['a', 'b'\]",
+        ),
+        (
+            lambda: plots.accuracy_vs_alpha(_sweep(empty=2), 2),
+            r"class 2 \('class2'\) has no samples in the swept data \(count 0\)",
+        ),
     ],
 )
 def test_bad_input_is_refused(draw, message):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 from captum_salve.activations import ActivationSet
+from captum_salve.analysis.profiles import check_activation_set
 from captum_salve.edit.rules import FeatureDirections
-from captum_salve.sae.model import SparseAutoencoder
+from captum_salve.sae.model import SparseAutoencoder, check_finite
 
 __all__ = ["control_directions"]
 
@@ -18,7 +19,7 @@ def control_directions(
 
     Their codes are scaled so that their root-mean-square over ``acts`` equals the
     SAE feature's, so the same α removes as much under ``rule="project"``; under
-    ``rule="salve"`` only the unit direction matters.
+    ``rule="salve"`` only the unit direction matters. ``acts`` must be finite.
 
     Example:
         >>> controls = control_directions(sae, 12, train_acts)
@@ -26,8 +27,10 @@ def control_directions(
         ['principal direction', 'random direction']
         >>> sweep = alpha_sweep(model, controls["random direction"], None, test_acts, [0, 1, 5], rule="project")
     """
+    check_activation_set(acts, "acts")
     if acts.dim != sae.d_in:
         raise ValueError(f"the SAE reads {sae.d_in}-dimensional activations, acts have {acts.dim}")
+    check_finite(acts.features, "acts")
     features = acts.features.double()
     mean = features.mean(dim=0)
     centred = features - mean

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -10,7 +11,8 @@ import torch
 from torch import Tensor
 
 from captum_salve.activations import ActivationSet
-from captum_salve.sae.model import SparseAutoencoder, check_feature_index
+from captum_salve.checks import check_class_names, check_int, check_labels
+from captum_salve.sae.model import SparseAutoencoder, check_feature_index, check_finite
 
 __all__ = [
     "ClassProfile",
@@ -49,8 +51,12 @@ class CrossClassFeature:
 class ClassProfile:
     """Class-conditional mean codes μ (the paper's Figure 1a) and what follows from them.
 
+    A class with no samples (count 0) has no mean code: asking for its features is an
+    error, its :meth:`specificity` is NaN, and it is left out of the other classes'
+    mean in :meth:`contrast`.
+
     Attributes:
-        mean_codes: μ, (K, d): mean code of each class.
+        mean_codes: μ, (K, d): mean code of each class (zero for a class without samples).
         counts: (K,) samples per class.
         code_std: (d,) standard deviation of each code over all samples.
         class_names: K names.
@@ -74,21 +80,30 @@ class ClassProfile:
         """K, the number of classes profiled."""
         return self.mean_codes.shape[0]
 
-    def _check_class(self, class_index: int) -> None:
-        if not 0 <= class_index < self.num_classes:
-            raise ValueError(f"class_index must be in [0, {self.num_classes - 1}], got {class_index}")
+    def _check_class(self, class_index: int) -> int:
+        class_index = check_int(class_index, "class_index", 0, self.num_classes - 1)
+        if self.counts[class_index] == 0:
+            name = f" ({self.class_names[class_index]!r})" if len(self.class_names) == self.num_classes else ""
+            raise ValueError(
+                f"class {class_index}{name} has no samples in the profile (count 0): it has no mean code to pick "
+                "features from"
+            )
+        return class_index
 
     def contrast(self) -> Tensor:
-        """(K, d): how much class k's mean code exceeds the mean of the other classes, in code standard deviations."""
+        """(K, d): how much class k's mean code exceeds the mean of the other classes, in code standard deviations.
+
+        Classes without samples are left out of the other classes' mean.
+        """
         mu = self.mean_codes
-        others = (mu.sum(0, keepdim=True) - mu) / max(self.num_classes - 1, 1)
+        measured = (torch.as_tensor(self.counts) > 0).to(mu.dtype)[:, None]
+        others = ((mu * measured).sum(0, keepdim=True) - mu * measured) / (measured.sum() - measured).clamp_min(1)
         return (mu - others) / self.code_std.clamp_min(1e-8)
 
     def dominant(self, class_index: int, n: int = 5, *, by: RankBy = "magnitude") -> Tensor:
         """A class's top features: by ``|μ_k|`` (``"magnitude"``, the paper's) or by :meth:`contrast`."""
-        self._check_class(class_index)
-        if n < 1:
-            raise ValueError(f"n must be at least 1, got {n}")
+        class_index = self._check_class(class_index)
+        n = check_int(n, "n", least=1)
         if by == "magnitude":
             scores = self.mean_codes[class_index].abs()
         elif by == "contrast":
@@ -105,8 +120,18 @@ class ClassProfile:
         return magnitude / magnitude.sum().clamp_min(1e-12)
 
     def specificity(self, *, by: RankBy = "magnitude") -> Tensor:
-        """(K,) selectivity of each class's top feature for that class: 1 = only that class, 1/K = all alike."""
-        return torch.stack([self.selectivity(int(self.dominant(k, 1, by=by)[0]))[k] for k in range(self.num_classes)])
+        """(K,) selectivity of each class's top feature for that class: 1 = only that class, 1/K = all alike.
+
+        NaN for a class without samples, which has no top feature.
+        """
+        return torch.stack(
+            [
+                self.selectivity(int(self.dominant(k, 1, by=by)[0]))[k]
+                if self.counts[k] > 0
+                else self.mean_codes.new_tensor(float("nan"))
+                for k in range(self.num_classes)
+            ]
+        )
 
 
 def class_profile(
@@ -114,21 +139,28 @@ def class_profile(
 ) -> ClassProfile:
     """The class-conditional mean code μ_k of every class.
 
+    ``acts`` must hold at least 2 rows (``code_std`` is a standard deviation over
+    them), finite ones, with integer labels; its classes are 0 to its largest label.
+
     Example:
         >>> profile = class_profile(sae, acts)
         >>> profile.dominant(3, n=5)       # class 3's features by |μ_3|
         >>> cross_class_features(profile)  # features shared by several classes
         >>> plots.class_heatmap(profile)   # the paper's Figure 1a
     """
-    labels = acts.require_labels()
+    check_activation_set(acts, "acts")
+    if len(acts) < 2:
+        raise ValueError(
+            f"acts must hold at least 2 rows to profile (code_std is a standard deviation over rows), got {len(acts)}"
+        )
+    labels = check_labels(acts.require_labels(), "acts labels")
+    check_finite(acts.features, "acts")
+    k = int(labels.max()) + 1
+    names = check_class_names(class_names, count=k) if class_names is not None else [str(i) for i in range(k)]
     codes = sae.encode_all(acts)
-    k = acts.num_classes
     counts = torch.bincount(labels, minlength=k)
     sums = torch.zeros(k, codes.shape[1]).index_add_(0, labels, codes)
     mean = sums / counts.clamp_min(1)[:, None]
-    names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
-    if len(names) != k:
-        raise ValueError(f"class_names must have {k} entries, got {len(names)}")
     return ClassProfile(mean, counts, codes.std(dim=0), names)
 
 
@@ -136,7 +168,8 @@ def cross_class_features(profile: ClassProfile, *, n_classes: int = 2, top: int 
     """Features large for exactly ``n_classes`` classes and small for the rest, best first.
 
     A feature's score is the gap between its ``n_classes``-th and ``(n_classes+1)``-th
-    largest class mean ``|μ_k|``, in units of its standard deviation.
+    largest class mean ``|μ_k|``, in units of its standard deviation. Classes without
+    samples take no part.
 
     Example:
         >>> mu = torch.tensor([[4.0, 1.0], [3.0, 0.0], [0.0, 2.0]])    # feature 0 is large for classes 0 and 1
@@ -144,9 +177,11 @@ def cross_class_features(profile: ClassProfile, *, n_classes: int = 2, top: int 
         >>> cross_class_features(profile, top=1)
         [CrossClassFeature(feature=0, classes=(0, 1), score=1.5)]
     """
-    if not 2 <= n_classes < profile.num_classes:
-        raise ValueError(f"n_classes must be in [2, {profile.num_classes - 1}], got {n_classes}")
-    magnitude = profile.mean_codes.abs()  # (K, d)
+    empty = torch.as_tensor(profile.counts) == 0
+    why = f"{int(empty.sum())} of the {profile.num_classes} classes have no samples" if empty.any() else ""
+    n_classes = check_int(n_classes, "n_classes", 2, profile.num_classes - int(empty.sum()) - 1, why=why)
+    top = check_int(top, "top", least=1)
+    magnitude = profile.mean_codes.abs().masked_fill(empty[:, None], -math.inf)  # (K, d); empty classes rank last
     ranked, classes = magnitude.sort(dim=0, descending=True)
     gap = (ranked[n_classes - 1] - ranked[n_classes]) / profile.code_std.clamp_min(1e-8)
     best = gap.topk(min(top, gap.numel())).indices
@@ -155,6 +190,8 @@ def cross_class_features(profile: ClassProfile, *, n_classes: int = 2, top: int 
 
 def select_feature(profile: ClassProfile, class_index: int, *, n: int = 1, by: RankBy = "contrast") -> list[int]:
     """The feature(s) to edit for a class: its top ``n`` by contrast (default) or by magnitude.
+
+    A class without samples in the profile has no features to pick: that is an error.
 
     Example:
         >>> mu = torch.tensor([[2.0, 0.0, 1.0], [0.0, 3.0, 1.0]])    # 2 classes, 3 features
@@ -173,9 +210,27 @@ def top_activating(sae: SparseAutoencoder, acts: ActivationSet, feature: int, k:
         >>> indices, values = top_activating(sae, train_acts, 12)
         >>> fig = plots.gallery(train.images[indices], values, title="feature 12")
     """
-    if sae.feature_index(feature).numel() != 1:
+    check_activation_set(acts, "acts")
+    index = sae.feature_index(feature)
+    if index.numel() != 1:
         raise ValueError(f"feature must be one SAE feature, got {feature!r}")
-    if not 1 <= k <= len(acts):
-        raise ValueError(f"k must be in [1, {len(acts)}], got {k}")
-    values, indices = sae.encode_all(acts)[:, feature].topk(k)
+    k = check_int(k, "k", 1, len(acts))
+    check_finite(acts.features, "acts")
+    values, indices = sae.encode_all(acts)[:, int(index[0])].topk(k)
     return indices, values
+
+
+def check_activation_set(value: object, name: str) -> ActivationSet:
+    """Refuse anything but an :class:`ActivationSet`, saying how to make one from a tensor.
+
+    Example:
+        >>> check_activation_set(torch.randn(4, 3), "data")
+        Traceback (most recent call last):
+        TypeError: data must be an ActivationSet, got Tensor; wrap the rows in ActivationSet(features, labels)
+    """
+    if not isinstance(value, ActivationSet):
+        raise TypeError(
+            f"{name} must be an ActivationSet, got {type(value).__name__}; "
+            "wrap the rows in ActivationSet(features, labels)"
+        )
+    return value

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -10,11 +10,13 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 from captum_salve.activations import ActivationSet
-from captum_salve.analysis.profiles import RankBy, class_profile, select_feature
+from captum_salve.analysis.profiles import RankBy, check_activation_set, class_profile, select_feature
 from captum_salve.analysis.sweeps import alpha_sweep
+from captum_salve.checks import check_labels
+from captum_salve.edit.head_edit import head_of
 from captum_salve.edit.rules import EditMode, EditRule, EditRuleName
 from captum_salve.sae.metrics import sae_metrics
-from captum_salve.sae.model import SparseAutoencoder
+from captum_salve.sae.model import SparseAutoencoder, check_finite
 
 __all__ = ["SeedStudy", "match_features", "seed_study"]
 
@@ -78,7 +80,7 @@ class SeedStudy:
 
 def seed_study(
     model: nn.Module,
-    saes: Sequence[SparseAutoencoder],
+    saes: Iterable[SparseAutoencoder],
     train_acts: ActivationSet,
     test_acts: ActivationSet,
     alphas: Sequence[float],
@@ -96,9 +98,11 @@ def seed_study(
 
     Args:
         model: The classifier.
-        saes: Two or more SAEs of the same shape, trained from different seeds.
-        train_acts: Labelled head-input activations the class profiles are read from.
-        test_acts: Labelled head-input activations the sweeps are measured on.
+        saes: Two or more SAEs of the same shape, trained from different seeds (any iterable).
+        train_acts: Labelled head-input activations the class profiles are read from,
+            with samples of every class of the model's head.
+        test_acts: Labelled head-input activations the sweeps are measured on, with
+            samples of every class too.
         alphas: Strengths.
         mode: "suppress" or "enhance", as in :func:`alpha_sweep`.
         rule: Edit rule of every sweep (a name or an :class:`~captum_salve.edit.EditRule`).
@@ -109,9 +113,23 @@ def seed_study(
         >>> study = seed_study(model, saes, train_acts, test_acts, [0, 1, 2, 5, 10])
         >>> study.target_band(3)
     """
+    saes = list(saes)
     if len(saes) < 2:
         raise ValueError(f"saes must hold at least 2 SAEs (one per seed), got {len(saes)}")
-    k = test_acts.num_classes
+    strangers = [type(sae).__name__ for sae in saes if not isinstance(sae, SparseAutoencoder)]
+    if strangers:
+        raise TypeError(f"saes must hold SparseAutoencoders, got {strangers}")
+    k = head_of(model).out_features
+    for acts, name in ((train_acts, "train_acts"), (test_acts, "test_acts")):
+        check_activation_set(acts, name)
+        check_finite(acts.features, name)
+        counts = torch.bincount(check_labels(acts.require_labels(), f"{name} labels", classes=k), minlength=k)
+        missing = (counts == 0).nonzero().reshape(-1).tolist()
+        if missing:
+            raise ValueError(
+                f"{name} has no samples of classes {missing} of the model's {k}: every class's feature is "
+                "picked and swept, so each class needs samples"
+            )
     accuracy, features, similarity, own, metrics = [], [], [], [], []
     reference, chosen = saes[0], None
     for sae in saes:
@@ -123,16 +141,13 @@ def seed_study(
         else:
             index, pair_similarity = match_features(reference, sae)
             picked, sim = index[chosen], pair_similarity[chosen]
-        curves = [
-            alpha_sweep(model, sae, int(picked[c]), test_acts, alphas, mode=mode, rule=rule).per_class_accuracy
-            for c in range(k)
-        ]
-        accuracy.append(torch.stack(curves))
+        sweeps = [alpha_sweep(model, sae, int(picked[c]), test_acts, alphas, mode=mode, rule=rule) for c in range(k)]
+        accuracy.append(torch.stack([sweep.per_class_accuracy for sweep in sweeps]))
         features.append(picked)
         similarity.append(sim)
         own.append(picked == own_pick)
     return SeedStudy(
-        torch.as_tensor(alphas, dtype=torch.float64).sort().values,
+        sweeps[0].alphas,
         torch.stack(accuracy),
         torch.stack(features),
         torch.stack(similarity),

@@ -6,15 +6,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import combinations
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from captum_salve.activations import ActivationSet
 from captum_salve.analysis.goal import ControlGoal
-from captum_salve.analysis.profiles import ClassProfile, RankBy, select_feature
+from captum_salve.analysis.profiles import ClassProfile, RankBy, check_activation_set, select_feature
+from captum_salve.checks import check_class_names, check_int, check_labels, check_real
 from captum_salve.edit.head_edit import HeadEdit, head_of, head_tensors64
 from captum_salve.edit.rules import EditMode, EditRule, EditRuleName, FeatureDirections, edit_rule
-from captum_salve.sae.model import SparseAutoencoder
+from captum_salve.sae.model import SparseAutoencoder, check_finite
 from captum_salve.sites import HEAD_INPUT
 
 __all__ = ["DEFAULT_EDIT_ALPHAS", "EditChoice", "SweepResult", "alpha_50", "alpha_sweep", "crossing_50", "select_edit"]
@@ -23,6 +25,10 @@ __all__ = ["DEFAULT_EDIT_ALPHAS", "EditChoice", "SweepResult", "alpha_50", "alph
 @dataclass
 class SweepResult:
     """Predictions of the edited model at every α.
+
+    A class without samples in the swept data cannot be measured: its accuracy is
+    NaN, it is left out of :meth:`off_target_change`, and asking for its
+    :meth:`prediction_distribution` or :func:`alpha_50` is an error.
 
     Attributes:
         alphas: (A,) strengths, ascending.
@@ -48,39 +54,65 @@ class SweepResult:
     class_names: list[str]
 
     @property
+    def counts(self) -> Tensor:
+        """(K,) samples of each class in the swept data."""
+        return self.baseline.sum(dim=1)
+
+    @property
     def per_class_accuracy(self) -> Tensor:
-        """(A, K) accuracy of each class at each α."""
+        """(A, K) accuracy of each class at each α (NaN for a class without samples)."""
         return _accuracy(self.confusion)
 
     @property
     def baseline_accuracy(self) -> Tensor:
-        """(K,) accuracy of each class before the edit."""
+        """(K,) accuracy of each class before the edit (NaN for a class without samples)."""
         return _accuracy(self.baseline)
 
-    def _check_class(self, class_index: int) -> None:
+    def check_class(self, class_index: int, name: str = "class_index", *, measured: bool = True) -> int:
+        """``class_index`` as an ``int`` class of this sweep; with ``measured``, one that has samples.
+
+        Example:
+            >>> sweep.check_class(np.int64(2))
+            2
+        """
         k = self.confusion.shape[1]
-        if not 0 <= class_index < k:
-            raise ValueError(f"class_index must be in [0, {k - 1}], got {class_index}")
+        class_index = check_int(class_index, name, 0, k - 1)
+        if measured and self.counts[class_index] == 0:
+            raise ValueError(
+                f"class {class_index} ({self.class_names[class_index]!r}) has no samples in the swept data "
+                "(count 0): its accuracy cannot be measured"
+            )
+        return class_index
 
     def prediction_distribution(self, class_index: int) -> Tensor:
         """(A, K) where the images of one class go: share predicted as each class, per α."""
-        self._check_class(class_index)
+        class_index = self.check_class(class_index)
         rows = self.confusion[:, class_index].double()
-        return rows / rows.sum(dim=1, keepdim=True).clamp_min(1)
+        return rows / rows.sum(dim=1, keepdim=True)
 
     def off_target_change(self, class_index: int | Sequence[int]) -> Tensor:
-        """(A,) mean accuracy change of the classes not in ``class_index``, against the unedited model."""
-        targets = torch.as_tensor(class_index).reshape(-1)
-        for target in targets.tolist():
-            self._check_class(target)
-        keep = torch.ones(self.confusion.shape[1], dtype=torch.bool)
+        """(A,) mean accuracy change of the other classes, against the unedited model.
+
+        The other classes are those not in ``class_index`` that have samples; naming
+        every class leaves none, which is an error.
+        """
+        targets = [class_index] if np.ndim(class_index) == 0 else list(class_index)
+        if not targets:
+            raise ValueError("class_index must name at least one class, got none")
+        targets = [self.check_class(target, measured=False) for target in targets]
+        k = self.confusion.shape[1]
+        keep = self.counts > 0
         keep[targets] = False
+        if not keep.any():
+            left = sorted(set(range(k)) - set(targets))
+            why = f"the other classes {left} have no samples in the swept data" if left else f"it names all {k} classes"
+            raise ValueError(f"class_index {sorted(set(targets))} leaves no class to measure the change on: {why}")
         return (self.per_class_accuracy[:, keep] - self.baseline_accuracy[keep]).mean(dim=1)
 
 
 def _accuracy(confusion: Tensor) -> Tensor:
-    counts = confusion.sum(dim=-1).double()
-    return confusion.diagonal(dim1=-2, dim2=-1).double() / counts.clamp_min(1)
+    # 0 / 0 is NaN: a class without samples has no accuracy
+    return confusion.diagonal(dim1=-2, dim2=-1).double() / confusion.sum(dim=-1).double()
 
 
 @torch.no_grad()
@@ -107,32 +139,27 @@ def alpha_sweep(
         model: The classifier, or its head (``nn.Linear``).
         sae: The SAE (or FeatureDirections, then ``feature`` is None).
         feature: One feature or several edited together.
-        data: Labelled head-input activations (see :func:`collect_activations`).
+        data: Labelled head-input activations (see :func:`collect_activations`), finite.
         alphas: Strengths ≥ 0.
         mode: ``"suppress"`` or ``"enhance"``.
         rule: ``"salve"``, ``"project"`` or an EditRule.
-        class_names: Names for figures.
+        class_names: Names for figures, one per class of the head.
 
     Example:
         >>> sweep = alpha_sweep(model, sae, 12, test_acts, [0, 1, 2, 5, 10], rule="project")
         >>> sweep.per_class_accuracy[:, 3], sweep.off_target_change(3)
     """
+    check_activation_set(data, "data")
     if data.site != HEAD_INPUT:
         raise ValueError(f"data must be head-input activations, got activations read at {data.site!r}")
-    labels = data.require_labels()
     edit = HeadEdit.of(sae, feature, 0.0, mode=mode, rule=rule)
     head = head_of(model)
     edit.check_head(head)
-    alphas = torch.as_tensor(alphas, dtype=torch.float64).sort().values
-    if alphas.dim() != 1 or len(alphas) == 0:
-        raise ValueError("alphas must be a non-empty 1-D sequence of strengths")
-    if not torch.isfinite(alphas).all() or (alphas < 0).any():
-        raise ValueError(f"alphas must be finite and >= 0, got {alphas.tolist()}")
+    alphas = _strengths(alphas)
     k = head.out_features
-    if labels.min() < 0 or labels.max() >= k:
-        raise ValueError(
-            f"data labels must be classes of the head, in [0, {k - 1}], got {int(labels.min())} to {int(labels.max())}"
-        )
+    labels = check_labels(data.require_labels(), "data labels", classes=k)
+    check_finite(data.features, "data")
+    names = check_class_names(class_names, count=k) if class_names is not None else [str(i) for i in range(k)]
     weight, bias = head_tensors64(head)
     device = weight.device
     strengths = [
@@ -147,15 +174,23 @@ def alpha_sweep(
         for i, strength in enumerate([torch.zeros_like(strengths[0]), *strengths]):
             predicted = logits_at(strength).argmax(dim=1).cpu()
             confusion[i] += torch.bincount(truth * k + predicted, minlength=k * k).reshape(k, k)
-    names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
     label = f"{mode} {'feature ' + str(feature) if feature is not None else 'direction'} ({edit.rule.name})"
     return SweepResult(alphas, confusion[1:], confusion[0], label, names)
+
+
+def _strengths(alphas: Sequence[float] | Tensor) -> Tensor:
+    values = alphas.tolist() if isinstance(alphas, (Tensor, np.ndarray)) else alphas
+    if isinstance(values, str) or not isinstance(values, Sequence) or len(values) == 0:
+        raise ValueError(f"alphas must be a non-empty 1-D sequence of strengths, got {alphas!r}")
+    strengths = [check_real(a, f"alphas[{i}]", 0.0) for i, a in enumerate(values)]
+    return torch.tensor(strengths, dtype=torch.float64).sort().values
 
 
 def alpha_50(sweep: SweepResult, class_index: int) -> float:
     """The α at which a class's accuracy first falls to 50%, interpolated linearly between swept strengths.
 
     Returns ``inf`` if it never does, and the first α if it already is at or below 50% there.
+    A class without samples in the swept data has no α_50: that is an error.
     On a sweep of the class's correctly classified samples it equals the (lower)
     median of their flip α_crit when a flipped sample stays flipped: always under
     ``rule="project"``; under ``"salve"`` a sample can flip back once clipping
@@ -167,7 +202,7 @@ def alpha_50(sweep: SweepResult, class_index: int) -> float:
         >>> alpha_50(sweep, 0), alpha_50(sweep, 1)
         (1.0, inf)
     """
-    sweep._check_class(class_index)
+    class_index = sweep.check_class(class_index)
     return crossing_50(sweep.alphas, sweep.per_class_accuracy[:, class_index])
 
 
@@ -246,15 +281,24 @@ def select_edit(
     (fewer features on a tie). If none gets there, the one that brings the class
     lowest is returned with ``reached=False``. Pick on training activations and
     measure the choice on held-out ones (the default goal aims for 2% here, a
-    margin for its held-out 10%).
+    margin for its held-out 10%). The class must have samples in ``acts`` and rows
+    in ``profile``.
 
     Example:
         >>> choice = select_edit(model, sae, profile, 3, train_acts)
         >>> edited_model = edit_model(model, sae, list(choice.features), choice.alpha, rule=choice.rule)
     """
-    if candidates < 1 or max_features < 1:
-        raise ValueError(f"candidates and max_features must be at least 1, got {candidates} and {max_features}")
+    if not isinstance(goal, ControlGoal):
+        raise TypeError(f"goal must be a ControlGoal, got {type(goal).__name__}: {goal!r}")
+    candidates = check_int(candidates, "candidates", least=1)
+    max_features = check_int(max_features, "max_features", least=1)
+    check_activation_set(acts, "acts")
     pool = select_feature(profile, class_index, n=candidates, by=by)
+    class_index = check_int(class_index, "class_index")
+    if not (acts.require_labels() == class_index).any():
+        raise ValueError(
+            f"class {class_index} has no samples in acts (count 0): select_edit cannot measure its accuracy"
+        )
     rule_name = edit_rule(rule).name
     best: tuple | None = None
     for size in range(1, max_features + 1):

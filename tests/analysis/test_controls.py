@@ -52,3 +52,13 @@ def test_control_codes_are_centred_and_as_large_as_the_features_code():
         code = acts.features.double() @ directions.encoder[0] + directions.offset[0]
         assert code.mean().item() == pytest.approx(0.0, abs=1e-9)
         assert code.pow(2).mean().sqrt().item() == pytest.approx(rms.item(), rel=1e-6)
+
+
+def test_control_directions_refuse_non_finite_activations():
+    sae, acts = _control_data()
+    features = acts.features.clone()
+    features[7, 3] = float("nan")
+    with pytest.raises(ValueError, match=r"acts holds 1 non-finite value \(NaN or Inf\); the first at index \(7, 3\)"):
+        control_directions(sae, 0, ActivationSet(features))
+    with pytest.raises(TypeError, match="acts must be an ActivationSet, got Tensor"):
+        control_directions(sae, 0, features)

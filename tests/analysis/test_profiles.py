@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -15,6 +16,7 @@ from captum_salve import (
     select_feature,
     top_activating,
 )
+from captum_salve.analysis import CrossClassFeature
 from tests.helpers import identity_sae, random_sae
 
 
@@ -55,12 +57,50 @@ def test_class_names_default_to_indices_and_must_match_the_class_count():
     sae = identity_sae(3)
     assert class_profile(sae, acts).class_names == ["0", "1", "2"]
     assert class_profile(sae, acts, class_names=["a", "b", "c"]).class_names == ["a", "b", "c"]
-    with pytest.raises(ValueError, match="class_names must have 3 entries, got 2"):
+    with pytest.raises(ValueError, match="class_names must have 3 entries, one per class, got 2"):
         class_profile(sae, acts, class_names=["a", "b"])
     with pytest.raises(ValueError, match="carry no labels"):
         class_profile(sae, ActivationSet(torch.randn(6, 3)))
     with pytest.raises(ValueError, match=r"acts must be \(N, 4\) activations for this SAE"):
         class_profile(identity_sae(4), acts)
+
+
+def test_class_profile_refuses_what_it_cannot_profile():
+    sae = identity_sae(3)
+    features = torch.randn(6, 3)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    with pytest.raises(ValueError, match="class_names must be a list of strings, one per class, got 'abc'"):
+        class_profile(sae, ActivationSet(features, labels), class_names="abc")
+    nan = features.clone()
+    nan[4, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"acts holds 1 non-finite value \(NaN or Inf\); the first at index \(4, 1\)"):
+        class_profile(sae, ActivationSet(nan, labels))
+    with pytest.raises(ValueError, match="acts labels must be integer class indices, got torch.float32"):
+        class_profile(sae, ActivationSet(features, labels.float()))
+    with pytest.raises(
+        ValueError, match=r"acts labels must be class indices in \[0, \.\.\.\), got values from -1 to 2"
+    ):
+        class_profile(sae, ActivationSet(features, labels - (labels == 0).long()))
+    with pytest.raises(ValueError, match="acts must hold at least 2 rows to profile .* got 1"):
+        class_profile(sae, ActivationSet(features[:1], labels[:1]))
+    with pytest.raises(TypeError, match=r"acts must be an ActivationSet, got Tensor; wrap the rows in ActivationSet"):
+        class_profile(sae, features)
+
+
+def test_a_class_without_samples_has_no_features_to_pick():
+    features = torch.tensor([[4.0, 1.0, 1.0], [5.0, 0.0, 1.0], [0.0, 2.0, 3.0], [0.0, 0.0, 5.0]])
+    profile = class_profile(identity_sae(3), ActivationSet(features, torch.tensor([0, 0, 2, 2])))
+    assert profile.counts.tolist() == [2, 0, 2]
+    with pytest.raises(ValueError, match=r"class 1 \('1'\) has no samples in the profile \(count 0\)"):
+        select_feature(profile, 1)
+    with pytest.raises(ValueError, match=r"class 1 \('1'\) has no samples in the profile \(count 0\)"):
+        profile.dominant(1)
+    # the empty class is not one of "the other classes": class 0's contrast is against class 2 alone
+    torch.testing.assert_close(
+        profile.contrast()[0], (profile.mean_codes[0] - profile.mean_codes[2]) / profile.code_std
+    )
+    specificity = profile.specificity()
+    assert specificity[1].isnan() and not specificity[[0, 2]].isnan().any()
 
 
 def test_dominant_by_magnitude_counts_negative_codes_and_by_contrast_ignores_shared_ones():
@@ -97,14 +137,36 @@ def test_selectivity_and_specificity_by_hand():
 
 def test_profile_arguments_are_checked():
     profile = _profile([[1.0, 2.0], [3.0, 4.0]])
-    with pytest.raises(ValueError, match=r"class_index must be in \[0, 1\], got 2"):
+    with pytest.raises(ValueError, match=r"class_index must be an integer in \[0, 1\], got 2"):
         profile.dominant(2)
     with pytest.raises(ValueError, match="by must be 'magnitude' or 'contrast'"):
         profile.dominant(0, by="size")
-    with pytest.raises(ValueError, match="n must be at least 1, got 0"):
+    with pytest.raises(ValueError, match="n must be an integer >= 1, got 0"):
         profile.dominant(0, 0)
     with pytest.raises(ValueError, match=r"feature must be SAE feature indices in \[0, 1\], got \[-1\]"):
         profile.selectivity(-1)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda p: select_feature(p, 1.5), r"class_index must be an integer in \[0, 2\], got 1.5"),
+        (lambda p: select_feature(p, True), r"class_index must be an integer in \[0, 2\], got True"),
+        (lambda p: select_feature(p, 0, n=2.5), "n must be an integer >= 1, got 2.5"),
+        (lambda p: cross_class_features(p, top=0), "top must be an integer >= 1, got 0"),
+        (lambda p: cross_class_features(p, top=-1), "top must be an integer >= 1, got -1"),
+        (lambda p: cross_class_features(p, n_classes=2.0), r"n_classes must be an integer in \[2, 2\], got 2.0"),
+    ],
+)
+def test_class_and_count_arguments_must_be_integers(call, message):
+    with pytest.raises(ValueError, match=message):
+        call(_profile([[3.0, -5.0, 1.0], [3.0, 0.0, 0.0], [3.0, 0.0, 0.0]]))
+
+
+def test_numpy_and_tensor_integers_are_classes_and_counts():
+    profile = _profile([[3.0, -5.0, 1.0], [3.0, 0.0, 0.0], [3.0, 0.0, 0.0]])
+    assert select_feature(profile, np.int64(0), n=np.int32(2), by="magnitude") == [1, 0]
+    assert select_feature(profile, torch.tensor(0)) == select_feature(profile, 0)
 
 
 def test_cross_class_features_find_a_feature_planted_in_two_classes():
@@ -120,8 +182,17 @@ def test_cross_class_features_find_a_feature_planted_in_two_classes():
     magnitude = profile.mean_codes[:, 3].abs().sort(descending=True).values
     assert found[0].score == pytest.approx(float((magnitude[1] - magnitude[2]) / profile.code_std[3]), rel=1e-5)
     assert found[0].score > found[1].score and len(found) == 2
-    with pytest.raises(ValueError, match=r"n_classes must be in \[2, 3\], got 4"):
+    with pytest.raises(ValueError, match=r"n_classes must be an integer in \[2, 3\], got 4"):
         cross_class_features(profile, n_classes=4)
+
+
+def test_cross_class_features_leave_classes_without_samples_out():
+    # feature 0 is large for classes 0 and 1; class 3 has no samples, so its zero mean is no "other class"
+    mu = torch.tensor([[4.0, 1.0], [3.0, 1.0], [1.0, 2.0], [0.0, 0.0]])
+    profile = ClassProfile(mu, torch.tensor([5, 5, 5, 0]), torch.ones(2), list("abcd"))
+    assert cross_class_features(profile, top=1) == [CrossClassFeature(0, (0, 1), 2.0)]
+    with pytest.raises(ValueError, match=r"n_classes must be an integer in \[2, 2\] \(1 of the 4 classes have no"):
+        cross_class_features(profile, n_classes=3)
 
 
 def test_select_feature_is_the_top_of_the_chosen_ranking():
@@ -160,9 +231,21 @@ def test_top_activating_without_ties_gives_the_argsort():
 def test_top_activating_refuses_bad_k_and_feature():
     acts = ActivationSet(torch.randn(5, 3))
     sae = identity_sae(3)
-    with pytest.raises(ValueError, match=r"k must be in \[1, 5\], got 6"):
+    with pytest.raises(ValueError, match=r"k must be an integer in \[1, 5\], got 6"):
         top_activating(sae, acts, 0, k=6)
-    with pytest.raises(ValueError, match=r"k must be in \[1, 5\], got 0"):
+    with pytest.raises(ValueError, match=r"k must be an integer in \[1, 5\], got 0"):
         top_activating(sae, acts, 0, k=0)
     with pytest.raises(ValueError, match=r"feature must be SAE feature indices in \[0, 2\], got \[3\]"):
         top_activating(sae, acts, 3)
+    with pytest.raises(ValueError, match=r"k must be an integer in \[1, 5\], got 2.5"):
+        top_activating(sae, acts, 0, k=2.5)
+    with pytest.raises(ValueError, match=r"k must be an integer in \[1, 5\], got True"):
+        top_activating(sae, acts, 0, k=True)
+    assert (
+        top_activating(sae, acts, np.int64(0), k=np.int64(2))[0].tolist()
+        == top_activating(sae, acts, 0, k=2)[0].tolist()
+    )
+    nan = acts.features.clone()
+    nan[2, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"acts holds 1 non-finite value \(NaN or Inf\); the first at index \(2, 0\)"):
+        top_activating(sae, ActivationSet(nan), 0, k=2)

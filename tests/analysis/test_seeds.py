@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from captum_salve import (
+    ActivationSet,
     SeedStudy,
     SparseAutoencoder,
     alpha_sweep,
@@ -89,3 +90,32 @@ def test_seed_study_needs_two_seeds():
     model, acts = classified_clusters()
     with pytest.raises(ValueError, match="saes must hold at least 2 SAEs"):
         seed_study(model, [random_sae(6, d_latent=5, seed=0)], acts, acts, [1.0])
+
+
+def test_seed_study_takes_any_iterable_of_saes():
+    model, acts = classified_clusters()
+    saes = [random_sae(6, d_latent=5, seed=s) for s in range(2)]
+    from_list = seed_study(model, saes, acts, acts, [0.0, 2.0])
+    from_generator = seed_study(model, (sae for sae in saes), acts, acts, [0.0, 2.0])
+    assert torch.equal(from_generator.accuracy, from_list.accuracy)
+    assert torch.equal(from_generator.features, from_list.features)
+    with pytest.raises(TypeError, match=r"saes must hold SparseAutoencoders, got \['str'\]"):
+        seed_study(model, [saes[0], "seed 1"], acts, acts, [1.0])
+
+
+def test_seed_study_refuses_data_that_lacks_a_class_or_is_not_finite():
+    model, acts = classified_clusters()
+    saes = [random_sae(6, d_latent=5, seed=s) for s in range(2)]
+    without_last = acts.subset(acts.labels != 2)
+    with pytest.raises(ValueError, match=r"test_acts has no samples of classes \[2\] of the model's 3"):
+        seed_study(model, saes, acts, without_last, [1.0])
+    with pytest.raises(ValueError, match=r"train_acts has no samples of classes \[2\] of the model's 3"):
+        seed_study(model, saes, without_last, acts, [1.0])
+    features = acts.features.clone()
+    features[5, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"test_acts holds 1 non-finite value .* at index \(5, 2\)"):
+        seed_study(model, saes, acts, ActivationSet(features, acts.labels), [1.0])
+    with pytest.raises(ValueError, match=r"train_acts holds 1 non-finite value"):
+        seed_study(model, saes, ActivationSet(features, acts.labels), acts, [1.0])
+    with pytest.raises(TypeError, match="test_acts must be an ActivationSet, got Tensor"):
+        seed_study(model, saes, acts, acts.features, [1.0])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -20,6 +21,7 @@ from captum_salve import (
     edited,
     select_edit,
 )
+from captum_salve.analysis import ControlGoal
 from tests.helpers import HeadOnly, classified_clusters, identity_sae, random_sae
 
 # ---- α sweeps ------------------------------------------------------------------------------
@@ -67,10 +69,35 @@ def test_off_target_change_is_the_mean_change_of_the_other_classes():
     change = sweep.per_class_accuracy - sweep.baseline_accuracy
     torch.testing.assert_close(sweep.off_target_change(1), (change[:, 0] + change[:, 2]) / 2)
     torch.testing.assert_close(sweep.off_target_change([0, 2]), change[:, 1])
-    with pytest.raises(ValueError, match=r"class_index must be in \[0, 2\], got 3"):
+    with pytest.raises(ValueError, match=r"class_index must be an integer in \[0, 2\], got 3"):
         sweep.off_target_change(3)
-    with pytest.raises(ValueError, match=r"class_index must be in \[0, 2\], got -1"):
+    with pytest.raises(ValueError, match=r"class_index must be an integer in \[0, 2\], got -1"):
         sweep.prediction_distribution(-1)
+    with pytest.raises(ValueError, match=r"class_index \[0, 1, 2\] leaves no class .*: it names all 3 classes"):
+        sweep.off_target_change([0, 1, 2])
+    with pytest.raises(ValueError, match="class_index must name at least one class, got none"):
+        sweep.off_target_change([])
+
+
+@pytest.mark.parametrize("bad", [1.5, True, "1", None])
+def test_classes_of_a_sweep_are_integers(bad):
+    model, acts = classified_clusters()
+    sweep = alpha_sweep(model, random_sae(6, d_latent=5, seed=0), 1, acts, [0.0, 2.0, 20.0], rule="project")
+    message = rf"class_index must be an integer in \[0, 2\], got {bad!r}"
+    for call in (sweep.off_target_change, sweep.prediction_distribution, lambda c: alpha_50(sweep, c)):
+        with pytest.raises(ValueError, match=message):
+            call(bad)
+    with pytest.raises(ValueError, match=message):
+        sweep.off_target_change([0, bad])
+
+
+def test_numpy_and_tensor_integers_are_classes_of_a_sweep():
+    model, acts = classified_clusters()
+    sweep = alpha_sweep(model, random_sae(6, d_latent=5, seed=0), 1, acts, [0.0, 2.0, 20.0], rule="project")
+    torch.testing.assert_close(sweep.off_target_change(np.int64(1)), sweep.off_target_change(1))
+    torch.testing.assert_close(sweep.off_target_change(np.array([0, 2])), sweep.off_target_change([0, 2]))
+    torch.testing.assert_close(sweep.prediction_distribution(torch.tensor(2)), sweep.prediction_distribution(2))
+    assert alpha_50(sweep, np.int32(1)) == alpha_50(sweep, 1)
 
 
 def test_sweep_refuses_bad_input():
@@ -80,14 +107,68 @@ def test_sweep_refuses_bad_input():
         alpha_sweep(model, sae, 0, ActivationSet(acts.features, acts.labels, site="layer4"), [1.0])
     with pytest.raises(ValueError, match="alphas must be a non-empty 1-D sequence"):
         alpha_sweep(model, sae, 0, acts, [])
-    with pytest.raises(ValueError, match="alphas must be finite and >= 0"):
+    with pytest.raises(ValueError, match=r"alphas\[1\] must be a finite number >= 0, got -1.0"):
         alpha_sweep(model, sae, 0, acts, [1.0, -1.0])
     with pytest.raises(ValueError, match="rule must be one of"):
         alpha_sweep(model, sae, 0, acts, [1.0], rule="rome")
     with pytest.raises(ValueError, match="carry no labels"):
         alpha_sweep(model, sae, 0, ActivationSet(acts.features), [1.0])
-    with pytest.raises(ValueError, match=r"data labels must be classes of the head, in \[0, 2\], got 0 to 3"):
+    with pytest.raises(ValueError, match=r"data labels must be class indices in \[0, 2\], got values from 0 to 3"):
         alpha_sweep(model, sae, 0, ActivationSet(acts.features, acts.labels.clamp(max=1) * 3), [1.0])
+
+
+def test_sweep_refuses_data_it_would_count_wrongly():
+    model, acts = classified_clusters()
+    sae = random_sae(6, d_latent=5, seed=0)
+    features = acts.features.clone()
+    features[[3, 7], 0] = torch.tensor([float("nan"), float("inf")])
+    with pytest.raises(ValueError, match=r"data holds 2 non-finite values \(NaN or Inf\); the first at index \(3, 0\)"):
+        alpha_sweep(model, sae, 0, ActivationSet(features, acts.labels), [1.0])
+    with pytest.raises(ValueError, match="data labels must be integer class indices, got torch.float32"):
+        alpha_sweep(model, sae, 0, ActivationSet(acts.features, acts.labels.float()), [1.0])
+    with pytest.raises(ValueError, match=r"data labels must be class indices in \[0, 2\], got values from -1 to 2"):
+        alpha_sweep(model, sae, 0, ActivationSet(acts.features, acts.labels - (acts.labels == 1).long() * 2), [1.0])
+    with pytest.raises(ValueError, match=r"class_names must have 3 entries, one per class, got 1: \['a'\]"):
+        alpha_sweep(model, sae, 0, acts, [1.0], class_names=["a"])
+    with pytest.raises(ValueError, match="class_names must be a list of strings, one per class, got 'abc'"):
+        alpha_sweep(model, sae, 0, acts, [1.0], class_names="abc")
+    with pytest.raises(ValueError, match=r"alphas\[0\] must be a finite number >= 0, got '1'"):
+        alpha_sweep(model, sae, 0, acts, ["1"])
+    with pytest.raises(ValueError, match="alphas must be a non-empty 1-D sequence of strengths, got '1'"):
+        alpha_sweep(model, sae, 0, acts, "1")
+    with pytest.raises(
+        TypeError, match=r"data must be an ActivationSet, got Tensor; wrap .* in ActivationSet\(features, labels\)"
+    ):
+        alpha_sweep(model, sae, 0, acts.features, [1.0])
+
+
+def test_alphas_may_be_any_sequence_of_real_numbers():
+    model, acts = classified_clusters()
+    sae = random_sae(6, d_latent=5, seed=0)
+    expected = alpha_sweep(model, sae, 0, acts, [0.0, 2.0, 5.0])
+    for alphas in ([0, 2, 5], np.array([5.0, 0.0, 2.0]), torch.tensor([2, 0, 5]), (np.float32(2), 0, 5)):
+        sweep = alpha_sweep(model, sae, 0, acts, alphas)
+        assert sweep.alphas.tolist() == [0.0, 2.0, 5.0] and torch.equal(sweep.confusion, expected.confusion)
+
+
+def test_a_class_without_samples_has_no_accuracy_and_no_alpha_50():
+    model, acts = classified_clusters()
+    sae = random_sae(6, d_latent=5, seed=0)
+    without_2 = acts.subset(acts.labels != 2)
+    sweep = alpha_sweep(model, sae, 1, without_2, [0.0, 2.0, 20.0], rule="project")
+    full = alpha_sweep(model, sae, 1, acts, [0.0, 2.0, 20.0], rule="project")
+    assert sweep.counts.tolist() == [30, 30, 0]
+    assert sweep.per_class_accuracy[:, 2].isnan().all() and sweep.baseline_accuracy[2].isnan()
+    torch.testing.assert_close(sweep.per_class_accuracy[:, :2], full.per_class_accuracy[:, :2])
+    # the off-target change is over the classes that have samples: class 1 alone here
+    torch.testing.assert_close(sweep.off_target_change(0), sweep.per_class_accuracy[:, 1] - sweep.baseline_accuracy[1])
+    message = r"class 2 \('2'\) has no samples in the swept data \(count 0\): its accuracy cannot be measured"
+    with pytest.raises(ValueError, match=message):
+        alpha_50(sweep, 2)
+    with pytest.raises(ValueError, match=message):
+        sweep.prediction_distribution(2)
+    with pytest.raises(ValueError, match=r"leaves no class to measure the change on: the other classes \[2\] have no"):
+        sweep.off_target_change([0, 1])
 
 
 def test_sweeps_take_the_head_alone_and_equal_the_model_route(timm_resnet):
@@ -136,7 +217,7 @@ def test_alpha_50_when_the_curve_never_or_already_crosses():
     assert alpha_50(_sweep_with_accuracy([0.0, 1.0, 2.0], [10, 9, 6]), 0) == math.inf
     assert alpha_50(_sweep_with_accuracy([0.5, 1.0, 2.0], [4, 2, 0]), 0) == 0.5
     assert alpha_50(_sweep_with_accuracy([0.0, 1.0], [10, 0]), 1) == math.inf  # class 1 is never touched
-    with pytest.raises(ValueError, match=r"class_index must be in \[0, 1\], got 2"):
+    with pytest.raises(ValueError, match=r"class_index must be an integer in \[0, 1\], got 2"):
         alpha_50(_sweep_with_accuracy([0.0], [10]), 2)
 
 
@@ -179,5 +260,19 @@ def test_select_edit_takes_the_pair_when_one_feature_cannot_do_it():
     assert choice.reached and choice.target_accuracy == 0.0 and choice.off_target_change == 0.0
     alone = select_edit(model, sae, profile, 0, acts, rule="salve", candidates=2, max_features=1, alphas=alphas)
     assert not alone.reached and alone.target_accuracy == 1.0 and alone.features[0] in (0, 3)
-    with pytest.raises(ValueError, match="candidates and max_features must be at least 1, got 2 and 0"):
+    with pytest.raises(ValueError, match="max_features must be an integer >= 1, got 0"):
         select_edit(model, sae, profile, 0, acts, candidates=2, max_features=0)
+    with pytest.raises(ValueError, match="candidates must be an integer >= 1, got 2.5"):
+        select_edit(model, sae, profile, 0, acts, candidates=2.5)
+
+
+def test_select_edit_refuses_a_class_it_cannot_measure():
+    model, sae, acts = _backed_up_evidence()
+    profile = class_profile(sae, acts)
+    with pytest.raises(ValueError, match=r"class 1 has no samples in acts \(count 0\): select_edit cannot measure"):
+        select_edit(model, sae, profile, 1, acts.subset(acts.labels != 1))
+    with pytest.raises(TypeError, match="goal must be a ControlGoal, got type"):
+        select_edit(model, sae, profile, 1, acts, goal=dict)
+    with pytest.raises(TypeError, match="goal must be a ControlGoal, got dict"):
+        select_edit(model, sae, profile, 1, acts, goal={"class_accuracy": 0.1})
+    assert select_edit(model, sae, profile, 1, acts, goal=ControlGoal(selection_accuracy=0.5)).reached
