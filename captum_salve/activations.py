@@ -19,7 +19,7 @@ from captum_salve.files import atomic_path
 from captum_salve.models import model_input, model_label
 from captum_salve.sites import HEAD_INPUT, Site, eval_mode, on_device, recording
 
-__all__ = ["ActivationSet", "ImageData", "collect_activations", "iter_batches"]
+__all__ = ["ActivationSet", "ImageData", "check_activation_set", "collect_activations", "iter_batches"]
 
 ImageData = Dataset | DataLoader | Tensor
 
@@ -111,6 +111,22 @@ class ActivationSet:
         if "features" not in tensors:
             raise ValueError(f"{str(path)!r} holds no 'features' tensor; it was not written by ActivationSet.save")
         return cls(tensors["features"], tensors.get("labels"), metadata.get("site", HEAD_INPUT), metadata.get("model"))
+
+
+def check_activation_set(value: object, name: str) -> ActivationSet:
+    """Refuse anything but an :class:`ActivationSet`, saying how to make one from a tensor.
+
+    Example:
+        >>> check_activation_set(torch.randn(4, 3), "data")
+        Traceback (most recent call last):
+        TypeError: data must be an ActivationSet, got Tensor; wrap the rows in ActivationSet(features, labels)
+    """
+    if not isinstance(value, ActivationSet):
+        raise TypeError(
+            f"{name} must be an ActivationSet, got {type(value).__name__}; "
+            "wrap the rows in ActivationSet(features, labels)"
+        )
+    return value
 
 
 def iter_batches(data: ImageData, batch_size: int) -> Iterator[tuple[Tensor, Tensor | None]]:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from captum_salve.activations import ActivationSet
-from captum_salve.analysis.profiles import check_activation_set
+from captum_salve.activations import ActivationSet, check_activation_set
 from captum_salve.edit.rules import FeatureDirections
 from captum_salve.sae.model import SparseAutoencoder, check_finite
 

@@ -10,8 +10,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from captum_salve.activations import ActivationSet
-from captum_salve.checks import check_class_names, check_int, check_labels
+from captum_salve.activations import ActivationSet, check_activation_set
+from captum_salve.checks import check_class_names, check_int
 from captum_salve.sae.model import SparseAutoencoder, check_feature_index, check_finite
 
 __all__ = [
@@ -153,7 +153,7 @@ def class_profile(
         raise ValueError(
             f"acts must hold at least 2 rows to profile (code_std is a standard deviation over rows), got {len(acts)}"
         )
-    labels = check_labels(acts.require_labels(), "acts labels")
+    labels = acts.require_labels()  # integers >= 0, as ActivationSet holds them
     check_finite(acts.features, "acts")
     k = int(labels.max()) + 1
     names = check_class_names(class_names, count=k) if class_names is not None else [str(i) for i in range(k)]
@@ -218,19 +218,3 @@ def top_activating(sae: SparseAutoencoder, acts: ActivationSet, feature: int, k:
     check_finite(acts.features, "acts")
     values, indices = sae.encode_all(acts)[:, int(index[0])].topk(k)
     return indices, values
-
-
-def check_activation_set(value: object, name: str) -> ActivationSet:
-    """Refuse anything but an :class:`ActivationSet`, saying how to make one from a tensor.
-
-    Example:
-        >>> check_activation_set(torch.randn(4, 3), "data")
-        Traceback (most recent call last):
-        TypeError: data must be an ActivationSet, got Tensor; wrap the rows in ActivationSet(features, labels)
-    """
-    if not isinstance(value, ActivationSet):
-        raise TypeError(
-            f"{name} must be an ActivationSet, got {type(value).__name__}; "
-            "wrap the rows in ActivationSet(features, labels)"
-        )
-    return value

@@ -9,8 +9,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
-from captum_salve.activations import ActivationSet
-from captum_salve.analysis.profiles import RankBy, check_activation_set, class_profile, select_feature
+from captum_salve.activations import ActivationSet, check_activation_set
+from captum_salve.analysis.profiles import RankBy, class_profile, select_feature
 from captum_salve.analysis.sweeps import alpha_sweep
 from captum_salve.checks import check_labels
 from captum_salve.edit.head_edit import head_of

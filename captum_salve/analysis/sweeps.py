@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from captum_salve.activations import ActivationSet
+from captum_salve.activations import ActivationSet, check_activation_set
 from captum_salve.analysis.goal import ControlGoal
-from captum_salve.analysis.profiles import ClassProfile, RankBy, check_activation_set, select_feature
+from captum_salve.analysis.profiles import ClassProfile, RankBy, select_feature
 from captum_salve.checks import check_class_names, check_int, check_labels, check_real
 from captum_salve.edit.head_edit import HeadEdit, head_of, head_tensors64
 from captum_salve.edit.rules import EditMode, EditRule, EditRuleName, FeatureDirections, edit_rule

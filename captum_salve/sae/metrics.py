@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from captum_salve.activations import ActivationSet
+from captum_salve.activations import ActivationSet, check_activation_set
 from captum_salve.checks import check_int, check_labels
 from captum_salve.models import find_head
 from captum_salve.sae.model import SparseAutoencoder, check_finite
@@ -97,8 +97,7 @@ def sae_metrics(
         >>> metrics = sae_metrics(sae, acts, head=model)
         >>> metrics["spliced_accuracy"] - metrics["accuracy"]
     """
-    if not isinstance(acts, ActivationSet):
-        raise TypeError(f"acts must be an ActivationSet (ActivationSet(features, labels)), got {type(acts).__name__}")
+    check_activation_set(acts, "acts")
     if acts.dim != sae.d_in:
         raise ValueError(f"the SAE reads {sae.d_in}-dimensional activations, acts have {acts.dim}")
     if len(acts) < 2:

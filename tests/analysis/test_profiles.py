@@ -75,12 +75,10 @@ def test_class_profile_refuses_what_it_cannot_profile():
     nan[4, 1] = float("nan")
     with pytest.raises(ValueError, match=r"acts holds 1 non-finite value \(NaN or Inf\); the first at index \(4, 1\)"):
         class_profile(sae, ActivationSet(nan, labels))
-    with pytest.raises(ValueError, match="acts labels must be integer class indices, got torch.float32"):
-        class_profile(sae, ActivationSet(features, labels.float()))
-    with pytest.raises(
-        ValueError, match=r"acts labels must be class indices in \[0, \.\.\.\), got values from -1 to 2"
-    ):
-        class_profile(sae, ActivationSet(features, labels - (labels == 0).long()))
+    with pytest.raises(ValueError, match="labels must be integer class indices, got torch.float32"):
+        ActivationSet(features, labels.float())  # refused before any profile is computed from them
+    with pytest.raises(ValueError, match=r"labels must be class indices in \[0, \.\.\.\), got values from -1 to 2"):
+        ActivationSet(features, labels - (labels == 0).long())
     with pytest.raises(ValueError, match="acts must hold at least 2 rows to profile .* got 1"):
         class_profile(sae, ActivationSet(features[:1], labels[:1]))
     with pytest.raises(TypeError, match=r"acts must be an ActivationSet, got Tensor; wrap the rows in ActivationSet"):

@@ -30,6 +30,12 @@ def _nudged_data(data):
     return TensorDataset(images + 1e-3, labels)
 
 
+def _one_test_image_fewer(inputs):
+    n = len(inputs.test) - 1
+    fewer = Subset(inputs.test, range(n))
+    return replace(inputs, test=fewer, masks=inputs.masks[:n], planted_cue=inputs.planted_cue[:n])
+
+
 def _files(folder):
     return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -80,7 +86,7 @@ def test_a_second_run_reads_every_stage_and_recomputes_nothing(first_run):
         (lambda i: (replace(i, cam_layers=("blocks.0",)), TOY_CONFIG), "cam_layers"),
         (lambda i: (replace(i, model=_nudged(i.model)), TOY_CONFIG), "other model weights"),
         (lambda i: (replace(i, train=_nudged_data(i.train)), TOY_CONFIG), "other training data"),
-        (lambda i: (replace(i, test=Subset(i.test, range(len(i.test) - 1))), TOY_CONFIG), "other test data"),
+        (lambda i: (_one_test_image_fewer(i), TOY_CONFIG), "other test data"),
     ],
     ids=["seeds", "alphas", "class names", "Grad-FAM layers", "weights", "training images", "test images"],
 )
