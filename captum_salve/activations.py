@@ -148,15 +148,32 @@ def iter_batches(data: ImageData, batch_size: int) -> Iterator[tuple[Tensor, Ten
         data = DataLoader(data, batch_size=batch_size, shuffle=False)
     if not isinstance(data, DataLoader):
         raise TypeError(f"data must be an image tensor, a Dataset or a DataLoader, got {type(data).__name__}")
-    for batch in data:
+    for batch in _batches_of(data):
         if isinstance(batch, (list, tuple)) and len(batch) == 1:
             batch = batch[0]
         if isinstance(batch, Tensor):
             yield batch, None
         elif isinstance(batch, (list, tuple)) and len(batch) >= 2:
-            yield batch[0], torch.as_tensor(batch[1])
+            yield batch[0], check_labels(batch[1], "data's labels")
         else:
             raise ValueError("each batch must be images or (images, labels, ...)")
+
+
+def _batches_of(loader: DataLoader) -> Iterator:
+    """The loader's batches; items it cannot stack (a PIL image without a transform) are named as data's fault."""
+    batches = iter(loader)
+    while True:
+        try:
+            yield next(batches)
+        except StopIteration:
+            return
+        except TypeError as error:
+            if "default_collate" not in str(error):
+                raise
+            raise TypeError(
+                f"data's items cannot be stacked into a batch ({error}); a Dataset must yield (image tensor, label), "
+                "e.g. an ImageFolder with a transform that ends in a tensor (data.model_transform)"
+            ) from None
 
 
 def _batch_count(data: ImageData, batch_size: int) -> int | None:

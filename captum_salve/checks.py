@@ -72,7 +72,10 @@ def check_labels(labels: Any, name: str = "labels", classes: int | None = None) 
         Traceback (most recent call last):
         ValueError: labels must be integer class indices, got torch.float32 values [0.0, 1.5]
     """
-    values = labels if isinstance(labels, Tensor) else torch.as_tensor(np.asarray(labels))
+    try:
+        values = labels if isinstance(labels, Tensor) else torch.as_tensor(np.asarray(labels))
+    except (TypeError, ValueError, RuntimeError):  # strings, ragged lists, objects
+        raise ValueError(f"{name} must be integer class indices, got {labels!r:.80}") from None
     if values.dim() != 1:
         raise ValueError(f"{name} must be a 1-D sequence of class indices, got shape {tuple(values.shape)}")
     if values.dtype == torch.bool or values.dtype.is_floating_point or values.dtype.is_complex:

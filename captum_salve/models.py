@@ -394,8 +394,8 @@ def create_model(
             ``"torchvision/<builder>"`` (``"torchvision/resnet18"``, ``"torchvision/vit_b_16"``).
         pretrained: Load the library's pretrained weights (needs internet or a warm cache).
         checkpoint_path: A state_dict file (``.safetensors``, ``.pth``) to load.
-        num_classes: Size of the classifier head; None keeps the library default
-            (or the checkpoint's size).
+        num_classes: Size of the classifier head; None takes the checkpoint's head
+            size when a checkpoint is given, else the library default.
 
     Raises:
         ValueError: Unknown model name, or a checkpoint that does not fit the model.
@@ -403,7 +403,23 @@ def create_model(
     Example:
         >>> create_model("resnet18", num_classes=10).fc.out_features
         10
+        >>> torch.save(create_model("resnet18", num_classes=3).state_dict(), "rn3.pth")
+        >>> create_model("resnet18", checkpoint_path="rn3.pth").fc.out_features
+        3
     """
+    state = _read_checkpoint(checkpoint_path) if checkpoint_path is not None else None
+    model = _build(name, pretrained, num_classes)
+    if state is not None:
+        head_name, head = find_head(model)
+        rows = state.get(f"{head_name}.weight", head.weight).shape[0]
+        if num_classes is None and rows != head.out_features:
+            model = _build(name, pretrained, rows)
+        _load_checkpoint(model, state, Path(checkpoint_path))
+    return model
+
+
+def _build(name: str, pretrained: bool, num_classes: int | None) -> nn.Module:
+    """The named timm or torchvision model, with a head of ``num_classes`` outputs (None: the library's)."""
     if name.startswith(TORCHVISION_PREFIX):
         builder = name[len(TORCHVISION_PREFIX) :]
         known = torchvision.models.list_models(module=torchvision.models)
@@ -417,17 +433,12 @@ def create_model(
         if num_classes is not None and pretrained:
             _, head = find_head(model)
             _replace_head(model, nn.Linear(head.in_features, num_classes))
-        if checkpoint_path is not None:
-            _load_checkpoint(model, checkpoint_path)
         return model
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
         raise ValueError(f"timm does not know the model {name!r}; closest: {', '.join(close) or 'none'}")
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
-    model = timm.create_model(name, pretrained=pretrained, **kwargs)
-    if checkpoint_path is not None:
-        _load_checkpoint(model, checkpoint_path)
-    return model
+    return timm.create_model(name, pretrained=pretrained, **kwargs)
 
 
 def keep_classes(model: nn.Module, classes: list[int]) -> nn.Module:
@@ -463,8 +474,8 @@ def _replace_head(model: nn.Module, head: nn.Linear) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, attr, head)
 
 
-def _load_checkpoint(model: nn.Module, path: str | Path) -> None:
-    """Load a state_dict file with timm's reader, refusing one that does not fit with the reason."""
+def _read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state_dict file read with timm's reader, tensors only."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"checkpoint_path {str(path)!r} is not a file")
@@ -481,6 +492,11 @@ def _load_checkpoint(model: nn.Module, path: str | Path) -> None:
                 "or a .safetensors file instead"
             ) from None
         raise ValueError(f"the checkpoint {str(path)!r} cannot be read: {first_line}") from None
+    return state
+
+
+def _load_checkpoint(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Load a checkpoint's state into ``model``, refusing one that does not fit with the reason."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]

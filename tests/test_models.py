@@ -101,3 +101,15 @@ def test_only_a_fixed_size_vit_refuses_other_image_sizes(model, size):
     else:
         with pytest.raises(ValueError, match=r"images are 48×48 but the model takes 32×32 images"):
             model_input(model, images)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "torchvision/resnet18"])
+def test_a_checkpoint_gives_its_head_size_when_num_classes_is_not_given(name, tmp_path):
+    trained = create_model(name, num_classes=3)
+    torch.save(trained.state_dict(), tmp_path / "model.pth")
+    loaded = create_model(name, checkpoint_path=tmp_path / "model.pth")
+    assert find_head(loaded)[1].out_features == 3
+    pairs = zip(loaded.state_dict().values(), trained.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+    with pytest.raises(ValueError, match=r"'fc.weight': \(3, 512\), the model has \(5, 512\)"):
+        create_model(name, checkpoint_path=tmp_path / "model.pth", num_classes=5)  # a size asked for is kept

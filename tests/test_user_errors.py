@@ -21,8 +21,10 @@ from typing import NamedTuple
 
 import numpy as np
 import pytest
+import timm
 import torch
 from matplotlib.text import Text
+from PIL import Image as PILImage
 from safetensors.torch import save_model
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -41,7 +43,8 @@ from captum_salve import (
     sae_metrics,
     train_sae,
 )
-from captum_salve.attr import FeatureCodes, TokenGradCam, maximize_feature, render_maps
+from captum_salve.analysis import ControlGoal
+from captum_salve.attr import FeatureCodes, TokenGradCam, deletion_score, maximize_feature, render_maps
 from captum_salve.cli import main
 from captum_salve.models import create_model
 from captum_salve.pipeline import run_pipeline
@@ -81,6 +84,29 @@ SAE_512 = random_sae(512)
 def _both(attribute, images, target):
     """Maps for a NumPy integer target and for the same Python int."""
     return [attribute(images, target=np.int64(target)), attribute(images, target=target)]
+
+
+class _Items(torch.utils.data.Dataset):
+    """Two items made by ``item(index)``: a dataset of whatever a user's dataset might yield."""
+
+    def __init__(self, item):
+        self.item = item
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        return self.item(index)
+
+
+def _resume_from_junk(tmp_path):
+    (tmp_path / "checkpoint.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    return train_sae(torch.randn(20, 4), 8, epochs=1, checkpoint_dir=tmp_path, resume=True, progress=False)
+
+
+def _three_class_checkpoint_loaded(tmp_path):
+    torch.save(timm.create_model("resnet18", num_classes=3).state_dict(), tmp_path / "model.pth")
+    return create_model("resnet18", checkpoint_path=tmp_path / "model.pth")
 
 
 def _save_nan_sae_over_a_good_one(tmp_path):
@@ -372,6 +398,61 @@ CASES = {
         ValueError,
         ("inputs' head-input activations holds 1024 non-finite values",),
     ),
+    "clear: a dataset labelled with strings": Case(
+        lambda tmp_path, resnet: collect_activations(resnet, _Items(lambda i: (IMAGES[0], "cat")), progress=False),
+        ValueError,
+        ("data's labels must be integer class indices, got ('cat', 'cat')",),
+    ),
+    "clear: a dataset of PIL images without a transform": Case(
+        lambda tmp_path, resnet: collect_activations(resnet, _Items(lambda i: (PILImage.new("RGB", (8, 8)), 0))),
+        TypeError,
+        ("data's items cannot be stacked into a batch", "a transform that ends in a tensor"),
+    ),
+    "clear: NumPy activations into an SAE": Case(
+        lambda tmp_path, resnet: random_sae(4, d_latent=8).encode(np.zeros((2, 4), dtype=np.float32)),
+        ValueError,
+        ("expected an activation tensor of shape (N, 4), got ndarray",),
+    ),
+    "clear: NumPy head inputs into an edit": Case(
+        lambda tmp_path, resnet: HeadEdit.of(SAE_512, 3, 1.0)(np.zeros((2, 512))),
+        ValueError,
+        ("a must be an (N, 512) tensor of head inputs, got ndarray",),
+    ),
+    "clear: NumPy images into Grad-FAM": Case(
+        lambda tmp_path, resnet: GradFAM(resnet, "layer4.1", SAE_512).attribute(IMAGES.numpy(), target=1),
+        TypeError,
+        ("inputs must be a tensor of images (N, C, H, W), got ndarray",),
+    ),
+    "clear: encoding in batches of 0": Case(
+        lambda tmp_path, resnet: SAE_512.encode_all(torch.randn(3, 512), batch_size=0),
+        ValueError,
+        ("batch_size must be an integer >= 1, got 0",),
+    ),
+    "clear: a deletion score of one curve without its batch dimension": Case(
+        lambda tmp_path, resnet: deletion_score(torch.tensor([2.0, 1.0, 0.0])),
+        ValueError,
+        ("curve must be (N, steps + 1) codes from deletion_curve, got (3,)",),
+    ),
+    "clear: a fractional maximisation image size": Case(
+        lambda tmp_path, resnet: maximize_feature(resnet, SAE_512, 1, steps=1, image_size=16.5),
+        ValueError,
+        ("image_size (a side or (H, W)) must be an integer >= 8, got 16.5",),
+    ),
+    "clear: resuming from a file that is not a checkpoint": Case(
+        lambda tmp_path, resnet: _resume_from_junk(tmp_path),
+        ValueError,
+        ("checkpoint.safetensors' is not a checkpoint written by train_sae", "delete it"),
+    ),
+    "clear: a control goal given as a string": Case(
+        lambda tmp_path, resnet: ControlGoal(class_accuracy="0.1"),
+        ValueError,
+        ("ControlGoal class_accuracy must be a number in (0, 1], got '0.1'",),
+    ),
+    "worked: a checkpoint of 3 classes loaded without num_classes": Case(
+        lambda tmp_path, resnet: _three_class_checkpoint_loaded(tmp_path),
+        None,
+        check=lambda model: model.fc.out_features == 3,
+    ),
     # dtypes: cast, with the result the same as in the model's own dtype
     "worked: float32 images into a float16 model": Case(
         lambda tmp_path, resnet: _same_rows_as_float32(resnet, torch.float16),
@@ -557,8 +638,9 @@ def _with_float_labels(inputs):
     [
         (lambda i: _without_test_images_of(i, 2), "classes ['c2'] have no test images (1 of 3 classes)"),
         (_with_float_labels, "the train data must be labelled with integer class indices in [0, 2], got [0.5, 1.5"),
+        (lambda i: replace(i, to_display=lambda x: None), "to_display must turn (N, C, H, W) model inputs into"),
     ],
-    ids=["a class without test images", "fractional labels"],
+    ids=["a class without test images", "fractional labels", "a display function that returns nothing"],
 )
 def test_data_that_cannot_be_measured_is_refused_before_anything_is_written(tmp_path, broken, phrase):
     with pytest.raises(ValueError, match=re.escape(phrase)):

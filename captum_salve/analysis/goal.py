@@ -35,12 +35,11 @@ class ControlGoal:
     selection_accuracy: float = 0.02
 
     def __post_init__(self) -> None:
-        for name in ("class_accuracy", "selection_accuracy"):
+        for name, bounds in (("class_accuracy", "(0, 1]"), ("selection_accuracy", "(0, 1]"), ("off_target", "[0, 1]")):
             value = getattr(self, name)
-            if not 0 < value <= 1:
-                raise ValueError(f"ControlGoal {name} must be in (0, 1], got {value!r}")
-        if not 0 <= self.off_target <= 1:
-            raise ValueError(f"ControlGoal off_target must be in [0, 1], got {self.off_target!r}")
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or not (0 < value <= 1 if bounds == "(0, 1]" else 0 <= value <= 1):  # NaN fails both
+                raise ValueError(f"ControlGoal {name} must be a number in {bounds}, got {value!r}")
 
     def met(self, class_accuracy: float, off_target_change: float) -> bool:
         """Whether an edit with these held-out results meets the goal."""

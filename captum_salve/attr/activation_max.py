@@ -153,11 +153,11 @@ def maximize_feature(
 
 
 def _image_size(image_size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(image_size, int):
-        image_size = (image_size, image_size)
-    if len(image_size) != 2 or min(image_size) < 8:
-        raise ValueError(f"image_size must be a side or (H, W) of at least 8, got {image_size}")
-    return int(image_size[0]), int(image_size[1])
+    sides = [image_size] * 2 if not isinstance(image_size, Sequence) else list(image_size)
+    if len(sides) != 2:
+        raise ValueError(f"image_size must be a side or (H, W) of at least 8, got {image_size!r}")
+    height, width = (check_int(side, "image_size (a side or (H, W))", 8) for side in sides)
+    return height, width
 
 
 class _PixelImage(nn.Module):

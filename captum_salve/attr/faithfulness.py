@@ -109,6 +109,8 @@ def deletion_score(curve: Tensor) -> Tensor:
         >>> deletion_score(torch.tensor([[2.0, 1.0, 0.0, 0.0], [2.0, 2.0, 2.0, 0.0], [1.0, 1.0, 1.0, 1.0]]))
         tensor([0.3750, 0.7500,    nan])
     """
+    if not isinstance(curve, Tensor) or curve.dim() != 2 or curve.shape[1] < 2:
+        raise ValueError(f"curve must be (N, steps + 1) codes from deletion_curve, got {_shape(curve)}")
     start, end = curve[:, :1], curve[:, -1:]
     span = start - end
     normalised = (curve - end) / span.where(span != 0, torch.nan)

@@ -277,7 +277,7 @@ class TokenGradCam(LayerAttribution, GradientAttribution):
 
     def _model_input(self, inputs: Tensor | tuple[Tensor, ...]) -> Tensor | tuple[Tensor, ...]:
         """One input tensor of a module forward, checked and cast by :func:`~captum_salve.models.model_input`."""
-        if isinstance(self.forward_func, nn.Module) and isinstance(inputs, Tensor):
+        if isinstance(self.forward_func, nn.Module) and not isinstance(inputs, tuple):
             return model_input(self.forward_func, inputs, "inputs")
         return inputs
 

@@ -186,8 +186,9 @@ class HeadEdit:
         This is run-time steering (a forward pre-hook on the head can call it);
         :meth:`apply` folds the same map into the weights once instead.
         """
-        if a.dim() != 2 or a.shape[1] != self.directions.width:
-            raise ValueError(f"a must be (N, {self.directions.width}) head inputs, got {tuple(a.shape)}")
+        if not isinstance(a, Tensor) or a.dim() != 2 or a.shape[1] != self.directions.width:
+            shape = tuple(a.shape) if isinstance(a, Tensor) else type(a).__name__
+            raise ValueError(f"a must be an (N, {self.directions.width}) tensor of head inputs, got {shape}")
         return self.rule.activations(a, self.directions, self.alpha.to(a), self.sign)
 
     def check_head(self, head: nn.Linear) -> None:

@@ -74,6 +74,12 @@ class Run:
                 f"the model's head has {outputs} outputs but {len(self.class_names)} class names were given "
                 f"({self.class_names[:6]}); the pipeline analyses one named class per output"
             )
+        shown = inputs.to_display(self.images([0]))
+        if not isinstance(shown, Tensor) or shown.dim() != 4 or shown.shape[:2] != (1, 3):
+            raise ValueError(
+                "PipelineInputs to_display must turn (N, C, H, W) model inputs into (N, 3, H, W) images in [0, 1]; "
+                f"on one test image it gave {tuple(shown.shape) if isinstance(shown, Tensor) else shown!r}"
+            )
         for split, data in (("train", inputs.train), ("test", inputs.test)):
             labels = _dataset_labels(data)
             if labels is not None:  # known without reading an image: checked before anything is written

@@ -161,8 +161,9 @@ class SparseAutoencoder(nn.Module):
 
     def encode(self, a: Tensor) -> Tensor:
         """Codes z, (N, d_latent), in the SAE's dtype."""
-        if a.dim() != 2 or a.shape[1] != self.d_in:
-            raise ValueError(f"expected activations of shape (N, {self.d_in}), got {tuple(a.shape)}")
+        if not isinstance(a, Tensor) or a.dim() != 2 or a.shape[1] != self.d_in:
+            shape = tuple(a.shape) if isinstance(a, Tensor) else type(a).__name__
+            raise ValueError(f"expected an activation tensor of shape (N, {self.d_in}), got {shape}")
         return self.code_activation(self.pre_activation(a))
 
     @torch.no_grad()
@@ -174,6 +175,7 @@ class SparseAutoencoder(nn.Module):
             >>> codes[:, 12].topk(9)   # the rows where feature 12 is largest
         """
         features = acts.features if isinstance(acts, ActivationSet) else acts
+        batch_size = check_int(batch_size, "batch_size", 1)
         if not isinstance(features, Tensor) or features.dim() != 2 or features.shape[1] != self.d_in:
             shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
             raise ValueError(f"acts must be (N, {self.d_in}) activations for this SAE, got {shape}")

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -266,8 +266,11 @@ def _load_checkpoint(
             f"resume=True but there is no checkpoint at {str(path)!r}; "
             "run once with checkpoint_dir set (and resume=False) to start one"
         )
-    with safe_open(str(path), framework="pt") as handle:
-        meta = json.loads(handle.metadata()["checkpoint"])
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = json.loads((handle.metadata() or {})["checkpoint"])
+    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as error:
+        raise ValueError(f"{str(path)!r} is not a checkpoint written by train_sae ({error!r}); delete it") from None
     differences = {
         key: (meta["settings"].get(key), value) for key, value in settings.items() if meta["settings"].get(key) != value
     }

@@ -121,7 +121,7 @@ def test_default_image_size_comes_from_the_model_config():
         (dict(lr=float("nan")), "lr must be a finite number > 0, got nan"),
         (dict(l2=-1e-3), "l2 must be a finite number >= 0, got -0.001"),
         (dict(tv=-1.0), "tv must be a finite number >= 0, got -1.0"),
-        (dict(image_size=4), "image_size must be a side or"),
+        (dict(image_size=4), r"image_size \(a side or \(H, W\)\) must be an integer >= 8, got 4"),
     ],
 )
 def test_bad_arguments_are_refused_by_name(kwargs, message):

@@ -192,5 +192,5 @@ def test_head_edit_refuses_what_would_be_silently_wrong():
         HeadEdit.of(sae, 0, 1.0, rule="project").weights(no_bias)
     weight, bias = HeadEdit.of(sae, 0, 1.0, rule="salve").weights(no_bias)
     assert bias is None and weight.shape == (4, 6)
-    with pytest.raises(ValueError, match=r"a must be \(N, 6\) head inputs"):
+    with pytest.raises(ValueError, match=r"a must be an \(N, 6\) tensor of head inputs"):
         HeadEdit.of(sae, 0, 1.0)(a[:, :5])

@@ -36,7 +36,7 @@ def test_bad_constructor_arguments():
         SparseAutoencoder(4, 8, "relu", k=2)
     with pytest.raises(ValueError, match="d_latent must be an integer >= 1"):
         SparseAutoencoder(4, 0)
-    with pytest.raises(ValueError, match=r"expected activations of shape \(N, 4\)"):
+    with pytest.raises(ValueError, match=r"expected an activation tensor of shape \(N, 4\)"):
         SparseAutoencoder(4, 8).encode(torch.randn(2, 5))
 
 
