@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -239,4 +240,12 @@ def collect_activations(
         raise ValueError("data is empty: no images to collect activations from")
     if labels and len(labels) != len(features):
         raise ValueError("some batches carried labels and others did not")
-    return ActivationSet(torch.cat(features), torch.cat(labels) if labels else None, bound.key, model_label(model))
+    rows = torch.cat(features)
+    bad = (~torch.isfinite(rows)).any(dim=1)
+    if bad.any():
+        warnings.warn(
+            f"{int(bad.sum())} of {len(rows)} activation rows hold NaN or Inf (the first from image "
+            f"{int(bad.nonzero()[0])}); check those images. train_sae and the analyses refuse such rows",
+            stacklevel=2,
+        )
+    return ActivationSet(rows, torch.cat(labels) if labels else None, bound.key, model_label(model))

@@ -31,6 +31,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         ...     tmp.write_text("{}")
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{str(path)!r} is a directory; a file is written there, so give a file name")
     ensure_directory(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX, dir=path.parent)
     os.close(fd)

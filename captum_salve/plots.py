@@ -98,8 +98,9 @@ def gallery(
         >>> indices, values = top_activating(sae, train_acts, 12)    # train_acts = collect_activations(model, train)
         >>> fig = gallery(train.images[indices], values, title="feature 12", columns=3)
     """
-    if images.dim() != 4 or images.shape[1] != 3 or len(images) == 0:
-        raise ValueError(f"images must be (N, 3, H, W) with N >= 1, got {tuple(images.shape)}")
+    if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3 or len(images) == 0:
+        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise ValueError(f"images must be an (N, 3, H, W) tensor with N >= 1, got {shape}")
     n = len(images)
     _check_length("values", values, n, "image")
     _check_length("labels", labels, n, "image")

@@ -43,7 +43,7 @@ from captum_salve import (
     sae_metrics,
     train_sae,
 )
-from captum_salve.analysis import ControlGoal
+from captum_salve.analysis import ControlGoal, control_directions, match_features
 from captum_salve.attr import FeatureCodes, TokenGradCam, deletion_score, maximize_feature, render_maps
 from captum_salve.cli import main
 from captum_salve.models import create_model
@@ -107,6 +107,13 @@ def _resume_from_junk(tmp_path):
 def _three_class_checkpoint_loaded(tmp_path):
     torch.save(timm.create_model("resnet18", num_classes=3).state_dict(), tmp_path / "model.pth")
     return create_model("resnet18", checkpoint_path=tmp_path / "model.pth")
+
+
+def _with_nan_decoder(sae: SparseAutoencoder) -> SparseAutoencoder:
+    other = copy.deepcopy(sae)
+    with torch.no_grad():
+        other.decoder.weight[0, 0] = float("nan")
+    return other
 
 
 def _save_nan_sae_over_a_good_one(tmp_path):
@@ -453,6 +460,36 @@ CASES = {
         None,
         check=lambda model: model.fc.out_features == 3,
     ),
+    "clear: control directions with no seed": Case(
+        lambda tmp_path, resnet: control_directions(SAE_512, 3, ActivationSet(torch.randn(6, 512)), seed=None),
+        ValueError,
+        ("seed must be an integer, got None",),
+    ),
+    "clear: matching an SAE whose decoder holds NaN": Case(
+        lambda tmp_path, resnet: match_features(SAE_512, _with_nan_decoder(SAE_512)),
+        ValueError,
+        ("other's decoder holds 1 non-finite value",),
+    ),
+    "clear: a gallery of NumPy images": Case(
+        lambda tmp_path, resnet: plots.gallery(IMAGES.numpy()),
+        ValueError,
+        ("images must be an (N, 3, H, W) tensor with N >= 1, got ndarray",),
+    ),
+    "clear: activations saved over a folder": Case(
+        lambda tmp_path, resnet: ActivationSet(torch.randn(3, 4)).save(tmp_path),
+        IsADirectoryError,
+        ("is a directory; a file is written there",),
+    ),
+    "clear: an SAE loaded from its weights file instead of its folder": Case(
+        lambda tmp_path, resnet: SparseAutoencoder.load(random_sae(4, d_latent=8).save(tmp_path) / "model.safetensors"),
+        ValueError,
+        ("model.safetensors' is a file; pass the SAE's folder, which holds cfg.json and model.safetensors",),
+    ),
+    "clear: α_crit of a NumPy array": Case(
+        lambda tmp_path, resnet: alpha_crit(resnet, SAE_512, 3, np.zeros((2, 512)), 0),
+        TypeError,
+        ("inputs must be images (a tensor, Dataset or DataLoader) or head-input activations", "got ndarray"),
+    ),
     # dtypes: cast, with the result the same as in the model's own dtype
     "worked: float32 images into a float16 model": Case(
         lambda tmp_path, resnet: _same_rows_as_float32(resnet, torch.float16),
@@ -712,3 +749,33 @@ def test_a_summary_file_of_another_shape_is_named(tmp_path):
     (tmp_path / "summary.json").write_text("[]")
     with pytest.raises(ValueError, match="summary.json' is not a summary file: it holds a JSON list, not an object"):
         read_summaries(tmp_path / "summary.json")
+
+
+def test_activations_of_an_image_with_nan_come_with_a_warning_naming_it(timm_resnet):
+    images = IMAGES.clone()
+    images[1, 0, 3, 3] = float("nan")
+    with pytest.warns(UserWarning, match=r"1 of 2 activation rows hold NaN or Inf \(the first from image 1\)"):
+        acts = collect_activations(timm_resnet, images, progress=False)
+    with pytest.raises(ValueError, match=r"acts holds 512 non-finite values .* first at index \(1, 0\)"):
+        train_sae(acts, 8, epochs=1, progress=False)  # and what would use them refuses them
+
+
+class _NoFamily(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4, 3)
+
+    def get_classifier(self):
+        return self.fc
+
+    def forward(self, x):
+        return self.fc(self.conv(x).mean(dim=(2, 3)))
+
+
+def test_a_model_without_a_known_grad_fam_layer_is_refused_before_any_work(tmp_path):
+    inputs = replace(toy_inputs(3), model=_NoFamily(), cam_layers=())
+    with pytest.raises(ValueError, match="no default Grad-FAM layer is known for _NoFamily"):
+        run_pipeline(inputs, tmp_path / "run", TOY_CONFIG, progress=False)
+    assert not any(p.is_file() for p in (tmp_path / "run").rglob("*") if p.name != ".lock")
+    with pytest.raises(ValueError, match="has no module named 'layer9'"):
+        run_pipeline(replace(inputs, cam_layers=("layer9",)), tmp_path / "run", TOY_CONFIG, progress=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from captum_salve.activations import ActivationSet, check_activation_set
+from captum_salve.checks import check_int
 from captum_salve.edit.rules import FeatureDirections
 from captum_salve.sae.model import SparseAutoencoder, check_finite
 
@@ -37,7 +38,7 @@ def control_directions(
     code_rms = (
         (features @ reference.encoder[0].double().cpu() + reference.offset[0].double().cpu()).pow(2).mean().sqrt()
     )
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(check_int(seed, "seed"))
     random = torch.randn(features.shape[1], generator=generator, dtype=torch.float64)
     principal = torch.linalg.svd(centred, full_matrices=False).Vh[0]
     controls = {}

@@ -34,6 +34,8 @@ def match_features(reference: SparseAutoencoder, other: SparseAutoencoder) -> tu
     """
     if reference.d_in != other.d_in or reference.d_latent != other.d_latent:
         raise ValueError("the SAEs must have the same d_in and d_latent to be matched")
+    for name, sae in (("reference", reference), ("other", other)):
+        check_finite(sae.decoder_weight.detach(), f"{name}'s decoder")
     with torch.no_grad():
         cosine = (reference.decoder_weight.T @ other.decoder_weight).abs().cpu().double()
     rows, columns = linear_sum_assignment(cosine.numpy(), maximize=True)

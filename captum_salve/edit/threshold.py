@@ -26,6 +26,7 @@ from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
 
 from captum_salve.activations import ActivationSet, ImageData, collect_activations
 from captum_salve.checks import check_int, check_labels
@@ -92,6 +93,11 @@ def alpha_crit(
     edit.check_head(head)
     if isinstance(inputs, ActivationSet):
         acts = inputs
+    elif not isinstance(inputs, (Tensor, Dataset, DataLoader)):
+        raise TypeError(
+            "inputs must be images (a tensor, Dataset or DataLoader) or head-input activations (an ActivationSet), "
+            f"got {type(inputs).__name__}"
+        )
     elif isinstance(model, nn.Linear):
         raise ValueError("with the head alone, inputs must be head-input activations (an ActivationSet), not images")
     else:

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 from captum_salve.activations import ActivationSet, collect_activations
 from captum_salve.analysis import ClassProfile, class_profile, select_feature
 from captum_salve.files import atomic_path, ensure_directory
-from captum_salve.models import default_cam_layer, find_head, model_device, module_name
+from captum_salve.models import default_cam_layer, find_head, get_module, model_device, module_name
 from captum_salve.pipeline.config import PipelineConfig
 from captum_salve.pipeline.fingerprint import data_fingerprint, model_fingerprint
 from captum_salve.pipeline.inputs import PipelineInputs
@@ -80,6 +80,8 @@ class Run:
                 "PipelineInputs to_display must turn (N, C, H, W) model inputs into (N, 3, H, W) images in [0, 1]; "
                 f"on one test image it gave {tuple(shown.shape) if isinstance(shown, Tensor) else shown!r}"
             )
+        for layer in self.cam_layers:  # an unknown family or a misspelt layer is named now, not after training
+            get_module(self.model, layer)
         for split, data in (("train", inputs.train), ("test", inputs.test)):
             labels = _dataset_labels(data)
             if labels is not None:  # known without reading an image: checked before anything is written

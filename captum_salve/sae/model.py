@@ -272,6 +272,10 @@ class SparseAutoencoder(nn.Module):
                 tensors disagree, the format is unknown, or a weight is NaN or Inf.
         """
         directory, device = Path(directory), as_device(device) if device is not None else None
+        if directory.is_file():
+            raise ValueError(
+                f"{str(directory)!r} is a file; pass the SAE's folder, which holds {CONFIG_FILE} and {WEIGHTS_FILE}"
+            )
         for name in (CONFIG_FILE, WEIGHTS_FILE):
             if not (directory / name).is_file():
                 raise FileNotFoundError(
