@@ -14,6 +14,7 @@ import sys
 import time
 from dataclasses import fields
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 from safetensors.torch import save_file
@@ -80,8 +81,15 @@ def _raised_in(error: BaseException) -> Path:
     return Path(frame.tb_frame.f_code.co_filename).resolve() if frame is not None else _PACKAGE
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a mistake in the command reported in one line that points to --help."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="captum-salve", description="SALVE for Captum and timm: discover, validate and edit SAE features."
     )
     commands = parser.add_subparsers(required=True, metavar="command")

@@ -779,3 +779,20 @@ def test_a_model_without_a_known_grad_fam_layer_is_refused_before_any_work(tmp_p
     assert not any(p.is_file() for p in (tmp_path / "run").rglob("*") if p.name != ".lock")
     with pytest.raises(ValueError, match="has no module named 'layer9'"):
         run_pipeline(replace(inputs, cam_layers=("layer9",)), tmp_path / "run", TOY_CONFIG, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("argv", "phrase"),
+    [
+        (["run", "--model", "resnet18"], "captum-salve run: error: the following arguments are required: --data"),
+        (["run", "--model", "m", "--data", "d", "--seeds", "two"], "argument --seeds: invalid int value: 'two'"),
+        ([], "captum-salve: error: the following arguments are required: command"),
+    ],
+    ids=["a missing flag", "a word for a number", "no command"],
+)
+def test_a_malformed_command_is_one_line_that_points_to_help(capsys, argv, phrase):
+    with pytest.raises(SystemExit) as exit_status:
+        main(argv)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_status.value.code == 2 and len(lines) == 1
+    assert phrase in lines[0] and lines[0].endswith("--help)")
