@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["check_class_names", "check_int", "check_labels", "check_real"]
+__all__ = ["check_class_names", "check_int", "check_labels", "check_real", "check_strengths", "shape_of"]
 
 
 def check_int(value: Any, name: str, least: int | None = None, most: int | None = None, *, why: str = "") -> int:
@@ -53,6 +53,8 @@ def check_real(value: Any, name: str, least: float | None = None, *, above: bool
         Traceback (most recent call last):
         ValueError: lr must be a finite number > 0, got '0.1'
     """
+    if isinstance(value, Tensor) and value.dim() == 0 and not value.dtype.is_complex:
+        value = value.item()
     bound = "" if least is None else f" {'>' if above else '>='} {least:g}"
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise ValueError(f"{name} must be a finite number{bound}, got {value!r}")
@@ -74,6 +76,8 @@ def check_labels(labels: Any, name: str = "labels", classes: int | None = None) 
     """
     try:
         values = labels if isinstance(labels, Tensor) else torch.as_tensor(np.asarray(labels))
+        if values.numel() == 0:
+            values = values.long()  # an empty list reads as float64
     except (TypeError, ValueError, RuntimeError):  # strings, ragged lists, objects
         raise ValueError(f"{name} must be integer class indices, got {labels!r:.80}") from None
     if values.dim() != 1:
@@ -101,6 +105,30 @@ def check_class_names(names: Any, name: str = "class_names", count: int | None =
     if count is not None and len(names) != count:
         raise ValueError(f"{name} must have {count} entries, one per class, got {len(names)}: {list(names)[:6]}")
     return list(names)
+
+
+def check_strengths(alphas: Any, name: str = "alphas") -> Tensor:
+    """Edit strengths as a sorted float64 tensor: a non-empty 1-D sequence of finite numbers >= 0.
+
+    Example:
+        >>> check_strengths(np.array([2, 0.5, 0]))
+        tensor([0.0000, 0.5000, 2.0000], dtype=torch.float64)
+    """
+    values = alphas.tolist() if isinstance(alphas, (Tensor, np.ndarray)) else alphas
+    if isinstance(values, str) or not isinstance(values, Sequence) or len(values) == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D sequence of strengths, got {alphas!r}")
+    strengths = [check_real(a, f"{name}[{i}]", 0.0) for i, a in enumerate(values)]
+    return torch.tensor(strengths, dtype=torch.float64).sort().values
+
+
+def shape_of(value: Any) -> object:
+    """A tensor's shape as a tuple, or the type name of anything else (an array too): for error messages.
+
+    Example:
+        >>> shape_of(torch.zeros(2, 3)), shape_of([1, 2])
+        ((2, 3), 'list')
+    """
+    return tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
 
 
 def _range(least: int | None, most: int | None) -> str:

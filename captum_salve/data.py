@@ -249,6 +249,8 @@ def load_rgb(path: str | Path) -> Image.Image:
                 depth = 65535.0 if image.mode.startswith("I;16") or values.max() <= 65535 else float(2**32 - 1)
                 return Image.fromarray(np.round(values.clip(0, None) / depth * 255).astype(np.uint8)).convert("RGB")
             return image.convert("RGB")
+    except (FileNotFoundError, PermissionError):
+        raise
     except (UnidentifiedImageError, OSError, ValueError) as error:  # truncated, corrupt or not an image
         raise ValueError(f"the image file {str(path)!r} cannot be read ({error}); fix or remove it") from None
 

@@ -155,8 +155,8 @@ def model_device(model: nn.Module) -> torch.device:
 def model_input(model: nn.Module, images: object, name: str = "images") -> torch.Tensor:
     """``images`` checked against what ``model`` takes, on its device and in its floating dtype.
 
-    Every function of the package that runs a model passes its inputs through here,
-    so a mistake is named before torch meets it. For an image model (one with a
+    Every public function of the package that runs a model passes its inputs through
+    here, so a mistake is named before torch meets it. For an image model (one with a
     convolution: every CNN, and a ViT's patch embedding) the inputs must be a 4-D
     floating-point tensor with the channel count of the first convolution and, for a
     fixed-size ViT, its image size. Floating-point inputs of another dtype are cast
@@ -165,7 +165,7 @@ def model_input(model: nn.Module, images: object, name: str = "images") -> torch
     Args:
         model: The classifier.
         images: (N, C, H, W) floating-point images, normalised as the model expects
-            (for a model without a convolution: whatever its forward takes).
+            (for a model without a convolution: any tensor its forward takes).
         name: The argument's name, for the error message.
 
     Raises:
@@ -410,12 +410,23 @@ def create_model(
     state = _read_checkpoint(checkpoint_path) if checkpoint_path is not None else None
     model = _build(name, pretrained, num_classes)
     if state is not None:
-        head_name, head = find_head(model)
-        rows = state.get(f"{head_name}.weight", head.weight).shape[0]
-        if num_classes is None and rows != head.out_features:
+        rows = _head_rows(model, state) if num_classes is None else None
+        if rows is not None:
             model = _build(name, pretrained, rows)
         _load_checkpoint(model, state, Path(checkpoint_path))
     return model
+
+
+def _head_rows(model: nn.Module, state: dict[str, torch.Tensor]) -> int | None:
+    """The checkpoint's head size where it differs from the model's, else None (also for a model without a head)."""
+    family = family_of(model)
+    if family is None:
+        return None
+    head = get_module(model, family.head)
+    weight = state.get(f"{family.head}.weight")
+    if not isinstance(head, nn.Linear) or weight is None or weight.shape[0] == head.out_features:
+        return None
+    return int(weight.shape[0])
 
 
 def _build(name: str, pretrained: bool, num_classes: int | None) -> nn.Module:

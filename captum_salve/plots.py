@@ -19,7 +19,7 @@ from torch import Tensor
 from captum_salve.analysis import ClassProfile, SeedStudy, SweepResult
 from captum_salve.attr.activation_max import MaximizationResult
 from captum_salve.attr.grad_cam import render_maps
-from captum_salve.checks import check_class_names, check_int
+from captum_salve.checks import check_class_names, check_int, shape_of
 from captum_salve.sae.model import check_feature_index
 
 __all__ = [
@@ -99,8 +99,7 @@ def gallery(
         >>> fig = gallery(train.images[indices], values, title="feature 12", columns=3)
     """
     if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3 or len(images) == 0:
-        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-        raise ValueError(f"images must be an (N, 3, H, W) tensor with N >= 1, got {shape}")
+        raise ValueError(f"images must be an (N, 3, H, W) tensor with N >= 1, got {shape_of(images)}")
     n = len(images)
     _check_length("values", values, n, "image")
     _check_length("labels", labels, n, "image")
@@ -325,7 +324,7 @@ def alpha_crit_boxplots(
         for name in names:
             x = torch.as_tensor(data[name], dtype=torch.float64).reshape(-1)
             left_out["infinite"] += int(x.isinf().sum())
-            left_out["at 0 or below"] += int((x <= 0).sum())
+            left_out["at 0 or below"] += int((x[~x.isinf()] <= 0).sum())
             left_out["NaN"] += int(x.isnan().sum())
             values.append(x[torch.isfinite(x) & (x > 0)].numpy())
         drawn += [v for v in values if len(v)]

@@ -17,6 +17,7 @@ import torch
 from einops import reduce
 from torch import Tensor, nn
 
+from captum_salve.checks import shape_of
 from captum_salve.models import find_head, get_module, model_device, module_name, token_layout
 
 __all__ = [
@@ -281,8 +282,7 @@ def _as_matrix(name: str, reducer: str | Callable[[Tensor], Tensor], prefix_toke
         if callable(reducer):
             value = reducer(output)
             if not isinstance(value, Tensor) or value.dim() != 2 or value.shape[0] != output.shape[0]:
-                shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
-                raise ValueError(f"the reducer for site {name!r} must return an (N, M) tensor, got {shape}")
+                raise ValueError(f"the reducer for site {name!r} must return an (N, M) tensor, got {shape_of(value)}")
             return value
         if reducer == "flatten":
             return output.flatten(1)

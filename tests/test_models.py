@@ -14,6 +14,7 @@ from captum_salve.models import (
     default_cam_layer,
     find_head,
     fixed_image_size,
+    model_device,
     model_input,
     token_layout,
 )
@@ -76,7 +77,7 @@ def test_create_model_errors(tmp_path):
 
 def test_model_input_casts_to_the_models_dtype_and_device_and_names_what_does_not_fit(timm_resnet):
     half = model_input(timm_resnet.half(), torch.rand(2, 3, 32, 32, dtype=torch.float64))
-    assert half.dtype == torch.float16 and half.shape == (2, 3, 32, 32)
+    assert half.dtype == torch.float16 and half.shape == (2, 3, 32, 32) and half.device == model_device(timm_resnet)
     head = nn.Sequential(nn.Linear(4, 2))  # no convolution: any input shape goes to its forward
     assert model_input(head, torch.ones(3, 4, dtype=torch.float64)).dtype == torch.float32
     with pytest.raises(TypeError, match="inputs must be a tensor of images"):

@@ -55,9 +55,11 @@ def test_rows_are_copies_not_aliases_of_in_place_buffers():
 
 def test_hooks_are_removed_when_the_forward_raises(timm_resnet):
     failing = timm_resnet.layer4.register_forward_pre_hook(lambda module, args: 1 / 0)  # inside the forward
-    with pytest.raises(ZeroDivisionError):
-        collect_activations(timm_resnet, torch.rand(2, 3, 32, 32), progress=False)
-    failing.remove()
+    try:
+        with pytest.raises(ZeroDivisionError):
+            collect_activations(timm_resnet, torch.rand(2, 3, 32, 32), progress=False)
+    finally:
+        failing.remove()
     assert hook_count(timm_resnet) == 0
     with pytest.raises(ZeroDivisionError), recording(timm_resnet):
         raise ZeroDivisionError("raised inside the block")

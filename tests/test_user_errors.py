@@ -46,6 +46,7 @@ from captum_salve import (
 from captum_salve.analysis import ControlGoal, control_directions, match_features
 from captum_salve.attr import FeatureCodes, TokenGradCam, deletion_score, maximize_feature, render_maps
 from captum_salve.cli import main
+from captum_salve.data import load_rgb
 from captum_salve.models import create_model
 from captum_salve.pipeline import run_pipeline
 from captum_salve.report import read_summaries
@@ -116,6 +117,14 @@ def _with_nan_decoder(sae: SparseAutoencoder) -> SparseAutoencoder:
     return other
 
 
+ACTS_512 = torch.rand(3, 512, generator=torch.Generator().manual_seed(2)) * 2
+
+
+def _headless_checkpoint_loaded(tmp_path):
+    torch.save(timm.create_model("resnet18", num_classes=0).state_dict(), tmp_path / "features.pth")
+    return create_model("resnet18", checkpoint_path=tmp_path / "features.pth", num_classes=0)
+
+
 def _save_nan_sae_over_a_good_one(tmp_path):
     good = random_sae(4, d_latent=8)
     good.save(tmp_path / "sae")
@@ -154,8 +163,18 @@ def _sweeps_agree(resnet: nn.Module) -> bool:
     sae, acts = random_sae(512), collect_activations(resnet, torch.rand(12, 3, 32, 32), progress=False)
     acts.labels = torch.arange(12) % 4
     low = copy.deepcopy(resnet).to(torch.bfloat16)
-    sweeps = [alpha_sweep(m, sae, 3, acts, [0, 1, 10], rule="project") for m in (low, low.float())]
+    models = (low, copy.deepcopy(low).float())  # .float() alone would convert low itself
+    sweeps = [alpha_sweep(m, sae, 3, acts, [0, 1, 10], rule="project") for m in models]
     return torch.equal(sweeps[0].confusion, sweeps[1].confusion)
+
+
+def _grad_fam_in_both_dtypes(resnet: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grad-FAM maps of ``resnet`` cast to bfloat16, and of its float32 copy on the same rounded weights."""
+    low = copy.deepcopy(resnet).to(torch.bfloat16)
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    got = GradFAM(low, "layer4.1", SAE_512).attribute(images, target=1).float()
+    want = GradFAM(copy.deepcopy(low).float(), "layer4.1", SAE_512).attribute(images.bfloat16().float(), target=1)
+    return got.detach(), want.detach()
 
 
 def _codes_in_both_dtypes(sae: SparseAutoencoder, acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -490,6 +509,40 @@ CASES = {
         TypeError,
         ("inputs must be images (a tensor, Dataset or DataLoader) or head-input activations", "got ndarray"),
     ),
+    "worked: α_crit targets as a NumPy array": Case(
+        lambda tmp_path, resnet: [
+            alpha_crit(resnet, SAE_512, 3, ActivationSet(ACTS_512), t) for t in (np.array([0, 1, 2]), [0, 1, 2])
+        ],
+        None,
+        check=lambda pair: torch.equal(*pair),
+    ),
+    "worked: an unsigned integer edit strength": Case(
+        lambda tmp_path, resnet: [HeadEdit.of(SAE_512, 3, a).alpha for a in (np.uint8(2), 2.0)],
+        None,
+        check=lambda pair: torch.equal(*pair),
+    ),
+    "worked: settings given as NumPy numbers": Case(
+        lambda tmp_path, resnet: json.loads(
+            json.dumps(replace(TOY_CONFIG, seeds=np.int64(3), sweep_alphas=[0, np.float32(1.0)]).to_json())
+        ),
+        None,
+        check=lambda stored: stored["seeds"] == 3 and stored["sweep_alphas"] == [0.0, 1.0],
+    ),
+    "worked: a learning rate given as a 0-d tensor": Case(
+        lambda tmp_path, resnet: train_sae(torch.randn(20, 4), 8, epochs=1, lr=torch.tensor(1e-3), progress=False)[0],
+        None,
+        check=lambda sae: sae.metadata["training"]["lr"] == pytest.approx(1e-3),
+    ),
+    "worked: a headless checkpoint loaded with num_classes=0": Case(
+        lambda tmp_path, resnet: _headless_checkpoint_loaded(tmp_path),
+        None,
+        check=lambda model: isinstance(model.fc, nn.Identity),
+    ),
+    "clear: an image file that is not there": Case(
+        lambda tmp_path, resnet: load_rgb(tmp_path / "missing.png"),
+        FileNotFoundError,
+        ("missing.png",),
+    ),
     # dtypes: cast, with the result the same as in the model's own dtype
     "worked: float32 images into a float16 model": Case(
         lambda tmp_path, resnet: _same_rows_as_float32(resnet, torch.float16),
@@ -502,13 +555,11 @@ CASES = {
         check=lambda rows: torch.allclose(*rows, rtol=5e-2, atol=5e-2),
     ),
     "worked: Grad-FAM on a bfloat16 model": Case(
-        lambda tmp_path, resnet: (
-            GradFAM(copy.deepcopy(resnet).to(torch.bfloat16), "layer4.1", random_sae(512))
-            .attribute(IMAGES, target=1)
-            .float()
-        ),
+        lambda tmp_path, resnet: _grad_fam_in_both_dtypes(resnet),
         None,
-        check=lambda maps: maps.shape == (2, 1, 1, 1) and bool(maps.isfinite().all()),
+        check=lambda maps: (
+            maps[0].shape == (2, 1, 2, 2) and torch.allclose(*maps, rtol=0.1, atol=0.1 * float(maps[1].abs().max()))
+        ),
     ),
     "worked: a bfloat16 SAE on float32 activations": Case(
         lambda tmp_path, resnet: _codes_in_both_dtypes(random_sae(512), torch.randn(5, 512)),
@@ -530,6 +581,13 @@ CASES = {
         ),
         None,
         check=lambda text: "not drawn: 2 at 0 or below" in text,
+    ),
+    "worked: α_crit boxplots with -inf counted once": Case(
+        lambda tmp_path, resnet: _figure_text(
+            plots.alpha_crit_boxplots({"c": torch.tensor([-math.inf, 2.0])}, {"c": torch.tensor([1.0, 3.0])})
+        ),
+        None,
+        check=lambda text: "not drawn: 1 infinite)" in text,
     ),
 }
 
@@ -555,7 +613,7 @@ def test_each_case_gives_a_clear_error_or_the_right_result_and_loses_nothing(nam
         missing = [p for p in case.phrases if p not in message]
         assert not missing, f"{message!r} lacks {missing}"
     after = timm_resnet.state_dict()
-    assert all(t.device.type == "cpu" and torch.equal(t, after[key]) for key, t in state.items())
+    assert all(after[key].device.type == "cpu" and torch.equal(t, after[key]) for key, t in state.items())
     assert [m.training for m in timm_resnet.modules()] == modes and hook_count(timm_resnet) == 0
 
 
@@ -716,9 +774,10 @@ def test_a_corrupt_image_in_the_data_is_named_in_one_line(capsys, tmp_path):
         (dict(goal={"class_accuracy": 0.1}), TypeError, "PipelineConfig goal must be a ControlGoal, got dict"),
         (dict(topk=4), ValueError, "PipelineConfig topk is only read by sae_activation 'topk', not 'relu'"),
         (dict(sae_activation="topk", topk=True), ValueError, "PipelineConfig topk must be an integer in [1, 16]"),
-        (dict(sweep_alphas=(False, True, 2.0)), ValueError, "sweep_alphas must be increasing, finite strengths"),
+        (dict(sweep_alphas=(False, True, 2.0)), ValueError, "sweep_alphas[0] must be a finite number >= 0, got False"),
+        (dict(sweep_alphas=(2.0, 1.0)), ValueError, "sweep_alphas must be increasing, finite strengths >= 0"),
     ],
-    ids=["a goal that is a dict", "topk for a ReLU SAE", "a boolean topk", "boolean strengths"],
+    ids=["a goal that is a dict", "topk for a ReLU SAE", "a boolean topk", "boolean strengths", "decreasing strengths"],
 )
 def test_settings_that_would_be_misread_are_refused(change, error, phrase):
     with pytest.raises(error, match=re.escape(phrase)):
@@ -796,3 +855,10 @@ def test_a_malformed_command_is_one_line_that_points_to_help(capsys, argv, phras
     lines = capsys.readouterr().err.strip().splitlines()
     assert exit_status.value.code == 2 and len(lines) == 1
     assert phrase in lines[0] and lines[0].endswith("--help)")
+
+
+def test_pipeline_inputs_without_test_images_are_refused():
+    inputs = toy_inputs(2)
+    empty = TensorDataset(inputs.test.tensors[0][:0], inputs.test.tensors[1][:0])
+    with pytest.raises(ValueError, match="PipelineInputs train and test must hold images, got 32 and 0"):
+        replace(inputs, test=empty, masks=None, planted_cue=None)

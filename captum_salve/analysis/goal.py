@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+from captum_salve.checks import check_real
 
 __all__ = ["ControlGoal"]
 
@@ -35,11 +38,15 @@ class ControlGoal:
     selection_accuracy: float = 0.02
 
     def __post_init__(self) -> None:
-        for name, bounds in (("class_accuracy", "(0, 1]"), ("selection_accuracy", "(0, 1]"), ("off_target", "[0, 1]")):
-            value = getattr(self, name)
-            number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if not number or not (0 < value <= 1 if bounds == "(0, 1]" else 0 <= value <= 1):  # NaN fails both
-                raise ValueError(f"ControlGoal {name} must be a number in {bounds}, got {value!r}")
+        for name, above in (("class_accuracy", True), ("selection_accuracy", True), ("off_target", False)):
+            bounds = "(0, 1]" if above else "[0, 1]"
+            try:
+                value = check_real(getattr(self, name), name, 0.0, above=above)
+            except ValueError:
+                value = math.nan
+            if not value <= 1:  # NaN: refused
+                raise ValueError(f"ControlGoal {name} must be a number in {bounds}, got {getattr(self, name)!r}")
+            object.__setattr__(self, name, value)
 
     def met(self, class_accuracy: float, off_target_change: float) -> bool:
         """Whether an edit with these held-out results meets the goal."""

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from captum_salve.activations import ActivationSet, check_activation_set
 from captum_salve.analysis.goal import ControlGoal
 from captum_salve.analysis.profiles import ClassProfile, RankBy, select_feature
-from captum_salve.checks import check_class_names, check_int, check_labels, check_real
+from captum_salve.checks import check_class_names, check_int, check_labels, check_strengths
 from captum_salve.edit.head_edit import HeadEdit, head_of, head_tensors64
 from captum_salve.edit.rules import EditMode, EditRule, EditRuleName, FeatureDirections, edit_rule
 from captum_salve.sae.model import SparseAutoencoder, check_finite
@@ -155,7 +155,7 @@ def alpha_sweep(
     edit = HeadEdit.of(sae, feature, 0.0, mode=mode, rule=rule)
     head = head_of(model)
     edit.check_head(head)
-    alphas = _strengths(alphas)
+    alphas = check_strengths(alphas)
     k = head.out_features
     labels = check_labels(data.require_labels(), "data labels", classes=k)
     check_finite(data.features, "data")
@@ -176,14 +176,6 @@ def alpha_sweep(
             confusion[i] += torch.bincount(truth * k + predicted, minlength=k * k).reshape(k, k)
     label = f"{mode} {'feature ' + str(feature) if feature is not None else 'direction'} ({edit.rule.name})"
     return SweepResult(alphas, confusion[1:], confusion[0], label, names)
-
-
-def _strengths(alphas: Sequence[float] | Tensor) -> Tensor:
-    values = alphas.tolist() if isinstance(alphas, (Tensor, np.ndarray)) else alphas
-    if isinstance(values, str) or not isinstance(values, Sequence) or len(values) == 0:
-        raise ValueError(f"alphas must be a non-empty 1-D sequence of strengths, got {alphas!r}")
-    strengths = [check_real(a, f"alphas[{i}]", 0.0) for i, a in enumerate(values)]
-    return torch.tensor(strengths, dtype=torch.float64).sort().values
 
 
 def alpha_50(sweep: SweepResult, class_index: int) -> float:

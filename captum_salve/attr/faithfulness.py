@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from captum_salve.attr.feature_codes import FeatureCodes
-from captum_salve.checks import check_int, check_real
+from captum_salve.checks import check_int, check_real, shape_of
 from captum_salve.sae.model import SparseAutoencoder, check_finite
 from captum_salve.sites import Site, eval_mode
 
@@ -62,7 +62,7 @@ def deletion_curve(
     ):
         raise ValueError(
             f"images must be (N, C, H, W) and attribution (N, 1, h, w) tensors with the same N, "
-            f"got {_shape(images)} and {_shape(attribution)}"
+            f"got {shape_of(images)} and {shape_of(attribution)}"
         )
     check_finite(attribution, "attribution", "; a map with NaN ranks its cells arbitrarily")
     if sae.feature_index(feature).numel() != 1:
@@ -110,7 +110,7 @@ def deletion_score(curve: Tensor) -> Tensor:
         tensor([0.3750, 0.7500,    nan])
     """
     if not isinstance(curve, Tensor) or curve.dim() != 2 or curve.shape[1] < 2:
-        raise ValueError(f"curve must be (N, steps + 1) codes from deletion_curve, got {_shape(curve)}")
+        raise ValueError(f"curve must be (N, steps + 1) codes from deletion_curve, got {shape_of(curve)}")
     start, end = curve[:, :1], curve[:, -1:]
     span = start - end
     normalised = (curve - end) / span.where(span != 0, torch.nan)
@@ -150,7 +150,7 @@ def pointing_game(attribution: Tensor, masks: Tensor) -> Tensor:
     ):
         raise ValueError(
             f"attribution must be (N, 1, h, w) and masks (N, H, W) tensors with the same N, "
-            f"got {_shape(attribution)} and {_shape(masks)}"
+            f"got {shape_of(attribution)} and {shape_of(masks)}"
         )
     if masks.dtype != torch.bool:
         raise ValueError(f"masks must be boolean (True inside the object), got {masks.dtype}; e.g. masks > 0.5")
@@ -164,8 +164,3 @@ def pointing_game(attribution: Tensor, masks: Tensor) -> Tensor:
     hit = masks[torch.arange(len(masks), device=masks.device), rows, columns]
     has_peak = (maps.amax(dim=1) > maps.amin(dim=1)) & ~maps.isnan().any(dim=1)
     return hit.bool() & has_peak
-
-
-def _shape(value: object) -> object:
-    """A tensor's shape as a tuple, or the type name of anything else (for error messages)."""
-    return tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__

@@ -14,7 +14,7 @@ from captum.log import log_usage
 from einops import rearrange
 from torch import Tensor, nn
 
-from captum_salve.checks import check_int
+from captum_salve.checks import check_int, shape_of
 from captum_salve.models import model_input, module_name
 from captum_salve.sites import eval_mode
 
@@ -65,7 +65,7 @@ def render_maps(maps: Tensor, size: tuple[int, int]) -> Tensor:
         >>> heat = render_maps(fam.attribute(images, target=12), images.shape[-2:])
     """
     if not isinstance(maps, Tensor) or maps.dim() != 4 or maps.shape[1] != 1:
-        raise ValueError(f"maps must be an (N, 1, h, w) tensor, got {getattr(maps, 'shape', type(maps).__name__)}")
+        raise ValueError(f"maps must be an (N, 1, h, w) tensor, got {shape_of(maps)}")
     if isinstance(size, (str, int)) or not isinstance(size, Sequence) or len(size) != 2:
         raise ValueError(f"size must be (H, W), two integers >= 1, got {size!r}")
     size = tuple(check_int(s, "size (H, W)", 1) for s in size)
@@ -282,7 +282,10 @@ class TokenGradCam(LayerAttribution, GradientAttribution):
         return inputs
 
     def _checked_target(self, target: TargetType, inputs: Tensor | tuple[Tensor, ...]) -> TargetType:
-        """The target as Captum takes it; here any target Captum accepts, as it is."""
+        """The target as Captum takes it; here any target Captum accepts, as it is.
+
+        Subclasses check theirs; ``inputs`` is there for those that compare the target with the batch.
+        """
         return target
 
     def _forward_and_layer_output(self, inputs: tuple, extra: tuple) -> tuple[Tensor, Tensor]:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from captum_salve.checks import shape_of
 from captum_salve.edit.rules import EditMode, EditRule, EditRuleName, FeatureDirections, edit_rule, mode_sign
 from captum_salve.models import find_head
 from captum_salve.sae.model import SparseAutoencoder, check_finite
@@ -187,8 +188,7 @@ class HeadEdit:
         :meth:`apply` folds the same map into the weights once instead.
         """
         if not isinstance(a, Tensor) or a.dim() != 2 or a.shape[1] != self.directions.width:
-            shape = tuple(a.shape) if isinstance(a, Tensor) else type(a).__name__
-            raise ValueError(f"a must be an (N, {self.directions.width}) tensor of head inputs, got {shape}")
+            raise ValueError(f"a must be an (N, {self.directions.width}) tensor of head inputs, got {shape_of(a)}")
         return self.rule.activations(a, self.directions, self.alpha.to(a), self.sign)
 
     def check_head(self, head: nn.Linear) -> None:
@@ -205,7 +205,7 @@ def _alpha_vector(alpha: float | Sequence[float] | Tensor, count: int) -> Tensor
         alphas = alpha.detach() if isinstance(alpha, Tensor) else torch.as_tensor(np.asarray(alpha))  # float64 kept
     except (TypeError, ValueError, RuntimeError):
         alphas = None
-    if alphas is None or alphas.dtype == torch.bool or not (alphas.dtype.is_floating_point or alphas.dtype.is_signed):
+    if alphas is None or alphas.dtype == torch.bool or alphas.dtype.is_complex:
         raise ValueError(f"alpha must be a number >= 0 or one per feature ({count}), got {alpha!r}")
     alphas = alphas.to(torch.float64)
     if alphas.dim() == 0:

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal, get_args
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
@@ -127,10 +128,7 @@ def alpha_crit(
 
 
 def _per_sample_targets(target: int | Sequence[int] | Tensor, n: int, classes: int) -> Tensor:
-    one_per_sample = (isinstance(target, Tensor) and target.dim() > 0) or (
-        isinstance(target, Sequence) and not isinstance(target, str)
-    )
-    if not one_per_sample:
+    if isinstance(target, str) or np.ndim(target) == 0:  # one class for every sample
         return torch.full((n,), check_int(target, "target", 0, classes - 1), dtype=torch.long)
     targets = check_labels(target, "target", classes)
     if targets.shape != (n,):

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from captum_salve.analysis.goal import ControlGoal
-from captum_salve.checks import check_int
+from captum_salve.checks import check_int, check_strengths
 from captum_salve.edit import RULES, EditRuleName
 from captum_salve.pipeline.record import Record
 from captum_salve.sae import VARIANTS, ActivationName
@@ -68,7 +67,7 @@ class PipelineConfig(Record):
             ("maximization_steps", 1, ""),
             ("batch_size", 1, ""),
         ):
-            check_int(getattr(self, name), f"PipelineConfig {name}", least, why=why)
+            object.__setattr__(self, name, check_int(getattr(self, name), f"PipelineConfig {name}", least, why=why))
         if self.sae_activation not in VARIANTS:
             raise ValueError(
                 f"PipelineConfig sae_activation must be one of {tuple(VARIANTS)}, got {self.sae_activation!r}"
@@ -76,7 +75,8 @@ class PipelineConfig(Record):
         if self.rule not in RULES:
             raise ValueError(f"PipelineConfig rule must be one of {tuple(RULES)}, got {self.rule!r}")
         if self.topk is not None:
-            check_int(self.topk, "PipelineConfig topk", 1, self.sae_latents, why="None, or at most sae_latents")
+            topk = check_int(self.topk, "PipelineConfig topk", 1, self.sae_latents, why="None, or at most sae_latents")
+            object.__setattr__(self, "topk", topk)
             if self.sae_activation != "topk":
                 raise ValueError(
                     f"PipelineConfig topk is only read by sae_activation 'topk', not {self.sae_activation!r}; "
@@ -84,12 +84,9 @@ class PipelineConfig(Record):
                 )
         if not isinstance(self.goal, ControlGoal):
             raise TypeError(f"PipelineConfig goal must be a ControlGoal, got {type(self.goal).__name__}")
-        alphas = self.sweep_alphas
-        if (
-            not alphas
-            or not all(isinstance(a, (int, float)) and not isinstance(a, bool) and 0 <= a < math.inf for a in alphas)
-            or list(alphas) != sorted(set(alphas))
-        ):
+        strengths = check_strengths(self.sweep_alphas, "PipelineConfig sweep_alphas").tolist()
+        if strengths != [float(a) for a in self.sweep_alphas] or len(set(strengths)) != len(strengths):
             raise ValueError(
-                f"PipelineConfig sweep_alphas must be increasing, finite strengths >= 0, got {tuple(alphas)!r}"
+                f"PipelineConfig sweep_alphas must be increasing, finite strengths >= 0, got {self.sweep_alphas!r}"
             )
+        object.__setattr__(self, "sweep_alphas", tuple(strengths))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -64,17 +66,18 @@ def faithfulness(run: Run) -> FaithfulnessResult:
         200
     """
     n = min(run.config.faithfulness_images, len(run.test_acts))
-    layers = {
-        layer: run.part("faithfulness", f"layer-{layer}", LayerFaithfulness, lambda layer=layer: _score(run, layer, n))
-        for layer in run.cam_layers
-    }
+    images = functools.cache(lambda: run.images(torch.arange(n)).to(run.device))  # read once, if a layer needs them
+    layers = {}
+    for layer in run.cam_layers:
+        score = functools.partial(_score, run, layer, images)
+        layers[layer] = run.part("faithfulness", f"layer-{layer}", LayerFaithfulness, score)
     return FaithfulnessResult(images=n, layers=layers)
 
 
-def _score(run: Run, layer: str, n: int) -> LayerFaithfulness:
-    """Pointing game and deletion AUC of the four kinds of map at one layer, on the first ``n`` test images."""
-    sae, features = run.sae, torch.tensor(run.features)
-    images = run.images(torch.arange(n)).to(run.device)
+def _score(run: Run, layer: str, test_images: Callable[[], Tensor]) -> LayerFaithfulness:
+    """Pointing game and deletion AUC of the four kinds of map at one layer, on the first test images."""
+    images = test_images()
+    sae, features, n = run.sae, torch.tensor(run.features), len(images)
     labels = run.test_acts.labels[:n]
     own, other = features[labels], features[(labels + 1) % len(features)]
     generator = torch.Generator().manual_seed(0)

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from captum_salve.checks import check_class_names
+from captum_salve.checks import check_class_names, shape_of
 from captum_salve.data import DigitsCanvas
 from captum_salve.zoo import digits_classifier
 
@@ -63,15 +63,16 @@ class PipelineInputs:
         if not callable(self.to_display):
             raise TypeError(f"PipelineInputs to_display must be a function of images, got {self.to_display!r}")
         tests = len(self.test)
+        if tests == 0 or len(self.train) == 0:
+            raise ValueError(f"PipelineInputs train and test must hold images, got {len(self.train)} and {tests}")
         for name, value, rank in (("masks", self.masks, 3), ("planted_cue", self.planted_cue, 1)):
             if value is None:
                 continue
             if not isinstance(value, Tensor) or value.dtype != torch.bool or value.dim() != rank or len(value) != tests:
-                shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
                 kind = "(N_test, H, W)" if rank == 3 else "(N_test,)"
                 raise ValueError(
                     f"PipelineInputs {name} must be a boolean {kind} tensor, one row per test image ({tests}), "
-                    f"got {shape}" + (f" of {value.dtype}" if isinstance(value, Tensor) else "")
+                    f"got {shape_of(value)}" + (f" of {value.dtype}" if isinstance(value, Tensor) else "")
                 )
 
 

@@ -53,10 +53,12 @@ class Run:
 
     Raises:
         ValueError: The model's head has another number of outputs than there are
-            class names; or ``out`` holds a run with other settings, classes or Grad-FAM
-            layers, of other model weights or other data (compared by hash, see
-            :mod:`~captum_salve.pipeline.fingerprint`), or one written by another
-            version of captum_salve.
+            class names; a Grad-FAM layer is not in the model (or none is known for
+            its family); ``to_display`` does not give (N, 3, H, W) images; a class
+            has no training or test images; or ``out`` holds a run with other
+            settings, classes or Grad-FAM layers, of other model weights or other
+            data (compared by hash, see :mod:`~captum_salve.pipeline.fingerprint`),
+            or one written by another version of captum_salve.
 
     Example:
         >>> run = Run(digits_inputs("resnet18"), "salve-report/digits-resnet18", PipelineConfig())

@@ -13,7 +13,7 @@ from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
 from captum_salve.activations import ActivationSet
-from captum_salve.checks import check_int
+from captum_salve.checks import check_int, shape_of
 from captum_salve.files import atomic_path, ensure_directory
 from captum_salve.sae.variants import ActivationName, CodeActivation, code_activation
 from captum_salve.sites import HEAD_INPUT, as_device
@@ -162,8 +162,7 @@ class SparseAutoencoder(nn.Module):
     def encode(self, a: Tensor) -> Tensor:
         """Codes z, (N, d_latent), in the SAE's dtype."""
         if not isinstance(a, Tensor) or a.dim() != 2 or a.shape[1] != self.d_in:
-            shape = tuple(a.shape) if isinstance(a, Tensor) else type(a).__name__
-            raise ValueError(f"expected an activation tensor of shape (N, {self.d_in}), got {shape}")
+            raise ValueError(f"expected an activation tensor of shape (N, {self.d_in}), got {shape_of(a)}")
         return self.code_activation(self.pre_activation(a))
 
     @torch.no_grad()
@@ -177,8 +176,7 @@ class SparseAutoencoder(nn.Module):
         features = acts.features if isinstance(acts, ActivationSet) else acts
         batch_size = check_int(batch_size, "batch_size", 1)
         if not isinstance(features, Tensor) or features.dim() != 2 or features.shape[1] != self.d_in:
-            shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
-            raise ValueError(f"acts must be (N, {self.d_in}) activations for this SAE, got {shape}")
+            raise ValueError(f"acts must be (N, {self.d_in}) activations for this SAE, got {shape_of(features)}")
         device = self.decoder_weight.device
         return torch.cat(
             [

@@ -111,9 +111,11 @@ def test_the_default_site_is_the_one_stored_in_the_sae(timm_resnet):
 def test_no_hook_is_left_behind_when_the_forward_raises(timm_resnet):
     codes = FeatureCodes(timm_resnet, random_sae(512))
     failing = timm_resnet.layer4.register_forward_pre_hook(lambda module, args: 1 / 0)  # after the site's hook went on
-    with pytest.raises(ZeroDivisionError):
-        codes(torch.rand(2, 3, 32, 32))
-    failing.remove()
+    try:
+        with pytest.raises(ZeroDivisionError):
+            codes(torch.rand(2, 3, 32, 32))
+    finally:
+        failing.remove()
     assert hook_count(timm_resnet) == 0
     assert codes(torch.rand(2, 3, 32, 32)).shape == (2, 10)  # and the module still works afterwards
     assert hook_count(timm_resnet) == 0
