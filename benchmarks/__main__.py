@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import edit, grad_fam, sweep, threshold
+from benchmarks import edit, grad_fam, startup, sweep, threshold
 from benchmarks.results import Row, Settings
 
 TOPICS: list[tuple[str, Callable[[Settings], list[Row]]]] = [
@@ -25,6 +25,7 @@ TOPICS: list[tuple[str, Callable[[Settings], list[Row]]]] = [
     ("weight edit", edit.run),
     ("alpha sweep", sweep.run),
     ("alpha_crit", threshold.run),
+    ("start-up", startup.run),
 ]
 
 

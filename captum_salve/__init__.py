@@ -5,57 +5,115 @@ Captum attribution, through :class:`FeatureCodes`) and activation maximisation,
 and control the classifier with permanent weight edits (:class:`HeadEdit`).
 """
 
-from captum_salve.activations import ActivationSet, collect_activations
-from captum_salve.analysis import (
-    ClassProfile,
-    EditChoice,
-    SeedStudy,
-    SweepResult,
-    alpha_50,
-    alpha_sweep,
-    class_profile,
-    control_directions,
-    cross_class_features,
-    match_features,
-    seed_study,
-    select_edit,
-    select_feature,
-    top_activating,
-)
-from captum_salve.attr import FeatureCodes, GradFAM
-from captum_salve.edit import EditRule, FeatureDirections, HeadEdit, alpha_crit, edit_model, edited
-from captum_salve.sae import SparseAutoencoder, sae_metrics, train_sae
-from captum_salve.sites import Site
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what type checkers and IDEs see (``X as X``: re-exported); at run time names load lazily
+    from captum_salve.activations import (
+        ActivationSet as ActivationSet,
+        collect_activations as collect_activations,
+    )
+    from captum_salve.analysis import (
+        ClassProfile as ClassProfile,
+        EditChoice as EditChoice,
+        SeedStudy as SeedStudy,
+        SweepResult as SweepResult,
+        alpha_50 as alpha_50,
+        alpha_sweep as alpha_sweep,
+        class_profile as class_profile,
+        control_directions as control_directions,
+        cross_class_features as cross_class_features,
+        match_features as match_features,
+        seed_study as seed_study,
+        select_edit as select_edit,
+        select_feature as select_feature,
+        top_activating as top_activating,
+    )
+    from captum_salve.attr import (
+        FeatureCodes as FeatureCodes,
+        GradFAM as GradFAM,
+    )
+    from captum_salve.edit import (
+        EditRule as EditRule,
+        FeatureDirections as FeatureDirections,
+        HeadEdit as HeadEdit,
+        alpha_crit as alpha_crit,
+        edit_model as edit_model,
+        edited as edited,
+    )
+    from captum_salve.sae import (
+        SparseAutoencoder as SparseAutoencoder,
+        sae_metrics as sae_metrics,
+        train_sae as train_sae,
+    )
+    from captum_salve.sites import (
+        Site as Site,
+    )
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ActivationSet",
-    "ClassProfile",
-    "EditChoice",
-    "EditRule",
-    "FeatureCodes",
-    "FeatureDirections",
-    "GradFAM",
-    "HeadEdit",
-    "SeedStudy",
-    "Site",
-    "SparseAutoencoder",
-    "SweepResult",
-    "alpha_50",
-    "alpha_crit",
-    "alpha_sweep",
-    "class_profile",
-    "collect_activations",
-    "control_directions",
-    "cross_class_features",
-    "edit_model",
-    "edited",
-    "match_features",
-    "sae_metrics",
-    "seed_study",
-    "select_edit",
-    "select_feature",
-    "top_activating",
-    "train_sae",
-]
+# Where each public name lives. Importing captum_salve loads none of these modules (nor
+# torch): a name's module is imported the first time the name is used (PEP 562), so a
+# torchrun worker that trains an SAE does not pay for Captum, plotting or reporting.
+_HOMES = {
+    "captum_salve.activations": ("ActivationSet", "collect_activations"),
+    "captum_salve.analysis": (
+        "ClassProfile",
+        "EditChoice",
+        "SeedStudy",
+        "SweepResult",
+        "alpha_50",
+        "alpha_sweep",
+        "class_profile",
+        "control_directions",
+        "cross_class_features",
+        "match_features",
+        "seed_study",
+        "select_edit",
+        "select_feature",
+        "top_activating",
+    ),
+    "captum_salve.attr": ("FeatureCodes", "GradFAM"),
+    "captum_salve.edit": ("EditRule", "FeatureDirections", "HeadEdit", "alpha_crit", "edit_model", "edited"),
+    "captum_salve.sae": ("SparseAutoencoder", "sae_metrics", "train_sae"),
+    "captum_salve.sites": ("Site",),
+}
+_MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}
+_SUBMODULES = (
+    "activations",
+    "analysis",
+    "attr",
+    "checks",
+    "cli",
+    "data",
+    "edit",
+    "files",
+    "models",
+    "pipeline",
+    "plots",
+    "report",
+    "sae",
+    "sites",
+    "zoo",
+)
+
+
+def __getattr__(name: str) -> Any:
+    """A public name or a submodule, imported on first use and kept."""
+    if name in _MODULE_OF:
+        value = getattr(importlib.import_module(_MODULE_OF[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_MODULE_OF, *_SUBMODULES})
+
+
+__all__ = sorted(_MODULE_OF)

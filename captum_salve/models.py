@@ -9,18 +9,12 @@ from __future__ import annotations
 
 import difflib
 import pickle
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import timm
 import torch
-import torchvision
-from timm.data import resolve_model_data_config
-from timm.layers import PatchEmbed
-from timm.models import load_state_dict
-from timm.models.resnet import ResNet as TimmResNet
-from timm.models.vision_transformer import VisionTransformer as TimmViT
 from torch import nn
 
 __all__ = [
@@ -104,31 +98,42 @@ def _torchvision_vit_layout(model: nn.Module) -> TokenLayout:
 FAMILIES: list[ModelFamily] = [
     ModelFamily(
         "timm-resnet",
-        lambda m: isinstance(m, TimmResNet),
+        lambda m: _is_instance(m, "timm.models.resnet", "ResNet"),
         "fc",
         lambda m: m.layer4[-1],
     ),
     ModelFamily(
         "torchvision-resnet",
-        lambda m: isinstance(m, torchvision.models.ResNet),
+        lambda m: _is_instance(m, "torchvision.models.resnet", "ResNet"),
         "fc",
         lambda m: m.layer4[-1],
     ),
     ModelFamily(
         "timm-vit",
-        lambda m: isinstance(m, TimmViT),
+        lambda m: _is_instance(m, "timm.models.vision_transformer", "VisionTransformer"),
         "head",
         lambda m: m.blocks[-1].norm1,
         _timm_vit_layout,
     ),
     ModelFamily(
         "torchvision-vit",
-        lambda m: isinstance(m, torchvision.models.VisionTransformer),
+        lambda m: _is_instance(m, "torchvision.models.vision_transformer", "VisionTransformer"),
         "heads.head",
         lambda m: m.encoder.layers[-1].ln_1,
         _torchvision_vit_layout,
     ),
 ]
+
+
+def _is_instance(obj: object, module: str, name: str) -> bool:
+    """``isinstance(obj, module.name)``, without importing ``module``.
+
+    An object of a class can only exist once its module is loaded, so a module that is
+    not loaded means no. timm and torchvision stay unloaded until a model is built, which
+    keeps ``captum_salve.sae`` light: an SAE-training worker does not import them.
+    """
+    cls = getattr(sys.modules.get(module), name, None)
+    return isinstance(cls, type) and isinstance(obj, cls)
 
 
 def family_of(model: nn.Module) -> ModelFamily | None:
@@ -223,9 +228,9 @@ def fixed_image_size(model: nn.Module) -> tuple[int, int] | None:
         >>> fixed_image_size(timm.create_model("resnet18")) is None
         True
     """
-    if isinstance(model, torchvision.models.VisionTransformer):
+    if _is_instance(model, "torchvision.models.vision_transformer", "VisionTransformer"):
         return (model.image_size, model.image_size)
-    embed = next((m for m in model.modules() if isinstance(m, PatchEmbed)), None)
+    embed = next((m for m in model.modules() if _is_instance(m, "timm.layers.patch_embed", "PatchEmbed")), None)
     if embed is not None and embed.img_size is not None and embed.strict_img_size:
         return tuple(embed.img_size)
     return None
@@ -366,6 +371,8 @@ def input_config(model: nn.Module) -> dict:
         >>> input_config(timm.create_model("resnet18"))["input_size"]
         (3, 224, 224)
     """
+    from timm.data import resolve_model_data_config
+
     return resolve_model_data_config(model)
 
 
@@ -431,6 +438,9 @@ def _head_rows(model: nn.Module, state: dict[str, torch.Tensor]) -> int | None:
 
 def _build(name: str, pretrained: bool, num_classes: int | None) -> nn.Module:
     """The named timm or torchvision model, with a head of ``num_classes`` outputs (None: the library's)."""
+    import timm
+    import torchvision
+
     if name.startswith(TORCHVISION_PREFIX):
         builder = name[len(TORCHVISION_PREFIX) :]
         known = torchvision.models.list_models(module=torchvision.models)
@@ -487,13 +497,15 @@ def _replace_head(model: nn.Module, head: nn.Linear) -> None:
 
 def _read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """A state_dict file read with timm's reader, tensors only."""
+    import timm.models
+
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"checkpoint_path {str(path)!r} is not a file")
     # timm reads .safetensors and .pth alike, unwraps "state_dict" / "model" / EMA
     # entries and strips DataParallel's "module." prefixes; weights_only refuses pickled code.
     try:
-        state = load_state_dict(str(path), weights_only=True)
+        state = timm.models.load_state_dict(str(path), weights_only=True)
     except (RuntimeError, OSError, ValueError, pickle.UnpicklingError) as error:
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         if "weights_only" in first_line or isinstance(error, pickle.UnpicklingError):

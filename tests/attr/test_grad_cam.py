@@ -8,8 +8,7 @@ import torch
 from captum.attr import (
     LayerGradCam,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 from torch import nn
 
 from captum_salve.attr import TokenGradCam, render_maps, tokens_to_grid

@@ -7,8 +7,7 @@ import math
 from dataclasses import dataclass
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from captum_salve.pipeline import PipelineSummary, Record, RecordFormatError
 from tests.pipeline.examples import hand_built_summary

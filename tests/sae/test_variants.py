@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import get_args
 
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from captum_salve import SparseAutoencoder, train_sae
 from captum_salve.sae import VARIANTS, ActivationName, CodeActivation, code_activation
