@@ -8,6 +8,7 @@ and control the classifier with permanent weight edits (:class:`HeadEdit`).
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what type checkers and IDEs see (``X as X``: re-exported); at run time names load lazily
@@ -81,23 +82,7 @@ _HOMES = {
     "captum_salve.sites": ("Site",),
 }
 _MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}
-_SUBMODULES = (
-    "activations",
-    "analysis",
-    "attr",
-    "checks",
-    "cli",
-    "data",
-    "edit",
-    "files",
-    "models",
-    "pipeline",
-    "plots",
-    "report",
-    "sae",
-    "sites",
-    "zoo",
-)
+_SUBMODULES = frozenset(info.name for info in pkgutil.iter_modules(__path__))  # captum_salve.plots and the rest
 
 
 def __getattr__(name: str) -> Any:
