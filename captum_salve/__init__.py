@@ -7,6 +7,7 @@ and control the classifier with permanent weight edits (:class:`HeadEdit`).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 from typing import TYPE_CHECKING, Any
@@ -82,14 +83,19 @@ _HOMES = {
     "captum_salve.sites": ("Site",),
 }
 _MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}
-_SUBMODULES = frozenset(info.name for info in pkgutil.iter_modules(__path__))  # captum_salve.plots and the rest
+
+
+@functools.cache
+def _submodules() -> frozenset[str]:
+    """The package's modules (``captum_salve.plots`` and the rest), listed on first need, not at import."""
+    return frozenset(info.name for info in pkgutil.iter_modules(__path__))
 
 
 def __getattr__(name: str) -> Any:
     """A public name or a submodule, imported on first use and kept."""
     if name in _MODULE_OF:
         value = getattr(importlib.import_module(_MODULE_OF[name]), name)
-    elif name in _SUBMODULES:
+    elif name in _submodules():
         value = importlib.import_module(f"{__name__}.{name}")
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -98,7 +104,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_MODULE_OF, *_SUBMODULES})
+    return sorted({*globals(), *_MODULE_OF, *_submodules()})
 
 
 __all__ = sorted(_MODULE_OF)

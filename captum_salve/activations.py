@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from captum_salve.checks import check_int, check_labels, shape_of
+from captum_salve.checks import check_int, check_labels, raised_in, shape_of
 from captum_salve.files import atomic_path
 from captum_salve.models import model_input, model_label
 from captum_salve.sites import HEAD_INPUT, Site, eval_mode, on_device, recording
@@ -168,20 +168,13 @@ def _batches_of(loader: DataLoader) -> Iterator:
         except StopIteration:
             return
         except TypeError as error:
-            if not _raised_by_collate(error):  # the dataset's own errors pass through as they are
+            origin = raised_in(error)  # torch's batch collation, or the dataset's own error (passed on as it is)
+            if origin is None or "collate" not in origin.name:
                 raise
             raise TypeError(
                 f"data's items cannot be stacked into a batch ({error}); a Dataset must yield (image tensor, label), "
                 "e.g. an ImageFolder with a transform that ends in a tensor (data.model_transform)"
             ) from None
-
-
-def _raised_by_collate(error: BaseException) -> bool:
-    """Whether the innermost frame of ``error`` is torch's batch collation."""
-    frame = error.__traceback__
-    while frame is not None and frame.tb_next is not None:
-        frame = frame.tb_next
-    return frame is not None and "collate" in Path(frame.tb_frame.f_code.co_filename).name
 
 
 def _batch_count(data: ImageData, batch_size: int) -> int | None:

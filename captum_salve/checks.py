@@ -11,13 +11,23 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["check_class_names", "check_int", "check_labels", "check_real", "check_strengths", "shape_of"]
+__all__ = [
+    "check_class_names",
+    "check_class_with_samples",
+    "check_int",
+    "check_labels",
+    "check_real",
+    "check_strengths",
+    "raised_in",
+    "shape_of",
+]
 
 
 def check_int(value: Any, name: str, least: int | None = None, most: int | None = None, *, why: str = "") -> int:
@@ -107,6 +117,37 @@ def check_class_names(names: Any, name: str = "class_names", count: int | None =
     return list(names)
 
 
+def check_class_with_samples(
+    class_index: Any,
+    counts: Tensor,
+    where: str,
+    why: str,
+    *,
+    class_names: Sequence[str] | None = None,
+    name: str = "class_index",
+) -> int:
+    """``class_index`` as an ``int`` in [0, len(counts)), refusing a class whose count of samples is 0.
+
+    Args:
+        class_index: The class.
+        counts: (K,) samples per class in the data the caller measures on.
+        where: That data, for the message ("the profile", "acts").
+        why: What cannot be done without samples, for the message.
+        class_names: Names to show beside the index.
+        name: The argument's name.
+
+    Example:
+        >>> check_class_with_samples(1, torch.tensor([4, 0]), "acts", "its accuracy cannot be measured")
+        Traceback (most recent call last):
+        ValueError: class 1 has no samples in acts (count 0): its accuracy cannot be measured
+    """
+    class_index = check_int(class_index, name, 0, len(counts) - 1)
+    if counts[class_index] == 0:
+        shown = f" ({class_names[class_index]!r})" if class_names is not None else ""
+        raise ValueError(f"class {class_index}{shown} has no samples in {where} (count 0): {why}")
+    return class_index
+
+
 def check_strengths(alphas: Any, name: str = "alphas") -> Tensor:
     """Edit strengths as a sorted float64 tensor: a non-empty 1-D sequence of finite numbers >= 0.
 
@@ -129,6 +170,24 @@ def shape_of(value: Any) -> object:
         ((2, 3), 'list')
     """
     return tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+
+
+def raised_in(error: BaseException) -> Path | None:
+    """The file of the innermost frame that raised ``error`` (None without a traceback).
+
+    Tells whose error it is: one of this package's checks, or a library's.
+
+    Example:
+        >>> try:
+        ...     check_int(2.5, "k")
+        ... except ValueError as error:
+        ...     raised_in(error).name
+        'checks.py'
+    """
+    frame = error.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return Path(frame.tb_frame.f_code.co_filename).resolve() if frame is not None else None
 
 
 def _range(least: int | None, most: int | None) -> str:

@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import save_file
 from torch.utils.data import random_split
 
+from captum_salve.checks import raised_in
 from captum_salve.data import image_folder, imagenet_classes
 from captum_salve.edit import MODES, RULES, edit_model
 from captum_salve.files import atomic_path, ensure_directory
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except (ValueError, TypeError, OSError) as error:
-        origin = _raised_in(error)
+        origin = raised_in(error) or _PACKAGE
         if isinstance(error, OSError) or origin.is_relative_to(_PACKAGE):  # our checks, or the system's refusal
             print(f"captum-salve: error: {error}", file=sys.stderr)
             return 2
@@ -71,14 +72,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("captum-salve: interrupted; finished stages are kept in --out and reused next time", file=sys.stderr)
         return 130
-
-
-def _raised_in(error: BaseException) -> Path:
-    """The file of the innermost frame that raised ``error``."""
-    frame = error.__traceback__
-    while frame is not None and frame.tb_next is not None:
-        frame = frame.tb_next
-    return Path(frame.tb_frame.f_code.co_filename).resolve() if frame is not None else _PACKAGE
 
 
 class _Parser(argparse.ArgumentParser):

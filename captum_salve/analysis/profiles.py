@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from captum_salve.activations import ActivationSet, check_activation_set
-from captum_salve.checks import check_class_names, check_int
+from captum_salve.checks import check_class_names, check_class_with_samples, check_int
 from captum_salve.sae.model import SparseAutoencoder, check_feature_index, check_finite
 
 __all__ = [
@@ -81,14 +81,9 @@ class ClassProfile:
         return self.mean_codes.shape[0]
 
     def _check_class(self, class_index: int) -> int:
-        class_index = check_int(class_index, "class_index", 0, self.num_classes - 1)
-        if self.counts[class_index] == 0:
-            name = f" ({self.class_names[class_index]!r})" if len(self.class_names) == self.num_classes else ""
-            raise ValueError(
-                f"class {class_index}{name} has no samples in the profile (count 0): it has no mean code to pick "
-                "features from"
-            )
-        return class_index
+        names = self.class_names if len(self.class_names) == self.num_classes else None
+        why = "it has no mean code to pick features from"
+        return check_class_with_samples(class_index, self.counts, "the profile", why, class_names=names)
 
     def contrast(self) -> Tensor:
         """(K, d): how much class k's mean code exceeds the mean of the other classes, in code standard deviations.

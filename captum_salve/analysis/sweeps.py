@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from captum_salve.activations import ActivationSet, check_activation_set
 from captum_salve.analysis.goal import ControlGoal
 from captum_salve.analysis.profiles import ClassProfile, RankBy, select_feature
-from captum_salve.checks import check_class_names, check_int, check_labels, check_strengths
+from captum_salve.checks import check_class_names, check_class_with_samples, check_int, check_labels, check_strengths
 from captum_salve.edit.head_edit import HeadEdit, head_of, head_tensors64
 from captum_salve.edit.rules import EditMode, EditRule, EditRuleName, FeatureDirections, edit_rule
 from captum_salve.sae.model import SparseAutoencoder, check_finite
@@ -75,14 +75,12 @@ class SweepResult:
             >>> sweep.check_class(np.int64(2))
             2
         """
-        k = self.confusion.shape[1]
-        class_index = check_int(class_index, name, 0, k - 1)
-        if measured and self.counts[class_index] == 0:
-            raise ValueError(
-                f"class {class_index} ({self.class_names[class_index]!r}) has no samples in the swept data "
-                "(count 0): its accuracy cannot be measured"
-            )
-        return class_index
+        if not measured:
+            return check_int(class_index, name, 0, self.confusion.shape[1] - 1)
+        why = "its accuracy cannot be measured"
+        return check_class_with_samples(
+            class_index, self.counts, "the swept data", why, class_names=self.class_names, name=name
+        )
 
     def prediction_distribution(self, class_index: int) -> Tensor:
         """(A, K) where the images of one class go: share predicted as each class, per α."""
@@ -286,11 +284,8 @@ def select_edit(
     max_features = check_int(max_features, "max_features", least=1)
     check_activation_set(acts, "acts")
     pool = select_feature(profile, class_index, n=candidates, by=by)
-    class_index = check_int(class_index, "class_index")
-    if not (acts.require_labels() == class_index).any():
-        raise ValueError(
-            f"class {class_index} has no samples in acts (count 0): select_edit cannot measure its accuracy"
-        )
+    counts = torch.bincount(acts.require_labels(), minlength=profile.num_classes)
+    class_index = check_class_with_samples(class_index, counts, "acts", "select_edit cannot measure its accuracy")
     rule_name = edit_rule(rule).name
     best: tuple | None = None
     for size in range(1, max_features + 1):
