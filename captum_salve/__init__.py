@@ -53,6 +53,10 @@ if TYPE_CHECKING:  # what type checkers and IDEs see (``X as X``: re-exported); 
     from captum_salve.sites import (
         Site as Site,
     )
+    from captum_salve.store import (
+        ActivationStore as ActivationStore,
+        write_activations as write_activations,
+    )
 
 __version__ = "0.1.0"
 
@@ -81,6 +85,7 @@ _HOMES = {
     "captum_salve.edit": ("EditRule", "FeatureDirections", "HeadEdit", "alpha_crit", "edit_model", "edited"),
     "captum_salve.sae": ("SparseAutoencoder", "sae_metrics", "train_sae"),
     "captum_salve.sites": ("Site",),
+    "captum_salve.store": ("ActivationStore", "write_activations"),
 }
 _MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}
 

@@ -23,6 +23,7 @@ from captum_salve.sites import HEAD_INPUT, Site, eval_mode, on_device, recording
 __all__ = ["ActivationSet", "ImageData", "check_activation_set", "collect_activations", "iter_batches"]
 
 ImageData = Dataset | DataLoader | Tensor
+NO_LABELS = "these activations carry no labels; collect them from a dataset that yields (image, label)"
 
 
 @dataclass
@@ -76,9 +77,7 @@ class ActivationSet:
     def require_labels(self) -> Tensor:
         """The labels, or an error saying that this use needs them."""
         if self.labels is None:
-            raise ValueError(
-                "these activations carry no labels; collect them from a dataset that yields (image, label)"
-            )
+            raise ValueError(NO_LABELS)
         return self.labels
 
     def subset(self, index: Tensor) -> ActivationSet:

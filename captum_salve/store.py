@@ -1,0 +1,671 @@
+"""Activations on disk: sharded safetensors files read through memory maps.
+
+An :class:`ActivationStore` is a folder::
+
+    manifest.json               site, model, width, dtype, shards, running statistics
+    shard-00000.safetensors     features (n, M), labels (n,), image_index (n,), token_index (n,),
+    shard-00001.safetensors     sum (M,) and sum_of_squares (M,) of its rows in float64
+    ...
+
+:func:`write_activations` fills one; every shard is written to a temporary file and
+renamed into place, then the manifest is rewritten, so a killed writer leaves a
+store of the shards it committed and a rerun continues after them. Readers gather
+rows by index (:meth:`ActivationStore.rows`), read contiguous blocks
+(:meth:`ActivationStore.block`) or iterate in chunks (:meth:`ActivationStore.chunks`);
+nothing but the labels is held in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, SequentialSampler, Subset
+from tqdm.auto import tqdm
+
+from captum_salve.activations import NO_LABELS, ActivationSet, ImageData, check_activation_set
+from captum_salve.checks import check_int, check_labels
+from captum_salve.files import atomic_path, ensure_directory
+from captum_salve.models import model_input, model_label
+from captum_salve.sites import BoundSite, Site, eval_mode, on_device, recording
+
+__all__ = [
+    "MANIFEST_FILE",
+    "ActivationStore",
+    "RowStatistics",
+    "Rows",
+    "as_rows",
+    "write_activations",
+]
+
+MANIFEST_FILE = "manifest.json"
+STORE_FORMAT = "captum_salve.activation_store"
+STORE_VERSION = 1
+_SHARD_NAME = "shard-{:05d}.safetensors"
+_STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# numpy has no bfloat16: its rows are mapped as raw 16-bit words and reinterpreted by torch.
+_NUMPY_OF = {
+    "F32": (np.float32, torch.float32),
+    "F16": (np.float16, torch.float16),
+    "BF16": (np.uint16, torch.bfloat16),
+}
+_NUMPY_OF |= {"F64": (np.float64, torch.float64), "I64": (np.int64, torch.int64), "I32": (np.int32, torch.int32)}
+Tokens = Literal["cls", "all"]
+
+
+@dataclass(frozen=True)
+class RowStatistics:
+    """Count, sum and sum of squares of a set of rows, in float64.
+
+    Example:
+        >>> stats = RowStatistics.of(torch.tensor([[1.0, 2.0], [3.0, 6.0]]))
+        >>> stats.mean, stats.total_variance
+        (tensor([2., 4.], dtype=torch.float64), 5.0)
+    """
+
+    count: int
+    sum: Tensor
+    sum_of_squares: Tensor
+
+    @classmethod
+    def of(cls, rows: Tensor) -> RowStatistics:
+        """The statistics of an (n, M) block of rows."""
+        rows = rows.double()
+        return cls(len(rows), rows.sum(dim=0), rows.pow(2).sum(dim=0))
+
+    def __add__(self, other: RowStatistics) -> RowStatistics:
+        return RowStatistics(self.count + other.count, self.sum + other.sum, self.sum_of_squares + other.sum_of_squares)
+
+    @property
+    def mean(self) -> Tensor:
+        """(M,) mean row."""
+        return self.sum / self.count
+
+    @property
+    def variance(self) -> Tensor:
+        """(M,) population variance of each coordinate."""
+        return (self.sum_of_squares / self.count - self.mean.pow(2)).clamp_min(0.0)
+
+    @property
+    def total_variance(self) -> float:
+        """Mean over rows of ``‖a − ā‖²``: the sum of the coordinates' variances."""
+        return float(self.variance.sum())
+
+
+class Rows(ABC):
+    """What training and the analyses read: rows by index, contiguous blocks and chunks.
+
+    :class:`ActivationStore` reads them from disk; :func:`as_rows` wraps an in-memory
+    :class:`~captum_salve.activations.ActivationSet` in the same interface.
+
+    Example:
+        >>> rows = as_rows(ActivationSet(torch.randn(5, 3), torch.tensor([0, 1, 0, 1, 2])))
+        >>> [len(chunk) for chunk in rows.chunks(2)], rows.num_classes
+        ([2, 2, 1], 3)
+        >>> rows.statistics().count
+        5
+    """
+
+    site: str
+    model: str | None
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def dim(self) -> int:
+        """M, the width of one row."""
+
+    @property
+    @abstractmethod
+    def labels(self) -> Tensor | None:
+        """(N,) class indices, or None."""
+
+    @abstractmethod
+    def rows(self, index: Tensor) -> Tensor:
+        """The float32 rows at ``index`` (any order, repeats allowed)."""
+
+    @abstractmethod
+    def block(self, start: int, stop: int) -> Tensor:
+        """The float32 rows ``start:stop``."""
+
+    @property
+    def num_classes(self) -> int:
+        """1 + the largest label."""
+        return int(self.require_labels().max()) + 1
+
+    def require_labels(self) -> Tensor:
+        """The labels, or an error saying that this use needs them."""
+        if self.labels is None:
+            raise ValueError(NO_LABELS)
+        return self.labels
+
+    def chunks(self, chunk_rows: int = 65536, *, rank: int = 0, world_size: int = 1) -> Iterator[ActivationSet]:
+        """Consecutive pieces of at most ``chunk_rows`` rows, as in-memory sets.
+
+        With ``world_size`` > 1 the rows are split into ``world_size`` contiguous
+        ranges of (nearly) equal length and only rank ``rank``'s range is read.
+        """
+        chunk_rows = check_int(chunk_rows, "chunk_rows", 1)
+        world_size = check_int(world_size, "world_size", 1)
+        rank = check_int(rank, "rank", 0)
+        if rank >= world_size:
+            raise ValueError(f"rank must be below world_size ({world_size}), got {rank}")
+        start, stop = (len(self) * rank) // world_size, (len(self) * (rank + 1)) // world_size
+        labels = self.labels
+        for begin in range(start, stop, chunk_rows):
+            end = min(begin + chunk_rows, stop)
+            piece = labels[begin:end] if labels is not None else None
+            yield ActivationSet(self.block(begin, end), piece, self.site, self.model)
+
+    def statistics(self, chunk_rows: int = 65536) -> RowStatistics:
+        """Count, sum and sum of squares over all rows, summed chunk by chunk in row order.
+
+        The chunking depends only on the row count, so an in-memory set and a store
+        of the same rows give bit-identical statistics.
+        """
+        total = None
+        for chunk in self.chunks(chunk_rows):
+            stats = RowStatistics.of(chunk.features)
+            total = stats if total is None else total + stats
+        return total
+
+    def check_finite(self, name: str, chunk_rows: int = 65536) -> None:
+        """Refuse rows holding NaN or Inf, naming the first one."""
+        for offset, chunk in zip(range(0, len(self), chunk_rows), self.chunks(chunk_rows), strict=True):
+            bad = ~torch.isfinite(chunk.features).all(dim=1)
+            if bad.any():
+                first = offset + int(bad.nonzero()[0])
+                raise ValueError(f"{name} hold NaN or Inf (first in row {first}); drop or fix those rows")
+
+
+class _InMemoryRows(Rows):
+    def __init__(self, acts: ActivationSet) -> None:
+        self.acts, self.site, self.model = acts, acts.site, acts.model
+
+    def __len__(self) -> int:
+        return len(self.acts)
+
+    @property
+    def dim(self) -> int:
+        return self.acts.dim
+
+    @property
+    def labels(self) -> Tensor | None:
+        return self.acts.labels
+
+    def rows(self, index: Tensor) -> Tensor:
+        return self.acts.features[index.to(self.acts.features.device)].float()
+
+    def block(self, start: int, stop: int) -> Tensor:
+        return self.acts.features[start:stop].float()
+
+
+def as_rows(data: ActivationSet | Tensor | Rows, name: str = "acts") -> Rows:
+    """``data`` as :class:`Rows`: a store as it is, an ActivationSet or an (N, M) tensor wrapped.
+
+    Example:
+        >>> rows = as_rows(torch.randn(10, 4))
+        >>> len(rows), rows.dim, rows.block(2, 4).shape
+        (10, 4, torch.Size([2, 4]))
+    """
+    if isinstance(data, Rows):
+        return data
+    if isinstance(data, Tensor):
+        if data.dim() != 2:
+            raise ValueError(f"{name} as a tensor must be (N, M) rows, got shape {tuple(data.shape)}")
+        data = ActivationSet(data)
+    return _InMemoryRows(check_activation_set(data, name))
+
+
+class ActivationStore(Rows):
+    """A folder of activation shards (see the module docstring), opened for reading.
+
+    Only paths are kept: a store is cheap to pickle into DataLoader workers or other
+    ranks, and each process maps the shards itself on first use.
+
+    Example:
+        >>> store = write_activations(model, dataset, "acts/train", progress=False)
+        >>> store = ActivationStore.open("acts/train")
+        >>> len(store), store.dim, store.site
+        (50000, 512, 'head_input')
+        >>> batch = store.rows(torch.randint(len(store), (256,)))
+    """
+
+    def __init__(self, path: Path, manifest: dict) -> None:
+        self.path = path
+        self._manifest = manifest
+        self.site: str = manifest["site"]
+        self.model: str | None = manifest.get("model")
+        self.tokens: str = manifest.get("tokens", "cls")
+        files = [path / shard["file"] for shard in manifest["shards"]] if path.is_dir() else [path]
+        self._files = files
+        self._offsets = np.cumsum([0] + [shard["rows"] for shard in manifest["shards"]])
+
+    @classmethod
+    def open(cls, path: str | Path) -> ActivationStore:
+        """Open a store folder, or a file written by :meth:`ActivationSet.save` as a one-shard store."""
+        path = Path(path)
+        if path.is_file():
+            header = _read_header(path)
+            if "features" not in header:
+                raise ValueError(f"{str(path)!r} holds no 'features' tensor; it was not written by ActivationSet.save")
+            meta = header.get("__metadata__") or {}
+            shape = header["features"]["shape"]
+            manifest = {
+                "site": meta.get("site", "head_input"),
+                "model": meta.get("model"),
+                "dim": shape[1],
+                "shards": [{"file": path.name, "rows": shape[0]}],
+            }
+            return cls(path, manifest)
+        manifest_path = path / MANIFEST_FILE
+        if not manifest_path.is_file():
+            raise ValueError(
+                f"{str(path)!r} is not an activation store (no {MANIFEST_FILE}); write one with write_activations"
+            )
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("format") != STORE_FORMAT or manifest.get("version", 0) > STORE_VERSION:
+            raise ValueError(f"{str(manifest_path)!r} is not a version-{STORE_VERSION} activation store manifest")
+        return cls(path, manifest)
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "manifest": self._manifest}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"], state["manifest"])
+
+    def __repr__(self) -> str:
+        return f"ActivationStore({str(self.path)!r}, rows={len(self)}, dim={self.dim}, site={self.site!r})"
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    @property
+    def dim(self) -> int:
+        """M, the width of one row."""
+        return int(self._manifest["dim"])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the features are stored in (they are read as float32)."""
+        return self._mapped(0, "features")[1] if self._files else torch.float32
+
+    @property
+    def images(self) -> int:
+        """How many images the rows came from."""
+        return int(self._manifest.get("images", len(self)))
+
+    @cached_property
+    def labels(self) -> Tensor | None:
+        """(N,) class indices, read once and kept; None when the data had none."""
+        parts = [self._column(i, "labels") for i in range(len(self._files))]
+        if not parts or any(part is None for part in parts):
+            return None
+        return torch.cat(parts)
+
+    @cached_property
+    def image_index(self) -> Tensor:
+        """(N,) the image each row came from (its position in the data given to the writer)."""
+        parts = [self._column(i, "image_index") for i in range(len(self._files))]
+        if any(part is None for part in parts):
+            return torch.arange(len(self))
+        return torch.cat(parts)
+
+    @cached_property
+    def token_index(self) -> Tensor:
+        """(N,) the token (or spatial position) of each row; 0 for one row per image."""
+        parts = [self._column(i, "token_index") for i in range(len(self._files))]
+        if any(part is None for part in parts):
+            return torch.zeros(len(self), dtype=torch.long)
+        return torch.cat(parts)
+
+    @property
+    def written_statistics(self) -> RowStatistics | None:
+        """The running float64 statistics the writer kept in the manifest (None for a single file)."""
+        stats = self._manifest.get("statistics")
+        if stats is None:
+            return None
+        return RowStatistics(
+            stats["count"],
+            torch.tensor(stats["sum"], dtype=torch.float64),
+            torch.tensor(stats["sum_of_squares"], dtype=torch.float64),
+        )
+
+    def to_set(self) -> ActivationSet:
+        """All rows in memory."""
+        return ActivationSet(self.block(0, len(self)), self.labels, self.site, self.model)
+
+    def rows(self, index: Tensor) -> Tensor:
+        """The float32 rows at ``index``, gathered shard by shard from the memory maps."""
+        index = torch.as_tensor(index).long().cpu()
+        if index.dim() != 1:
+            raise ValueError(f"index must be a 1-D tensor of row numbers, got shape {tuple(index.shape)}")
+        if len(index) and (int(index.min()) < 0 or int(index.max()) >= len(self)):
+            raise IndexError(f"row index out of range for a store of {len(self)} rows")
+        out = torch.empty(len(index), self.dim, dtype=torch.float32)
+        shard_of = np.searchsorted(self._offsets, index.numpy(), side="right") - 1
+        for shard in np.unique(shard_of):
+            where = np.nonzero(shard_of == shard)[0]
+            local = index.numpy()[where] - self._offsets[shard]
+            array, dtype = self._mapped(int(shard), "features")
+            out[torch.from_numpy(where)] = torch.from_numpy(array[local]).view(dtype).float()
+        return out
+
+    def block(self, start: int, stop: int) -> Tensor:
+        """The float32 rows ``start:stop``, read as contiguous slices of the shards."""
+        start, stop = max(0, start), min(stop, len(self))
+        pieces = []
+        first = int(np.searchsorted(self._offsets, start, side="right") - 1)
+        for shard in range(first, len(self._files)):
+            begin = int(self._offsets[shard])
+            if begin >= stop:
+                break
+            array, dtype = self._mapped(shard, "features")
+            piece = np.array(array[max(start - begin, 0) : stop - begin])
+            pieces.append(torch.from_numpy(piece).view(dtype).float())
+        if not pieces:
+            return torch.empty(0, self.dim)
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+    def _mapped(self, shard: int, name: str) -> tuple[np.ndarray, torch.dtype]:
+        maps = self.__dict__.setdefault("_maps", {})
+        if (shard, name) not in maps:
+            maps[shard, name] = _map_tensor(self._files[shard], name)
+        return maps[shard, name]
+
+    def _column(self, shard: int, name: str) -> Tensor | None:
+        try:
+            array, dtype = self._mapped(shard, name)
+        except KeyError:
+            return None
+        return torch.from_numpy(np.array(array)).view(dtype).long()
+
+
+def _read_header(path: Path) -> dict:
+    with open(path, "rb") as handle:
+        raw = handle.read(8)
+        if len(raw) != 8:
+            raise ValueError(f"{str(path)!r} is not a safetensors file (too short)")
+        (size,) = struct.unpack("<Q", raw)
+        try:
+            header = json.loads(handle.read(size))
+        except (json.JSONDecodeError, UnicodeDecodeError, MemoryError, OverflowError):
+            raise ValueError(f"{str(path)!r} is not a safetensors file (bad header)") from None
+    header["__data_start__"] = 8 + size
+    return header
+
+
+def _map_tensor(path: Path, name: str) -> tuple[np.ndarray, torch.dtype]:
+    """A read-only memory map of one tensor of a safetensors file (raises KeyError when it has none)."""
+    header = _read_header(path)
+    entry = header[name]
+    numpy_dtype, torch_dtype = _NUMPY_OF[entry["dtype"]]
+    begin, end = entry["data_offsets"]
+    shape = tuple(entry["shape"])
+    if end == begin:
+        return np.empty(shape, numpy_dtype), torch_dtype
+    array = np.memmap(path, dtype=numpy_dtype, mode="r", offset=header["__data_start__"] + begin, shape=shape)
+    return array, torch_dtype
+
+
+def write_activations(
+    model: nn.Module,
+    data: ImageData,
+    out: str | Path,
+    site: Site | str | None = None,
+    *,
+    tokens: Tokens = "cls",
+    dtype: torch.dtype = torch.float32,
+    shard_rows: int = 65536,
+    batch_size: int = 64,
+    device: torch.device | str | None = None,
+    resume: bool = True,
+    rank: int | None = None,
+    world_size: int | None = None,
+    progress: bool = True,
+) -> ActivationStore:
+    """Run ``model`` over ``data`` and write the activations at ``site`` into a store at ``out``.
+
+    Images are split into shards of consecutive images; each shard is read in batches
+    of ``batch_size`` from its first image, so the rows do not depend on how many
+    processes wrote the store. Under ``torchrun`` (or with ``rank``/``world_size``)
+    rank ``r`` writes shards ``r, r + W, …`` and rank 0 writes the manifest at the end.
+
+    Args:
+        model: The classifier (as for :func:`~captum_salve.activations.collect_activations`).
+        data: An (N, C, H, W) tensor, a Dataset of (image, label) or a DataLoader that
+            reads its dataset in order (its batch size, workers and collate function are kept).
+        out: The store folder.
+        site: Where to read; default the head input.
+        tokens: ``"cls"`` keeps the site's one vector per image; ``"all"`` keeps every
+            token (or spatial position) of the module's output as its own row, with
+            its token index (``site`` must then name a module; its reducer is not used).
+        dtype: float32, float16 or bfloat16 on disk (rows are read back as float32).
+        shard_rows: Rows per shard (rounded down to whole images).
+        batch_size: Images per forward pass (a DataLoader keeps its own).
+        device: Where to run the model; default its device.
+        resume: Keep the shards a previous run with the same settings committed and
+            write only the missing ones. With False an existing store is refused.
+        rank: This process's rank; with ``world_size``, this process's share; default from ``torch.distributed``
+            when it is initialised, else one process.
+        world_size: How many processes write the store together.
+        progress: Show a progress bar.
+
+    Returns:
+        The store, opened (on every rank, after all ranks finished).
+
+    Example:
+        >>> store = write_activations(model, ImageFolder("val", transform), "acts/val", "layer3:spatial_mean")
+        >>> store.written_statistics.mean.shape
+        torch.Size([256])
+    """
+    out = Path(out)
+    if tokens not in ("cls", "all"):
+        raise ValueError(f"tokens must be 'cls' (one row per image) or 'all' (every token), got {tokens!r}")
+    dtype_name = next((name for name, value in _STORE_DTYPES.items() if value == dtype), None)
+    if dtype_name is None:
+        raise ValueError(f"dtype must be one of torch.float32, torch.float16, torch.bfloat16, got {dtype!r}")
+    shard_rows, batch_size = check_int(shard_rows, "shard_rows", 1), check_int(batch_size, "batch_size", 1)
+    rank, world_size = _share(rank, world_size)
+    dataset, loader_options = _as_dataset(data, batch_size)
+    images = len(dataset)
+    if images == 0:
+        raise ValueError("data is empty: no images to collect activations from")
+    if isinstance(site, str):
+        site = Site(site) if tokens == "all" and ":" not in site else Site.from_key(site)
+    if site is not None and not isinstance(site, Site):
+        raise TypeError(f"site must be a Site, a site key such as 'layer3:spatial_mean', or None, got {site!r}")
+    if tokens == "all" and (site is None or site.module is None):
+        raise ValueError("tokens='all' needs site to name a module whose output has tokens, e.g. 'blocks.6'")
+    bound = (site or Site()).bind(model)
+    if tokens == "all":
+        bound = BoundSite(bound.module, bound.name, f"{bound.name}:all_tokens", False, _all_tokens(bound.name))
+
+    with on_device(model, device), eval_mode(model), recording(model, bound) as rec, torch.inference_mode():
+
+        def read(batch: Tensor) -> Tensor:
+            model(model_input(model, batch, "data"))
+            return rec.take().detach()
+
+        rows_per_image, dim = read(_images_of(next(iter(DataLoader(Subset(dataset, [0]), **loader_options))))).shape
+        settings = {
+            "format": STORE_FORMAT,
+            "version": STORE_VERSION,
+            "site": bound.key,
+            "model": model_label(model),
+            "tokens": tokens,
+            "dim": dim,
+            "dtype": dtype_name,
+            "images": images,
+            "images_per_shard": max(1, shard_rows // rows_per_image),
+        }
+        if rank == 0:
+            _prepare(out, settings, resume)
+        _barrier()
+        per_shard = settings["images_per_shard"]
+        n_shards = math.ceil(images / per_shard)
+        mine = [s for s in range(rank, n_shards, world_size) if not (out / _SHARD_NAME.format(s)).is_file()]
+        bar = tqdm(total=sum(min(per_shard, images - s * per_shard) for s in mine), desc="store", disable=not progress)
+        for shard in mine:
+            begin, end = shard * per_shard, min((shard + 1) * per_shard, images)
+            loader = DataLoader(Subset(dataset, range(begin, end)), batch_size=batch_size, **loader_options)
+            features, labels, image_index, token_index = [], [], [], []
+            offset = begin
+            for batch in loader:
+                batch_images = _images_of(batch)
+                batch_labels = batch[1] if isinstance(batch, (list, tuple)) and len(batch) > 1 else None
+                rows = read(batch_images).to("cpu", dtype, copy=True)
+                n = len(batch_images)
+                features.append(rows)
+                image_index.append(torch.arange(offset, offset + n).repeat_interleave(rows_per_image))
+                token_index.append(torch.arange(rows_per_image).repeat(n))
+                if batch_labels is not None:
+                    labels.append(check_labels(batch_labels, "data's labels").repeat_interleave(rows_per_image))
+                offset += n
+                bar.update(n)
+            _write_shard(out / _SHARD_NAME.format(shard), features, labels, image_index, token_index)
+            if rank == 0:
+                _write_manifest(out, settings)
+        bar.close()
+    _barrier()
+    if rank == 0:
+        _write_manifest(out, settings)
+    _barrier()
+    store = ActivationStore.open(out)
+    if rank == 0 and not torch.isfinite(store.written_statistics.sum).all():
+        warnings.warn(
+            f"some rows of the store at {str(out)!r} hold NaN or Inf; train_sae and the analyses refuse them",
+            stacklevel=2,
+        )
+    return store
+
+
+def _share(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if world_size is None:
+        world_size = torch.distributed.get_world_size() if distributed else 1
+    if rank is None:
+        rank = torch.distributed.get_rank() if distributed else 0
+    world_size = check_int(world_size, "world_size", 1)
+    rank = check_int(rank, "rank", 0)
+    if rank >= world_size:
+        raise ValueError(f"rank must be below world_size ({world_size}), got {rank}")
+    return rank, world_size
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def _as_dataset(data: ImageData, batch_size: int) -> tuple[Sequence, dict]:
+    if isinstance(data, Tensor):
+        if data.dim() != 4:
+            raise ValueError(f"data as a tensor must be images of shape (N, C, H, W), got {tuple(data.shape)}")
+        return torch.utils.data.TensorDataset(data), {}
+    if isinstance(data, DataLoader):
+        if not isinstance(data.sampler, SequentialSampler):
+            raise ValueError(
+                "data is a DataLoader that does not read its dataset in order (shuffle=True or a custom sampler); "
+                "the store records each row's image index, so pass a loader with shuffle=False"
+            )
+        options = {"num_workers": data.num_workers, "collate_fn": data.collate_fn, "pin_memory": data.pin_memory}
+        return data.dataset, options
+    if isinstance(data, Dataset):
+        try:
+            len(data)
+        except TypeError:
+            raise TypeError("data must be a Dataset with a length (an iterable dataset cannot be sharded)") from None
+        return data, {}
+    raise TypeError(f"data must be an image tensor, a Dataset or a DataLoader, got {type(data).__name__}")
+
+
+def _images_of(batch: Tensor | Sequence) -> Tensor:
+    return batch[0] if isinstance(batch, (list, tuple)) else batch
+
+
+def _all_tokens(name: str):
+    def apply(output: Tensor) -> Tensor:
+        if not isinstance(output, Tensor) or output.dim() not in (3, 4):
+            raise ValueError(
+                f"tokens='all' needs site {name!r} to give (N, tokens, C) or (N, C, H, W), got {tuple(output.shape)}"
+            )
+        if output.dim() == 4:
+            output = output.flatten(2).transpose(1, 2)
+        return output.reshape(-1, output.shape[-1])
+
+    return apply
+
+
+def _prepare(out: Path, settings: dict, resume: bool) -> None:
+    manifest_path = out / MANIFEST_FILE
+    if manifest_path.is_file():
+        if not resume:
+            raise FileExistsError(
+                f"{str(out)!r} already holds a store; pass resume=True to complete it, or choose another folder"
+            )
+        old = json.loads(manifest_path.read_text())
+        differences = [key for key, value in settings.items() if old.get(key) != value]
+        if differences:
+            listed = ", ".join(f"{key}: store {old.get(key)!r} vs now {settings[key]!r}" for key in differences)
+            raise ValueError(f"the store at {str(out)!r} was written with other settings ({listed})")
+    elif out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{str(out)!r} is a non-empty folder without a store manifest; choose another folder")
+    ensure_directory(out)
+    _write_manifest(out, settings)
+
+
+def _write_shard(path: Path, features: list, labels: list, image_index: list, token_index: list) -> None:
+    rows = torch.cat(features)
+    tensors = {
+        "features": rows.contiguous(),
+        "image_index": torch.cat(image_index),
+        "token_index": torch.cat(token_index).int(),
+    }
+    stats = RowStatistics.of(rows)
+    tensors["sum"], tensors["sum_of_squares"] = stats.sum, stats.sum_of_squares
+    if labels:
+        tensors["labels"] = torch.cat(labels)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
+
+
+def _write_manifest(out: Path, settings: dict) -> None:
+    """List the committed shards in order with their rows, and the sum of their statistics."""
+    shards, total = [], None
+    n_shards = math.ceil(settings["images"] / settings["images_per_shard"])
+    for index in range(n_shards):
+        path = out / _SHARD_NAME.format(index)
+        if not path.is_file():
+            continue
+        header = _read_header(path)
+        shards.append({"file": path.name, "rows": header["features"]["shape"][0]})
+        stats = RowStatistics(
+            shards[-1]["rows"],
+            torch.from_numpy(np.array(_map_tensor(path, "sum")[0])),
+            torch.from_numpy(np.array(_map_tensor(path, "sum_of_squares")[0])),
+        )
+        total = stats if total is None else total + stats
+    manifest = {**settings, "complete": len(shards) == n_shards, "shards": shards}
+    if total is not None:
+        manifest["statistics"] = {
+            "count": total.count,
+            "sum": total.sum.tolist(),
+            "sum_of_squares": total.sum_of_squares.tolist(),
+        }
+    with atomic_path(out / MANIFEST_FILE) as tmp:
+        tmp.write_text(json.dumps(manifest))
