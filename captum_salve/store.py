@@ -282,6 +282,37 @@ class ActivationStore(Rows):
             raise ValueError(f"{str(manifest_path)!r} is not a version-{STORE_VERSION} activation store manifest")
         return cls(path, manifest)
 
+    @classmethod
+    def from_set(
+        cls, acts: ActivationSet, out: str | Path, *, shard_rows: int = 65536, dtype: torch.dtype = torch.float32
+    ) -> ActivationStore:
+        """Write in-memory activations as a store at ``out`` (one image per row, in order).
+
+        Example:
+            >>> store = ActivationStore.from_set(ActivationSet(torch.randn(10, 4)), "acts/random", shard_rows=4)
+            >>> len(store), len(store.shard_files)
+            (10, 3)
+        """
+        acts = check_activation_set(acts, "acts")
+        shard_rows = check_int(shard_rows, "shard_rows", 1)
+        out = Path(out)
+        settings = _settings(acts.site, acts.model, "cls", acts.dim, _dtype_name(dtype), len(acts), shard_rows)
+        _prepare(out, settings, resume=False)
+        for shard, begin in enumerate(range(0, len(acts), shard_rows)):
+            end = min(begin + shard_rows, len(acts))
+            labels = [acts.labels[begin:end]] if acts.labels is not None else []
+            index = torch.arange(begin, end)
+            _write_shard(
+                out / _SHARD_NAME.format(shard), [acts.features[begin:end].to(dtype)], labels, [index], [0 * index]
+            )
+        _write_manifest(out, settings)
+        return cls.open(out)
+
+    @property
+    def shard_files(self) -> list[Path]:
+        """The files the rows are read from, in row order."""
+        return list(self._files)
+
     def __getstate__(self) -> dict:
         return {"path": self.path, "manifest": self._manifest}
 
@@ -476,9 +507,7 @@ def write_activations(
     out = Path(out)
     if tokens not in ("cls", "all"):
         raise ValueError(f"tokens must be 'cls' (one row per image) or 'all' (every token), got {tokens!r}")
-    dtype_name = next((name for name, value in _STORE_DTYPES.items() if value == dtype), None)
-    if dtype_name is None:
-        raise ValueError(f"dtype must be one of torch.float32, torch.float16, torch.bfloat16, got {dtype!r}")
+    dtype_name = _dtype_name(dtype)
     shard_rows, batch_size = check_int(shard_rows, "shard_rows", 1), check_int(batch_size, "batch_size", 1)
     rank, world_size = _share(rank, world_size)
     dataset, loader_options = _as_dataset(data, batch_size)
@@ -502,21 +531,11 @@ def write_activations(
             return rec.take().detach()
 
         rows_per_image, dim = read(_images_of(next(iter(DataLoader(Subset(dataset, [0]), **loader_options))))).shape
-        settings = {
-            "format": STORE_FORMAT,
-            "version": STORE_VERSION,
-            "site": bound.key,
-            "model": model_label(model),
-            "tokens": tokens,
-            "dim": dim,
-            "dtype": dtype_name,
-            "images": images,
-            "images_per_shard": max(1, shard_rows // rows_per_image),
-        }
+        per_shard = max(1, shard_rows // rows_per_image)
+        settings = _settings(bound.key, model_label(model), tokens, dim, dtype_name, images, per_shard)
         if rank == 0:
             _prepare(out, settings, resume)
         _barrier()
-        per_shard = settings["images_per_shard"]
         n_shards = math.ceil(images / per_shard)
         mine = [s for s in range(rank, n_shards, world_size) if not (out / _SHARD_NAME.format(s)).is_file()]
         bar = tqdm(total=sum(min(per_shard, images - s * per_shard) for s in mine), desc="store", disable=not progress)
@@ -552,6 +571,28 @@ def write_activations(
             stacklevel=2,
         )
     return store
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    name = next((name for name, value in _STORE_DTYPES.items() if value == dtype), None)
+    if name is None:
+        raise ValueError(f"dtype must be one of torch.float32, torch.float16, torch.bfloat16, got {dtype!r}")
+    return name
+
+
+def _settings(site: str, model: str | None, tokens: str, dim: int, dtype: str, images: int, per_shard: int) -> dict:
+    """What a store's manifest records about how it was written (a resumed writer must match it)."""
+    return {
+        "format": STORE_FORMAT,
+        "version": STORE_VERSION,
+        "site": site,
+        "model": model,
+        "tokens": tokens,
+        "dim": dim,
+        "dtype": dtype,
+        "images": images,
+        "images_per_shard": per_shard,
+    }
 
 
 def _share(rank: int | None, world_size: int | None) -> tuple[int, int]:
