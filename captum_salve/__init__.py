@@ -46,9 +46,11 @@ if TYPE_CHECKING:  # what type checkers and IDEs see (``X as X``: re-exported); 
         edited as edited,
     )
     from captum_salve.sae import (
+        SAEConfig as SAEConfig,
         SparseAutoencoder as SparseAutoencoder,
         sae_metrics as sae_metrics,
         train_sae as train_sae,
+        train_saes as train_saes,
     )
     from captum_salve.sites import (
         Site as Site,
@@ -83,7 +85,7 @@ _HOMES = {
     ),
     "captum_salve.attr": ("FeatureCodes", "GradFAM"),
     "captum_salve.edit": ("EditRule", "FeatureDirections", "HeadEdit", "alpha_crit", "edit_model", "edited"),
-    "captum_salve.sae": ("SparseAutoencoder", "sae_metrics", "train_sae"),
+    "captum_salve.sae": ("SAEConfig", "SparseAutoencoder", "sae_metrics", "train_sae", "train_saes"),
     "captum_salve.sites": ("Site",),
     "captum_salve.store": ("ActivationStore", "write_activations"),
 }

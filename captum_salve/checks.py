@@ -196,3 +196,15 @@ def _range(least: int | None, most: int | None) -> str:
     if least is not None:
         return f" >= {least}"
     return f" <= {most}" if most is not None else ""
+
+
+def non_finite_error(name: str, count: int, first: tuple[int, ...], hint: str = "") -> ValueError:
+    """The error for ``count`` NaN or Inf entries in ``name``, the first at index ``first``.
+
+    Example:
+        >>> raise non_finite_error("acts", 2, (3, 1))
+        Traceback (most recent call last):
+        ValueError: acts holds 2 non-finite values (NaN or Inf); the first at index (3, 1)
+    """
+    plural = "s" if count > 1 else ""
+    return ValueError(f"{name} holds {count} non-finite value{plural} (NaN or Inf); the first at index {first}{hint}")

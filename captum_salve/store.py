@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset, SequentialSampler, Subset
 from tqdm.auto import tqdm
 
 from captum_salve.activations import NO_LABELS, ActivationSet, ImageData, check_activation_set
-from captum_salve.checks import check_int, check_labels
+from captum_salve.checks import check_int, check_labels, non_finite_error
 from captum_salve.files import atomic_path, ensure_directory
 from captum_salve.models import model_input, model_label
 from captum_salve.sites import BoundSite, Site, eval_mode, on_device, recording
@@ -183,13 +183,18 @@ class Rows(ABC):
             total = stats if total is None else total + stats
         return total
 
-    def check_finite(self, name: str, chunk_rows: int = 65536) -> None:
-        """Refuse rows holding NaN or Inf, naming the first one."""
+    def check_finite(self, name: str, hint: str = "", chunk_rows: int = 65536) -> None:
+        """Refuse rows holding NaN or Inf: how many entries, and the (row, column) of the first."""
+        count, first = 0, None
         for offset, chunk in zip(range(0, len(self), chunk_rows), self.chunks(chunk_rows), strict=True):
-            bad = ~torch.isfinite(chunk.features).all(dim=1)
+            bad = ~torch.isfinite(chunk.features)
             if bad.any():
-                first = offset + int(bad.nonzero()[0])
-                raise ValueError(f"{name} hold NaN or Inf (first in row {first}); drop or fix those rows")
+                count += int(bad.sum())
+                if first is None:
+                    row, column = bad.nonzero()[0].tolist()
+                    first = (offset + row, column)
+        if count:
+            raise non_finite_error(name, count, first, hint)
 
 
 class _InMemoryRows(Rows):

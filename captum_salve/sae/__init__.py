@@ -2,7 +2,7 @@
 
 from captum_salve.sae.metrics import ReconstructionStats, sae_metrics
 from captum_salve.sae.model import SparseAutoencoder
-from captum_salve.sae.train import train_sae
+from captum_salve.sae.train import SAEConfig, train_sae, train_saes
 from captum_salve.sae.variants import VARIANTS, ActivationName, CodeActivation, code_activation
 
 __all__ = [
@@ -10,8 +10,10 @@ __all__ = [
     "ActivationName",
     "CodeActivation",
     "ReconstructionStats",
+    "SAEConfig",
     "SparseAutoencoder",
     "code_activation",
     "sae_metrics",
     "train_sae",
+    "train_saes",
 ]

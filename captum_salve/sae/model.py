@@ -13,7 +13,7 @@ from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
 from captum_salve.activations import ActivationSet
-from captum_salve.checks import check_int, shape_of
+from captum_salve.checks import check_int, non_finite_error, shape_of
 from captum_salve.files import atomic_path, ensure_directory
 from captum_salve.sae.variants import ActivationName, CodeActivation, code_activation
 from captum_salve.sites import HEAD_INPUT, as_device
@@ -64,12 +64,7 @@ def check_finite(values: Tensor, name: str, hint: str = "") -> None:
     """
     bad = ~torch.isfinite(values)
     if bad.any():
-        count = int(bad.sum())
-        first = tuple(int(i) for i in bad.nonzero()[0])
-        raise ValueError(
-            f"{name} holds {count} non-finite value{'s' if count > 1 else ''} (NaN or Inf); "
-            f"the first at index {first}{hint}"
-        )
+        raise non_finite_error(name, int(bad.sum()), tuple(int(i) for i in bad.nonzero()[0]), hint)
 
 
 def _read_config(path: Path) -> dict[str, Any]:

@@ -1,10 +1,22 @@
-"""Training a :class:`SparseAutoencoder`: reproducible, resumable, with dead-latent resampling."""
+"""Training sparse autoencoders: reproducible, resumable, several per pass over the data, data-parallel.
+
+:func:`train_saes` trains any number of SAEs in one pass over the rows (each batch is
+read once and given to every SAE); :func:`train_sae` is the one-SAE case. The rows come
+from memory or from an :class:`~captum_salve.store.ActivationStore` on disk, and the
+same rows in the same order give bit-identical weights from either. Under
+``torchrun`` every global batch is split across the ranks and the gradients are
+averaged by :class:`~torch.nn.parallel.DistributedDataParallel`.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -16,19 +28,55 @@ from captum_salve.activations import ActivationSet
 from captum_salve.checks import check_int, check_real
 from captum_salve.files import atomic_path
 from captum_salve.sae.metrics import ReconstructionStats
-from captum_salve.sae.model import SparseAutoencoder, check_finite
+from captum_salve.sae.model import SparseAutoencoder
 from captum_salve.sae.variants import ActivationName, CodeActivation, code_activation
 from captum_salve.sites import as_device
+from captum_salve.store import Rows, RowStatistics, as_rows
 
-__all__ = ["CHECKPOINT_FILE", "train_sae"]
+__all__ = ["CHECKPOINT_FILE", "SAEConfig", "Shuffle", "train_sae", "train_saes"]
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
+Shuffle = Literal["exact", "blocks"]
 _RESAMPLE_POOL = 4096
 _RESAMPLE_ENCODER_SCALE = 0.2
 
 
+@dataclass(frozen=True)
+class SAEConfig:
+    """One SAE of a :func:`train_saes` call: its shape, variant, loss and seed.
+
+    Example:
+        >>> configs = [SAEConfig(128, "relu", seed=s) for s in range(4)] + [SAEConfig(128, "topk", k=8)]
+    """
+
+    d_latent: int
+    """Number of SAE features."""
+    activation: ActivationName | CodeActivation = "relu"
+    """``"linear"``, ``"relu"``, ``"topk"`` or a :class:`~captum_salve.sae.variants.CodeActivation`."""
+    k: int | None = None
+    """Features kept per input for ``"topk"``."""
+    l1: float | None = None
+    """Sparsity strength on the scale-free loss; default the variant's ``default_l1``."""
+    lr: float = 1e-3
+    """Adam learning rate."""
+    seed: int = 0
+    """Seed of the SAE's own generator (initialisation and resampling)."""
+
+    def checked(self) -> tuple[CodeActivation, float, float, int]:
+        """(variant, l1, lr, seed) after checking each, or a ValueError naming the field."""
+        check_int(self.d_latent, "d_latent", 1)
+        variant = code_activation(self.activation, k=self.k)
+        l1 = variant.default_l1 if self.l1 is None else self.l1
+        return (
+            variant,
+            check_real(l1, "l1", 0.0),
+            check_real(self.lr, "lr", 0.0, above=True),
+            check_int(self.seed, "seed"),
+        )
+
+
 def train_sae(
-    acts: ActivationSet | Tensor,
+    acts: ActivationSet | Tensor | Rows,
     d_latent: int,
     *,
     activation: ActivationName | CodeActivation = "relu",
@@ -42,6 +90,12 @@ def train_sae(
     progress: bool = True,
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
+    shuffle: Shuffle = "exact",
+    shuffle_seed: int | None = None,
+    block_rows: int = 4096,
+    buffer_blocks: int = 64,
+    micro_batches: int = 1,
+    checkpoint_every: int | None = None,
 ) -> tuple[SparseAutoencoder, list[dict]]:
     r"""Train a sparse autoencoder on activations with the loss ``‖a − â‖² + λ‖z‖₁``.
 
@@ -54,29 +108,39 @@ def train_sae(
     resample (ReLU, TopK), latents that never fired during an epoch are resampled
     at its end (except after the last epoch) towards inputs that are reconstructed worst.
 
-    All randomness (initialisation, shuffling, resampling) comes from one generator
-    seeded with ``seed``: the same seed on the same data gives bit-identical weights
-    on the same device, and a run interrupted and resumed from its last checkpoint
-    ends with the same weights as an uninterrupted one.
+    Randomness is seeded: ``seed`` drives initialisation and resampling, and the data
+    order of every epoch is a function of ``(shuffle_seed, epoch)`` alone (default
+    ``shuffle_seed = seed``). The same settings on the same rows give bit-identical
+    weights on the same device, whether the rows are in memory or in a store, and a
+    run interrupted and resumed from its last checkpoint ends with the same weights
+    as an uninterrupted one.
 
     Args:
-        acts: Activations, an :class:`ActivationSet` (its site and model are
-            recorded in the SAE) or an (N, M) tensor (the SAE's site is then the head input).
+        acts: Activations: an :class:`ActivationSet` (its site and model are
+            recorded in the SAE), an :class:`~captum_salve.store.ActivationStore`,
+            or an (N, M) tensor (the SAE's site is then the head input).
         d_latent: Number of SAE features.
         activation: ``"linear"``, ``"relu"``, ``"topk"`` or a
             :class:`~captum_salve.sae.variants.CodeActivation`.
         k: Features kept per input for ``"topk"``.
         l1: Sparsity strength on the scale-free loss; default the variant's ``default_l1``.
         epochs: Passes over the data.
-        batch_size: Rows per optimiser step.
+        batch_size: Rows per optimiser step (the global batch under ``torchrun``).
         lr: Adam learning rate.
-        seed: Seed of the training generator.
-        device: Where to train; default the activations' device.
+        seed: Seed of the SAE's generator.
+        device: Where to train; default the activations' device (a store's: the CPU).
         progress: Show a progress bar with loss, L0 and explained variance.
-        checkpoint_dir: If given, the state after every epoch (weights, optimiser,
-            generator, history) is written there atomically.
+        checkpoint_dir: If given, the training state (weights, optimiser, generator,
+            history, and the position within an epoch) is written there atomically
+            after every epoch, and every ``checkpoint_every`` steps.
         resume: Continue from the checkpoint in ``checkpoint_dir``. The settings and
             the data must be the ones the checkpoint was written with.
+        shuffle: ``"exact"`` or ``"blocks"`` (see :func:`train_saes`).
+        shuffle_seed: Seed of the data order; default ``seed``.
+        block_rows: Rows per block for ``"blocks"``.
+        buffer_blocks: Blocks per shuffle buffer for ``"blocks"``.
+        micro_batches: Parts of each batch whose gradients are accumulated.
+        checkpoint_every: Also checkpoint every this many steps within an epoch.
 
     Returns:
         (sae, history): the trained SAE on ``device`` and one dict per epoch with
@@ -88,138 +152,400 @@ def train_sae(
         >>> len(history)
         2
     """
-    features = acts.features if isinstance(acts, ActivationSet) else acts
-    if not isinstance(features, Tensor) or features.dim() != 2 or len(features) < 2:
-        raise ValueError("acts must be an ActivationSet or an (N, M) tensor with N >= 2")
-    check_finite(features, "acts", "; drop or fix those rows before training")
-    if bool((features == features[0]).all()):
-        raise ValueError(f"acts are {len(features)} copies of one row: there is no variation for an SAE to learn")
-    variant = code_activation(activation, k=k)
-    l1 = variant.default_l1 if l1 is None else l1
-    epochs, batch_size = check_int(epochs, "epochs", 1), check_int(batch_size, "batch_size", 1)
-    seed = check_int(seed, "seed")
-    l1, lr = check_real(l1, "l1", 0.0), check_real(lr, "lr", 0.0, above=True)
-    if resume and checkpoint_dir is None:
-        raise ValueError("resume=True needs checkpoint_dir, the directory the checkpoints were written to")
+    [result] = train_saes(
+        acts,
+        [SAEConfig(d_latent, activation, k, l1, lr, seed)],
+        epochs=epochs,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        shuffle_seed=seed if shuffle_seed is None else shuffle_seed,
+        block_rows=block_rows,
+        buffer_blocks=buffer_blocks,
+        micro_batches=micro_batches,
+        device=device,
+        progress=progress,
+        checkpoint_dirs=None if checkpoint_dir is None else [checkpoint_dir],
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+    )
+    return result
 
-    device = as_device(device) if device is not None else features.device
-    data = features.to(device, torch.float32)
-    generator = torch.Generator().manual_seed(seed)
-    sae = _initial_sae(data, d_latent, variant, generator)
-    if isinstance(acts, ActivationSet):
-        sae.site, sae.model = acts.site, acts.model
-    sae = sae.to(device)
-    optimizer = torch.optim.Adam(sae.parameters(), lr=lr)
-    settings = {
-        **sae.config(),
-        "l1": l1,
-        "lr": lr,
+
+def train_saes(
+    acts: ActivationSet | Tensor | Rows,
+    configs: list[SAEConfig],
+    *,
+    epochs: int = 40,
+    batch_size: int = 256,
+    shuffle: Shuffle = "exact",
+    shuffle_seed: int = 0,
+    block_rows: int = 4096,
+    buffer_blocks: int = 64,
+    micro_batches: int = 1,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    checkpoint_dirs: list[str | Path] | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
+) -> list[tuple[SparseAutoencoder, list[dict]]]:
+    """Train several SAEs in one pass over the data, each as :func:`train_sae` would alone.
+
+    Every batch is read once and given to each SAE in turn; each has its own
+    optimiser, generator and checkpoint. With the same data order (``shuffle``,
+    ``shuffle_seed``, ...) each result is bit-identical to training it alone.
+
+    Under ``torch.distributed`` (``torchrun``) with W processes, each global batch of
+    ``batch_size`` rows is split into W parts, one per rank, and
+    :class:`~torch.nn.parallel.DistributedDataParallel` averages the gradients. Every
+    rank runs the same number of steps (a rank whose part of the last batch is empty
+    still takes part), all ranks end with identical weights, and rank 0 alone writes
+    checkpoints.
+
+    Args:
+        acts: Rows in memory (ActivationSet or tensor) or an ActivationStore.
+        configs: One :class:`SAEConfig` per SAE.
+        epochs: Passes over the data.
+        batch_size: Rows per optimiser step, over all ranks together.
+        shuffle: ``"exact"``: a uniform permutation of all rows each epoch, rows
+            gathered by index (for data that fits the page cache). ``"blocks"``: the
+            rows in ``block_rows``-row blocks in random order, ``buffer_blocks`` blocks
+            at a time read contiguously into a buffer and shuffled within it (for stores
+            larger than memory).
+        shuffle_seed: Seed of the data order; epoch ``e``'s order depends only on
+            ``(shuffle_seed, e)``.
+        block_rows: Rows per block for ``"blocks"``.
+        buffer_blocks: Blocks per shuffle buffer for ``"blocks"``.
+        micro_batches: Split each (per-rank) batch into this many parts whose
+            gradients are accumulated: less memory, the same step.
+        device: Where to train; default the rows' device.
+        progress: Show a progress bar (rank 0).
+        checkpoint_dirs: One folder per SAE for its checkpoint.
+        checkpoint_every: Also checkpoint every this many steps within an epoch
+            (needs ``checkpoint_dirs``); a resumed run continues from that step.
+        resume: Continue every SAE from its checkpoint.
+
+    Returns:
+        One (sae, history) per config, in order.
+
+    Example:
+        >>> store = ActivationStore.open("acts/train")
+        >>> results = train_saes(store, [SAEConfig(1024, seed=s) for s in range(4)], epochs=5)
+        >>> [history[-1]["explained_variance"] for _, history in results]
+    """
+    rows = as_rows(acts, "acts")
+    if len(rows) < 2:
+        raise ValueError("acts must be an ActivationSet, an ActivationStore or an (N, M) tensor with N >= 2")
+    if not isinstance(configs, (list, tuple)) or not configs or not all(isinstance(c, SAEConfig) for c in configs):
+        raise TypeError(f"configs must be a non-empty list of SAEConfig, got {configs!r}")
+    epochs, batch_size = check_int(epochs, "epochs", 1), check_int(batch_size, "batch_size", 1)
+    micro_batches = check_int(micro_batches, "micro_batches", 1)
+    order = _DataOrder(len(rows), shuffle, check_int(shuffle_seed, "shuffle_seed"), block_rows, buffer_blocks)
+    if checkpoint_dirs is not None and len(checkpoint_dirs) != len(configs):
+        raise ValueError(
+            f"checkpoint_dirs must hold one folder per config ({len(configs)}), got {len(checkpoint_dirs)}"
+        )
+    if resume and checkpoint_dirs is None:
+        raise ValueError("resume=True needs checkpoint_dir, the directory the checkpoints were written to")
+    if checkpoint_every is not None:
+        checkpoint_every = check_int(checkpoint_every, "checkpoint_every", 1)
+        if checkpoint_dirs is None:
+            raise ValueError("checkpoint_every needs checkpoint_dir, where the checkpoints are written")
+    group = _ProcessGroup()
+
+    rows.check_finite("acts", "; drop or fix those rows before training")
+    statistics = rows.statistics()
+    if statistics.total_variance == 0:
+        raise ValueError(f"acts are {len(rows)} copies of one row: there is no variation for an SAE to learn")
+    if isinstance(acts, (ActivationSet, Tensor)):
+        features = acts.features if isinstance(acts, ActivationSet) else acts
+        target = as_device(device) if device is not None else features.device
+        rows = as_rows(ActivationSet(features.to(target, torch.float32), rows.labels, rows.site, rows.model))
+    device = as_device(device) if device is not None else torch.device("cpu")
+    data_settings = {
         "batch_size": batch_size,
         "epochs": epochs,
-        "seed": seed,
-        "rows": len(data),
-        "data_sum": float(features.double().sum()),
+        "rows": len(rows),
+        "data_sum": float(statistics.sum.sum()),
+        **order.settings(),
+        "batch_parts": micro_batches * group.size,
     }
-    history: list[dict] = []
+    runs = [_Run(config, rows, statistics, device, data_settings, group) for config in configs]
+    resume_step = 0
     if resume:
-        history = _load_checkpoint(Path(checkpoint_dir), sae, optimizer, generator, settings)
+        positions = {run.load(Path(folder)) for run, folder in zip(runs, checkpoint_dirs, strict=True)}
+        if len(positions) != 1:
+            raise ValueError(f"the checkpoints in {checkpoint_dirs} stopped at different points {sorted(positions)}")
+        _, resume_step = positions.pop()
+    first_epoch = len(runs[0].history)
 
-    objective = _Objective(data, l1)
-    n_batches = math.ceil(len(data) / batch_size)
-    bar = tqdm(total=epochs * n_batches, initial=len(history) * n_batches, desc="SAE", disable=not progress)
-    for epoch in range(len(history), epochs):
-        order = torch.randperm(len(data), generator=generator).to(device)
-        metrics, fired = _train_epoch(sae, optimizer, data, order, batch_size, objective, bar)
-        resampled = (
-            _resample_dead(sae, optimizer, data, fired, generator)
-            if variant.resamples_dead and epoch < epochs - 1
-            else 0
-        )
-        if not math.isfinite(metrics["loss"]):
-            raise ValueError(
-                f"SAE training diverged in epoch {epoch + 1} (loss {metrics['loss']}); lower lr (now {lr:g}) "
-                "or rescale the activations"
-            )
-        history.append({"epoch": epoch + 1, **metrics, "resampled": resampled})
-        if checkpoint_dir is not None:
-            _save_checkpoint(Path(checkpoint_dir), sae, optimizer, generator, settings, history)
+    n_steps = math.ceil(len(rows) / batch_size)
+    bar = tqdm(
+        total=epochs * n_steps,
+        initial=first_epoch * n_steps + resume_step,
+        desc="SAE" if len(runs) == 1 else f"{len(runs)} SAEs",
+        disable=not progress or group.rank != 0,
+    )
+    for epoch in range(first_epoch, epochs):
+        reader = order.reader(rows, epoch)
+        for step in range(resume_step, n_steps):
+            batch = reader.positions(step * batch_size, min((step + 1) * batch_size, len(rows)))
+            parts = batch.tensor_split(group.size * micro_batches)[group.rank * micro_batches :][:micro_batches]
+            inputs = [reader.read(part).to(device) for part in parts]
+            for run in runs:
+                run.step(inputs, len(batch))
+            bar.update(1)
+            if progress and group.rank == 0 and len(runs) == 1:
+                bar.set_postfix(runs[0].postfix(), refresh=False)
+            if checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < n_steps:
+                for run, folder in zip(runs, checkpoint_dirs, strict=True):
+                    run.save(Path(folder), step + 1)
+        resume_step = 0
+        for run in runs:
+            run.finish_epoch(epoch, epochs)
+        if checkpoint_dirs is not None:
+            for run, folder in zip(runs, checkpoint_dirs, strict=True):
+                run.save(Path(folder), 0)
     bar.close()
-    sae.metadata.update({"training": {key: value for key, value in settings.items() if key not in sae.config()}})
-    return sae, history
+    return [run.result() for run in runs]
+
+
+class _ProcessGroup:
+    """This process's rank and the world size under torch.distributed (1 process otherwise)."""
+
+    def __init__(self) -> None:
+        self.active = torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.size = torch.distributed.get_world_size() if self.active else 1
+        self.rank = torch.distributed.get_rank() if self.active else 0
+
+    def sum_(self, tensor: Tensor) -> Tensor:
+        if self.size > 1:
+            torch.distributed.all_reduce(tensor)
+        return tensor
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            torch.distributed.barrier()
+
+
+def _seeded(*keys: int) -> torch.Generator:
+    """A generator whose seed is a hash of ``keys``: independent streams for (seed, epoch, buffer)."""
+    digest = hashlib.sha256(":".join(map(str, keys)).encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+class _DataOrder:
+    """The order rows are read in, epoch by epoch: a function of (shuffle seed, epoch) alone."""
+
+    def __init__(self, rows: int, shuffle: Shuffle, seed: int, block_rows: int, buffer_blocks: int) -> None:
+        if shuffle not in ("exact", "blocks"):
+            raise ValueError(f"shuffle must be 'exact' or 'blocks', got {shuffle!r}")
+        self.rows, self.shuffle, self.seed = rows, shuffle, seed
+        self.block_rows = check_int(block_rows, "block_rows", 1)
+        self.buffer_blocks = check_int(buffer_blocks, "buffer_blocks", 1)
+
+    def settings(self) -> dict:
+        settings = {"shuffle": self.shuffle, "shuffle_seed": self.seed}
+        if self.shuffle == "blocks":
+            settings.update(block_rows=self.block_rows, buffer_blocks=self.buffer_blocks)
+        return settings
+
+    def reader(self, rows: Rows, epoch: int) -> _ExactReader | _BufferedReader:
+        if self.shuffle == "exact":
+            return _ExactReader(rows, torch.randperm(self.rows, generator=_seeded(self.seed, epoch)))
+        blocks = torch.randperm(math.ceil(self.rows / self.block_rows), generator=_seeded(self.seed, epoch))
+        return _BufferedReader(rows, blocks, self.block_rows, self.buffer_blocks, (self.seed, epoch))
+
+
+class _ExactReader:
+    """Rows gathered by index from one permutation of all of them."""
+
+    def __init__(self, rows: Rows, permutation: Tensor) -> None:
+        self.rows, self.permutation = rows, permutation
+
+    def positions(self, start: int, stop: int) -> Tensor:
+        return self.permutation[start:stop]
+
+    def read(self, index: Tensor) -> Tensor:
+        return self.rows.rows(index)
+
+
+class _BufferedReader:
+    """Blocks in random order, ``buffer_blocks`` at a time read contiguously and shuffled in memory.
+
+    :meth:`positions` gives positions within the current buffer, which :meth:`read`
+    maps to rows; a buffer is read when a batch first reaches it, so memory holds at
+    most two buffers (a batch may straddle two).
+    """
+
+    def __init__(self, rows: Rows, blocks: Tensor, block_rows: int, buffer_blocks: int, key: tuple) -> None:
+        self.rows, self.block_rows, self.key = rows, block_rows, key
+        sizes = (torch.minimum((blocks + 1) * block_rows, torch.tensor(len(rows))) - blocks * block_rows).tolist()
+        self.buffers = [blocks[i : i + buffer_blocks].tolist() for i in range(0, len(blocks), buffer_blocks)]
+        buffer_sizes = [sum(sizes[i : i + buffer_blocks]) for i in range(0, len(blocks), buffer_blocks)]
+        self.starts = torch.tensor([0, *buffer_sizes]).cumsum(0)
+        self.cache: dict[int, Tensor] = {}
+
+    def positions(self, start: int, stop: int) -> Tensor:
+        return torch.arange(start, stop)
+
+    def read(self, positions: Tensor) -> Tensor:
+        if len(positions) == 0:
+            return torch.empty(0, self.rows.dim)
+        buffer_of = torch.searchsorted(self.starts, positions, right=True) - 1
+        pieces = []
+        for buffer in buffer_of.unique().tolist():
+            local = positions[buffer_of == buffer] - self.starts[buffer]
+            pieces.append(self._buffer(buffer)[local])
+        return torch.cat(pieces)
+
+    def _buffer(self, index: int) -> Tensor:
+        if index not in self.cache:
+            for old in [i for i in self.cache if i < index]:
+                del self.cache[old]
+            block_rows = [self.rows.block(b * self.block_rows, (b + 1) * self.block_rows) for b in self.buffers[index]]
+            data = torch.cat(block_rows)
+            self.cache[index] = data[torch.randperm(len(data), generator=_seeded(*self.key, index))]
+        return self.cache[index]
 
 
 class _Objective:
     """The scale-free loss: squared error over the data's total variance, L1 over its square root."""
 
-    def __init__(self, data: Tensor, l1: float) -> None:
-        self.mean = data.mean(dim=0)
-        self.total_variance = (data - self.mean).pow(2).sum(dim=1).mean()
+    def __init__(self, statistics: RowStatistics, l1: float, device: torch.device) -> None:
+        self.mean = statistics.mean.to(device, torch.float32)
+        self.total_variance = torch.tensor(statistics.total_variance, dtype=torch.float32, device=device)
         self.scale = self.total_variance.sqrt()
         self.l1 = l1
 
-    def __call__(self, a: Tensor, a_hat: Tensor, z: Tensor) -> Tensor:
-        squared_error = (a - a_hat).pow(2).sum(dim=1)
-        return squared_error.mean() / self.total_variance + self.l1 * z.abs().sum(dim=1).mean() / self.scale
+    def __call__(self, a: Tensor, a_hat: Tensor, z: Tensor, batch_rows: int) -> Tensor:
+        """The loss of rows ``a`` of a batch of ``batch_rows``: their share of the batch mean."""
+        squared_error = (a - a_hat).pow(2).sum()
+        return (squared_error / self.total_variance + self.l1 * z.abs().sum() / self.scale) / batch_rows
 
 
-def _train_epoch(
-    sae: SparseAutoencoder,
-    optimizer: torch.optim.Optimizer,
-    data: Tensor,
-    order: Tensor,
-    batch_size: int,
-    objective: _Objective,
-    bar: tqdm,
-) -> tuple[dict, Tensor]:
-    """One pass over ``data`` in ``order``: the epoch's loss and metrics, and which latents fired."""
-    stats = ReconstructionStats(objective.mean, sae.d_latent, sae.active_threshold)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=data.device)
-    for start in range(0, len(data), batch_size):
-        a = data[order[start : start + batch_size]]
-        a_hat, z = sae(a)
-        loss = objective(a, a_hat, z)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        sae.normalize_decoder_()
-        stats.update(a, a_hat.detach(), z.detach())
-        loss_sum += loss.detach().double() * len(a)
-        bar.update(1)
-        if not bar.disable:
-            summary = stats.summary()
-            bar.set_postfix(
-                loss=f"{float(loss_sum) / stats.rows:.4f}",
-                L0=f"{summary['l0']:.1f}",
-                EV=f"{summary['explained_variance']:.3f}",
-                refresh=False,
+class _Run:
+    """One SAE being trained: its model, optimiser, generator, epoch sums and history."""
+
+    def __init__(
+        self,
+        config: SAEConfig,
+        rows: Rows,
+        statistics: RowStatistics,
+        device: torch.device,
+        data_settings: dict,
+        group: _ProcessGroup,
+    ) -> None:
+        variant, l1, lr, seed = config.checked()
+        self.rows, self.group, self.variant = rows, group, variant
+        self.generator = torch.Generator().manual_seed(seed)
+        sae = SparseAutoencoder(rows.dim, config.d_latent, variant)
+        with torch.no_grad():
+            directions = torch.randn(rows.dim, config.d_latent, generator=self.generator)
+            sae.decoder.weight.copy_(directions / directions.norm(dim=0, keepdim=True))
+            sae.decoder.bias.copy_(statistics.mean.float())
+            sae.encoder.weight.copy_(sae.decoder.weight.T)
+            sae.encoder.bias.zero_()
+        sae.site, sae.model = rows.site, rows.model
+        self.sae = sae.to(device)
+        self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=lr)
+        self.objective = _Objective(statistics, l1, device)
+        self.settings = {**self.sae.config(), "l1": l1, "lr": lr, "seed": seed, **data_settings}
+        self.history: list[dict] = []
+        self.forward = self.sae
+        if group.size > 1:
+            ids = [device.index] if device.type == "cuda" else None
+            self.forward = torch.nn.parallel.DistributedDataParallel(self.sae, device_ids=ids)
+        self._new_epoch()
+
+    def _new_epoch(self) -> None:
+        self.stats = ReconstructionStats(self.objective.mean, self.sae.d_latent, self.sae.active_threshold)
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.objective.mean.device)
+
+    def step(self, parts: list[Tensor], batch_rows: int) -> None:
+        """One optimiser step on this rank's parts of a global batch of ``batch_rows`` rows."""
+        self.optimizer.zero_grad(set_to_none=True)
+        for i, a in enumerate(parts):
+            last = i == len(parts) - 1
+            with self.forward.no_sync() if self.group.size > 1 and not last else nullcontext():
+                a_hat, z = self.forward(a)
+                # DDP averages over ranks; scaling by their number makes the step the global batch's mean.
+                loss = self.objective(a, a_hat, z, batch_rows) * self.group.size
+                loss.backward()
+            self.stats.update(a, a_hat.detach(), z.detach())
+            self.loss_sum += loss.detach().double() * batch_rows / self.group.size
+        self.optimizer.step()
+        self.sae.normalize_decoder_()
+
+    def postfix(self) -> dict:
+        if self.stats.rows == 0:
+            return {}
+        summary = self.stats.summary()
+        return {
+            "loss": f"{float(self.loss_sum) / self.stats.rows:.4f}",
+            "L0": f"{summary['l0']:.1f}",
+            "EV": f"{summary['explained_variance']:.3f}",
+        }
+
+    def finish_epoch(self, epoch: int, epochs: int) -> None:
+        """Sum the epoch over ranks, resample dead latents, and add the epoch to the history."""
+        self.group.sum_(self.stats.sums)
+        self.group.sum_(self.loss_sum)
+        fired = self.group.sum_(self.stats.fired.int()) > 0
+        self.stats.fired = fired
+        self.stats.rows = len(self.rows)
+        metrics = {"loss": float(self.loss_sum) / len(self.rows), **self.stats.summary()}
+        resampled = 0
+        if self.variant.resamples_dead and epoch < epochs - 1:
+            pool = self.rows.rows(torch.randperm(len(self.rows), generator=self.generator)[:_RESAMPLE_POOL])
+            resampled = _resample_dead(self.sae, self.optimizer, pool.to(fired.device), fired, self.generator)
+        if not math.isfinite(metrics["loss"]):
+            raise ValueError(
+                f"SAE training diverged in epoch {epoch + 1} (loss {metrics['loss']}); lower lr "
+                f"(now {self.settings['lr']:g}) or rescale the activations"
             )
-    return {"loss": float(loss_sum) / len(data), **stats.summary()}, stats.fired
+        self.history.append({"epoch": epoch + 1, **metrics, "resampled": resampled})
+        self._new_epoch()
 
+    def result(self) -> tuple[SparseAutoencoder, list[dict]]:
+        training = {key: value for key, value in self.settings.items() if key not in self.sae.config()}
+        self.sae.metadata.update({"training": training})
+        return self.sae, self.history
 
-def _initial_sae(data: Tensor, d_latent: int, variant: CodeActivation, generator: torch.Generator) -> SparseAutoencoder:
-    sae = SparseAutoencoder(data.shape[1], d_latent, variant)
-    with torch.no_grad():
-        directions = torch.randn(data.shape[1], d_latent, generator=generator)
-        sae.decoder.weight.copy_(directions / directions.norm(dim=0, keepdim=True))
-        sae.decoder.bias.copy_(data.mean(dim=0).cpu())
-        sae.encoder.weight.copy_(sae.decoder.weight.T)
-        sae.encoder.bias.zero_()
-    return sae
+    def save(self, directory: Path, step: int) -> None:
+        """Write the state (rank 0) after ``step`` steps of the current epoch; every rank waits for it.
+
+        Within an epoch the ranks' running sums are added up for the file; on resuming,
+        rank 0 takes them and the others start from zero, so the epoch's totals are kept.
+        """
+        epoch_sums = None
+        if step:
+            epoch_sums = {
+                "epoch.sums": self.group.sum_(self.stats.sums.clone()),
+                "epoch.fired": self.group.sum_(self.stats.fired.int()) > 0,
+                "epoch.loss_sum": self.group.sum_(self.loss_sum.clone()),
+            }
+        if self.group.rank == 0:
+            _save_checkpoint(directory, self, step, epoch_sums)
+        self.group.barrier()
+
+    def load(self, directory: Path) -> tuple[int, int]:
+        """Read a checkpoint; returns (finished epochs, steps into the next)."""
+        return _load_checkpoint(directory, self)
 
 
 @torch.no_grad()
 def _resample_dead(
-    sae: SparseAutoencoder, optimizer: torch.optim.Optimizer, data: Tensor, fired: Tensor, generator: torch.Generator
+    sae: SparseAutoencoder, optimizer: torch.optim.Optimizer, pool: Tensor, fired: Tensor, generator: torch.Generator
 ) -> int:
+    """Point latents that never fired at the pool rows reconstructed worst; returns how many."""
     dead = (~fired).nonzero().squeeze(1)
     if len(dead) == 0:
         return 0
-    pool = data[torch.randperm(len(data), generator=generator)[:_RESAMPLE_POOL].to(data.device)]
     a_hat, _ = sae(pool)
     residual = pool - a_hat
     weights = residual.pow(2).sum(dim=1).double().cpu().square() + 1e-12
     chosen = torch.multinomial(weights, len(dead), replacement=len(dead) > len(pool), generator=generator)
-    directions = residual[chosen.to(data.device)]
+    directions = residual[chosen.to(pool.device)]
     directions = directions / directions.norm(dim=1, keepdim=True).clamp_min(1e-12)
     alive_norm = sae.encoder.weight[fired].norm(dim=1).mean() if fired.any() else torch.tensor(1.0)
     sae.decoder.weight[:, dead] = directions.T
@@ -234,32 +560,20 @@ def _resample_dead(
     return len(dead)
 
 
-def _save_checkpoint(
-    directory: Path,
-    sae: SparseAutoencoder,
-    optimizer: torch.optim.Optimizer,
-    generator: torch.Generator,
-    settings: dict,
-    history: list[dict],
-) -> None:
-    tensors = {f"sae.{name}": t.detach().cpu().contiguous() for name, t in sae.state_dict().items()}
-    optim_state = optimizer.state_dict()
+def _save_checkpoint(directory: Path, run: _Run, step: int, epoch_sums: dict[str, Tensor] | None) -> None:
+    tensors = {f"sae.{name}": t.detach().cpu().contiguous() for name, t in run.sae.state_dict().items()}
+    optim_state = run.optimizer.state_dict()
     for index, state in optim_state["state"].items():
         for key, value in state.items():
             tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
-    tensors["generator"] = generator.get_state()
-    meta = {"settings": settings, "history": history, "param_groups": optim_state["param_groups"]}
+    tensors["generator"] = run.generator.get_state()
+    tensors.update({name: value.cpu() for name, value in (epoch_sums or {}).items()})
+    meta = {"settings": run.settings, "history": run.history, "param_groups": optim_state["param_groups"], "step": step}
     with atomic_path(directory / CHECKPOINT_FILE) as tmp:
         save_file(tensors, str(tmp), metadata={"checkpoint": json.dumps(meta)})
 
 
-def _load_checkpoint(
-    directory: Path,
-    sae: SparseAutoencoder,
-    optimizer: torch.optim.Optimizer,
-    generator: torch.Generator,
-    settings: dict,
-) -> list[dict]:
+def _load_checkpoint(directory: Path, run: _Run) -> tuple[int, int]:
     path = directory / CHECKPOINT_FILE
     if not path.is_file():
         raise FileNotFoundError(
@@ -271,19 +585,25 @@ def _load_checkpoint(
             meta = json.loads((handle.metadata() or {})["checkpoint"])
     except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as error:
         raise ValueError(f"{str(path)!r} is not a checkpoint written by train_sae ({error!r}); delete it") from None
-    differences = {
-        key: (meta["settings"].get(key), value) for key, value in settings.items() if meta["settings"].get(key) != value
-    }
+    old = meta["settings"]
+    differences = {key: (old.get(key), value) for key, value in run.settings.items() if old.get(key) != value}
     if differences:
-        listed = ", ".join(f"{key}: checkpoint {old!r} vs now {new!r}" for key, (old, new) in differences.items())
+        listed = ", ".join(f"{key}: checkpoint {was!r} vs now {now!r}" for key, (was, now) in differences.items())
         raise ValueError(f"the checkpoint in {str(directory)!r} was written with other settings or data ({listed})")
     tensors = load_file(str(path))
-    sae.load_state_dict({name[4:]: t for name, t in tensors.items() if name.startswith("sae.")})
+    device = run.objective.mean.device
+    run.sae.load_state_dict({name[4:]: t for name, t in tensors.items() if name.startswith("sae.")})
     state: dict[int, dict] = {}
     for name, value in tensors.items():
         if name.startswith("optim."):
             _, index, key = name.split(".", 2)
             state.setdefault(int(index), {})[key] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    generator.set_state(tensors["generator"])
-    return meta["history"]
+    run.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    run.generator.set_state(tensors["generator"])
+    run.history = meta["history"]
+    step = meta.get("step", 0)
+    if step and run.group.rank == 0:
+        run.stats.sums.copy_(tensors["epoch.sums"])
+        run.stats.fired = tensors["epoch.fired"].to(device)
+        run.loss_sum.copy_(tensors["epoch.loss_sum"])
+    return len(run.history), step

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import pkgutil
 import shutil
 from dataclasses import replace
 
@@ -152,9 +153,9 @@ class _Interrupted(Exception):
 
 def _calls_of(monkeypatch, target, interrupt_at=None):
     """Record the calls of ``target`` (a dotted name), raising on call number ``interrupt_at``; returns the calls."""
-    module_name, attribute = target.rsplit(".", 1)
-    module = __import__(module_name, fromlist=[attribute])
-    real, calls = getattr(module, attribute), []
+    owner_name, attribute = target.rsplit(".", 1)
+    owner = pkgutil.resolve_name(owner_name)
+    real, calls = getattr(owner, attribute), []
 
     def wrapper(*args, **kwargs):
         calls.append(args)
@@ -162,7 +163,7 @@ def _calls_of(monkeypatch, target, interrupt_at=None):
             raise _Interrupted
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(module, attribute, wrapper)
+    monkeypatch.setattr(owner, attribute, wrapper)
     return calls
 
 
@@ -198,11 +199,11 @@ def test_sae_training_interrupted_mid_way_resumes_to_the_same_sae(first_run, tmp
     seed_sae = f"sae-{TOY_CONFIG.sae_activation}-seed1"
     copy_of = _copy_without(out, tmp_path, "stages/seeds.json", seed_sae)
     with monkeypatch.context() as patch:  # stopped in the second epoch of seed 1's SAE
-        _calls_of(patch, "captum_salve.sae.train._train_epoch", 2)
+        _calls_of(patch, "captum_salve.sae.train._DataOrder.reader", 2)
         with pytest.raises(_Interrupted):
             run_pipeline(inputs, copy_of, TOY_CONFIG, progress=False)
     assert (copy_of / f"{seed_sae}.training" / "checkpoint.safetensors").is_file()
-    epochs = _calls_of(monkeypatch, "captum_salve.sae.train._train_epoch")
+    epochs = _calls_of(monkeypatch, "captum_salve.sae.train._DataOrder.reader")
     again = run_pipeline(inputs, copy_of, TOY_CONFIG, progress=False)
     assert len(epochs) == TOY_CONFIG.sae_epochs - 1  # seed 0 was kept; seed 1 resumed after its first epoch
     assert again.seeds == summary.seeds

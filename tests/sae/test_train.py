@@ -7,7 +7,8 @@ import torch
 
 from captum_salve import ActivationSet, SparseAutoencoder, sae_metrics, train_sae
 from captum_salve.sae import train as train_module
-from captum_salve.sae.train import _resample_dead
+from captum_salve.sae.train import SAEConfig, _resample_dead, train_saes
+from captum_salve.store import ActivationStore, as_rows
 from tests.helpers import labelled_clusters
 
 
@@ -81,7 +82,7 @@ def test_bad_training_arguments():
     ]:
         with pytest.raises(ValueError, match=message):
             train_sae(acts, 4, progress=False, **kwargs)
-    with pytest.raises(ValueError, match="acts must be an ActivationSet or an"):
+    with pytest.raises(ValueError, match=r"acts as a tensor must be \(N, M\) rows, got shape \(10,\)"):
         train_sae(torch.randn(10), 4, progress=False)
 
 
@@ -110,3 +111,95 @@ def test_dead_latent_is_resampled_towards_a_badly_reconstructed_input():
     torch.testing.assert_close(sae.decoder_weight[:, :3], before)  # live latents untouched
     torch.testing.assert_close(sae.decoder_weight[:, 3], torch.tensor([1.0, 0.0, 0.0]))
     assert (sae.encode(data)[:, 3] > 0).all()  # the new latent fires on the inputs it was aimed at
+
+
+def _same_weights(first: SparseAutoencoder, second: SparseAutoencoder) -> bool:
+    return all(torch.equal(t, second.state_dict()[name]) for name, t in first.state_dict().items())
+
+
+@pytest.mark.parametrize("shuffle", ["exact", "blocks"])
+@pytest.mark.parametrize("activation, k, resamples", [("relu", None, False), ("topk", 4, True)])
+def test_a_store_trains_the_bit_identical_sae(tmp_path, shuffle, activation, k, resamples):
+    acts = _clustered(n=601)
+    store = ActivationStore.from_set(acts, tmp_path / "store", shard_rows=97)
+    settings = dict(activation=activation, k=k, epochs=3, batch_size=64, shuffle=shuffle, block_rows=50, progress=False)
+    from_memory, memory_history = train_sae(acts, 96, buffer_blocks=3, **settings)
+    from_store, store_history = train_sae(store, 96, buffer_blocks=3, **settings)
+    assert _same_weights(from_memory, from_store)
+    assert memory_history == store_history
+    # topk kills latents here, so its resampling pool was read from the store too
+    assert (sum(h["resampled"] for h in memory_history) > 0) == resamples
+
+
+def test_an_epoch_reads_every_row_once_in_both_shuffles():
+    order = train_module._DataOrder(103, "blocks", 5, block_rows=10, buffer_blocks=3)
+    rows = as_rows(torch.arange(103.0)[:, None])
+    reader = order.reader(rows, epoch=2)
+    seen = torch.cat([reader.read(reader.positions(s, min(s + 16, 103))) for s in range(0, 103, 16)])[:, 0].long()
+    assert torch.equal(seen.sort().values, torch.arange(103))
+    for blocks, start, stop in zip(reader.buffers, reader.starts, reader.starts[1:], strict=False):
+        assert set((seen[start:stop] // 10).tolist()) == set(blocks)  # a buffer holds the rows of its blocks
+    again = order.reader(rows, epoch=2)
+    assert torch.equal(again.read(again.positions(40, 60)), reader.read(reader.positions(40, 60)))
+    exact = train_module._DataOrder(103, "exact", 5, 10, 3).reader(rows, epoch=2)
+    assert torch.equal(exact.positions(0, 103).sort().values, torch.arange(103))
+
+
+def test_several_saes_in_one_pass_equal_each_trained_alone():
+    acts = _clustered()
+    configs = [SAEConfig(24, "relu", seed=1), SAEConfig(16, "topk", k=3, seed=2), SAEConfig(24, "linear", lr=3e-3)]
+    together = train_saes(acts, configs, epochs=3, batch_size=64, shuffle_seed=7, progress=False)
+    for config, (sae, history) in zip(configs, together, strict=True):
+        alone, alone_history = train_sae(
+            acts, config.d_latent, activation=config.activation, k=config.k, lr=config.lr, seed=config.seed,
+            epochs=3, batch_size=64, shuffle_seed=7, progress=False,
+        )  # fmt: skip
+        assert _same_weights(sae, alone) and history == alone_history
+
+
+def test_micro_batches_take_the_same_step_up_to_rounding():
+    acts = _clustered()
+    whole, _ = train_sae(acts, 24, epochs=2, batch_size=64, progress=False)
+    parts, _ = train_sae(acts, 24, epochs=2, batch_size=64, micro_batches=4, progress=False)
+    for name, tensor in whole.state_dict().items():
+        assert (tensor - parts.state_dict()[name]).norm() <= 1e-5 * tensor.norm(), name
+
+
+@pytest.mark.parametrize("shuffle", ["exact", "blocks"])
+def test_stopped_mid_epoch_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, shuffle):
+    acts = _clustered()
+    settings = dict(epochs=3, batch_size=64, shuffle=shuffle, block_rows=50, progress=False)
+    whole, whole_history = train_sae(acts, 24, **settings)
+    settings["checkpoint_every"] = 4
+    real_save, saves = train_module._save_checkpoint, []
+
+    def save_then_crash(directory, run, step, sums):
+        real_save(directory, run, step, sums)
+        saves.append(step)
+        if len(saves) == 4:  # epoch 1 after step 4 and 8, its end, then epoch 2 after step 4
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "_save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        train_sae(acts, 24, checkpoint_dir=tmp_path, **settings)
+    assert saves == [4, 8, 0, 4]
+    monkeypatch.setattr(train_module, "_save_checkpoint", real_save)
+    resumed, resumed_history = train_sae(acts, 24, checkpoint_dir=tmp_path, resume=True, **settings)
+    assert _same_weights(whole, resumed)
+    assert resumed_history == whole_history
+
+
+def test_bad_configs_and_data_orders_are_named(tmp_path):
+    acts = _clustered(n=20)
+    for kwargs, error, message in [
+        (dict(configs=[]), TypeError, "configs must be a non-empty list of SAEConfig"),
+        (dict(configs=[SAEConfig(0)]), ValueError, "d_latent must be an integer >= 1"),
+        (dict(shuffle="random"), ValueError, "shuffle must be 'exact' or 'blocks'"),
+        (dict(block_rows=0), ValueError, "block_rows must be an integer >= 1"),
+        (dict(micro_batches=0), ValueError, "micro_batches must be an integer >= 1"),
+        (dict(checkpoint_every=5), ValueError, "checkpoint_every needs checkpoint_dir"),
+        (dict(checkpoint_dirs=[tmp_path, tmp_path]), ValueError, r"one folder per config \(1\), got 2"),
+    ]:
+        call = dict(configs=[SAEConfig(4)], progress=False) | kwargs
+        with pytest.raises(error, match=message):
+            train_saes(acts, **call)
