@@ -1,4 +1,8 @@
-"""The ``captum-salve`` command: ``demo``, ``run`` and ``edit``.
+"""The ``captum-salve`` command: ``demo``, ``run``, ``collect``, ``train`` and ``edit``.
+
+``collect`` and ``train`` also run under ``torchrun`` (one process per GPU, or
+several CPU processes with gloo): ``collect`` splits the images across the
+processes and writes one store; ``train`` is data-parallel over each batch.
 
 Mistakes a user can make (a folder with no images, an unknown model, a checkpoint
 that does not fit, an ``--out`` that is a file) end with one ``error:`` line and
@@ -10,6 +14,7 @@ error, with exit status 1, never as the user's mistake.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from dataclasses import fields
@@ -18,10 +23,11 @@ from typing import NoReturn
 
 import torch
 from safetensors.torch import save_file
-from torch.utils.data import random_split
+from torch.utils.data import DataLoader, random_split
 
 from captum_salve.checks import raised_in
 from captum_salve.data import image_folder, imagenet_classes
+from captum_salve.distributed import ProcessGroup, launched
 from captum_salve.edit import MODES, RULES, edit_model
 from captum_salve.files import atomic_path, ensure_directory
 from captum_salve.models import create_model, find_head, input_normalization, keep_classes
@@ -34,8 +40,10 @@ from captum_salve.pipeline import (
     run_pipeline,
 )
 from captum_salve.report import read_summaries, write_report
-from captum_salve.sae import VARIANTS, SparseAutoencoder
+from captum_salve.sae import VARIANTS, SAEConfig, SparseAutoencoder, train_saes
+from captum_salve.sae.train import CHECKPOINT_FILE
 from captum_salve.sites import as_device
+from captum_salve.store import ActivationStore, write_activations
 from captum_salve.zoo import digits_classifier
 
 __all__ = ["main"]
@@ -94,17 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_demo)
 
     run = commands.add_parser("run", help="run the pipeline on your timm / torchvision model and an ImageFolder tree")
-    run.add_argument(
-        "--model", required=True, help='timm name (e.g. resnet18, vit_base_patch16_224) or "torchvision/<name>"'
-    )
-    weights = run.add_mutually_exclusive_group()
-    weights.add_argument(
-        "--pretrained",
-        action="store_true",
-        help="load the library's pretrained weights (needs internet or a cache); an ImageNet head keeps the rows of "
-        "folders named by WordNet id, as Imagenette's are",
-    )
-    weights.add_argument("--checkpoint", type=Path, help="state_dict file (.safetensors or .pth) to load")
+    _model_flags(run)
     run.add_argument(
         "--data",
         type=Path,
@@ -112,11 +110,46 @@ def _parser() -> argparse.ArgumentParser:
         help="ImageFolder tree (root/<class>/<image>); Imagenette's train/ works as is",
     )
     run.add_argument("--val-data", type=Path, help="held-out ImageFolder tree (default: 20%% of --data)")
-    run.add_argument("--num-classes", type=int, help="head size (default: the number of class folders)")
     run.add_argument("--sae-latents", type=int, default=256)
     run.add_argument("--out", default="salve-report")
     _common(run)
     run.set_defaults(handler=_run)
+
+    collect = commands.add_parser(
+        "collect", help="write a model's activations over an ImageFolder tree to an on-disk store (torchrun-ready)"
+    )
+    _model_flags(collect)
+    collect.add_argument("--data", type=Path, required=True, help="ImageFolder tree (root/<class>/<image>)")
+    collect.add_argument("--out", type=Path, required=True, help="store folder (a rerun completes a stopped one)")
+    collect.add_argument("--site", help='where to read, e.g. "layer3:spatial_mean" (default: the head input)')
+    collect.add_argument("--tokens", choices=("cls", "all"), default="cls", help="all: every token is a row")
+    collect.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
+    collect.add_argument("--shard-rows", type=int, default=65536)
+    collect.add_argument("--batch-size", type=int, default=64)
+    collect.add_argument("--workers", type=int, default=0, help="DataLoader worker processes per rank")
+    collect.add_argument("--device", default=None, help="cpu, cuda ... (under torchrun: each rank's own GPU)")
+    collect.add_argument("--quiet", action="store_true")
+    collect.set_defaults(handler=_collect)
+
+    train = commands.add_parser("train", help="train SAEs on a store (several seeds in one pass; torchrun-ready)")
+    train.add_argument("--store", type=Path, required=True, help="store folder written by collect")
+    train.add_argument("--out", type=Path, required=True, help="SAE folder (with several seeds: one per seed inside)")
+    train.add_argument("--latents", type=int, default=256)
+    train.add_argument("--activation", choices=tuple(VARIANTS), default="relu")
+    train.add_argument("--k", type=int, help="features kept per input (topk)")
+    train.add_argument("--l1", type=float)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--epochs", type=int, default=40)
+    train.add_argument("--batch-size", type=int, default=256, help="rows per step over all processes")
+    train.add_argument("--seed", type=int, nargs="+", default=[0], help="one SAE per seed, all in one data pass")
+    train.add_argument("--shuffle", choices=("exact", "blocks"), default="exact")
+    train.add_argument("--block-rows", type=int, default=4096)
+    train.add_argument("--buffer-blocks", type=int, default=64)
+    train.add_argument("--micro-batches", type=int, default=1)
+    train.add_argument("--checkpoint-every", type=int, help="also checkpoint every this many steps")
+    train.add_argument("--device", default=None, help="cpu, cuda ... (under torchrun: each rank's own GPU)")
+    train.add_argument("--quiet", action="store_true")
+    train.set_defaults(handler=_train)
 
     edit = commands.add_parser("edit", help="write a model's edited weights as safetensors")
     edit.add_argument(
@@ -164,6 +197,21 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="test images scored by the pointing game and deletion curves (default %(default)s)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _model_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", required=True, help='timm name (e.g. resnet18, vit_base_patch16_224) or "torchvision/<name>"'
+    )
+    weights = parser.add_mutually_exclusive_group()
+    weights.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="load the library's pretrained weights (needs internet or a cache); an ImageNet head keeps the rows of "
+        "folders named by WordNet id, as Imagenette's are",
+    )
+    weights.add_argument("--checkpoint", type=Path, help="state_dict file (.safetensors or .pth) to load")
+    parser.add_argument("--num-classes", type=int, help="head size (default: the number of class folders)")
 
 
 def _device(name: str | None) -> torch.device:
@@ -218,20 +266,7 @@ def _run(args: argparse.Namespace) -> int:
     # The folder tells the head size and the model name tells the transform, so read it with a plain model first.
     train = image_folder(args.data, create_model(args.model, num_classes=args.num_classes or 2))
     classes = train.classes
-    if args.num_classes is not None and args.num_classes < len(classes):
-        raise ValueError(
-            f"--num-classes {args.num_classes} is smaller than the {len(classes)} class folders in {str(args.data)!r}"
-        )
-    if args.pretrained and args.num_classes is None:
-        model = _pretrained_for(args.model, classes)
-    else:
-        num_classes = args.num_classes or len(classes)
-        with torch.random.fork_rng():  # weights not loaded from a file are drawn the same way on every (re)run
-            torch.manual_seed(RANDOM_MODEL_SEED)
-            model = create_model(
-                args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint, num_classes=num_classes
-            )
-    model = model.to(device).eval()
+    model = _user_model(args, classes).to(device).eval()
     if args.val_data is not None:
         test = image_folder(args.val_data, model)
         if test.classes != classes:
@@ -263,6 +298,24 @@ def _run(args: argparse.Namespace) -> int:
     title = f"captum_salve: {args.model}" if len(summaries) == 1 else "captum_salve"
     print(f"report: {write_report(summaries, out, title=title)}")
     return 0
+
+
+def _user_model(args: argparse.Namespace, classes: list[str]) -> torch.nn.Module:
+    """The model --model, --pretrained / --checkpoint and --num-classes name, for the data's class folders."""
+    if args.num_classes is not None and args.num_classes < len(classes):
+        raise ValueError(
+            f"--num-classes {args.num_classes} is smaller than the {len(classes)} class folders in {str(args.data)!r}"
+        )
+    if args.pretrained and args.num_classes is None:
+        return _pretrained_for(args.model, classes)
+    with torch.random.fork_rng():  # weights not loaded from a file are drawn the same way on every (re)run
+        torch.manual_seed(RANDOM_MODEL_SEED)
+        return create_model(
+            args.model,
+            pretrained=args.pretrained,
+            checkpoint_path=args.checkpoint,
+            num_classes=args.num_classes or len(classes),
+        )
 
 
 def _earlier_models(out: Path, name: str) -> list[PipelineSummary]:
@@ -302,6 +355,59 @@ def _pretrained_for(name: str, classes: list[str]) -> torch.nn.Module:
             "classes, "
             "or --num-classes to analyse a new, untrained head"
         ) from None
+
+
+def _collect(args: argparse.Namespace) -> int:
+    with launched(args.device) as device:
+        folder = image_folder(args.data, create_model(args.model, num_classes=args.num_classes or 2))
+        model = _user_model(args, folder.classes).to(device).eval()
+        data = DataLoader(image_folder(args.data, model), batch_size=args.batch_size, num_workers=args.workers)
+        store = write_activations(
+            model,
+            data,
+            args.out,
+            args.site,
+            tokens=args.tokens,
+            dtype=getattr(torch, args.dtype),
+            shard_rows=args.shard_rows,
+            progress=not args.quiet and ProcessGroup().rank == 0,
+        )
+        if ProcessGroup().rank == 0:
+            print(f"store: {store.path} ({len(store)} rows of width {store.dim}, site {store.site})")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    store = ActivationStore.open(args.store)
+    configs = [SAEConfig(args.latents, args.activation, args.k, args.l1, args.lr, seed) for seed in args.seed]
+    folders = [args.out] if len(configs) == 1 else [args.out / f"seed{seed}" for seed in args.seed]
+    checkpoints = [folder.with_name(f"{folder.name}.training") for folder in folders]
+    with launched(args.device) as device:
+        results = train_saes(
+            store,
+            configs,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            shuffle=args.shuffle,
+            block_rows=args.block_rows,
+            buffer_blocks=args.buffer_blocks,
+            micro_batches=args.micro_batches,
+            device=device,
+            progress=not args.quiet,
+            checkpoint_dirs=checkpoints,
+            checkpoint_every=args.checkpoint_every,
+            resume=all((folder / CHECKPOINT_FILE).is_file() for folder in checkpoints),
+        )
+        if ProcessGroup().rank == 0:
+            for (sae, history), folder, checkpoint in zip(results, folders, checkpoints, strict=True):
+                sae.save(folder)
+                shutil.rmtree(checkpoint)
+                final = history[-1]
+                print(
+                    f"SAE: {folder} (explained variance {final['explained_variance']:.3f}, "
+                    f"L0 {final['l0']:.1f}, dead {final['dead_fraction']:.1%})"
+                )
+    return 0
 
 
 def _edit(args: argparse.Namespace) -> int:

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from captum_salve.activations import NO_LABELS, ActivationSet, ImageData, check_activation_set
 from captum_salve.checks import check_int, check_labels, non_finite_error
+from captum_salve.distributed import ProcessGroup
 from captum_salve.files import atomic_path, ensure_directory
 from captum_salve.models import model_input, model_label
 from captum_salve.sites import BoundSite, Site, eval_mode, on_device, recording
@@ -160,10 +161,8 @@ class Rows(ABC):
         ranges of (nearly) equal length and only rank ``rank``'s range is read.
         """
         chunk_rows = check_int(chunk_rows, "chunk_rows", 1)
-        world_size = check_int(world_size, "world_size", 1)
-        rank = check_int(rank, "rank", 0)
-        if rank >= world_size:
-            raise ValueError(f"rank must be below world_size ({world_size}), got {rank}")
+        share = ProcessGroup(rank, world_size)
+        rank, world_size = share.rank, share.size
         start, stop = (len(self) * rank) // world_size, (len(self) * (rank + 1)) // world_size
         labels = self.labels
         for begin in range(start, stop, chunk_rows):
@@ -514,7 +513,7 @@ def write_activations(
         raise ValueError(f"tokens must be 'cls' (one row per image) or 'all' (every token), got {tokens!r}")
     dtype_name = _dtype_name(dtype)
     shard_rows, batch_size = check_int(shard_rows, "shard_rows", 1), check_int(batch_size, "batch_size", 1)
-    rank, world_size = _share(rank, world_size)
+    group = ProcessGroup(rank, world_size)
     dataset, loader_options = _as_dataset(data, batch_size)
     images = len(dataset)
     if images == 0:
@@ -538,11 +537,11 @@ def write_activations(
         rows_per_image, dim = read(_images_of(next(iter(DataLoader(Subset(dataset, [0]), **loader_options))))).shape
         per_shard = max(1, shard_rows // rows_per_image)
         settings = _settings(bound.key, model_label(model), tokens, dim, dtype_name, images, per_shard)
-        if rank == 0:
+        if group.rank == 0:
             _prepare(out, settings, resume)
-        _barrier()
+        group.barrier()
         n_shards = math.ceil(images / per_shard)
-        mine = [s for s in range(rank, n_shards, world_size) if not (out / _SHARD_NAME.format(s)).is_file()]
+        mine = [s for s in range(group.rank, n_shards, group.size) if not (out / _SHARD_NAME.format(s)).is_file()]
         bar = tqdm(total=sum(min(per_shard, images - s * per_shard) for s in mine), desc="store", disable=not progress)
         for shard in mine:
             begin, end = shard * per_shard, min((shard + 1) * per_shard, images)
@@ -562,15 +561,15 @@ def write_activations(
                 offset += n
                 bar.update(n)
             _write_shard(out / _SHARD_NAME.format(shard), features, labels, image_index, token_index)
-            if rank == 0:
+            if group.rank == 0:
                 _write_manifest(out, settings)
         bar.close()
-    _barrier()
-    if rank == 0:
+    group.barrier()
+    if group.rank == 0:
         _write_manifest(out, settings)
-    _barrier()
+    group.barrier()
     store = ActivationStore.open(out)
-    if rank == 0 and not torch.isfinite(store.written_statistics.sum).all():
+    if group.rank == 0 and not torch.isfinite(store.written_statistics.sum).all():
         warnings.warn(
             f"some rows of the store at {str(out)!r} hold NaN or Inf; train_sae and the analyses refuse them",
             stacklevel=2,
@@ -598,24 +597,6 @@ def _settings(site: str, model: str | None, tokens: str, dim: int, dtype: str, i
         "images": images,
         "images_per_shard": per_shard,
     }
-
-
-def _share(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    if world_size is None:
-        world_size = torch.distributed.get_world_size() if distributed else 1
-    if rank is None:
-        rank = torch.distributed.get_rank() if distributed else 0
-    world_size = check_int(world_size, "world_size", 1)
-    rank = check_int(rank, "rank", 0)
-    if rank >= world_size:
-        raise ValueError(f"rank must be below world_size ({world_size}), got {rank}")
-    return rank, world_size
-
-
-def _barrier() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
 
 
 def _as_dataset(data: ImageData, batch_size: int) -> tuple[Sequence, dict]:

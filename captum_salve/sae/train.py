@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from captum_salve.activations import ActivationSet
 from captum_salve.checks import check_int, check_real
+from captum_salve.distributed import ProcessGroup
 from captum_salve.files import atomic_path
 from captum_salve.sae.metrics import ReconstructionStats
 from captum_salve.sae.model import SparseAutoencoder
@@ -250,7 +251,7 @@ def train_saes(
         checkpoint_every = check_int(checkpoint_every, "checkpoint_every", 1)
         if checkpoint_dirs is None:
             raise ValueError("checkpoint_every needs checkpoint_dir, where the checkpoints are written")
-    group = _ProcessGroup()
+    group = ProcessGroup()
 
     rows.check_finite("acts", "; drop or fix those rows before training")
     statistics = rows.statistics()
@@ -307,24 +308,6 @@ def train_saes(
                 run.save(Path(folder), 0)
     bar.close()
     return [run.result() for run in runs]
-
-
-class _ProcessGroup:
-    """This process's rank and the world size under torch.distributed (1 process otherwise)."""
-
-    def __init__(self) -> None:
-        self.active = torch.distributed.is_available() and torch.distributed.is_initialized()
-        self.size = torch.distributed.get_world_size() if self.active else 1
-        self.rank = torch.distributed.get_rank() if self.active else 0
-
-    def sum_(self, tensor: Tensor) -> Tensor:
-        if self.size > 1:
-            torch.distributed.all_reduce(tensor)
-        return tensor
-
-    def barrier(self) -> None:
-        if self.size > 1:
-            torch.distributed.barrier()
 
 
 def _seeded(*keys: int) -> torch.Generator:
@@ -433,7 +416,7 @@ class _Run:
         statistics: RowStatistics,
         device: torch.device,
         data_settings: dict,
-        group: _ProcessGroup,
+        group: ProcessGroup,
     ) -> None:
         variant, l1, lr, seed = config.checked()
         self.rows, self.group, self.variant = rows, group, variant
