@@ -121,8 +121,8 @@ def discover(run: Run) -> DiscoverResult:
     """
     names = run.class_names
     saes, heatmaps = {}, {}
-    for activation in dict.fromkeys([run.config.sae_activation, "linear"]):
-        sae = run.sae_of(activation)
+    activations = list(dict.fromkeys([run.config.sae_activation, "linear"]))
+    for activation, sae in zip(activations, run.saes_of([(a, 0) for a in activations]), strict=True):
         if activation == run.config.sae_activation:
             profile = run.profile
         else:

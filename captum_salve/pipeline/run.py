@@ -22,7 +22,7 @@ from captum_salve.pipeline.config import PipelineConfig
 from captum_salve.pipeline.fingerprint import data_fingerprint, model_fingerprint
 from captum_salve.pipeline.inputs import PipelineInputs
 from captum_salve.pipeline.record import Record, RecordFormatError, to_plain
-from captum_salve.sae import VARIANTS, SparseAutoencoder, code_activation, train_sae
+from captum_salve.sae import VARIANTS, SAEConfig, SparseAutoencoder, code_activation, train_saes
 from captum_salve.sae.train import CHECKPOINT_FILE
 
 __all__ = ["STAGE_FORMAT", "Run"]
@@ -204,36 +204,53 @@ class Run:
         return self._activations("test")
 
     def sae_of(self, activation: str, seed: int = 0) -> SparseAutoencoder:
-        """The run's SAE of one variant and seed, trained once and kept in ``sae-<activation>[-seed<seed>]/``.
+        """The run's SAE of one variant and seed (see :meth:`saes_of`)."""
+        return self.saes_of([(activation, seed)])[0]
 
-        Training keeps a checkpoint after every epoch in ``<that folder>.training/``, so a
-        run interrupted during training resumes from its last finished epoch.
+    def saes_of(self, keys: Sequence[tuple[str, int]]) -> list[SparseAutoencoder]:
+        """The run's SAEs of these (variant, seed) pairs; those not yet trained are trained in one pass.
+
+        Each is kept in ``sae-<activation>[-seed<seed>]/``. The missing ones are trained
+        together by :func:`~captum_salve.sae.train_saes` (all with data-order seed 0, so each
+        equals the SAE trained alone), with a checkpoint after every epoch in
+        ``<its folder>.training/``: a run interrupted during training resumes from its
+        last finished epoch.
         """
-        if (activation, seed) not in self._saes:
+        missing = []
+        for activation, seed in dict.fromkeys(keys):
             directory = self.out / (f"sae-{activation}" if seed == 0 else f"sae-{activation}-seed{seed}")
+            if (activation, seed) in self._saes:
+                continue
             if (directory / "cfg.json").is_file():
                 self._saes[activation, seed] = SparseAutoencoder.load(directory, device=self.device)
             else:
-                checkpoints = directory.with_name(f"{directory.name}.training")
+                missing.append((activation, seed, directory))
+        if missing:
+            configs = []
+            for activation, seed, _ in missing:
                 settings = VARIANTS[activation].default_settings(self.config.sae_latents)
                 if "k" in settings and self.config.topk is not None:
                     settings["k"] = self.config.topk
-                sae, history = train_sae(
-                    self.train_acts,
-                    self.config.sae_latents,
-                    activation=code_activation(activation, **settings),
-                    epochs=self.config.sae_epochs,
-                    seed=seed,
-                    device=self.device,
-                    checkpoint_dir=checkpoints,
-                    resume=(checkpoints / CHECKPOINT_FILE).is_file(),
-                    progress=False,
-                )
+                configs.append(SAEConfig(self.config.sae_latents, code_activation(activation, **settings), seed=seed))
+            checkpoints = [directory.with_name(f"{directory.name}.training") for *_, directory in missing]
+            results = train_saes(
+                self.train_acts,
+                configs,
+                epochs=self.config.sae_epochs,
+                shuffle_seed=0,
+                device=self.device,
+                checkpoint_dirs=checkpoints,
+                resume=all((folder / CHECKPOINT_FILE).is_file() for folder in checkpoints),
+                progress=False,
+            )
+            for (activation, seed, directory), checkpoint, (sae, history) in zip(
+                missing, checkpoints, results, strict=True
+            ):
                 sae.metadata.update(run=self.inputs.name, final_epoch=to_plain(history[-1]))
                 sae.save(directory)
-                shutil.rmtree(checkpoints)
+                shutil.rmtree(checkpoint)
                 self._saes[activation, seed] = sae
-        return self._saes[activation, seed]
+        return [self._saes[key] for key in keys]
 
     @property
     def sae(self) -> SparseAutoencoder:

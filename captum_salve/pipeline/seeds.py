@@ -50,7 +50,7 @@ def seeds(run: Run) -> SeedsResult:
         >>> seeds(run).match_similarity_mean
     """
     names, config = run.class_names, run.config
-    saes = [run.sae_of(config.sae_activation, seed) for seed in range(config.seeds)]  # each kept: resumable
+    saes = run.saes_of([(config.sae_activation, seed) for seed in range(config.seeds)])  # one data pass
     study = seed_study(run.model, saes, run.train_acts, run.test_acts, config.sweep_alphas, rule=config.rule)
     classes = range(len(names))
     a50 = torch.tensor(
