@@ -12,11 +12,14 @@ import math
 import numbers
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from captum_salve.store import Rows
 
 __all__ = [
     "check_class_names",
@@ -24,6 +27,7 @@ __all__ = [
     "check_int",
     "check_labels",
     "check_real",
+    "check_rows",
     "check_strengths",
     "raised_in",
     "shape_of",
@@ -160,6 +164,30 @@ def check_strengths(alphas: Any, name: str = "alphas") -> Tensor:
         raise ValueError(f"{name} must be a non-empty 1-D sequence of strengths, got {alphas!r}")
     strengths = [check_real(a, f"{name}[{i}]", 0.0) for i, a in enumerate(values)]
     return torch.tensor(strengths, dtype=torch.float64).sort().values
+
+
+def check_rows(value: Any, name: str) -> Rows:
+    """Activations as :class:`~captum_salve.store.Rows`: an ActivationSet wrapped, an ActivationStore as it is.
+
+    Anything else, a bare tensor included, is refused: a tensor carries no labels and
+    no site, so the caller wraps it in an ActivationSet.
+
+    Example:
+        >>> len(check_rows(ActivationSet(torch.randn(4, 3)), "acts"))
+        4
+        >>> rows = check_rows(ActivationStore.open("acts/train"), "acts")    # read chunk by chunk from disk
+        >>> check_rows(torch.randn(4, 3), "acts")    # TypeError: a bare tensor must be wrapped in an ActivationSet
+    """
+    # imported here: the activations and the store are built on these checks
+    from captum_salve.activations import ActivationSet
+    from captum_salve.store import Rows, as_rows
+
+    if not isinstance(value, (ActivationSet, Rows)):
+        raise TypeError(
+            f"{name} must be an ActivationSet or an ActivationStore, got {type(value).__name__}; "
+            "wrap the rows in ActivationSet(features, labels)"
+        )
+    return as_rows(value, name)
 
 
 def shape_of(value: Any) -> object:

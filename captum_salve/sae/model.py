@@ -17,6 +17,7 @@ from captum_salve.checks import check_int, shape_of
 from captum_salve.files import atomic_path, ensure_directory
 from captum_salve.sae.variants import ActivationName, CodeActivation, code_activation
 from captum_salve.sites import HEAD_INPUT, as_device
+from captum_salve.store import Rows
 
 __all__ = ["SparseAutoencoder", "check_feature_index", "check_finite"]
 
@@ -54,18 +55,32 @@ def check_feature_index(features: Any, d_latent: int, name: str = "feature") -> 
     return values
 
 
-def check_finite(values: Tensor, name: str, hint: str = "") -> None:
+def check_finite(values: Tensor | Rows, name: str, hint: str = "", *, chunk_rows: int = 65536) -> None:
     """Refuse a tensor holding NaN or Inf, naming it, how many entries are not finite and where the first is.
+
+    Rows (an in-memory or on-disk set of activations, see :class:`~captum_salve.store.Rows`)
+    are read ``chunk_rows`` at a time, and the index is their row and column.
 
     Example:
         >>> check_finite(torch.tensor([[1.0, 2.0], [float("nan"), 0.0]]), "acts")
         Traceback (most recent call last):
         ValueError: acts holds 1 non-finite value (NaN or Inf); the first at index (1, 0)
     """
-    bad = ~torch.isfinite(values)
-    if bad.any():
-        count = int(bad.sum())
-        first = tuple(int(i) for i in bad.nonzero()[0])
+    if isinstance(values, Tensor):
+        blocks = [(0, values)]
+    else:
+        chunk_rows = check_int(chunk_rows, "chunk_rows", 1)
+        blocks = zip(range(0, len(values), chunk_rows), (c.features for c in values.chunks(chunk_rows)), strict=True)
+    count, first = 0, None
+    for offset, block in blocks:
+        bad = ~torch.isfinite(block)
+        if bad.any():
+            count += int(bad.sum())
+            if first is None:
+                index = bad.nonzero()[0]
+                index[:1] += offset  # the row within the block, made a row of the whole
+                first = tuple(index.tolist())
+    if count:
         raise ValueError(
             f"{name} holds {count} non-finite value{'s' if count > 1 else ''} (NaN or Inf); "
             f"the first at index {first}{hint}"
