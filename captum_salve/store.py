@@ -48,6 +48,7 @@ __all__ = [
     "RowStatistics",
     "Rows",
     "as_rows",
+    "check_rows",
     "write_activations",
 ]
 
@@ -233,6 +234,26 @@ def as_rows(data: ActivationSet | Tensor | Rows, name: str = "acts") -> Rows:
             raise ValueError(f"{name} as a tensor must be (N, M) rows, got shape {tuple(data.shape)}")
         data = ActivationSet(data)
     return _InMemoryRows(check_activation_set(data, name))
+
+
+def check_rows(value: object, name: str) -> Rows:
+    """Activations as :class:`~captum_salve.store.Rows`: an ActivationSet wrapped, an ActivationStore as it is.
+
+    Anything else, a bare tensor included, is refused: a tensor carries no labels and
+    no site, so the caller wraps it in an ActivationSet.
+
+    Example:
+        >>> len(check_rows(ActivationSet(torch.randn(4, 3)), "acts"))
+        4
+        >>> rows = check_rows(ActivationStore.open("acts/train"), "acts")    # read chunk by chunk from disk
+        >>> check_rows(torch.randn(4, 3), "acts")    # TypeError: a bare tensor must be wrapped in an ActivationSet
+    """
+    if not isinstance(value, (ActivationSet, Rows)):
+        raise TypeError(
+            f"{name} must be an ActivationSet or an ActivationStore, got {type(value).__name__}; "
+            "wrap the rows in ActivationSet(features, labels)"
+        )
+    return as_rows(value, name)
 
 
 class ActivationStore(Rows):

@@ -381,7 +381,10 @@ CASES = {
     "clear: metrics of a tensor instead of an ActivationSet": Case(
         lambda tmp_path, resnet: sae_metrics(random_sae(4, d_latent=8), torch.randn(5, 4)),
         TypeError,
-        ("acts must be an ActivationSet, got Tensor; wrap the rows in ActivationSet(features, labels)",),
+        (
+            "acts must be an ActivationSet or an ActivationStore, got Tensor",
+            "wrap the rows in ActivationSet(features, labels)",
+        ),
     ),
     "clear: metrics with labels the head does not have": Case(
         lambda tmp_path, resnet: sae_metrics(

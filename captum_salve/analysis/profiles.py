@@ -10,9 +10,10 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from captum_salve.activations import ActivationSet, check_activation_set
+from captum_salve.activations import ActivationSet
 from captum_salve.checks import check_class_names, check_class_with_samples, check_int
 from captum_salve.sae.model import SparseAutoencoder, check_feature_index, check_finite
+from captum_salve.store import ActivationStore, RowStatistics, check_rows
 
 __all__ = [
     "ClassProfile",
@@ -130,12 +131,25 @@ class ClassProfile:
 
 
 def class_profile(
-    sae: SparseAutoencoder, acts: ActivationSet, *, class_names: Sequence[str] | None = None
+    sae: SparseAutoencoder,
+    acts: ActivationSet | ActivationStore,
+    *,
+    class_names: Sequence[str] | None = None,
+    chunk_rows: int = 65536,
 ) -> ClassProfile:
     """The class-conditional mean code μ_k of every class.
 
-    ``acts`` must hold at least 2 rows (``code_std`` is a standard deviation over
-    them), finite ones, with integer labels; its classes are 0 to its largest label.
+    The codes are summed chunk by chunk in float64 (per class, and their squares for
+    ``code_std``), so an on-disk store of any length is profiled in memory bounded by
+    ``chunk_rows``.
+
+    Args:
+        sae: The SAE whose codes are profiled.
+        acts: An ActivationSet or an ActivationStore: at least 2 rows (``code_std`` is
+            a standard deviation over them), finite ones, with integer labels; its
+            classes are 0 to its largest label.
+        class_names: One name per class; default the class indices.
+        chunk_rows: Rows read and encoded at a time.
 
     Example:
         >>> profile = class_profile(sae, acts)
@@ -143,20 +157,24 @@ def class_profile(
         >>> cross_class_features(profile)  # features shared by several classes
         >>> plots.class_heatmap(profile)   # the paper's Figure 1a
     """
-    check_activation_set(acts, "acts")
-    if len(acts) < 2:
+    rows = check_rows(acts, "acts")
+    if len(rows) < 2:
         raise ValueError(
-            f"acts must hold at least 2 rows to profile (code_std is a standard deviation over rows), got {len(acts)}"
+            f"acts must hold at least 2 rows to profile (code_std is a standard deviation over rows), got {len(rows)}"
         )
-    labels = acts.require_labels()  # integers >= 0, as ActivationSet holds them
-    check_finite(acts.features, "acts")
+    labels = rows.require_labels()  # integers >= 0, as ActivationSet and ActivationStore hold them
+    check_finite(rows, "acts", chunk_rows=chunk_rows)
     k = int(labels.max()) + 1
     names = check_class_names(class_names, count=k) if class_names is not None else [str(i) for i in range(k)]
-    codes = sae.encode_all(acts)
+    sums = torch.zeros(k, sae.d_latent, dtype=torch.float64)
+    spread = RowStatistics.of(torch.zeros(0, sae.d_latent))
+    for chunk, codes in sae.encode_chunks(rows, chunk_rows):
+        sums.index_add_(0, chunk.labels, codes.double())
+        spread += RowStatistics.of(codes)
     counts = torch.bincount(labels, minlength=k)
-    sums = torch.zeros(k, codes.shape[1]).index_add_(0, labels, codes)
     mean = sums / counts.clamp_min(1)[:, None]
-    return ClassProfile(mean, counts, codes.std(dim=0), names)
+    code_std = (spread.variance * len(rows) / (len(rows) - 1)).sqrt()  # unbiased, as Tensor.std
+    return ClassProfile(mean.float(), counts, code_std.float(), names)
 
 
 def cross_class_features(profile: ClassProfile, *, n_classes: int = 2, top: int = 5) -> list[CrossClassFeature]:
@@ -197,19 +215,40 @@ def select_feature(profile: ClassProfile, class_index: int, *, n: int = 1, by: R
     return [int(f) for f in profile.dominant(class_index, n, by=by)]
 
 
-def top_activating(sae: SparseAutoencoder, acts: ActivationSet, feature: int, k: int = 9) -> tuple[Tensor, Tensor]:
+def top_activating(
+    sae: SparseAutoencoder, acts: ActivationSet | ActivationStore, feature: int, k: int = 9, *, chunk_rows: int = 65536
+) -> tuple[Tensor, Tensor]:
     """The ``k`` rows where a feature's code is largest: (indices, values), largest first.
+
+    The best ``k`` are kept while the rows are encoded chunk by chunk; of equal codes
+    the earlier row comes first, so the answer does not depend on ``chunk_rows``.
+
+    Args:
+        sae: The SAE.
+        acts: An ActivationSet or an ActivationStore, finite.
+        feature: One SAE feature.
+        k: How many rows, at most the number of rows.
+        chunk_rows: Rows read and encoded at a time.
+
+    Returns:
+        (k,) row indices and (k,) float32 codes.
 
     Example:
         >>> train_acts = collect_activations(model, train)    # train: a DigitsCanvas, say
         >>> indices, values = top_activating(sae, train_acts, 12)
         >>> fig = plots.gallery(train.images[indices], values, title="feature 12")
     """
-    check_activation_set(acts, "acts")
+    rows = check_rows(acts, "acts")
     index = sae.feature_index(feature)
     if index.numel() != 1:
         raise ValueError(f"feature must be one SAE feature, got {feature!r}")
-    k = check_int(k, "k", 1, len(acts))
-    check_finite(acts.features, "acts")
-    values, indices = sae.encode_all(acts)[:, int(index[0])].topk(k)
+    k = check_int(k, "k", 1, len(rows))
+    check_finite(rows, "acts", chunk_rows=chunk_rows)
+    values, indices, start = torch.zeros(0), torch.zeros(0, dtype=torch.long), 0
+    for chunk, codes in sae.encode_chunks(rows, chunk_rows):
+        values = torch.cat([values, codes[:, int(index[0])]])
+        indices = torch.cat([indices, torch.arange(start, start + len(chunk))])
+        # of equal codes the kept rows are in row order and precede the chunk's: a stable sort keeps the earlier row
+        best = values.sort(descending=True, stable=True).indices[:k]
+        values, indices, start = values[best], indices[best], start + len(chunk)
     return indices, values

@@ -9,7 +9,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
-from captum_salve.activations import ActivationSet, check_activation_set
+from captum_salve.activations import ActivationSet
 from captum_salve.analysis.profiles import RankBy, class_profile, select_feature
 from captum_salve.analysis.sweeps import alpha_sweep
 from captum_salve.checks import check_labels
@@ -17,6 +17,7 @@ from captum_salve.edit.head_edit import head_of
 from captum_salve.edit.rules import EditMode, EditRule, EditRuleName
 from captum_salve.sae.metrics import sae_metrics
 from captum_salve.sae.model import SparseAutoencoder, check_finite
+from captum_salve.store import ActivationStore, check_rows
 
 __all__ = ["SeedStudy", "match_features", "seed_study"]
 
@@ -83,8 +84,8 @@ class SeedStudy:
 def seed_study(
     model: nn.Module,
     saes: Iterable[SparseAutoencoder],
-    train_acts: ActivationSet,
-    test_acts: ActivationSet,
+    train_acts: ActivationSet | ActivationStore,
+    test_acts: ActivationSet | ActivationStore,
     alphas: Sequence[float],
     *,
     mode: EditMode = "suppress",
@@ -102,9 +103,10 @@ def seed_study(
         model: The classifier.
         saes: Two or more SAEs of the same shape, trained from different seeds (any iterable).
         train_acts: Labelled head-input activations the class profiles are read from,
-            with samples of every class of the model's head.
+            with samples of every class of the model's head: an ActivationSet or an
+            ActivationStore (read chunk by chunk).
         test_acts: Labelled head-input activations the sweeps are measured on, with
-            samples of every class too.
+            samples of every class too: an ActivationSet or an ActivationStore.
         alphas: Strengths.
         mode: "suppress" or "enhance", as in :func:`alpha_sweep`.
         rule: Edit rule of every sweep (a name or an :class:`~captum_salve.edit.EditRule`).
@@ -122,9 +124,9 @@ def seed_study(
     if strangers:
         raise TypeError(f"saes must hold SparseAutoencoders, got {strangers}")
     k = head_of(model).out_features
+    train_acts, test_acts = check_rows(train_acts, "train_acts"), check_rows(test_acts, "test_acts")
     for acts, name in ((train_acts, "train_acts"), (test_acts, "test_acts")):
-        check_activation_set(acts, name)
-        check_finite(acts.features, name)
+        check_finite(acts, name)
         counts = torch.bincount(check_labels(acts.require_labels(), f"{name} labels", classes=k), minlength=k)
         missing = (counts == 0).nonzero().reshape(-1).tolist()
         if missing:

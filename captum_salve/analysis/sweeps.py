@@ -10,14 +10,21 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from captum_salve.activations import ActivationSet, check_activation_set
+from captum_salve.activations import ActivationSet
 from captum_salve.analysis.goal import ControlGoal
 from captum_salve.analysis.profiles import ClassProfile, RankBy, select_feature
-from captum_salve.checks import check_class_names, check_class_with_samples, check_int, check_labels, check_strengths
+from captum_salve.checks import (
+    check_class_names,
+    check_class_with_samples,
+    check_int,
+    check_labels,
+    check_strengths,
+)
 from captum_salve.edit.head_edit import HeadEdit, head_of, head_tensors64
 from captum_salve.edit.rules import EditMode, EditRule, EditRuleName, FeatureDirections, edit_rule
 from captum_salve.sae.model import SparseAutoencoder, check_finite
 from captum_salve.sites import HEAD_INPUT
+from captum_salve.store import ActivationStore, check_rows
 
 __all__ = ["DEFAULT_EDIT_ALPHAS", "EditChoice", "SweepResult", "alpha_50", "alpha_sweep", "crossing_50", "select_edit"]
 
@@ -118,12 +125,13 @@ def alpha_sweep(
     model: nn.Module,
     sae: SparseAutoencoder | FeatureDirections,
     feature: int | Sequence[int] | None,
-    data: ActivationSet,
+    data: ActivationSet | ActivationStore,
     alphas: Sequence[float] | Tensor,
     *,
     mode: EditMode = "suppress",
     rule: EditRuleName | EditRule = "salve",
     class_names: Sequence[str] | None = None,
+    chunk_rows: int = 65536,
 ) -> SweepResult:
     """Per-class accuracy and prediction distribution of the edited model at every α.
 
@@ -132,31 +140,37 @@ def alpha_sweep(
     computed in float64 by the rule's :meth:`~captum_salve.edit.rules.EditRule.logit_curve`
     (under ``"project"`` a rank-1 update of the unedited logits per feature,
     O(N·K) per strength). Several features are edited together, each at the swept α.
+    The rows are read chunk by chunk and only the confusion counts are kept, so an
+    on-disk store of any length is swept in bounded memory.
 
     Args:
         model: The classifier, or its head (``nn.Linear``).
         sae: The SAE (or FeatureDirections, then ``feature`` is None).
         feature: One feature or several edited together.
-        data: Labelled head-input activations (see :func:`collect_activations`), finite.
+        data: Labelled head-input activations (see :func:`collect_activations`), finite:
+            an ActivationSet or an ActivationStore.
         alphas: Strengths ≥ 0.
         mode: ``"suppress"`` or ``"enhance"``.
         rule: ``"salve"``, ``"project"`` or an EditRule.
         class_names: Names for figures, one per class of the head.
+        chunk_rows: Rows read at a time (fewer when the logits of that many would not
+            fit in a block of 2^22 float64 numbers).
 
     Example:
         >>> sweep = alpha_sweep(model, sae, 12, test_acts, [0, 1, 2, 5, 10], rule="project")
         >>> sweep.per_class_accuracy[:, 3], sweep.off_target_change(3)
     """
-    check_activation_set(data, "data")
-    if data.site != HEAD_INPUT:
-        raise ValueError(f"data must be head-input activations, got activations read at {data.site!r}")
+    rows = check_rows(data, "data")
+    if rows.site != HEAD_INPUT:
+        raise ValueError(f"data must be head-input activations, got activations read at {rows.site!r}")
     edit = HeadEdit.of(sae, feature, 0.0, mode=mode, rule=rule)
     head = head_of(model)
     edit.check_head(head)
     alphas = check_strengths(alphas)
     k = head.out_features
-    labels = check_labels(data.require_labels(), "data labels", classes=k)
-    check_finite(data.features, "data")
+    check_labels(rows.require_labels(), "data labels", classes=k)
+    chunk_rows = check_int(chunk_rows, "chunk_rows", 1)
+    check_finite(rows, "data", chunk_rows=chunk_rows)
     names = check_class_names(class_names, count=k) if class_names is not None else [str(i) for i in range(k)]
     weight, bias = head_tensors64(head)
     device = weight.device
@@ -164,14 +178,12 @@ def alpha_sweep(
         torch.full((edit.directions.count,), float(alpha), dtype=torch.float64, device=device) for alpha in alphas
     ]
     confusion = torch.zeros(len(alphas) + 1, k, k, dtype=torch.long)
-    rows = max(1, _CHUNK_ELEMENTS // (k + edit.directions.width))
-    for start in range(0, len(data), rows):
-        a = data.features[start : start + rows].to(device, torch.float64)
-        truth = labels[start : start + rows]
+    for chunk in rows.chunks(min(chunk_rows, max(1, _CHUNK_ELEMENTS // (k + edit.directions.width)))):
+        a = chunk.features.to(device, torch.float64)
         logits_at = edit.rule.logit_curve(weight, bias, edit.directions, a, edit.sign)
         for i, strength in enumerate([torch.zeros_like(strengths[0]), *strengths]):
             predicted = logits_at(strength).argmax(dim=1).cpu()
-            confusion[i] += torch.bincount(truth * k + predicted, minlength=k * k).reshape(k, k)
+            confusion[i] += torch.bincount(chunk.labels * k + predicted, minlength=k * k).reshape(k, k)
     label = f"{mode} {'feature ' + str(feature) if feature is not None else 'direction'} ({edit.rule.name})"
     return SweepResult(alphas, confusion[1:], confusion[0], label, names)
 
@@ -252,7 +264,7 @@ def select_edit(
     sae: SparseAutoencoder,
     profile: ClassProfile,
     class_index: int,
-    acts: ActivationSet,
+    acts: ActivationSet | ActivationStore,
     *,
     rule: EditRuleName | EditRule = "project",
     mode: EditMode = "suppress",
@@ -271,7 +283,8 @@ def select_edit(
     (fewer features on a tie). If none gets there, the one that brings the class
     lowest is returned with ``reached=False``. Pick on training activations and
     measure the choice on held-out ones (the default goal aims for 2% here, a
-    margin for its held-out 10%). The class must have samples in ``acts`` and rows
+    margin for its held-out 10%). ``acts`` is an ActivationSet or an ActivationStore
+    (each sweep reads it chunk by chunk); the class must have samples in it and rows
     in ``profile``.
 
     Example:
@@ -282,15 +295,15 @@ def select_edit(
         raise TypeError(f"goal must be a ControlGoal, got {type(goal).__name__}: {goal!r}")
     candidates = check_int(candidates, "candidates", least=1)
     max_features = check_int(max_features, "max_features", least=1)
-    check_activation_set(acts, "acts")
+    rows = check_rows(acts, "acts")
     pool = select_feature(profile, class_index, n=candidates, by=by)
-    counts = torch.bincount(acts.require_labels(), minlength=profile.num_classes)
+    counts = torch.bincount(rows.require_labels(), minlength=profile.num_classes)
     class_index = check_class_with_samples(class_index, counts, "acts", "select_edit cannot measure its accuracy")
     rule_name = edit_rule(rule).name
     best: tuple | None = None
     for size in range(1, max_features + 1):
         for group in combinations(pool, size):
-            sweep = alpha_sweep(model, sae, list(group), acts, alphas, mode=mode, rule=rule)
+            sweep = alpha_sweep(model, sae, list(group), rows, alphas, mode=mode, rule=rule)
             accuracy = sweep.per_class_accuracy[:, class_index]
             off = sweep.off_target_change(class_index)
             below = (accuracy < goal.selection_accuracy).nonzero()

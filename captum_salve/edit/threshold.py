@@ -35,6 +35,7 @@ from captum_salve.edit.head_edit import HeadEdit, head_of, head_tensors64
 from captum_salve.edit.rules import EditMode, EditRule, EditRuleName, FeatureDirections, LogitPieces
 from captum_salve.sae.model import SparseAutoencoder, check_finite
 from captum_salve.sites import HEAD_INPUT
+from captum_salve.store import ActivationStore, Rows, as_rows
 
 __all__ = ["CRITERIA", "METHODS", "Criterion", "Method", "alpha_crit"]
 
@@ -52,13 +53,14 @@ def alpha_crit(
     model: nn.Module,
     sae: SparseAutoencoder | FeatureDirections,
     feature: int | None,
-    inputs: ImageData | ActivationSet,
+    inputs: ImageData | ActivationSet | ActivationStore,
     target: int | Sequence[int] | Tensor,
     *,
     criterion: Criterion = "zero_logit",
     method: Method = "exact",
     rule: EditRuleName | EditRule = "salve",
     mode: EditMode = "suppress",
+    chunk_rows: int = 65536,
 ) -> Tensor:
     """Per-sample critical edit strength for one feature.
 
@@ -67,16 +69,20 @@ def alpha_crit(
             when ``inputs`` are head-input activations.
         sae: The SAE trained on the head input, or :class:`FeatureDirections` of one feature.
         feature: The SAE feature (None with FeatureDirections).
-        inputs: Images (tensor, Dataset, DataLoader) or head-input activations.
+        inputs: Images (tensor, Dataset, DataLoader) or head-input activations (an
+            ActivationSet or an ActivationStore, read chunk by chunk).
         target: The class whose logit or prediction is watched: one int for all
             samples, or one per sample.
         criterion: ``"zero_logit"`` or ``"flip"``.
         method: ``"exact"``, ``"linear"`` or ``"bisect"``.
         rule: ``"salve"``, ``"project"`` or an EditRule.
         mode: ``"suppress"`` or ``"enhance"``.
+        chunk_rows: Rows solved at a time (fewer when that many rows' logit pieces would
+            not fit in a block of 2^24 float64 numbers). Each sample's threshold depends
+            on its own row alone.
 
     Returns:
-        (N,) float64 thresholds, ``inf`` where the criterion is never met.
+        (N,) float64 thresholds in row order, ``inf`` where the criterion is never met.
 
     Example:
         >>> acts = collect_activations(model, test_images)
@@ -92,39 +98,42 @@ def alpha_crit(
         raise ValueError(f"alpha_crit takes one feature, got {edit.directions.count}")
     head = head_of(model)
     edit.check_head(head)
-    if isinstance(inputs, ActivationSet):
-        acts = inputs
+    if isinstance(inputs, (ActivationSet, Rows)):
+        rows = as_rows(inputs, "inputs")
     elif not isinstance(inputs, (Tensor, Dataset, DataLoader)):
         raise TypeError(
-            "inputs must be images (a tensor, Dataset or DataLoader) or head-input activations (an ActivationSet), "
-            f"got {type(inputs).__name__}"
+            "inputs must be images (a tensor, Dataset or DataLoader) or head-input activations "
+            f"(an ActivationSet or an ActivationStore), got {type(inputs).__name__}"
         )
     elif isinstance(model, nn.Linear):
-        raise ValueError("with the head alone, inputs must be head-input activations (an ActivationSet), not images")
+        raise ValueError(
+            "with the head alone, inputs must be head-input activations (an ActivationSet or an ActivationStore), "
+            "not images"
+        )
     else:
-        acts = collect_activations(model, inputs, progress=False)
-    if acts.dim != head.in_features or acts.site != HEAD_INPUT:
+        rows = as_rows(collect_activations(model, inputs, progress=False), "inputs")
+    if rows.dim != head.in_features or rows.site != HEAD_INPUT:
         raise ValueError(
             f"inputs must be images or head-input activations of width {head.in_features}, "
-            f"got activations of width {acts.dim} read at {acts.site!r}"
+            f"got activations of width {rows.dim} read at {rows.site!r}"
         )
-    if len(acts) == 0:
+    if len(rows) == 0:
         raise ValueError("inputs hold no samples; alpha_crit needs at least one")
-    check_finite(acts.features, "inputs' head-input activations")
-    a = acts.features.to(head.weight.device, torch.float64)
-    targets = _per_sample_targets(target, len(a), head.out_features).to(a.device)
-
+    chunk_rows = check_int(chunk_rows, "chunk_rows", 1)
+    check_finite(rows, "inputs' head-input activations", chunk_rows=chunk_rows)
     weight, bias = head_tensors64(head)
-    if method == "bisect":
-        return _bisect(edit, weight, bias, a, targets, criterion)
-    chunk = max(1, _CHUNK_ELEMENTS // (head.out_features * (head.in_features + 1) * 4))
-    results = []
-    for start in range(0, len(a), chunk):
-        pieces = edit.rule.pieces(
-            weight, bias, edit.directions, a[start : start + chunk], edit.sign, exact=method == "exact"
-        )
-        results.append(_first_crossing(pieces, targets[start : start + chunk], criterion, mode))
-    return torch.cat(results).cpu()
+    targets = _per_sample_targets(target, len(rows), head.out_features).to(weight.device)
+    chunk_rows = min(chunk_rows, max(1, _CHUNK_ELEMENTS // (head.out_features * (head.in_features + 1) * 4)))
+    results, start = [], 0
+    for chunk in rows.chunks(chunk_rows):
+        a, chunk_targets = chunk.features.to(weight.device, torch.float64), targets[start : start + len(chunk)]
+        if method == "bisect":
+            results.append(_bisect(edit, weight, bias, a, chunk_targets, criterion))
+        else:
+            pieces = edit.rule.pieces(weight, bias, edit.directions, a, edit.sign, exact=method == "exact")
+            results.append(_first_crossing(pieces, chunk_targets, criterion, mode).cpu())
+        start += len(chunk)
+    return torch.cat(results)
 
 
 def _per_sample_targets(target: int | Sequence[int] | Tensor, n: int, classes: int) -> Tensor:

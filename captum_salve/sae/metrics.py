@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from captum_salve.activations import ActivationSet, check_activation_set
+from captum_salve.activations import ActivationSet
 from captum_salve.checks import check_int, check_labels
 from captum_salve.models import find_head
 from captum_salve.sae.model import SparseAutoencoder, check_finite
 from captum_salve.sites import HEAD_INPUT
+from captum_salve.store import ActivationStore, check_rows
 
 __all__ = ["ReconstructionStats", "sae_metrics"]
 
@@ -71,7 +72,7 @@ class ReconstructionStats:
 @torch.no_grad()
 def sae_metrics(
     sae: SparseAutoencoder,
-    acts: ActivationSet,
+    acts: ActivationSet | ActivationStore,
     head: nn.Module | None = None,
     *,
     batch_size: int = 4096,
@@ -80,7 +81,8 @@ def sae_metrics(
 
     Args:
         sae: The autoencoder.
-        acts: Activations it should reconstruct.
+        acts: Activations it should reconstruct: an ActivationSet or an ActivationStore,
+            read ``batch_size`` rows at a time (their mean is summed first, in float64).
         head: The classifier's linear head, or the whole classifier (its head is
             found). With labelled head-input activations this adds ``accuracy``
             and ``spliced_accuracy``.
@@ -97,33 +99,33 @@ def sae_metrics(
         >>> metrics = sae_metrics(sae, acts, head=model)
         >>> metrics["spliced_accuracy"] - metrics["accuracy"]
     """
-    check_activation_set(acts, "acts")
-    if acts.dim != sae.d_in:
-        raise ValueError(f"the SAE reads {sae.d_in}-dimensional activations, acts have {acts.dim}")
-    if len(acts) < 2:
-        raise ValueError(f"acts hold {len(acts)} rows; explained variance needs at least 2")
-    check_finite(acts.features, "acts")
+    rows = check_rows(acts, "acts")
+    if rows.dim != sae.d_in:
+        raise ValueError(f"the SAE reads {sae.d_in}-dimensional activations, acts have {rows.dim}")
+    if len(rows) < 2:
+        raise ValueError(f"acts hold {len(rows)} rows; explained variance needs at least 2")
     batch_size = check_int(batch_size, "batch_size", 1)
+    check_finite(rows, "acts", chunk_rows=batch_size)
     linear = None
     if head is not None:
-        if acts.site != HEAD_INPUT:
-            raise ValueError(f"spliced accuracy needs head-input activations, but acts were read at {acts.site!r}")
+        if rows.site != HEAD_INPUT:
+            raise ValueError(f"spliced accuracy needs head-input activations, but acts were read at {rows.site!r}")
         linear = head if isinstance(head, nn.Linear) else find_head(head)[1]
         if linear.in_features != sae.d_in:
             raise ValueError(f"head takes {linear.in_features}-dimensional inputs but the SAE reads {sae.d_in}")
-        check_labels(acts.require_labels(), "acts.labels", linear.out_features)
+        check_labels(rows.require_labels(), "acts.labels", linear.out_features)
     device = sae.decoder_weight.device
-    stats = ReconstructionStats(acts.features.double().mean(dim=0).to(device), sae.d_latent, sae.active_threshold)
+    stats = ReconstructionStats(rows.statistics(batch_size).mean.to(device), sae.d_latent, sae.active_threshold)
     correct = spliced = 0
-    for start in range(0, len(acts), batch_size):
-        a = acts.features[start : start + batch_size].to(device, torch.float32)
+    for chunk in rows.chunks(batch_size):
+        a = chunk.features.to(device, torch.float32)
         a_hat, z = sae(a)
         stats.update(a, a_hat, z)
         if linear is not None:
-            labels = acts.labels[start : start + batch_size].to(linear.weight.device)
+            labels = chunk.labels.to(linear.weight.device)
             correct += (linear(a.to(linear.weight)).argmax(1) == labels).sum().item()
             spliced += (linear(a_hat.to(linear.weight)).argmax(1) == labels).sum().item()
     metrics = stats.summary()
     if linear is not None:
-        metrics.update(accuracy=correct / len(acts), spliced_accuracy=spliced / len(acts))
+        metrics.update(accuracy=correct / len(rows), spliced_accuracy=spliced / len(rows))
     return metrics

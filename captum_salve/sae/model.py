@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from captum_salve.checks import check_int, non_finite_error, shape_of
 from captum_salve.files import atomic_path, ensure_directory
 from captum_salve.sae.variants import ActivationName, CodeActivation, code_activation
 from captum_salve.sites import HEAD_INPUT, as_device
+from captum_salve.store import Rows, as_rows
 
 __all__ = ["SparseAutoencoder", "check_feature_index", "check_finite"]
 
@@ -54,14 +56,20 @@ def check_feature_index(features: Any, d_latent: int, name: str = "feature") -> 
     return values
 
 
-def check_finite(values: Tensor, name: str, hint: str = "") -> None:
+def check_finite(values: Tensor | Rows, name: str, hint: str = "", *, chunk_rows: int = 65536) -> None:
     """Refuse a tensor holding NaN or Inf, naming it, how many entries are not finite and where the first is.
+
+    Rows (an in-memory or on-disk set of activations, see :class:`~captum_salve.store.Rows`)
+    are read ``chunk_rows`` at a time, and the index is their row and column.
 
     Example:
         >>> check_finite(torch.tensor([[1.0, 2.0], [float("nan"), 0.0]]), "acts")
         Traceback (most recent call last):
         ValueError: acts holds 1 non-finite value (NaN or Inf); the first at index (1, 0)
     """
+    if not isinstance(values, Tensor):
+        values.check_finite(name, hint, check_int(chunk_rows, "chunk_rows", 1))
+        return
     bad = ~torch.isfinite(values)
     if bad.any():
         raise non_finite_error(name, int(bad.sum()), tuple(int(i) for i in bad.nonzero()[0]), hint)
@@ -160,26 +168,54 @@ class SparseAutoencoder(nn.Module):
             raise ValueError(f"expected an activation tensor of shape (N, {self.d_in}), got {shape_of(a)}")
         return self.code_activation(self.pre_activation(a))
 
+    def encode_chunks(
+        self, acts: ActivationSet | Rows | Tensor, chunk_rows: int = 65536
+    ) -> Iterator[tuple[ActivationSet, Tensor]]:
+        """Codes of a set of activations (in memory or an ActivationStore), chunk by chunk in row order.
+
+        Memory is bounded by ``chunk_rows``, not by the number of rows: the analyses
+        reduce each chunk's codes before the next chunk is read.
+
+        Args:
+            acts: An ActivationSet, an ActivationStore (any :class:`~captum_salve.store.Rows`)
+                or an (N, d_in) tensor.
+            chunk_rows: Rows per chunk, read and encoded together on the SAE's device.
+
+        Yields:
+            (chunk, codes): the chunk as an in-memory ActivationSet (labels included) and
+            its (n, d_latent) float32 codes on the CPU.
+
+        Example:
+            >>> for chunk, codes in sae.encode_chunks(ActivationStore.open("acts/train"), 65536):
+            ...     counts += (codes > 0).sum(dim=0)
+        """
+        matrix = isinstance(acts, Tensor) and acts.dim() == 2
+        rows = as_rows(acts, "acts") if matrix or isinstance(acts, (ActivationSet, Rows)) else None
+        if rows is None or rows.dim != self.d_in:
+            shape = (len(rows), rows.dim) if rows is not None else shape_of(acts)
+            raise ValueError(f"acts must be (N, {self.d_in}) activations for this SAE, got {shape}")
+        return self._encoded(rows.chunks(check_int(chunk_rows, "chunk_rows", 1)))
+
     @torch.no_grad()
-    def encode_all(self, acts: ActivationSet | Tensor, *, batch_size: int = 4096) -> Tensor:
+    def _encoded(self, chunks: Iterable[ActivationSet]) -> Iterator[tuple[ActivationSet, Tensor]]:
+        device = self.decoder_weight.device
+        for chunk in chunks:
+            yield chunk, self.encode(chunk.features.to(device)).to("cpu", torch.float32)
+
+    def encode_all(self, acts: ActivationSet | Rows | Tensor, *, batch_size: int = 4096) -> Tensor:
         """Codes of every row of a (possibly large) set of activations, in batches: (N, d_latent) float32 on the CPU.
+
+        ``acts`` is an ActivationSet, an ActivationStore or an (N, d_in) tensor. The
+        result holds all N rows of codes; to reduce them without holding them, use
+        :meth:`encode_chunks`.
 
         Example:
             >>> codes = sae.encode_all(test_acts)
             >>> codes[:, 12].topk(9)   # the rows where feature 12 is largest
         """
-        features = acts.features if isinstance(acts, ActivationSet) else acts
         batch_size = check_int(batch_size, "batch_size", 1)
-        if not isinstance(features, Tensor) or features.dim() != 2 or features.shape[1] != self.d_in:
-            raise ValueError(f"acts must be (N, {self.d_in}) activations for this SAE, got {shape_of(features)}")
-        device = self.decoder_weight.device
-        return torch.cat(
-            [
-                self.encode(features[s : s + batch_size].to(device)).to("cpu", torch.float32)
-                for s in range(0, len(features), batch_size)
-            ]
-            or [torch.zeros(0, self.d_latent)]
-        )
+        codes = [codes for _, codes in self.encode_chunks(acts, batch_size)]
+        return torch.cat(codes or [torch.zeros(0, self.d_latent)])
 
     def feature_index(self, features: Any, name: str = "feature") -> Tensor:
         """Feature indices of this SAE as a 1-D long tensor (see :func:`check_feature_index`).

@@ -60,5 +60,5 @@ def test_control_directions_refuse_non_finite_activations():
     features[7, 3] = float("nan")
     with pytest.raises(ValueError, match=r"acts holds 1 non-finite value \(NaN or Inf\); the first at index \(7, 3\)"):
         control_directions(sae, 0, ActivationSet(features))
-    with pytest.raises(TypeError, match="acts must be an ActivationSet, got Tensor"):
+    with pytest.raises(TypeError, match="acts must be an ActivationSet or an ActivationStore, got Tensor"):
         control_directions(sae, 0, features)

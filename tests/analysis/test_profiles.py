@@ -80,7 +80,10 @@ def test_class_profile_refuses_what_it_cannot_profile():
         ActivationSet(features, labels - (labels == 0).long())
     with pytest.raises(ValueError, match="acts must hold at least 2 rows to profile .* got 1"):
         class_profile(sae, ActivationSet(features[:1], labels[:1]))
-    with pytest.raises(TypeError, match=r"acts must be an ActivationSet, got Tensor; wrap the rows in ActivationSet"):
+    with pytest.raises(
+        TypeError,
+        match=r"acts must be an ActivationSet or an ActivationStore, got Tensor; wrap the rows in ActivationSet",
+    ):
         class_profile(sae, features)
 
 

@@ -117,5 +117,5 @@ def test_seed_study_refuses_data_that_lacks_a_class_or_is_not_finite():
         seed_study(model, saes, acts, ActivationSet(features, acts.labels), [1.0])
     with pytest.raises(ValueError, match=r"train_acts holds 1 non-finite value"):
         seed_study(model, saes, ActivationSet(features, acts.labels), acts, [1.0])
-    with pytest.raises(TypeError, match="test_acts must be an ActivationSet, got Tensor"):
+    with pytest.raises(TypeError, match="test_acts must be an ActivationSet or an ActivationStore, got Tensor"):
         seed_study(model, saes, acts, acts.features, [1.0])

@@ -135,7 +135,8 @@ def test_sweep_refuses_data_it_would_count_wrongly():
     with pytest.raises(ValueError, match="alphas must be a non-empty 1-D sequence of strengths, got '1'"):
         alpha_sweep(model, sae, 0, acts, "1")
     with pytest.raises(
-        TypeError, match=r"data must be an ActivationSet, got Tensor; wrap .* in ActivationSet\(features, labels\)"
+        TypeError,
+        match=r"data must be an ActivationSet or an ActivationStore, got Tensor; wrap .* in ActivationSet\(features",
     ):
         alpha_sweep(model, sae, 0, acts.features, [1.0])
 
