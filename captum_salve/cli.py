@@ -110,6 +110,12 @@ def _parser() -> argparse.ArgumentParser:
         help="ImageFolder tree (root/<class>/<image>); Imagenette's train/ works as is",
     )
     run.add_argument("--val-data", type=Path, help="held-out ImageFolder tree (default: 20%% of --data)")
+    run.add_argument(
+        "--store",
+        type=Path,
+        help="head-input activations of --data written by `captum-salve collect` (read instead of recomputed; "
+        "needs --val-data, since all of --data is then the training set)",
+    )
     run.add_argument("--sae-latents", type=int, default=256)
     run.add_argument("--out", default="salve-report")
     _common(run)
@@ -267,6 +273,11 @@ def _run(args: argparse.Namespace) -> int:
     train = image_folder(args.data, create_model(args.model, num_classes=args.num_classes or 2))
     classes = train.classes
     model = _user_model(args, classes).to(device).eval()
+    store = None
+    if args.store is not None:
+        if args.val_data is None:
+            raise ValueError("--store holds activations of all of --data, so pass --val-data for the test images")
+        store = ActivationStore.open(args.store)
     if args.val_data is not None:
         test = image_folder(args.val_data, model)
         if test.classes != classes:
@@ -291,7 +302,9 @@ def _run(args: argparse.Namespace) -> int:
             if args.pretrained
             else str(args.checkpoint or f"random (seed {RANDOM_MODEL_SEED})"),
             "data": str(args.data),
+            **({"training activations": str(args.store)} if store is not None else {}),
         },
+        train_activations=store,
     )
     summary = run_pipeline(inputs, out / inputs.name, config, progress=not args.quiet)
     summaries = [*_earlier_models(out, summary.name), summary]

@@ -179,7 +179,7 @@ class Rows(ABC):
         """
         total = None
         for chunk in self.chunks(chunk_rows):
-            stats = RowStatistics.of(chunk.features)
+            stats = RowStatistics.of(chunk.features.cpu())  # one summation order on every device
             total = stats if total is None else total + stats
         return total
 

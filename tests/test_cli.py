@@ -205,6 +205,32 @@ def test_run_writes_a_report_resumes_and_refuses_other_settings(capsys, tmp_path
     assert {p: p.stat().st_mtime_ns for p in written} == written
 
 
+@pytest.mark.slow
+def test_run_on_a_collected_store_equals_a_run_that_reads_the_images(capsys, tmp_path):
+    data, val = image_tree(tmp_path / "data"), image_tree(tmp_path / "val", per_class=3)
+    code, stdout, err = cli(capsys, "collect", "--model", SMALL_RESNET, "--data", data, "--out", tmp_path / "store")
+    assert code == 0, err
+    assert "24 rows" in stdout
+    argv = ["run", "--model", SMALL_RESNET, "--data", data, "--val-data", val, "--quiet", "--seeds", "2"]
+    argv += ["--sae-latents", "16", "--sae-epochs", "2", "--maximization-steps", "2", "--faithfulness-images", "3"]
+    assert cli(capsys, *argv, "--out", tmp_path / "reads")[0] == 0
+    assert cli(capsys, *argv, "--out", tmp_path / "stored", "--store", tmp_path / "store")[0] == 0
+    assert not (tmp_path / "stored" / SMALL_RESNET / "activations" / "train").exists()
+    reads = json.loads((tmp_path / "reads" / "summary.json").read_text())[SMALL_RESNET]
+    stored = json.loads((tmp_path / "stored" / "summary.json").read_text())[SMALL_RESNET]
+    for stage in ("discover", "control", "seeds"):
+        assert stored[stage] == reads[stage], stage
+    untimed = [[{k: v for k, v in row.items() if not k.endswith("_seconds")} for row in run["alpha_crit"]["classes"]]
+               for run in (stored, reads)]  # fmt: skip
+    assert untimed[0] == untimed[1]
+
+
+def test_run_with_a_store_needs_held_out_images(capsys, tmp_path):
+    data = image_tree(tmp_path / "data", per_class=1)
+    code, _, err = cli(capsys, "run", "--model", SMALL_RESNET, "--data", data, "--store", tmp_path, "--out", tmp_path)
+    assert_one_line_error(code, err, "--store holds activations of all of --data", "--val-data")
+
+
 def test_pretrained_imagenet_head_keeps_the_rows_of_imagenette_folders(monkeypatch):
     import captum_salve.cli as cli_module
 

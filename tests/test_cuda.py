@@ -8,6 +8,7 @@ import torch
 
 from captum_salve import (
     ActivationSet,
+    ActivationStore,
     FeatureCodes,
     GradFAM,
     HeadEdit,
@@ -98,3 +99,16 @@ def test_a_half_precision_model_on_the_gpu_takes_float32_images_from_the_cpu(dty
     torch.testing.assert_close(got, want, rtol=5e-2, atol=5e-2 * float(want.abs().max()))
     maps = GradFAM(low, "layer3.1", gpu_sae.to(dtype)).attribute_features(images, [1, 7])
     assert maps.device.type == "cuda" and maps.dtype == dtype and bool(maps.isfinite().all())
+
+
+def test_training_from_a_store_on_the_gpu_equals_training_from_gpu_memory(tmp_path):
+    acts = ActivationSet(torch.randn(700, 24) + 3.0, torch.arange(700) % 5)
+    store = ActivationStore.from_set(acts, tmp_path / "store", shard_rows=123)
+    on_gpu = ActivationSet(acts.features.to(CUDA), acts.labels)
+    for shuffle in ("exact", "blocks"):
+        settings = dict(activation="topk", k=4, epochs=2, batch_size=64, shuffle=shuffle, block_rows=50)
+        from_memory, _ = train_sae(on_gpu, 32, progress=False, **settings)
+        from_store, _ = train_sae(store, 32, device=CUDA, progress=False, **settings)
+        assert from_store.decoder_weight.device.type == "cuda"
+        for name, tensor in from_memory.state_dict().items():
+            assert torch.equal(tensor, from_store.state_dict()[name]), (shuffle, name)

@@ -31,6 +31,7 @@ from torch.utils.data import TensorDataset
 
 from captum_salve import (
     ActivationSet,
+    ActivationStore,
     GradFAM,
     HeadEdit,
     Site,
@@ -865,3 +866,18 @@ def test_pipeline_inputs_without_test_images_are_refused():
     empty = TensorDataset(inputs.test.tensors[0][:0], inputs.test.tensors[1][:0])
     with pytest.raises(ValueError, match="PipelineInputs train and test must hold images, got 32 and 0"):
         replace(inputs, test=empty, masks=None, planted_cue=None)
+
+
+def test_pipeline_inputs_refuse_training_activations_that_are_not_of_their_images(tmp_path):
+    inputs = toy_inputs(2)
+    images, labels = inputs.train.tensors
+    unlabelled = ActivationStore.from_set(ActivationSet(torch.randn(32, 4)), tmp_path / "unlabelled")
+    short = ActivationStore.from_set(ActivationSet(torch.randn(31, 4), labels[:31]), tmp_path / "short")
+    for store, phrase in [
+        (unlabelled, "holds 32 rows read at 'head_input' without labels"),
+        (short, "activations of the 32 training images, one row each"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(phrase)):
+            replace(inputs, train_activations=store)
+    with pytest.raises(TypeError, match="train_activations must be an ActivationStore, got ActivationSet"):
+        replace(inputs, train_activations=ActivationSet(torch.randn(32, 4), labels))

@@ -12,6 +12,8 @@ from torch.utils.data import Dataset
 
 from captum_salve.checks import check_class_names, shape_of
 from captum_salve.data import DigitsCanvas
+from captum_salve.sites import HEAD_INPUT
+from captum_salve.store import ActivationStore
 from captum_salve.zoo import digits_classifier
 
 __all__ = ["DIGITS_CAM_LAYERS", "PipelineInputs", "digits_inputs"]
@@ -33,6 +35,10 @@ class PipelineInputs:
         to_display: Turns a model input back into a [0, 1] image for figures.
         cam_layers: Grad-FAM layers (dotted names); empty: the model family's default.
         masks: Optional (N_test, H, W) ground-truth object masks (pointing game).
+        train_activations: Optional head-input activations of ``train`` already on disk
+            (written by ``captum-salve collect`` or :func:`~captum_salve.store.write_activations`
+            from ``train`` in order, with labels): the run reads them instead of running the
+            model over ``train``.
         planted_cue: Optional (N_test,) bool, which test images carry a cue planted
             in the data (the cross-class stage compares the found feature's codes
             with and without it).
@@ -53,6 +59,7 @@ class PipelineInputs:
     masks: Tensor | None = None
     planted_cue: Tensor | None = None
     description: dict[str, Any] = field(default_factory=dict)
+    train_activations: ActivationStore | None = None
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name or self.name in (".", ".."):
@@ -65,6 +72,18 @@ class PipelineInputs:
         tests = len(self.test)
         if tests == 0 or len(self.train) == 0:
             raise ValueError(f"PipelineInputs train and test must hold images, got {len(self.train)} and {tests}")
+        store = self.train_activations
+        if store is not None:
+            if not isinstance(store, ActivationStore):
+                raise TypeError(
+                    f"PipelineInputs train_activations must be an ActivationStore, got {type(store).__name__}"
+                )
+            if store.site != HEAD_INPUT or len(store) != len(self.train) or store.labels is None:
+                raise ValueError(
+                    f"PipelineInputs train_activations must hold the labelled head-input activations of the "
+                    f"{len(self.train)} training images, one row each; {store!r} holds {len(store)} rows "
+                    f"read at {store.site!r}" + (" without labels" if store.labels is None else "")
+                )
         for name, value, rank in (("masks", self.masks, 3), ("planted_cue", self.planted_cue, 1)):
             if value is None:
                 continue

@@ -24,11 +24,12 @@ from captum_salve.pipeline.inputs import PipelineInputs
 from captum_salve.pipeline.record import Record, RecordFormatError, to_plain
 from captum_salve.sae import VARIANTS, SAEConfig, SparseAutoencoder, code_activation, train_saes
 from captum_salve.sae.train import CHECKPOINT_FILE
+from captum_salve.store import ActivationStore, write_activations
 
 __all__ = ["STAGE_FORMAT", "Run"]
 
 # Version of the stage files; a file of another version is refused, not misread.
-STAGE_FORMAT = 2
+STAGE_FORMAT = 3
 # What config.json records of the inputs, by hash: a rerun on other weights or images is refused.
 _FINGERPRINTS = ("model weights", "training data", "test data")
 
@@ -159,13 +160,36 @@ class Run:
             fig.savefig(tmp, format="png", dpi=110)
         return relative
 
-    def _activations(self, split: str) -> ActivationSet:
-        path = self.out / "activations" / f"{split}.safetensors"
+    @cached_property
+    def train_acts(self) -> ActivationStore:
+        """Head-input activations of the training images, on disk (the SAEs and the edits are fitted on these).
+
+        ``inputs.train_activations`` when given; otherwise written to ``activations/train/``
+        by :func:`~captum_salve.store.write_activations`, which resumes a stopped write.
+        """
+        store = self.inputs.train_activations
+        if store is None:
+            store = write_activations(
+                self.model, self.inputs.train, self.out / "activations" / "train", batch_size=self.config.batch_size,
+                progress=False,
+            )  # fmt: skip
+        self._check_labels(store.labels, "train")
+        known = _dataset_labels(self.inputs.train)
+        if known is not None and not torch.equal(known.long(), store.labels):
+            raise ValueError(
+                "the training activations' labels differ from the training images' labels: the store was not "
+                "written from these images in this order"
+            )
+        return store
+
+    @cached_property
+    def test_acts(self) -> ActivationSet:
+        """Head-input activations of the test images (every reported number is measured on these)."""
+        path = self.out / "activations" / "test.safetensors"
         if path.is_file():
             return ActivationSet.load(path)
-        data = self.inputs.train if split == "train" else self.inputs.test
-        acts = collect_activations(self.model, data, batch_size=self.config.batch_size, progress=False)
-        self._check_labels(acts.labels, split)
+        acts = collect_activations(self.model, self.inputs.test, batch_size=self.config.batch_size, progress=False)
+        self._check_labels(acts.labels, "test")
         acts.save(path)
         return acts
 
@@ -192,16 +216,6 @@ class Run:
                 f"classes {empty[:6]} have no {split} images ({len(empty)} of {len(names)} classes); "
                 "every class needs training and test images"
             )
-
-    @cached_property
-    def train_acts(self) -> ActivationSet:
-        """Head-input activations of the training images (the SAE and the edits are fitted on these)."""
-        return self._activations("train")
-
-    @cached_property
-    def test_acts(self) -> ActivationSet:
-        """Head-input activations of the test images (every reported number is measured on these)."""
-        return self._activations("test")
 
     def sae_of(self, activation: str, seed: int = 0) -> SparseAutoencoder:
         """The run's SAE of one variant and seed (see :meth:`saes_of`)."""

@@ -140,5 +140,5 @@ def test_maximised_images_beat_most_real_images_on_the_digits_resnet(digits_resn
     model, sae, profile, test = trained_digits_sae(digits_resnet)
     features = [select_feature(profile, c)[0] for c in (0, 3, 7)]
     codes = sae.encode_all(collect_activations(model, test.images[:300], progress=False))[:, features]
-    result = maximize_feature(model, sae, features, steps=96)
+    result = maximize_feature(model, sae, features, steps=160)
     assert (result.activations > codes.quantile(0.99, dim=0)).all()  # as the pipeline reports it
