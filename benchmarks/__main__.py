@@ -29,6 +29,7 @@ TOPICS: list[tuple[str, str]] = [
     ("sweep", "alpha sweep"),
     ("threshold", "alpha_crit"),
     ("startup", "start-up"),
+    ("store", "scale-out"),
 ]
 
 
