@@ -2,30 +2,34 @@
 
 Example:
     $ python -m benchmarks --quick --json bench.json
+    $ python -m benchmarks --quick --only store
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from benchmarks import edit, grad_fam, startup, sweep, threshold
-from benchmarks.results import Row, Settings
+from benchmarks.results import Measurement, Row, Settings
 
-TOPICS: list[tuple[str, Callable[[Settings], list[Row]]]] = [
-    ("Grad-FAM", grad_fam.run),
-    ("weight edit", edit.run),
-    ("alpha sweep", sweep.run),
-    ("alpha_crit", threshold.run),
-    ("start-up", startup.run),
+# (module of benchmarks/ with a ``run(settings) -> rows`` function, title), in table order.
+# A module is imported only when its topic runs, so ``--only`` loads no other topic's dependencies.
+TOPICS: list[tuple[str, str]] = [
+    ("grad_fam", "Grad-FAM"),
+    ("edit", "weight edit"),
+    ("sweep", "alpha sweep"),
+    ("threshold", "alpha_crit"),
+    ("startup", "start-up"),
+    ("store", "scale-out"),
 ]
 
 
@@ -48,6 +52,13 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="N",
         help="torch CPU threads (default: torch's choice); 1 keeps CPU timings stable on a shared machine",
     )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=[name for name, _ in TOPICS],
+        metavar="TOPIC",
+        help=f"run only this topic (repeatable); one of: {', '.join(name for name, _ in TOPICS)}",
+    )
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda was asked for, but torch sees no CUDA device")
@@ -68,7 +79,7 @@ def _environment(settings: Settings) -> dict:
     }
 
 
-def format_table(rows: Sequence[Row], environment: dict) -> str:
+def format_table(rows: Sequence[Row | Measurement], environment: dict) -> str:
     """The results as a Markdown table, with the run's environment above and the notes below.
 
     Args:
@@ -90,6 +101,10 @@ def format_table(rows: Sequence[Row], environment: dict) -> str:
     ]
     for number, row in enumerate(rows, start=1):
         met = "info" if row.met is None else ("yes" if row.met else "NO")
+        if isinstance(row, Measurement):
+            target = f"{row.target} {row.unit}" if row.target else "—"
+            lines.append(f"| {number} | {row.name} | — | — | — | {row.value:.1f} {row.unit} | {target} | {met} |")
+            continue
         lines.append(
             f"| {number} | {row.name} | {1e3 * row.timings.median(row.subject):.1f} "
             f"| {1e3 * row.timings.median(row.reference):.1f} | {row.timings.rounds} | {row.ratio:.3f} "
@@ -113,11 +128,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     settings = Settings(torch.device(args.device), quick=args.quick)
-    rows: list[Row] = []
-    for title, run in TOPICS:
+    rows: list[Row | Measurement] = []
+    for name, title in TOPICS:
+        if args.only and name not in args.only:
+            continue
         start = time.perf_counter()
         print(f"running {title} benchmarks ...", file=sys.stderr, flush=True)
-        rows += run(settings)
+        rows += importlib.import_module(f"benchmarks.{name}").run(settings)
         print(f"  done in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     environment = _environment(settings)
     print(format_table(rows, environment))

@@ -8,7 +8,7 @@ import torch
 
 from benchmarks.timing import Timings
 
-__all__ = ["Row", "Settings", "Target"]
+__all__ = ["Measurement", "Row", "Settings", "Target"]
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class Settings:
 
 @dataclass(frozen=True)
 class Target:
-    """A bound a ratio should meet.
+    """A bound a ratio (or a :class:`Measurement`'s value) should meet.
 
     Attributes:
         kind: ``"at_most"`` (ratio ≤ value), ``"above"`` (ratio > value) or
@@ -108,5 +108,45 @@ class Row:
             "rounds": self.timings.rounds,
             "subject_samples_s": self.timings.samples[self.subject],
             "reference_samples_s": self.timings.samples[self.reference],
+            "note": self.note,
+        }
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One row of the results table that is not a time ratio: a single measured value, such as a memory rise.
+
+    It is shown in the table's ratio column with its unit; the timing columns are left empty.
+
+    Attributes:
+        name: What is measured, as shown in the table.
+        value: The measured value, in ``unit``.
+        unit: The unit of ``value`` and of the target's bound, e.g. ``"MB"``.
+        target: The bound the value should meet; None for rows shown for information.
+        note: What the reader needs to interpret the row.
+        details: Further figures of the measurement, written to the JSON output.
+    """
+
+    name: str
+    value: float
+    unit: str
+    target: Target | None = None
+    note: str = ""
+    details: dict = field(default_factory=dict)
+
+    @property
+    def met(self) -> bool | None:
+        """Whether the target is met; None for information rows."""
+        return None if self.target is None else self.target.met(self.value)
+
+    def to_dict(self) -> dict:
+        """The row as JSON-able data."""
+        return {
+            "name": self.name,
+            "value": self.value,
+            "unit": self.unit,
+            "target": None if self.target is None else f"{self.target} {self.unit}",
+            "met": self.met,
+            "details": self.details,
             "note": self.note,
         }

@@ -47,6 +47,7 @@ def time_interleaved(
     repeats: int,
     device: torch.device,
     warmup: int = 1,
+    setup: Mapping[str, Callable[[], object]] | None = None,
 ) -> Timings:
     """Time several callables in alternation and keep every call's duration.
 
@@ -60,6 +61,9 @@ def time_interleaved(
         repeats: Timed rounds (at least 1).
         device: Where the callables run; CUDA devices are synchronised.
         warmup: Untimed rounds first (allocator, kernel selection, caches).
+        setup: Name to a zero-argument callable run, untimed, right before every
+            call (warm-up ones included) of the candidate of that name, e.g. to
+            drop a file from the page cache so that each call reads it cold.
 
     Returns:
         The call times of every candidate, in round order.
@@ -75,16 +79,23 @@ def time_interleaved(
         raise ValueError("give at least one callable to time")
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
+    setup = dict(setup or {})
+    if unknown := setup.keys() - candidates.keys():
+        raise ValueError(f"setup names callables that are not candidates: {sorted(unknown)}")
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     names = list(candidates)
     for _ in range(warmup):
         for name in names:
+            if name in setup:
+                setup[name]()
             candidates[name]()
     sync()
     samples: dict[str, list[float]] = {name: [] for name in names}
     for round_index in range(repeats):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
+            if name in setup:
+                setup[name]()
             sync()
             start = time.perf_counter()
             candidates[name]()
