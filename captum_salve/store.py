@@ -43,6 +43,7 @@ from captum_salve.models import model_input, model_label
 from captum_salve.sites import BoundSite, Site, eval_mode, on_device, recording
 
 __all__ = [
+    "CHUNK_ROWS",
     "MANIFEST_FILE",
     "ActivationStore",
     "RowStatistics",
@@ -53,23 +54,31 @@ __all__ = [
 ]
 
 MANIFEST_FILE = "manifest.json"
+# Rows read at a time by the analyses: 8192 rows of 1024 float64 codes are 64 MB, whatever the store's length.
+CHUNK_ROWS = 8192
 STORE_FORMAT = "captum_salve.activation_store"
 STORE_VERSION = 1
 _SHARD_NAME = "shard-{:05d}.safetensors"
 _STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-# numpy has no bfloat16: its rows are mapped as raw 16-bit words and reinterpreted by torch.
-_NUMPY_OF = {
-    "F32": (np.float32, torch.float32),
-    "F16": (np.float16, torch.float16),
-    "BF16": (np.uint16, torch.bfloat16),
+# The safetensors dtypes a store holds, as torch dtypes.
+_TORCH_OF = {
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F64": torch.float64,
+    "I64": torch.int64,
+    "I32": torch.int32,
 }
-_NUMPY_OF |= {"F64": (np.float64, torch.float64), "I64": (np.int64, torch.int64), "I32": (np.int32, torch.int32)}
 Tokens = Literal["cls", "all"]
 
 
 @dataclass(frozen=True)
 class RowStatistics:
-    """Count, sum and sum of squares of a set of rows, in float64.
+    """Count, sum and sum of squares of a set of rows about a fixed ``shift``, in float64.
+
+    Summing ``a − shift`` rather than ``a`` keeps the variance exact when the rows sit far
+    from the origin (``Σa²/n − ā²`` would cancel); :meth:`Rows.statistics` shifts by the
+    first row.
 
     Example:
         >>> stats = RowStatistics.of(torch.tensor([[1.0, 2.0], [3.0, 6.0]]))
@@ -80,25 +89,31 @@ class RowStatistics:
     count: int
     sum: Tensor
     sum_of_squares: Tensor
+    shift: Tensor | float = 0.0
 
     @classmethod
-    def of(cls, rows: Tensor) -> RowStatistics:
-        """The statistics of an (n, M) block of rows."""
-        rows = rows.double()
-        return cls(len(rows), rows.sum(dim=0), rows.pow(2).sum(dim=0))
+    def of(cls, rows: Tensor, shift: Tensor | float = 0.0) -> RowStatistics:
+        """The statistics of an (n, M) block of rows about ``shift``."""
+        centred = rows.double() - shift
+        total = centred.sum(dim=0)
+        return cls(len(rows), total, centred.square_().sum(dim=0), shift)  # squared in place: one float64 copy
 
     def __add__(self, other: RowStatistics) -> RowStatistics:
-        return RowStatistics(self.count + other.count, self.sum + other.sum, self.sum_of_squares + other.sum_of_squares)
+        if self.shift is not other.shift and not torch.equal(torch.as_tensor(self.shift), torch.as_tensor(other.shift)):
+            raise ValueError("statistics about different shifts cannot be added")
+        return RowStatistics(
+            self.count + other.count, self.sum + other.sum, self.sum_of_squares + other.sum_of_squares, self.shift
+        )
 
     @property
     def mean(self) -> Tensor:
         """(M,) mean row."""
-        return self.sum / self.count
+        return self.shift + self.sum / self.count
 
     @property
     def variance(self) -> Tensor:
         """(M,) population variance of each coordinate."""
-        return (self.sum_of_squares / self.count - self.mean.pow(2)).clamp_min(0.0)
+        return (self.sum_of_squares / self.count - (self.sum / self.count).pow(2)).clamp_min(0.0)
 
     @property
     def total_variance(self) -> float:
@@ -155,7 +170,7 @@ class Rows(ABC):
             raise ValueError(NO_LABELS)
         return self.labels
 
-    def chunks(self, chunk_rows: int = 65536, *, rank: int = 0, world_size: int = 1) -> Iterator[ActivationSet]:
+    def chunks(self, chunk_rows: int = CHUNK_ROWS, *, rank: int = 0, world_size: int = 1) -> Iterator[ActivationSet]:
         """Consecutive pieces of at most ``chunk_rows`` rows, as in-memory sets.
 
         With ``world_size`` > 1 the rows are split into ``world_size`` contiguous
@@ -171,19 +186,19 @@ class Rows(ABC):
             piece = labels[begin:end] if labels is not None else None
             yield ActivationSet(self.block(begin, end), piece, self.site, self.model)
 
-    def statistics(self, chunk_rows: int = 65536) -> RowStatistics:
+    def statistics(self, chunk_rows: int = CHUNK_ROWS) -> RowStatistics:
         """Count, sum and sum of squares over all rows, summed chunk by chunk in row order.
 
         The chunking depends only on the row count, so an in-memory set and a store
         of the same rows give bit-identical statistics.
         """
-        total = None
+        total, shift = None, self.block(0, 1)[0].cpu().double()
         for chunk in self.chunks(chunk_rows):
-            stats = RowStatistics.of(chunk.features.cpu())  # one summation order on every device
+            stats = RowStatistics.of(chunk.features.cpu(), shift)  # one summation order on every device
             total = stats if total is None else total + stats
         return total
 
-    def check_finite(self, name: str, hint: str = "", chunk_rows: int = 65536) -> None:
+    def check_finite(self, name: str, hint: str = "", chunk_rows: int = CHUNK_ROWS) -> None:
         """Refuse rows holding NaN or Inf: how many entries, and the (row, column) of the first."""
         count, first = 0, None
         for offset, chunk in zip(range(0, len(self), chunk_rows), self.chunks(chunk_rows), strict=True):
@@ -358,7 +373,7 @@ class ActivationStore(Rows):
     @property
     def dtype(self) -> torch.dtype:
         """The dtype the features are stored in (they are read as float32)."""
-        return self._mapped(0, "features")[1] if self._files else torch.float32
+        return self._shard(0).dtype("features") if self._files else torch.float32
 
     @property
     def images(self) -> int:
@@ -406,23 +421,27 @@ class ActivationStore(Rows):
         return ActivationSet(self.block(0, len(self)), self.labels, self.site, self.model)
 
     def rows(self, index: Tensor) -> Tensor:
-        """The float32 rows at ``index``, gathered shard by shard from the memory maps."""
+        """The float32 rows at ``index``, gathered shard by shard from memory maps of the files."""
         index = torch.as_tensor(index).long().cpu()
         if index.dim() != 1:
             raise ValueError(f"index must be a 1-D tensor of row numbers, got shape {tuple(index.shape)}")
         if len(index) and (int(index.min()) < 0 or int(index.max()) >= len(self)):
             raise IndexError(f"row index out of range for a store of {len(self)} rows")
+        offsets = torch.from_numpy(self._offsets)
+        shard_of = torch.searchsorted(offsets, index, right=True) - 1
+        shards = shard_of.unique().tolist()
+        if len(shards) == 1:  # one shard: a single (multi-threaded) gather straight from the map
+            mapped = self._shard(shards[0]).mapped("features")
+            return mapped.index_select(0, index - int(offsets[shards[0]])).float()
         out = torch.empty(len(index), self.dim, dtype=torch.float32)
-        shard_of = np.searchsorted(self._offsets, index.numpy(), side="right") - 1
-        for shard in np.unique(shard_of):
-            where = np.nonzero(shard_of == shard)[0]
-            local = index.numpy()[where] - self._offsets[shard]
-            array, dtype = self._mapped(int(shard), "features")
-            out[torch.from_numpy(where)] = torch.from_numpy(array[local]).view(dtype).float()
+        for shard in shards:
+            where = (shard_of == shard).nonzero().squeeze(1)
+            rows = self._shard(shard).mapped("features").index_select(0, index[where] - int(offsets[shard]))
+            out.index_copy_(0, where, rows.float())
         return out
 
     def block(self, start: int, stop: int) -> Tensor:
-        """The float32 rows ``start:stop``, read as contiguous slices of the shards."""
+        """The float32 rows ``start:stop``, read from the files (not mapped: the pages stay out of this process)."""
         start, stop = max(0, start), min(stop, len(self))
         pieces = []
         first = int(np.searchsorted(self._offsets, start, side="right") - 1)
@@ -430,25 +449,72 @@ class ActivationStore(Rows):
             begin = int(self._offsets[shard])
             if begin >= stop:
                 break
-            array, dtype = self._mapped(shard, "features")
-            piece = np.array(array[max(start - begin, 0) : stop - begin])
-            pieces.append(torch.from_numpy(piece).view(dtype).float())
+            pieces.append(self._shard(shard).read("features", max(start - begin, 0), stop - begin).float())
         if not pieces:
             return torch.empty(0, self.dim)
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
-    def _mapped(self, shard: int, name: str) -> tuple[np.ndarray, torch.dtype]:
-        maps = self.__dict__.setdefault("_maps", {})
-        if (shard, name) not in maps:
-            maps[shard, name] = _map_tensor(self._files[shard], name)
-        return maps[shard, name]
+    def _shard(self, index: int) -> _ShardFile:
+        shards = self.__dict__.setdefault("_shards", {})
+        if index not in shards:
+            shards[index] = _ShardFile(self._files[index])
+        return shards[index]
 
     def _column(self, shard: int, name: str) -> Tensor | None:
-        try:
-            array, dtype = self._mapped(shard, name)
-        except KeyError:
-            return None
-        return torch.from_numpy(np.array(array)).view(dtype).long()
+        file = self._shard(shard)
+        return file.whole(name).long() if name in file.entries else None
+
+
+class _ShardFile:
+    """One safetensors file of a store: its tensors read by row range, or memory-mapped for gathers."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        header = _read_header(path)
+        self.data_start = header.pop("__data_start__")
+        header.pop("__metadata__", None)
+        self.entries = header
+        self._maps: dict[str, Tensor] = {}
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.entries[name]["shape"])
+
+    def dtype(self, name: str) -> torch.dtype:
+        return _TORCH_OF[self.entries[name]["dtype"]]
+
+    def _row_bytes(self, name: str) -> int:
+        return math.prod(self.shape(name)[1:]) * self.dtype(name).itemsize
+
+    def read(self, name: str, start: int, stop: int) -> Tensor:
+        """Rows ``start:stop`` of tensor ``name``, read with plain file reads."""
+        shape, row_bytes = self.shape(name), self._row_bytes(name)
+        stop = min(stop, shape[0])
+        raw = torch.empty(max(stop - start, 0) * row_bytes, dtype=torch.uint8)
+        view, filled = memoryview(raw.numpy()), 0
+        with open(self.path, "rb", buffering=0) as handle:
+            handle.seek(self.data_start + self.entries[name]["data_offsets"][0] + start * row_bytes)
+            while filled < len(view):
+                count = handle.readinto(view[filled:])
+                if not count:
+                    raise ValueError(f"{str(self.path)!r} ends early: the shard was truncated after it was written")
+                filled += count
+        return raw.view(self.dtype(name)).reshape(-1, *shape[1:])
+
+    def whole(self, name: str) -> Tensor:
+        """All of tensor ``name``."""
+        return self.read(name, 0, self.shape(name)[0])
+
+    def mapped(self, name: str) -> Tensor:
+        """Tensor ``name`` as a read-only view of the file's pages (copy-on-write; the file is never changed)."""
+        if name not in self._maps:
+            dtype, shape = self.dtype(name), self.shape(name)
+            begin, end = self.entries[name]["data_offsets"]
+            if end == begin:
+                self._maps[name] = torch.empty(shape, dtype=dtype)
+            else:
+                raw = np.memmap(self.path, dtype=np.uint8, mode="c", offset=self.data_start + begin, shape=end - begin)
+                self._maps[name] = torch.from_numpy(raw).view(dtype).reshape(shape)
+        return self._maps[name]
 
 
 def _read_header(path: Path) -> dict:
@@ -463,19 +529,6 @@ def _read_header(path: Path) -> dict:
             raise ValueError(f"{str(path)!r} is not a safetensors file (bad header)") from None
     header["__data_start__"] = 8 + size
     return header
-
-
-def _map_tensor(path: Path, name: str) -> tuple[np.ndarray, torch.dtype]:
-    """A read-only memory map of one tensor of a safetensors file (raises KeyError when it has none)."""
-    header = _read_header(path)
-    entry = header[name]
-    numpy_dtype, torch_dtype = _NUMPY_OF[entry["dtype"]]
-    begin, end = entry["data_offsets"]
-    shape = tuple(entry["shape"])
-    if end == begin:
-        return np.empty(shape, numpy_dtype), torch_dtype
-    array = np.memmap(path, dtype=numpy_dtype, mode="r", offset=header["__data_start__"] + begin, shape=shape)
-    return array, torch_dtype
 
 
 def write_activations(
@@ -566,7 +619,7 @@ def write_activations(
         bar = tqdm(total=sum(min(per_shard, images - s * per_shard) for s in mine), desc="store", disable=not progress)
         for shard in mine:
             begin, end = shard * per_shard, min((shard + 1) * per_shard, images)
-            loader = DataLoader(Subset(dataset, range(begin, end)), batch_size=batch_size, **loader_options)
+            loader = _batches(dataset, begin, end, batch_size, loader_options)
             features, labels, image_index, token_index = [], [], [], []
             offset = begin
             for batch in loader:
@@ -642,6 +695,15 @@ def _as_dataset(data: ImageData, batch_size: int) -> tuple[Sequence, dict]:
     raise TypeError(f"data must be an image tensor, a Dataset or a DataLoader, got {type(data).__name__}")
 
 
+def _batches(dataset: Dataset, begin: int, end: int, batch_size: int, options: dict) -> Iterator:
+    """Images ``begin:end`` in batches: tensors sliced as they are, any other dataset through a DataLoader."""
+    if isinstance(dataset, torch.utils.data.TensorDataset):
+        for start in range(begin, end, batch_size):
+            yield tuple(tensor[start : min(start + batch_size, end)] for tensor in dataset.tensors)
+        return
+    yield from DataLoader(Subset(dataset, range(begin, end)), batch_size=batch_size, **options)
+
+
 def _images_of(batch: Tensor | Sequence) -> Tensor:
     return batch[0] if isinstance(batch, (list, tuple)) else batch
 
@@ -700,13 +762,9 @@ def _write_manifest(out: Path, settings: dict) -> None:
         path = out / _SHARD_NAME.format(index)
         if not path.is_file():
             continue
-        header = _read_header(path)
-        shards.append({"file": path.name, "rows": header["features"]["shape"][0]})
-        stats = RowStatistics(
-            shards[-1]["rows"],
-            torch.from_numpy(np.array(_map_tensor(path, "sum")[0])),
-            torch.from_numpy(np.array(_map_tensor(path, "sum_of_squares")[0])),
-        )
+        shard = _ShardFile(path)
+        shards.append({"file": path.name, "rows": shard.shape("features")[0]})
+        stats = RowStatistics(shards[-1]["rows"], shard.whole("sum"), shard.whole("sum_of_squares"))
         total = stats if total is None else total + stats
     manifest = {**settings, "complete": len(shards) == n_shards, "shards": shards}
     if total is not None:

@@ -174,3 +174,14 @@ def test_bad_arguments_are_named(timm_resnet, images, tmp_path):
         store.rows(torch.tensor([4]))
     with pytest.raises(ValueError, match="these activations carry no labels"):
         store.require_labels()
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.floats(-1e6, 1e6), st.integers(2, 300), st.integers(1, 97))
+def test_statistics_stay_exact_far_from_the_origin(offset, n, chunk_rows):
+    rows = torch.randn(n, 3, dtype=torch.float64).float() + offset
+    stats = as_rows(rows).statistics(chunk_rows)
+    exact = rows.double()
+    torch.testing.assert_close(stats.mean, exact.mean(0), rtol=1e-12, atol=1e-9)
+    expected = (exact - exact.mean(0)).pow(2).sum(1).mean()
+    assert abs(stats.total_variance - float(expected)) <= 1e-9 * max(1.0, float(expected))

@@ -9,7 +9,7 @@ from captum_salve.activations import ActivationSet
 from captum_salve.checks import check_int
 from captum_salve.edit.rules import FeatureDirections
 from captum_salve.sae.model import SparseAutoencoder, check_finite
-from captum_salve.store import ActivationStore, Rows, check_rows
+from captum_salve.store import CHUNK_ROWS, ActivationStore, Rows, check_rows
 
 __all__ = ["control_directions"]
 
@@ -20,7 +20,7 @@ def control_directions(
     acts: ActivationSet | ActivationStore,
     *,
     seed: int = 0,
-    chunk_rows: int = 65536,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> dict[str, FeatureDirections]:
     """The controls for an edit: a random unit direction and the top principal direction of ``acts``.
 

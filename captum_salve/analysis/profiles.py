@@ -13,7 +13,7 @@ from torch import Tensor
 from captum_salve.activations import ActivationSet
 from captum_salve.checks import check_class_names, check_class_with_samples, check_int
 from captum_salve.sae.model import SparseAutoencoder, check_feature_index, check_finite
-from captum_salve.store import ActivationStore, RowStatistics, check_rows
+from captum_salve.store import CHUNK_ROWS, ActivationStore, RowStatistics, check_rows
 
 __all__ = [
     "ClassProfile",
@@ -135,7 +135,7 @@ def class_profile(
     acts: ActivationSet | ActivationStore,
     *,
     class_names: Sequence[str] | None = None,
-    chunk_rows: int = 65536,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> ClassProfile:
     """The class-conditional mean code μ_k of every class.
 
@@ -167,10 +167,11 @@ def class_profile(
     k = int(labels.max()) + 1
     names = check_class_names(class_names, count=k) if class_names is not None else [str(i) for i in range(k)]
     sums = torch.zeros(k, sae.d_latent, dtype=torch.float64)
-    spread = RowStatistics.of(torch.zeros(0, sae.d_latent))
+    spread = None
     for chunk, codes in sae.encode_chunks(rows, chunk_rows):
         sums.index_add_(0, chunk.labels, codes.double())
-        spread += RowStatistics.of(codes)
+        shift = codes[0].double() if spread is None else spread.shift  # about the first code: no cancellation
+        spread = RowStatistics.of(codes, shift) if spread is None else spread + RowStatistics.of(codes, shift)
     counts = torch.bincount(labels, minlength=k)
     mean = sums / counts.clamp_min(1)[:, None]
     code_std = (spread.variance * len(rows) / (len(rows) - 1)).sqrt()  # unbiased, as Tensor.std
@@ -216,7 +217,12 @@ def select_feature(profile: ClassProfile, class_index: int, *, n: int = 1, by: R
 
 
 def top_activating(
-    sae: SparseAutoencoder, acts: ActivationSet | ActivationStore, feature: int, k: int = 9, *, chunk_rows: int = 65536
+    sae: SparseAutoencoder,
+    acts: ActivationSet | ActivationStore,
+    feature: int,
+    k: int = 9,
+    *,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> tuple[Tensor, Tensor]:
     """The ``k`` rows where a feature's code is largest: (indices, values), largest first.
 

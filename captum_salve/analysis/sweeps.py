@@ -24,7 +24,7 @@ from captum_salve.edit.head_edit import HeadEdit, head_of, head_tensors64
 from captum_salve.edit.rules import EditMode, EditRule, EditRuleName, FeatureDirections, edit_rule
 from captum_salve.sae.model import SparseAutoencoder, check_finite
 from captum_salve.sites import HEAD_INPUT
-from captum_salve.store import ActivationStore, check_rows
+from captum_salve.store import CHUNK_ROWS, ActivationStore, check_rows
 
 __all__ = ["DEFAULT_EDIT_ALPHAS", "EditChoice", "SweepResult", "alpha_50", "alpha_sweep", "crossing_50", "select_edit"]
 
@@ -131,7 +131,7 @@ def alpha_sweep(
     mode: EditMode = "suppress",
     rule: EditRuleName | EditRule = "salve",
     class_names: Sequence[str] | None = None,
-    chunk_rows: int = 65536,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> SweepResult:
     """Per-class accuracy and prediction distribution of the edited model at every α.
 

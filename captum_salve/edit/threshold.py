@@ -35,7 +35,7 @@ from captum_salve.edit.head_edit import HeadEdit, head_of, head_tensors64
 from captum_salve.edit.rules import EditMode, EditRule, EditRuleName, FeatureDirections, LogitPieces
 from captum_salve.sae.model import SparseAutoencoder, check_finite
 from captum_salve.sites import HEAD_INPUT
-from captum_salve.store import ActivationStore, Rows, as_rows
+from captum_salve.store import CHUNK_ROWS, ActivationStore, Rows, as_rows
 
 __all__ = ["CRITERIA", "METHODS", "Criterion", "Method", "alpha_crit"]
 
@@ -60,7 +60,7 @@ def alpha_crit(
     method: Method = "exact",
     rule: EditRuleName | EditRule = "salve",
     mode: EditMode = "suppress",
-    chunk_rows: int = 65536,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> Tensor:
     """Per-sample critical edit strength for one feature.
 

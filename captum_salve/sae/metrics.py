@@ -27,6 +27,9 @@ class ReconstructionStats:
             ``1 − Σ‖a − â‖² / Σ‖a − ā‖²``.
         d_latent: Number of SAE features.
         active_threshold: ``|z|`` above which a code counts as active.
+        total_variance: The data's ``mean ‖a − ā‖²`` when it is known already (from
+            :class:`~captum_salve.store.RowStatistics`); the batches' own spread is then
+            not summed again, which saves a float64 pass per batch (per SAE in training).
 
     Example:
         >>> a = acts.features                     # (N, M) activations
@@ -36,9 +39,12 @@ class ReconstructionStats:
         >>> stats.summary()["explained_variance"]
     """
 
-    def __init__(self, mean: Tensor, d_latent: int, active_threshold: float) -> None:
+    def __init__(
+        self, mean: Tensor, d_latent: int, active_threshold: float, *, total_variance: float | None = None
+    ) -> None:
         self.mean = mean.double()
         self.active_threshold = active_threshold
+        self.total_variance = total_variance
         self.rows = 0
         # squared error, variance about the mean, active codes
         self.sums = torch.zeros(3, dtype=torch.float64, device=mean.device)
@@ -49,9 +55,9 @@ class ReconstructionStats:
         """Add one batch: activations, their reconstructions and codes."""
         active = z.abs() > self.active_threshold
         self.fired |= active.any(dim=0)
-        self.sums += torch.stack(
-            [(a - a_hat).double().pow(2).sum(), (a.double() - self.mean).pow(2).sum(), active.sum().double()]
-        )
+        squared_error = (a - a_hat).double().pow(2).sum()
+        spread = torch.zeros_like(squared_error) if self.total_variance is not None else (a.double() - self.mean)
+        self.sums += torch.stack([squared_error, spread.pow(2).sum(), active.sum().double()])
         self.rows += len(a)
 
     def summary(self) -> dict[str, float]:
@@ -59,6 +65,8 @@ class ReconstructionStats:
         if self.rows == 0:
             raise ValueError("no rows were added; update() with at least one batch first")
         squared_error, variance, active = self.sums.tolist()
+        if self.total_variance is not None:
+            variance = self.total_variance * self.rows
         if variance == 0:
             raise ValueError(f"the {self.rows} rows are all equal: explained variance is undefined for them")
         return {

@@ -18,7 +18,7 @@ from captum_salve.checks import check_int, non_finite_error, shape_of
 from captum_salve.files import atomic_path, ensure_directory
 from captum_salve.sae.variants import ActivationName, CodeActivation, code_activation
 from captum_salve.sites import HEAD_INPUT, as_device
-from captum_salve.store import Rows, as_rows
+from captum_salve.store import CHUNK_ROWS, Rows, as_rows
 
 __all__ = ["SparseAutoencoder", "check_feature_index", "check_finite"]
 
@@ -56,7 +56,7 @@ def check_feature_index(features: Any, d_latent: int, name: str = "feature") -> 
     return values
 
 
-def check_finite(values: Tensor | Rows, name: str, hint: str = "", *, chunk_rows: int = 65536) -> None:
+def check_finite(values: Tensor | Rows, name: str, hint: str = "", *, chunk_rows: int = CHUNK_ROWS) -> None:
     """Refuse a tensor holding NaN or Inf, naming it, how many entries are not finite and where the first is.
 
     Rows (an in-memory or on-disk set of activations, see :class:`~captum_salve.store.Rows`)
@@ -169,7 +169,7 @@ class SparseAutoencoder(nn.Module):
         return self.code_activation(self.pre_activation(a))
 
     def encode_chunks(
-        self, acts: ActivationSet | Rows | Tensor, chunk_rows: int = 65536
+        self, acts: ActivationSet | Rows | Tensor, chunk_rows: int = CHUNK_ROWS
     ) -> Iterator[tuple[ActivationSet, Tensor]]:
         """Codes of a set of activations (in memory or an ActivationStore), chunk by chunk in row order.
 
@@ -186,7 +186,7 @@ class SparseAutoencoder(nn.Module):
             its (n, d_latent) float32 codes on the CPU.
 
         Example:
-            >>> for chunk, codes in sae.encode_chunks(ActivationStore.open("acts/train"), 65536):
+            >>> for chunk, codes in sae.encode_chunks(ActivationStore.open("acts/train"), 8192):
             ...     counts += (codes > 0).sum(dim=0)
         """
         matrix = isinstance(acts, Tensor) and acts.dim() == 2

@@ -432,16 +432,19 @@ class _Run:
         self.sae = sae.to(device)
         self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=lr)
         self.objective = _Objective(statistics, l1, device)
+        self.total_variance = statistics.total_variance
         self.settings = {**self.sae.config(), "l1": l1, "lr": lr, "seed": seed, **data_settings}
         self.history: list[dict] = []
         self.forward = self.sae
-        if group.size > 1:
+        if group.active:  # under torchrun, even alone: the same code path on 1 GPU as on 64
             ids = [device.index] if device.type == "cuda" else None
             self.forward = torch.nn.parallel.DistributedDataParallel(self.sae, device_ids=ids)
         self._new_epoch()
 
     def _new_epoch(self) -> None:
-        self.stats = ReconstructionStats(self.objective.mean, self.sae.d_latent, self.sae.active_threshold)
+        self.stats = ReconstructionStats(
+            self.objective.mean, self.sae.d_latent, self.sae.active_threshold, total_variance=self.total_variance
+        )
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.objective.mean.device)
 
     def step(self, parts: list[Tensor], batch_rows: int) -> None:
@@ -449,7 +452,7 @@ class _Run:
         self.optimizer.zero_grad(set_to_none=True)
         for i, a in enumerate(parts):
             last = i == len(parts) - 1
-            with self.forward.no_sync() if self.group.size > 1 and not last else nullcontext():
+            with self.forward.no_sync() if self.group.active and not last else nullcontext():
                 a_hat, z = self.forward(a)
                 # DDP averages over ranks; scaling by their number makes the step the global batch's mean.
                 loss = self.objective(a, a_hat, z, batch_rows) * self.group.size
