@@ -51,11 +51,15 @@ class ReconstructionStats:
         self.fired = torch.zeros(d_latent, dtype=torch.bool, device=mean.device)
 
     @torch.no_grad()
-    def update(self, a: Tensor, a_hat: Tensor, z: Tensor) -> None:
-        """Add one batch: activations, their reconstructions and codes."""
+    def update(self, a: Tensor, a_hat: Tensor, z: Tensor, squared_error: Tensor | None = None) -> None:
+        """Add one batch: activations, their reconstructions and codes.
+
+        ``squared_error``, the batch's ``Σ‖a − â‖²`` when the caller has it already (training's
+        loss does), saves computing it again.
+        """
         active = z.abs() > self.active_threshold
         self.fired |= active.any(dim=0)
-        squared_error = (a - a_hat).double().pow(2).sum()
+        squared_error = (a - a_hat).double().pow(2).sum() if squared_error is None else squared_error.double()
         spread = torch.zeros_like(squared_error) if self.total_variance is not None else (a.double() - self.mean)
         self.sums += torch.stack([squared_error, spread.pow(2).sum(), active.sum().double()])
         self.rows += len(a)

@@ -400,10 +400,11 @@ class _Objective:
         self.scale = self.total_variance.sqrt()
         self.l1 = l1
 
-    def __call__(self, a: Tensor, a_hat: Tensor, z: Tensor, batch_rows: int) -> Tensor:
-        """The loss of rows ``a`` of a batch of ``batch_rows``: their share of the batch mean."""
+    def __call__(self, a: Tensor, a_hat: Tensor, z: Tensor, batch_rows: int) -> tuple[Tensor, Tensor]:
+        """The loss of rows ``a`` of a batch of ``batch_rows`` (their share of its mean) and their squared error."""
         squared_error = (a - a_hat).pow(2).sum()
-        return (squared_error / self.total_variance + self.l1 * z.abs().sum() / self.scale) / batch_rows
+        loss = (squared_error / self.total_variance + self.l1 * z.abs().sum() / self.scale) / batch_rows
+        return loss, squared_error.detach()
 
 
 class _Run:
@@ -455,9 +456,10 @@ class _Run:
             with self.forward.no_sync() if self.group.active and not last else nullcontext():
                 a_hat, z = self.forward(a)
                 # DDP averages over ranks; scaling by their number makes the step the global batch's mean.
-                loss = self.objective(a, a_hat, z, batch_rows) * self.group.size
+                loss, squared_error = self.objective(a, a_hat, z, batch_rows)
+                loss = loss * self.group.size
                 loss.backward()
-            self.stats.update(a, a_hat.detach(), z.detach())
+            self.stats.update(a, a_hat.detach(), z.detach(), squared_error)
             self.loss_sum += loss.detach().double() * batch_rows / self.group.size
         self.optimizer.step()
         self.sae.normalize_decoder_()
