@@ -109,6 +109,6 @@ def test_training_from_a_store_on_the_gpu_equals_training_from_gpu_memory(tmp_pa
         settings = dict(activation="topk", k=4, epochs=2, batch_size=64, shuffle=shuffle, block_rows=50)
         from_memory, _ = train_sae(on_gpu, 32, progress=False, **settings)
         from_store, _ = train_sae(store, 32, device=CUDA, progress=False, **settings)
-        assert from_store.decoder_weight.device.type == "cuda"
+        assert from_store.decoder_weight.device.type == from_memory.decoder_weight.device.type == "cuda"
         for name, tensor in from_memory.state_dict().items():
             assert torch.equal(tensor, from_store.state_dict()[name]), (shuffle, name)

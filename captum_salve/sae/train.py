@@ -257,11 +257,11 @@ def train_saes(
     statistics = rows.statistics()
     if statistics.total_variance == 0:
         raise ValueError(f"acts are {len(rows)} copies of one row: there is no variation for an SAE to learn")
-    if isinstance(acts, (ActivationSet, Tensor)):
-        features = acts.features if isinstance(acts, ActivationSet) else acts
-        target = as_device(device) if device is not None else features.device
-        rows = as_rows(ActivationSet(features.to(target, torch.float32), rows.labels, rows.site, rows.model))
-    device = as_device(device) if device is not None else torch.device("cpu")
+    in_memory = isinstance(acts, (ActivationSet, Tensor))
+    features = acts.features if isinstance(acts, ActivationSet) else acts
+    device = as_device(device) if device is not None else features.device if in_memory else torch.device("cpu")
+    if in_memory:  # moved once, not batch by batch
+        rows = as_rows(ActivationSet(features.to(device, torch.float32), rows.labels, rows.site, rows.model))
     data_settings = {
         "batch_size": batch_size,
         "epochs": epochs,
