@@ -153,11 +153,11 @@ class Rows(ABC):
 
     @abstractmethod
     def rows(self, index: Tensor) -> Tensor:
-        """The float32 rows at ``index`` (any order, repeats allowed)."""
+        """The rows at ``index`` (any order, repeats allowed), in float32 (float64 ones stay float64)."""
 
     @abstractmethod
     def block(self, start: int, stop: int) -> Tensor:
-        """The float32 rows ``start:stop``."""
+        """The rows ``start:stop``, in float32 (float64 ones stay float64)."""
 
     @property
     def num_classes(self) -> int:
@@ -228,10 +228,15 @@ class _InMemoryRows(Rows):
         return self.acts.labels
 
     def rows(self, index: Tensor) -> Tensor:
-        return self.acts.features[index.to(self.acts.features.device)].float()
+        return _computable(self.acts.features[index.to(self.acts.features.device)])
 
     def block(self, start: int, stop: int) -> Tensor:
-        return self.acts.features[start:stop].float()
+        return _computable(self.acts.features[start:stop])
+
+
+def _computable(rows: Tensor) -> Tensor:
+    """Rows in float32, or float64 when they are: in-memory float64 activations keep their precision."""
+    return rows if rows.dtype == torch.float64 else rows.float()
 
 
 def as_rows(data: ActivationSet | Tensor | Rows, name: str = "acts") -> Rows:
