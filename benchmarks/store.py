@@ -45,7 +45,7 @@ import torch
 from benchmarks.results import Measurement, Row, Settings, Target
 from benchmarks.timing import Timings, time_interleaved
 from captum_salve.activations import ActivationSet
-from captum_salve.store import ActivationStore
+from captum_salve.store import CHUNK_ROWS, ActivationStore
 
 __all__ = ["run"]
 
@@ -479,7 +479,7 @@ def _profile_row(path: Path, size_gb: float) -> Measurement:
         Target("at_most", PROFILE_TARGET_MB),
         f"a fresh process; its peak RSS (VmHWM, reset to the current RSS after the imports, the SAE "
         f"({WIDTH} → {PROFILE_LATENT}, linear) and opening the store) minus that RSS; default chunk_rows "
-        f"(65536); the call took {figures['seconds']:.0f} s{split}",
+        f"({CHUNK_ROWS}); the call took {figures['seconds']:.0f} s{split}",
         figures,
     )
 
