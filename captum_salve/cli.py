@@ -41,7 +41,7 @@ from captum_salve.pipeline import (
 )
 from captum_salve.report import read_summaries, write_report
 from captum_salve.sae import VARIANTS, SAEConfig, SparseAutoencoder, train_saes
-from captum_salve.sae.train import CHECKPOINT_FILE
+from captum_salve.sae.train import CHECKPOINT_FILE, checkpoint_folder
 from captum_salve.sites import as_device
 from captum_salve.store import ActivationStore, write_activations
 from captum_salve.zoo import digits_classifier
@@ -149,6 +149,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, default=256, help="rows per step over all processes")
     train.add_argument("--seed", type=int, nargs="+", default=[0], help="one SAE per seed, all in one data pass")
     train.add_argument("--shuffle", choices=("exact", "blocks"), default="exact")
+    train.add_argument("--shuffle-seed", type=int, default=0, help="seed of the data order, shared by all --seed")
     train.add_argument("--block-rows", type=int, default=4096)
     train.add_argument("--buffer-blocks", type=int, default=64)
     train.add_argument("--micro-batches", type=int, default=1)
@@ -394,7 +395,7 @@ def _train(args: argparse.Namespace) -> int:
     store = ActivationStore.open(args.store)
     configs = [SAEConfig(args.latents, args.activation, args.k, args.l1, args.lr, seed) for seed in args.seed]
     folders = [args.out] if len(configs) == 1 else [args.out / f"seed{seed}" for seed in args.seed]
-    checkpoints = [folder.with_name(f"{folder.name}.training") for folder in folders]
+    checkpoints = [checkpoint_folder(folder) for folder in folders]
     with launched(args.device) as device:
         results = train_saes(
             store,
@@ -402,6 +403,7 @@ def _train(args: argparse.Namespace) -> int:
             epochs=args.epochs,
             batch_size=args.batch_size,
             shuffle=args.shuffle,
+            shuffle_seed=args.shuffle_seed,
             block_rows=args.block_rows,
             buffer_blocks=args.buffer_blocks,
             micro_batches=args.micro_batches,
@@ -409,17 +411,18 @@ def _train(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             checkpoint_dirs=checkpoints,
             checkpoint_every=args.checkpoint_every,
-            resume=all((folder / CHECKPOINT_FILE).is_file() for folder in checkpoints),
+            resume=any((folder / CHECKPOINT_FILE).is_file() for folder in checkpoints),  # a missing one is named
         )
         if ProcessGroup().rank == 0:
-            for (sae, history), folder, checkpoint in zip(results, folders, checkpoints, strict=True):
+            for (sae, history), folder in zip(results, folders, strict=True):
                 sae.save(folder)
-                shutil.rmtree(checkpoint)
                 final = history[-1]
                 print(
                     f"SAE: {folder} (explained variance {final['explained_variance']:.3f}, "
                     f"L0 {final['l0']:.1f}, dead {final['dead_fraction']:.1%})"
                 )
+            for checkpoint in checkpoints:  # only once every SAE is saved: a rerun resumes all or none
+                shutil.rmtree(checkpoint)
     return 0
 
 

@@ -22,7 +22,8 @@ import math
 import struct
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -38,7 +39,7 @@ from tqdm.auto import tqdm
 from captum_salve.activations import NO_LABELS, ActivationSet, ImageData, check_activation_set
 from captum_salve.checks import check_int, check_labels, non_finite_error
 from captum_salve.distributed import ProcessGroup
-from captum_salve.files import atomic_path, ensure_directory
+from captum_salve.files import PARTIAL_SUFFIX, atomic_path, ensure_directory
 from captum_salve.models import model_input, model_label
 from captum_salve.sites import BoundSite, Site, eval_mode, on_device, recording
 
@@ -54,6 +55,8 @@ __all__ = [
 ]
 
 MANIFEST_FILE = "manifest.json"
+# Shards a store keeps mapped at once: each map holds a file descriptor, and a process has ~1024.
+_OPEN_SHARDS = 64
 # Rows read at a time by the analyses: 8192 rows of 1024 float64 codes are 64 MB, whatever the store's length.
 CHUNK_ROWS = 8192
 STORE_FORMAT = "captum_salve.activation_store"
@@ -97,6 +100,18 @@ class RowStatistics:
         centred = rows.double() - shift
         total = centred.sum(dim=0)
         return cls(len(rows), total, centred.square_().sum(dim=0), shift)  # squared in place: one float64 copy
+
+    @classmethod
+    def accumulate(cls, blocks: Iterable[Tensor]) -> RowStatistics:
+        """The statistics of consecutive blocks of rows, summed in order about the first row (on the CPU)."""
+        total = None
+        for block in blocks:
+            block = block.cpu()  # one summation order on every device
+            shift = block[0].double() if total is None else total.shift
+            total = cls.of(block, shift) if total is None else total + cls.of(block, shift)
+        if total is None:
+            raise ValueError("there are no rows to take statistics of")
+        return total
 
     def __add__(self, other: RowStatistics) -> RowStatistics:
         if self.shift is not other.shift and not torch.equal(torch.as_tensor(self.shift), torch.as_tensor(other.shift)):
@@ -192,11 +207,9 @@ class Rows(ABC):
         The chunking depends only on the row count, so an in-memory set and a store
         of the same rows give bit-identical statistics.
         """
-        total, shift = None, self.block(0, 1)[0].cpu().double()
-        for chunk in self.chunks(chunk_rows):
-            stats = RowStatistics.of(chunk.features.cpu(), shift)  # one summation order on every device
-            total = stats if total is None else total + stats
-        return total
+        if len(self) == 0:
+            raise ValueError("there are no rows to take statistics of (the activations are empty)")
+        return RowStatistics.accumulate(chunk.features for chunk in self.chunks(chunk_rows))
 
     def check_finite(self, name: str, hint: str = "", chunk_rows: int = CHUNK_ROWS) -> None:
         """Refuse rows holding NaN or Inf: how many entries, and the (row, column) of the first."""
@@ -301,8 +314,12 @@ class ActivationStore(Rows):
         self._offsets = np.cumsum([0] + [shard["rows"] for shard in manifest["shards"]])
 
     @classmethod
-    def open(cls, path: str | Path) -> ActivationStore:
-        """Open a store folder, or a file written by :meth:`ActivationSet.save` as a one-shard store."""
+    def open(cls, path: str | Path, *, allow_incomplete: bool = False) -> ActivationStore:
+        """Open a store folder, or a file written by :meth:`ActivationSet.save` as a one-shard store.
+
+        A store whose writer stopped before every shard was written is refused unless
+        ``allow_incomplete`` (then it holds the committed shards' rows only).
+        """
         path = Path(path)
         if path.is_file():
             header = _read_header(path)
@@ -325,6 +342,13 @@ class ActivationStore(Rows):
         manifest = json.loads(manifest_path.read_text())
         if manifest.get("format") != STORE_FORMAT or manifest.get("version", 0) > STORE_VERSION:
             raise ValueError(f"{str(manifest_path)!r} is not a version-{STORE_VERSION} activation store manifest")
+        if not manifest.get("complete", True) and not allow_incomplete:
+            written = sum(shard["rows"] for shard in manifest["shards"])
+            raise ValueError(
+                f"the store at {str(path)!r} is incomplete ({len(manifest['shards'])} shards, {written} rows written): "
+                "its writer stopped; run write_activations (or captum-salve collect) again with the same settings "
+                "to complete it, or open it with allow_incomplete=True"
+            )
         return cls(path, manifest)
 
     @classmethod
@@ -437,12 +461,12 @@ class ActivationStore(Rows):
         shards = shard_of.unique().tolist()
         if len(shards) == 1:  # one shard: a single (multi-threaded) gather straight from the map
             mapped = self._shard(shards[0]).mapped("features")
-            return mapped.index_select(0, index - int(offsets[shards[0]])).float()
-        out = torch.empty(len(index), self.dim, dtype=torch.float32)
+            return _computable(mapped.index_select(0, index - int(offsets[shards[0]])))
+        out = torch.empty(len(index), self.dim, dtype=torch.float64 if self.dtype == torch.float64 else torch.float32)
         for shard in shards:
             where = (shard_of == shard).nonzero().squeeze(1)
             rows = self._shard(shard).mapped("features").index_select(0, index[where] - int(offsets[shard]))
-            out.index_copy_(0, where, rows.float())
+            out.index_copy_(0, where, rows.to(out.dtype))
         return out
 
     def block(self, start: int, stop: int) -> Tensor:
@@ -454,16 +478,25 @@ class ActivationStore(Rows):
             begin = int(self._offsets[shard])
             if begin >= stop:
                 break
-            pieces.append(self._shard(shard).read("features", max(start - begin, 0), stop - begin).float())
+            pieces.append(_computable(self._shard(shard).read("features", max(start - begin, 0), stop - begin)))
         if not pieces:
             return torch.empty(0, self.dim)
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
     def _shard(self, index: int) -> _ShardFile:
-        shards = self.__dict__.setdefault("_shards", {})
-        if index not in shards:
+        """Shard ``index``, kept open among the most recently used (each mapped shard holds a file descriptor)."""
+        shards = self.__dict__.setdefault("_shards", OrderedDict())
+        if index in shards:
+            shards.move_to_end(index)
+        else:
             shards[index] = _ShardFile(self._files[index])
+            if len(shards) > _OPEN_SHARDS:
+                shards.popitem(last=False)
         return shards[index]
+
+    def close(self) -> None:
+        """Release the memory maps and file handles (the store reopens them when read again)."""
+        self.__dict__.pop("_shards", None)
 
     def _column(self, shard: int, name: str) -> Tensor | None:
         file = self._shard(shard)
@@ -594,6 +627,7 @@ def write_activations(
     shard_rows, batch_size = check_int(shard_rows, "shard_rows", 1), check_int(batch_size, "batch_size", 1)
     group = ProcessGroup(rank, world_size)
     dataset, loader_options = _as_dataset(data, batch_size)
+    batch_size = loader_options.pop("batch_size", batch_size)  # a DataLoader keeps its own
     images = len(dataset)
     if images == 0:
         raise ValueError("data is empty: no images to collect activations from")
@@ -614,7 +648,7 @@ def write_activations(
             return rec.take().detach()
 
         rows_per_image, dim = read(_images_of(next(iter(DataLoader(Subset(dataset, [0]), **loader_options))))).shape
-        per_shard = max(1, shard_rows // rows_per_image)
+        per_shard, seen = max(1, shard_rows // rows_per_image), {}
         settings = _settings(bound.key, model_label(model), tokens, dim, dtype_name, images, per_shard)
         if group.rank == 0:
             _prepare(out, settings, resume)
@@ -641,13 +675,14 @@ def write_activations(
                 bar.update(n)
             _write_shard(out / _SHARD_NAME.format(shard), features, labels, image_index, token_index)
             if group.rank == 0:
-                _write_manifest(out, settings)
+                _write_manifest(out, settings, seen)
         bar.close()
     group.barrier()
     if group.rank == 0:
-        _write_manifest(out, settings)
+        _write_manifest(out, settings, seen)
     group.barrier()
-    store = ActivationStore.open(out)
+    # Ranks given by hand (no process group) may run one after another: the store is complete after the last.
+    store = ActivationStore.open(out, allow_incomplete=group.size > 1 and not group.active)
     if group.rank == 0 and not torch.isfinite(store.written_statistics.sum).all():
         warnings.warn(
             f"some rows of the store at {str(out)!r} hold NaN or Inf; train_sae and the analyses refuse them",
@@ -690,7 +725,7 @@ def _as_dataset(data: ImageData, batch_size: int) -> tuple[Sequence, dict]:
                 "the store records each row's image index, so pass a loader with shuffle=False"
             )
         options = {"num_workers": data.num_workers, "collate_fn": data.collate_fn, "pin_memory": data.pin_memory}
-        return data.dataset, options
+        return data.dataset, options | {"batch_size": data.batch_size}
     if isinstance(data, Dataset):
         try:
             len(data)
@@ -741,6 +776,8 @@ def _prepare(out: Path, settings: dict, resume: bool) -> None:
     elif out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{str(out)!r} is a non-empty folder without a store manifest; choose another folder")
     ensure_directory(out)
+    for partial in out.glob(f".*{PARTIAL_SUFFIX}"):  # a shard a killed writer had begun
+        partial.unlink()
     _write_manifest(out, settings)
 
 
@@ -759,17 +796,26 @@ def _write_shard(path: Path, features: list, labels: list, image_index: list, to
         save_file(tensors, str(tmp))
 
 
-def _write_manifest(out: Path, settings: dict) -> None:
-    """List the committed shards in order with their rows, and the sum of their statistics."""
+def _write_manifest(out: Path, settings: dict, seen: dict[str, RowStatistics] | None = None) -> None:
+    """List the committed shards in order with their rows, and the sum of their statistics.
+
+    ``seen`` keeps each shard's statistics from one call to the next, so a writer reads
+    every shard's sums once, not once per shard written after it.
+    """
+    seen = {} if seen is None else seen
     shards, total = [], None
     n_shards = math.ceil(settings["images"] / settings["images_per_shard"])
     for index in range(n_shards):
         path = out / _SHARD_NAME.format(index)
         if not path.is_file():
             continue
-        shard = _ShardFile(path)
-        shards.append({"file": path.name, "rows": shard.shape("features")[0]})
-        stats = RowStatistics(shards[-1]["rows"], shard.whole("sum"), shard.whole("sum_of_squares"))
+        if path.name not in seen:
+            shard = _ShardFile(path)
+            seen[path.name] = RowStatistics(
+                shard.shape("features")[0], shard.whole("sum"), shard.whole("sum_of_squares")
+            )
+        stats = seen[path.name]
+        shards.append({"file": path.name, "rows": stats.count})
         total = stats if total is None else total + stats
     manifest = {**settings, "complete": len(shards) == n_shards, "shards": shards}
     if total is not None:

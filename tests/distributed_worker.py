@@ -1,8 +1,8 @@
 """Run by ``torchrun`` in ``tests/test_distributed.py``: train SAEs on a store and write every rank's weights.
 
 ``python -m torch.distributed.run --standalone --nproc_per_node 2 tests/distributed_worker.py STORE OUT [--crash]``
-trains one ReLU and one TopK SAE for two epochs; with ``--crash`` every rank stops
-right after the first epoch's checkpoint, and a rerun without it resumes.
+trains one ReLU and one TopK SAE for two epochs; with ``--crash`` rank 0 stops right
+after the first epoch's checkpoints (torchrun then stops the other), and a rerun without it resumes.
 """
 
 from __future__ import annotations
@@ -35,11 +35,13 @@ def main(store: str, out: str, crash: bool) -> None:
     with launched("cpu"):
         rank = ProcessGroup().rank
         if crash:
-            real = train_module._save_checkpoint
+            real, saved = train_module._save_checkpoint, []
 
             def save_then_stop(*args):
                 real(*args)
-                raise SystemExit(3)
+                saved.append(1)
+                if len(saved) == len(CONFIGS):  # every SAE's checkpoint after the first epoch
+                    raise SystemExit(3)
 
             train_module._save_checkpoint = save_then_stop
         folders = [Path(out) / "relu.training", Path(out) / "topk.training"]

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from captum_salve import ActivationSet, ActivationStore, SparseAutoencoder
 from captum_salve.cli import main
-from captum_salve.sae.train import train_saes
+from captum_salve.sae.train import CHECKPOINT_FILE, train_saes
 from tests.distributed_worker import CONFIGS, SETTINGS, weights_of
 from tests.helpers import REPO, image_tree, labelled_clusters
 
@@ -71,6 +71,7 @@ def test_ranks_agree_equal_micro_batches_and_resume_after_a_kill(tmp_path):
     killed.mkdir()
     assert _torchrun(worker, str(store.path), str(killed), "--crash").returncode != 0
     assert not (killed / "rank0.safetensors").exists()
+    assert all((killed / f"{name}.training" / CHECKPOINT_FILE).is_file() for name in ("relu", "topk"))
     assert _torchrun(worker, str(store.path), str(killed)).returncode == 0
     resumed = load_file(killed / "rank0.safetensors")
     assert all(torch.equal(resumed[k], rank0[k]) for k in rank0)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import resource
 import tempfile
 
 import pytest
@@ -110,11 +112,15 @@ def test_a_killed_writer_leaves_the_committed_shards_and_a_rerun_completes_them(
     monkeypatch.setattr(store_module, "_write_shard", crash_on_the_second)
     with pytest.raises(KeyboardInterrupt):
         write_activations(timm_resnet, data, tmp_path / "s", shard_rows=8, batch_size=4, progress=False)
-    partial = ActivationStore.open(tmp_path / "s")
+    with pytest.raises(ValueError, match=r"is incomplete \(1 shards, 8 rows written\): its writer stopped"):
+        ActivationStore.open(tmp_path / "s")
+    partial = ActivationStore.open(tmp_path / "s", allow_incomplete=True)
     assert len(partial) == 8 and torch.equal(partial.block(0, 8), whole.block(0, 8))
     assert not json.loads((tmp_path / "s" / MANIFEST_FILE).read_text())["complete"]
     assert not list((tmp_path / "s").glob("*.partial"))
 
+    left_by_a_kill = tmp_path / "s" / ".shard-00001.safetensors.x1y2.partial"
+    left_by_a_kill.write_bytes(b"half a shard")
     monkeypatch.setattr(store_module, "_write_shard", real)
     calls = []
     monkeypatch.setattr(store_module, "_write_shard", lambda path, *args: calls.append(path) or real(path, *args))
@@ -122,6 +128,7 @@ def test_a_killed_writer_leaves_the_committed_shards_and_a_rerun_completes_them(
     assert [p.name for p in calls] == ["shard-00001.safetensors", "shard-00002.safetensors"]
     assert torch.equal(resumed.block(0, 23), whole.block(0, 23)) and torch.equal(resumed.labels, whole.labels)
     assert resumed.written_statistics.count == 23
+    assert not left_by_a_kill.exists()
 
 
 def test_resuming_refuses_other_settings_and_a_fresh_start_refuses_an_existing_store(timm_resnet, images, tmp_path):
@@ -185,3 +192,32 @@ def test_statistics_stay_exact_far_from_the_origin(offset, n, chunk_rows):
     torch.testing.assert_close(stats.mean, exact.mean(0), rtol=1e-12, atol=1e-9)
     expected = (exact - exact.mean(0)).pow(2).sum(1).mean()
     assert abs(stats.total_variance - float(expected)) <= 1e-9 * max(1.0, float(expected))
+
+
+def test_a_data_loader_keeps_its_batch_size(timm_resnet, images, tmp_path):
+    x, y = images
+    sizes = []
+    timm_resnet.register_forward_pre_hook(lambda module, args: sizes.append(len(args[0])))
+    loader = DataLoader(TensorDataset(x, y), batch_size=7)
+    store = write_activations(timm_resnet, loader, tmp_path / "s", shard_rows=8, batch_size=64, progress=False)
+    assert sizes[1:] == [7, 1, 7, 1, 7]  # after the one-image probe: each 8-image shard in batches of 7
+    assert torch.equal(store.labels, y[:23])
+
+
+def test_a_store_of_many_shards_keeps_few_files_open(tmp_path):
+    features = torch.randn(150, 3)
+    store = ActivationStore.from_set(ActivationSet(features), tmp_path / "s", shard_rows=1)
+    used = len(os.listdir("/proc/self/fd"))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (used + 100, hard))  # fewer than the 150 shards
+    try:
+        index = torch.randperm(150)
+        assert torch.equal(store.rows(index), features[index])
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        store.close()
+
+
+def test_statistics_of_no_rows_are_refused():
+    with pytest.raises(ValueError, match="there are no rows to take statistics of"):
+        as_rows(torch.zeros(0, 3)).statistics()

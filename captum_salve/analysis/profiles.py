@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -167,11 +167,13 @@ def class_profile(
     k = int(labels.max()) + 1
     names = check_class_names(class_names, count=k) if class_names is not None else [str(i) for i in range(k)]
     sums = torch.zeros(k, sae.d_latent, dtype=torch.float64)
-    spread = None
-    for chunk, codes in sae.encode_chunks(rows, chunk_rows):
-        sums.index_add_(0, chunk.labels, codes.double())
-        shift = codes[0].double() if spread is None else spread.shift  # about the first code: no cancellation
-        spread = RowStatistics.of(codes, shift) if spread is None else spread + RowStatistics.of(codes, shift)
+
+    def codes_summed_by_class() -> Iterator[Tensor]:
+        for chunk, codes in sae.encode_chunks(rows, chunk_rows):
+            sums.index_add_(0, chunk.labels, codes.double())
+            yield codes
+
+    spread = RowStatistics.accumulate(codes_summed_by_class())
     counts = torch.bincount(labels, minlength=k)
     mean = sums / counts.clamp_min(1)[:, None]
     code_std = (spread.variance * len(rows) / (len(rows) - 1)).sqrt()  # unbiased, as Tensor.std

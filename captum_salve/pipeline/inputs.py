@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 
 from captum_salve.checks import check_class_names, shape_of
 from captum_salve.data import DigitsCanvas
+from captum_salve.models import find_head, model_label
 from captum_salve.sites import HEAD_INPUT
 from captum_salve.store import ActivationStore
 from captum_salve.zoo import digits_classifier
@@ -83,6 +84,12 @@ class PipelineInputs:
                     f"PipelineInputs train_activations must hold the labelled head-input activations of the "
                     f"{len(self.train)} training images, one row each; {store!r} holds {len(store)} rows "
                     f"read at {store.site!r}" + (" without labels" if store.labels is None else "")
+                )
+            width, label = find_head(self.model)[1].in_features, model_label(self.model)
+            if store.dim != width or (store.model is not None and store.model != label):
+                raise ValueError(
+                    f"PipelineInputs train_activations were read from {store.model!r} ({store.dim} wide), but the "
+                    f"model is {label!r} with a {width}-wide head input; collect them from this model"
                 )
         for name, value, rank in (("masks", self.masks, 3), ("planted_cue", self.planted_cue, 1)):
             if value is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections.abc import Callable, Sequence
@@ -23,15 +24,15 @@ from captum_salve.pipeline.fingerprint import data_fingerprint, model_fingerprin
 from captum_salve.pipeline.inputs import PipelineInputs
 from captum_salve.pipeline.record import Record, RecordFormatError, to_plain
 from captum_salve.sae import VARIANTS, SAEConfig, SparseAutoencoder, code_activation, train_saes
-from captum_salve.sae.train import CHECKPOINT_FILE
-from captum_salve.store import ActivationStore, write_activations
+from captum_salve.sae.train import CHECKPOINT_FILE, checkpoint_folder
+from captum_salve.store import MANIFEST_FILE, ActivationStore, write_activations
 
 __all__ = ["STAGE_FORMAT", "Run"]
 
 # Version of the stage files; a file of another version is refused, not misread.
 STAGE_FORMAT = 3
 # What config.json records of the inputs, by hash: a rerun on other weights or images is refused.
-_FINGERPRINTS = ("model weights", "training data", "test data")
+_FINGERPRINTS = ("model weights", "training data", "training activations", "test data")
 
 R = TypeVar("R", bound=Record)
 
@@ -106,6 +107,7 @@ class Run:
             "cam_layers": list(self.inputs.cam_layers),
             "model weights": model_fingerprint(self.model),
             "training data": data_fingerprint(self.inputs.train),
+            "training activations": _store_fingerprint(self.inputs.train_activations),
             "test data": data_fingerprint(self.inputs.test),
         }
         path = self.out / "config.json"
@@ -225,10 +227,11 @@ class Run:
         """The run's SAEs of these (variant, seed) pairs; those not yet trained are trained in one pass.
 
         Each is kept in ``sae-<activation>[-seed<seed>]/``. The missing ones are trained
-        together by :func:`~captum_salve.sae.train_saes` (all with data-order seed 0, so each
-        equals the SAE trained alone), with a checkpoint after every epoch in
-        ``<its folder>.training/``: a run interrupted during training resumes from its
-        last finished epoch.
+        together by :func:`~captum_salve.sae.train_saes`, all reading the rows in the order of
+        data-order seed 0 (so the seeds of the seed study differ in their initialisation only,
+        and each equals ``train_sae(..., seed=seed, shuffle_seed=0)`` alone), with a checkpoint
+        after every epoch in ``<its folder>.training/``: a run interrupted during training
+        resumes from its last finished epoch.
         """
         missing = []
         for activation, seed in dict.fromkeys(keys):
@@ -246,7 +249,7 @@ class Run:
                 if "k" in settings and self.config.topk is not None:
                     settings["k"] = self.config.topk
                 configs.append(SAEConfig(self.config.sae_latents, code_activation(activation, **settings), seed=seed))
-            checkpoints = [directory.with_name(f"{directory.name}.training") for *_, directory in missing]
+            checkpoints = [checkpoint_folder(directory) for *_, directory in missing]
             results = train_saes(
                 self.train_acts,
                 configs,
@@ -254,16 +257,15 @@ class Run:
                 shuffle_seed=0,
                 device=self.device,
                 checkpoint_dirs=checkpoints,
-                resume=all((folder / CHECKPOINT_FILE).is_file() for folder in checkpoints),
+                resume=any((folder / CHECKPOINT_FILE).is_file() for folder in checkpoints),
                 progress=False,
             )
-            for (activation, seed, directory), checkpoint, (sae, history) in zip(
-                missing, checkpoints, results, strict=True
-            ):
+            for (activation, seed, directory), (sae, history) in zip(missing, results, strict=True):
                 sae.metadata.update(run=self.inputs.name, final_epoch=to_plain(history[-1]))
                 sae.save(directory)
-                shutil.rmtree(checkpoint)
                 self._saes[activation, seed] = sae
+            for checkpoint in checkpoints:  # only once every SAE is saved: a rerun resumes all or none
+                shutil.rmtree(checkpoint)
         return [self._saes[key] for key in keys]
 
     @property
@@ -310,6 +312,17 @@ def _dataset_labels(data: Dataset) -> Tensor | None:
     if isinstance(labels, (list, Tensor)) and len(labels) == len(data):
         return torch.as_tensor(labels)
     return None
+
+
+def _store_fingerprint(store: ActivationStore | None) -> str | None:
+    """A given store by the hash of its manifest (its shards, rows and their sums); None when the run writes its own."""
+    if store is None:
+        return None
+    if store.path.is_dir():
+        described = (store.path / MANIFEST_FILE).read_bytes()
+    else:  # an ActivationSet file: its name and size (hashing gigabytes would cost a pass over them)
+        described = f"{store.path.name}:{store.path.stat().st_size}".encode()
+    return hashlib.sha256(described).hexdigest()[:16]
 
 
 def _stored(path: Path, name: str, kind: type[R], compute: Callable[[], R]) -> R:

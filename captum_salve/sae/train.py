@@ -34,7 +34,7 @@ from captum_salve.sae.variants import ActivationName, CodeActivation, code_activ
 from captum_salve.sites import as_device
 from captum_salve.store import Rows, RowStatistics, as_rows
 
-__all__ = ["CHECKPOINT_FILE", "SAEConfig", "Shuffle", "train_sae", "train_saes"]
+__all__ = ["CHECKPOINT_FILE", "SAEConfig", "Shuffle", "checkpoint_folder", "train_sae", "train_saes"]
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 Shuffle = Literal["exact", "blocks"]
@@ -246,27 +246,30 @@ def train_saes(
             f"checkpoint_dirs must hold one folder per config ({len(configs)}), got {len(checkpoint_dirs)}"
         )
     if resume and checkpoint_dirs is None:
-        raise ValueError("resume=True needs checkpoint_dir, the directory the checkpoints were written to")
+        raise ValueError(
+            "resume=True needs checkpoint_dir (checkpoint_dirs for train_saes), where the checkpoints were written"
+        )
     if checkpoint_every is not None:
         checkpoint_every = check_int(checkpoint_every, "checkpoint_every", 1)
         if checkpoint_dirs is None:
-            raise ValueError("checkpoint_every needs checkpoint_dir, where the checkpoints are written")
+            raise ValueError(
+                "checkpoint_every needs checkpoint_dir (checkpoint_dirs for train_saes), where they are written"
+            )
     group = ProcessGroup()
 
     rows.check_finite("acts", "; drop or fix those rows before training")
     statistics = rows.statistics()
     if statistics.total_variance == 0:
         raise ValueError(f"acts are {len(rows)} copies of one row: there is no variation for an SAE to learn")
-    in_memory = isinstance(acts, (ActivationSet, Tensor))
-    features = acts.features if isinstance(acts, ActivationSet) else acts
-    device = as_device(device) if device is not None else features.device if in_memory else torch.device("cpu")
-    if in_memory:  # moved once, not batch by batch
+    device = as_device(device) if device is not None else rows.block(0, 1).device  # a store's: the CPU
+    if isinstance(acts, (ActivationSet, Tensor)):  # moved once, not batch by batch
+        features = acts.features if isinstance(acts, ActivationSet) else acts
         rows = as_rows(ActivationSet(features.to(device, torch.float32), rows.labels, rows.site, rows.model))
     data_settings = {
         "batch_size": batch_size,
         "epochs": epochs,
         "rows": len(rows),
-        "data_sum": float(statistics.sum.sum()),
+        "data_mean_sum": float(statistics.mean.sum()),
         **order.settings(),
         "batch_parts": micro_batches * group.size,
     }
@@ -308,6 +311,17 @@ def train_saes(
                 run.save(Path(folder), 0)
     bar.close()
     return [run.result() for run in runs]
+
+
+def checkpoint_folder(folder: str | Path) -> Path:
+    """Where the training of the SAE saved to ``folder`` keeps its checkpoints: ``<folder>.training`` beside it.
+
+    Example:
+        >>> checkpoint_folder("out/sae-relu")
+        PosixPath('out/sae-relu.training')
+    """
+    folder = Path(folder)
+    return folder.with_name(f"{folder.name}.training")
 
 
 def _seeded(*keys: int) -> torch.Generator:
