@@ -97,7 +97,8 @@ class RowStatistics:
     @classmethod
     def of(cls, rows: Tensor, shift: Tensor | float = 0.0) -> RowStatistics:
         """The statistics of an (n, M) block of rows about ``shift``."""
-        centred = rows.double() - shift
+        centred = rows.double()
+        centred -= shift  # in place: one float64 copy of the rows
         total = centred.sum(dim=0)
         return cls(len(rows), total, centred.square_().sum(dim=0), shift)  # squared in place: one float64 copy
 
@@ -371,9 +372,9 @@ class ActivationStore(Rows):
             end = min(begin + shard_rows, len(acts))
             labels = [acts.labels[begin:end]] if acts.labels is not None else []
             index = torch.arange(begin, end)
-            _write_shard(
-                out / _SHARD_NAME.format(shard), [acts.features[begin:end].to(dtype)], labels, [index], [0 * index]
-            )
+            features = acts.features[begin:end].to(dtype).contiguous()
+            tokens = torch.zeros(len(index), dtype=torch.int32)
+            _write_shard(out / _SHARD_NAME.format(shard), features, labels, index, tokens)
         _write_manifest(out, settings)
         return cls.open(out)
 
@@ -659,20 +660,17 @@ def write_activations(
         for shard in mine:
             begin, end = shard * per_shard, min((shard + 1) * per_shard, images)
             loader = _batches(dataset, begin, end, batch_size, loader_options)
-            features, labels, image_index, token_index = [], [], [], []
-            offset = begin
+            features = torch.empty((end - begin) * rows_per_image, dim, dtype=dtype)  # filled batch by batch
+            labels, filled = [], 0
             for batch in loader:
-                batch_images = _images_of(batch)
-                batch_labels = batch[1] if isinstance(batch, (list, tuple)) and len(batch) > 1 else None
-                rows = read(batch_images).to("cpu", dtype, copy=True)
-                n = len(batch_images)
-                features.append(rows)
-                image_index.append(torch.arange(offset, offset + n).repeat_interleave(rows_per_image))
-                token_index.append(torch.arange(rows_per_image).repeat(n))
-                if batch_labels is not None:
-                    labels.append(check_labels(batch_labels, "data's labels").repeat_interleave(rows_per_image))
-                offset += n
-                bar.update(n)
+                rows = read(_images_of(batch))
+                features[filled : filled + len(rows)] = rows
+                filled += len(rows)
+                if isinstance(batch, (list, tuple)) and len(batch) > 1:
+                    labels.append(check_labels(batch[1], "data's labels").repeat_interleave(rows_per_image))
+                bar.update(len(rows) // rows_per_image)
+            image_index = torch.arange(begin, end).repeat_interleave(rows_per_image)
+            token_index = torch.arange(rows_per_image, dtype=torch.int32).repeat(end - begin)
             _write_shard(out / _SHARD_NAME.format(shard), features, labels, image_index, token_index)
             if group.rank == 0:
                 _write_manifest(out, settings, seen)
@@ -781,14 +779,11 @@ def _prepare(out: Path, settings: dict, resume: bool) -> None:
     _write_manifest(out, settings)
 
 
-def _write_shard(path: Path, features: list, labels: list, image_index: list, token_index: list) -> None:
-    rows = torch.cat(features)
-    tensors = {
-        "features": rows.contiguous(),
-        "image_index": torch.cat(image_index),
-        "token_index": torch.cat(token_index).int(),
-    }
-    stats = RowStatistics.of(rows)
+def _write_shard(path: Path, features: Tensor, labels: list, image_index: Tensor, token_index: Tensor) -> None:
+    tensors = {"features": features, "image_index": image_index, "token_index": token_index}
+    stats = sum(  # in pieces about zero: the shards' sums add up in the manifest, and no float64 copy of the shard
+        (RowStatistics.of(piece) for piece in features.split(CHUNK_ROWS)[1:]), RowStatistics.of(features[:CHUNK_ROWS])
+    )
     tensors["sum"], tensors["sum_of_squares"] = stats.sum, stats.sum_of_squares
     if labels:
         tensors["labels"] = torch.cat(labels)
