@@ -6,6 +6,7 @@ import re
 
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
 from tests.helpers import REPO
 
@@ -47,3 +48,18 @@ def test_readme_examples_run_in_order(tmp_path, monkeypatch):
     edited_logits = torch.nn.functional.linear(namespace["acts"].features[:4], namespace["weight"], namespace["bias"])
     torch.testing.assert_close(namespace["steered"], edited_logits, rtol=1e-4, atol=1e-4)
     assert namespace["choice"].reached
+
+
+def test_readme_store_example_runs_on_a_small_model(tmp_path, monkeypatch, timm_resnet):
+    """The Python block of "Beyond memory", with a small model and dataset (and smaller SAEs) in its namespace."""
+    section = (REPO / "README.md").read_text().split("### Beyond memory", 1)[1].split("## How the package maps", 1)[0]
+    [block] = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    block = block.replace("SAEConfig(4096", "SAEConfig(64").replace("epochs=5", "epochs=1")
+    images, labels = torch.rand(20, 3, 32, 32), torch.arange(20) % 4
+    monkeypatch.chdir(tmp_path)
+    import captum_salve
+
+    namespace = {"salve": captum_salve, "model": timm_resnet, "train_dataset": TensorDataset(images, labels)}
+    exec(compile(block, "README.md", "exec"), namespace)
+    assert len(namespace["store"]) == 20 and len(namespace["results"]) == 4
+    assert torch.equal(namespace["profile"].counts, torch.full((4,), 5))
