@@ -20,10 +20,16 @@ from captum_salve.files import atomic_path
 from captum_salve.models import model_input, model_label
 from captum_salve.sites import HEAD_INPUT, Site, eval_mode, on_device, recording
 
-__all__ = ["ActivationSet", "ImageData", "check_activation_set", "collect_activations", "iter_batches"]
+__all__ = [
+    "ActivationSet",
+    "ImageData",
+    "check_activation_set",
+    "collect_activations",
+    "iter_batches",
+    "require_labels",
+]
 
 ImageData = Dataset | DataLoader | Tensor
-NO_LABELS = "these activations carry no labels; collect them from a dataset that yields (image, label)"
 
 
 @dataclass
@@ -76,9 +82,7 @@ class ActivationSet:
 
     def require_labels(self) -> Tensor:
         """The labels, or an error saying that this use needs them."""
-        if self.labels is None:
-            raise ValueError(NO_LABELS)
-        return self.labels
+        return require_labels(self.labels)
 
     def subset(self, index: Tensor) -> ActivationSet:
         """The rows selected by a boolean mask or an index tensor."""
@@ -110,6 +114,19 @@ class ActivationSet:
         if "features" not in tensors:
             raise ValueError(f"{str(path)!r} holds no 'features' tensor; it was not written by ActivationSet.save")
         return cls(tensors["features"], tensors.get("labels"), metadata.get("site", HEAD_INPUT), metadata.get("model"))
+
+
+def require_labels(labels: Tensor | None) -> Tensor:
+    """Activations' labels, or the error saying that this use needs them (in memory or on disk alike).
+
+    Example:
+        >>> require_labels(None)
+        Traceback (most recent call last):
+        ValueError: these activations carry no labels; collect them from a dataset that yields (image, label)
+    """
+    if labels is None:
+        raise ValueError("these activations carry no labels; collect them from a dataset that yields (image, label)")
+    return labels
 
 
 def check_activation_set(value: object, name: str) -> ActivationSet:

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, SequentialSampler, Subset
 from tqdm.auto import tqdm
 
-from captum_salve.activations import NO_LABELS, ActivationSet, ImageData, check_activation_set
+from captum_salve.activations import ActivationSet, ImageData, check_activation_set, require_labels
 from captum_salve.checks import check_int, check_labels, non_finite_error
 from captum_salve.distributed import ProcessGroup
 from captum_salve.files import PARTIAL_SUFFIX, atomic_path, ensure_directory
@@ -182,9 +182,7 @@ class Rows(ABC):
 
     def require_labels(self) -> Tensor:
         """The labels, or an error saying that this use needs them."""
-        if self.labels is None:
-            raise ValueError(NO_LABELS)
-        return self.labels
+        return require_labels(self.labels)
 
     def chunks(self, chunk_rows: int = CHUNK_ROWS, *, rank: int = 0, world_size: int = 1) -> Iterator[ActivationSet]:
         """Consecutive pieces of at most ``chunk_rows`` rows, as in-memory sets.
@@ -211,6 +209,17 @@ class Rows(ABC):
         if len(self) == 0:
             raise ValueError("there are no rows to take statistics of (the activations are empty)")
         return RowStatistics.accumulate(chunk.features for chunk in self.chunks(chunk_rows))
+
+    def finite_statistics(self, name: str, hint: str = "", chunk_rows: int = CHUNK_ROWS) -> RowStatistics:
+        """:meth:`statistics`, refusing NaN or Inf as :meth:`check_finite` does.
+
+        A non-finite entry makes the sums non-finite, so the rows are read once; only
+        then are they read again, to name the first bad entry.
+        """
+        stats = self.statistics(chunk_rows)
+        if not (torch.isfinite(stats.sum).all() and torch.isfinite(stats.sum_of_squares).all()):
+            self.check_finite(name, hint, chunk_rows)
+        return stats
 
     def check_finite(self, name: str, hint: str = "", chunk_rows: int = CHUNK_ROWS) -> None:
         """Refuse rows holding NaN or Inf: how many entries, and the (row, column) of the first."""

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from captum_salve.activations import ActivationSet
 from captum_salve.checks import check_int, check_labels
 from captum_salve.models import find_head
-from captum_salve.sae.model import SparseAutoencoder, check_finite
+from captum_salve.sae.model import SparseAutoencoder
 from captum_salve.sites import HEAD_INPUT
 from captum_salve.store import ActivationStore, check_rows
 
@@ -117,7 +117,7 @@ def sae_metrics(
     if len(rows) < 2:
         raise ValueError(f"acts hold {len(rows)} rows; explained variance needs at least 2")
     batch_size = check_int(batch_size, "batch_size", 1)
-    check_finite(rows, "acts", chunk_rows=batch_size)
+    statistics = rows.finite_statistics("acts", chunk_rows=batch_size)
     linear = None
     if head is not None:
         if rows.site != HEAD_INPUT:
@@ -127,7 +127,7 @@ def sae_metrics(
             raise ValueError(f"head takes {linear.in_features}-dimensional inputs but the SAE reads {sae.d_in}")
         check_labels(rows.require_labels(), "acts.labels", linear.out_features)
     device = sae.decoder_weight.device
-    stats = ReconstructionStats(rows.statistics(batch_size).mean.to(device), sae.d_latent, sae.active_threshold)
+    stats = ReconstructionStats(statistics.mean.to(device), sae.d_latent, sae.active_threshold)
     correct = spliced = 0
     for chunk in rows.chunks(batch_size):
         a = chunk.features.to(device, torch.float32)

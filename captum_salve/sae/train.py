@@ -257,8 +257,7 @@ def train_saes(
             )
     group = ProcessGroup()
 
-    rows.check_finite("acts", "; drop or fix those rows before training")
-    statistics = rows.statistics()
+    statistics = rows.finite_statistics("acts", "; drop or fix those rows before training")
     if statistics.total_variance == 0:
         raise ValueError(f"acts are {len(rows)} copies of one row: there is no variation for an SAE to learn")
     device = as_device(device) if device is not None else rows.block(0, 1).device  # a store's: the CPU
