@@ -17,28 +17,26 @@ import json
 import resource
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
-import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from captum_salve.data import DigitsCanvas
-from captum_salve.pipeline import DIGITS_CAM_LAYERS, PipelineConfig, PipelineInputs, run_pipeline
+from captum_salve.pipeline import DIGITS_CAM_LAYERS, PipelineConfig, digits_inputs, run_pipeline
 from captum_salve.store import write_activations
-from captum_salve.zoo import digits_classifier
 
 
 class RedrawnCanvases(Dataset):
     """``images`` training canvases: drawing ``seed`` of the digits canvas holds images ``seed·n … (seed+1)·n − 1``."""
 
     def __init__(self, images: int) -> None:
-        self.per_drawing = len(DigitsCanvas("train", seed=1))
-        self.images = images
-        self.labels = torch.cat([DigitsCanvas("train", seed=1).labels] * -(-images // self.per_drawing))[
-            :images
-        ]  # the digits are the same in every drawing; only where they sit changes
-        self._drawing: tuple[int, DigitsCanvas] | None = None
+        first = DigitsCanvas("train", seed=1)
+        self.per_drawing, self.images = len(first), images
+        # the digits are the same in every drawing; only where they sit changes
+        self.labels = first.labels.repeat(-(-images // self.per_drawing))[:images]
+        self._drawing: tuple[int, DigitsCanvas] | None = (0, first)
 
     def __len__(self) -> int:
         return self.images
@@ -66,28 +64,16 @@ def main(argv: list[str] | None = None) -> dict:
     shutil.rmtree(args.out, ignore_errors=True)
     figures: dict = {"images": args.images, "arch": args.arch}
 
-    classifier = digits_classifier(args.arch, device="cpu", progress=False)
-    train, test = RedrawnCanvases(args.images), DigitsCanvas("test")
+    inputs = digits_inputs(args.arch, train=RedrawnCanvases(args.images), device="cpu", progress=False)
     figures["peak MB before the store"] = round(_peak_mb())
     start = time.perf_counter()
-    store = write_activations(classifier.model, train, args.out / "store", batch_size=256, progress=True)
+    store = write_activations(inputs.model, inputs.train, args.out / "store", batch_size=256, progress=True)
     figures["store seconds"] = round(time.perf_counter() - start, 1)
     figures["store rows x width"] = [len(store), store.dim]
     figures["rows in memory would take MB"] = round(len(store) * store.dim * 4 / 2**20)
     figures["peak MB after the store"] = round(_peak_mb())
 
-    inputs = PipelineInputs(
-        name=f"digits-{args.arch}",
-        model=classifier.model,
-        train=train,
-        test=test,
-        class_names=DigitsCanvas.classes,
-        to_display=lambda x: x,
-        cam_layers=DIGITS_CAM_LAYERS[args.arch],
-        masks=test.masks(),
-        planted_cue=test.has_cue,
-        train_activations=store,
-    )
+    inputs = replace(inputs, train_activations=store)
     start = time.perf_counter()
     summary = run_pipeline(inputs, args.out / "run", PipelineConfig(seeds=args.seeds), progress=True)
     figures["pipeline seconds"] = round(time.perf_counter() - start, 1)

@@ -103,13 +103,18 @@ class PipelineInputs:
 
 
 def digits_inputs(
-    arch: str = "resnet18", *, device: torch.device | str | None = None, progress: bool = True
+    arch: str = "resnet18",
+    *,
+    train: Dataset | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = True,
 ) -> PipelineInputs:
     """The demo's inputs: the digits-canvas classifier of ``arch`` and its canvas (train drawn twice).
 
     The classifier is trained once and cached (:func:`~captum_salve.zoo.digits_classifier`).
     Its Grad-FAM layers are :data:`DIGITS_CAM_LAYERS`; the test set's digit boxes are the
-    pointing game's masks and its shared cue is the planted cue.
+    pointing game's masks and its shared cue is the planted cue. ``train`` replaces the
+    training canvases (``benchmarks/scale_run.py`` gives many redrawn ones).
 
     Example:
         >>> summary = run_pipeline(digits_inputs("vit"), "salve-report/digits-vit", PipelineConfig(seeds=3))
@@ -117,7 +122,7 @@ def digits_inputs(
     if arch not in DIGITS_CAM_LAYERS:
         raise ValueError(f"digits_inputs arch must be one of {tuple(DIGITS_CAM_LAYERS)}, got {arch!r}")
     classifier = digits_classifier(arch, device=device, progress=progress)
-    train, test = DigitsCanvas("train", copies=2), DigitsCanvas("test")
+    train, test = DigitsCanvas("train", copies=2) if train is None else train, DigitsCanvas("test")
     return PipelineInputs(
         name=f"digits-{arch}",
         model=classifier.model,
