@@ -38,7 +38,7 @@ def run(settings: Settings) -> list[Row]:
 
     The activations are 1,000 synthetic non-negative head inputs (ReLU of
     Gaussian noise) of a 10-class ResNet-18 head, 512 wide; each sample's target
-    is the class the unedited head predicts for it. The rule is the default
+    is the class the unedited head predicts for it. The rule is the paper's
     ``"salve"`` suppression, whose exact solution walks the clipping pieces.
 
     Args:
@@ -63,6 +63,7 @@ def run(settings: Settings) -> list[Row]:
             "inputs": acts,
             "target": targets,
             "criterion": criterion,
+            "rule": "salve",
         }
         outputs: dict[str, Tensor] = {}
         timings = time_interleaved(

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, random_split
 from captum_salve.checks import raised_in
 from captum_salve.data import image_folder, imagenet_classes
 from captum_salve.distributed import ProcessGroup, launched
-from captum_salve.edit import MODES, RULES, edit_model
+from captum_salve.edit import DEFAULT_RULE, MODES, RULES, edit_model
 from captum_salve.files import atomic_path, ensure_directory
 from captum_salve.models import create_model, find_head, input_normalization, keep_classes
 from captum_salve.pipeline import (
@@ -170,7 +170,7 @@ def _parser() -> argparse.ArgumentParser:
     edit.add_argument("--feature", type=int, nargs="+", required=True)
     edit.add_argument("--alpha", type=float, nargs="+", required=True, help="one strength, or one per feature")
     edit.add_argument("--mode", choices=MODES, default="suppress")
-    edit.add_argument("--rule", choices=tuple(RULES), default="project")
+    edit.add_argument("--rule", choices=tuple(RULES), default=DEFAULT_RULE, help="edit rule (default %(default)s)")
     edit.add_argument("--out", type=Path, required=True, help="output .safetensors file")
     edit.set_defaults(handler=_edit)
     return parser
@@ -181,7 +181,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seeds", type=int, default=10, help="SAE initialisations in the robustness study (default 10, as the paper)"
     )
-    parser.add_argument("--rule", choices=tuple(RULES), default="project", help="edit rule of the control stage")
+    parser.add_argument(
+        "--rule",
+        choices=tuple(RULES),
+        default=DEFAULT_RULE,
+        help="edit rule of the control stage (default %(default)s)",
+    )
     parser.add_argument(
         "--sae-activation",
         choices=tuple(VARIANTS),

@@ -139,6 +139,20 @@ def test_edit_writes_weights_that_load_into_a_fresh_model(capsys, tmp_path, save
     assert torch.equal(fresh.fc.bias, model.fc.bias)
 
 
+def test_edit_with_no_rule_or_head_size_is_the_python_default_on_the_checkpoints_head(capsys, tmp_path, saved_sae):
+    sae, sae_dir = saved_sae
+    model = create_model(SMALL_RESNET, num_classes=3)  # not timm's 1000 classes: the size comes from the file
+    checkpoint = tmp_path / "model.safetensors"
+    save_file(model.state_dict(), str(checkpoint))
+    out = tmp_path / "edited.safetensors"
+    argv = ["edit", "--model", SMALL_RESNET, "--checkpoint", checkpoint, "--sae", sae_dir, "--feature", "2"]
+    code, _, _ = cli(capsys, *argv, "--alpha", "1.5", "--out", out)
+    assert code == 0
+    expected = edit_model(model, sae, 2, 1.5)
+    assert torch.equal(load_file(str(out))["fc.weight"], expected.fc.weight)
+    assert torch.equal(load_file(str(out))["fc.bias"], expected.fc.bias)
+
+
 def test_edit_errors(capsys, tmp_path, saved_sae):
     _, sae_dir = saved_sae
     (tmp_path / "a_folder").mkdir()

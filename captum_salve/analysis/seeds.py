@@ -14,7 +14,7 @@ from captum_salve.analysis.profiles import RankBy, class_profile, select_feature
 from captum_salve.analysis.sweeps import alpha_sweep
 from captum_salve.checks import check_labels
 from captum_salve.edit.head_edit import head_of
-from captum_salve.edit.rules import EditMode, EditRule, EditRuleName
+from captum_salve.edit.rules import DEFAULT_RULE, EditMode, EditRule, EditRuleName
 from captum_salve.sae.metrics import sae_metrics
 from captum_salve.sae.model import SparseAutoencoder, check_finite
 from captum_salve.store import ActivationStore, check_rows
@@ -89,7 +89,7 @@ def seed_study(
     alphas: Sequence[float],
     *,
     mode: EditMode = "suppress",
-    rule: EditRuleName | EditRule = "project",
+    rule: EditRuleName | EditRule = DEFAULT_RULE,
     select_by: RankBy = "contrast",
 ) -> SeedStudy:
     """Match the features of SAEs trained from several seeds to the first one's, and sweep each class's feature.

@@ -21,7 +21,7 @@ from captum_salve.checks import (
     check_strengths,
 )
 from captum_salve.edit.head_edit import HeadEdit, head_of, head_tensors64
-from captum_salve.edit.rules import EditMode, EditRule, EditRuleName, FeatureDirections, edit_rule
+from captum_salve.edit.rules import DEFAULT_RULE, EditMode, EditRule, EditRuleName, FeatureDirections, edit_rule
 from captum_salve.sae.model import SparseAutoencoder, check_finite
 from captum_salve.sites import HEAD_INPUT
 from captum_salve.store import CHUNK_ROWS, ActivationStore, check_rows
@@ -129,7 +129,7 @@ def alpha_sweep(
     alphas: Sequence[float] | Tensor,
     *,
     mode: EditMode = "suppress",
-    rule: EditRuleName | EditRule = "salve",
+    rule: EditRuleName | EditRule = DEFAULT_RULE,
     class_names: Sequence[str] | None = None,
     chunk_rows: int = CHUNK_ROWS,
 ) -> SweepResult:

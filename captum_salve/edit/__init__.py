@@ -2,6 +2,7 @@
 
 from captum_salve.edit.head_edit import HeadEdit, edit_model, edited, head_of
 from captum_salve.edit.rules import (
+    DEFAULT_RULE,
     MODES,
     RULES,
     EditMode,
@@ -17,6 +18,7 @@ from captum_salve.edit.threshold import CRITERIA, METHODS, Criterion, Method, al
 
 __all__ = [
     "CRITERIA",
+    "DEFAULT_RULE",
     "METHODS",
     "MODES",
     "RULES",

@@ -23,7 +23,15 @@ import torch
 from torch import Tensor, nn
 
 from captum_salve.checks import shape_of
-from captum_salve.edit.rules import EditMode, EditRule, EditRuleName, FeatureDirections, edit_rule, mode_sign
+from captum_salve.edit.rules import (
+    DEFAULT_RULE,
+    EditMode,
+    EditRule,
+    EditRuleName,
+    FeatureDirections,
+    edit_rule,
+    mode_sign,
+)
 from captum_salve.models import find_head
 from captum_salve.sae.model import SparseAutoencoder, check_finite
 from captum_salve.sites import HEAD_INPUT
@@ -67,7 +75,7 @@ class HeadEdit:
     directions: FeatureDirections
     alpha: Tensor
     mode: EditMode = "suppress"
-    rule: EditRule = field(default_factory=lambda: edit_rule("salve"))
+    rule: EditRule = field(default_factory=lambda: edit_rule(DEFAULT_RULE))
 
     def __post_init__(self) -> None:
         if not isinstance(self.directions, FeatureDirections):
@@ -84,7 +92,7 @@ class HeadEdit:
         alpha: float | Sequence[float] | Tensor,
         *,
         mode: EditMode = "suppress",
-        rule: EditRuleName | EditRule = "salve",
+        rule: EditRuleName | EditRule = DEFAULT_RULE,
     ) -> HeadEdit:
         """The edit of some features of an SAE trained on the head input (or of given directions).
 
@@ -247,7 +255,7 @@ def edit_model(
     alpha: float | Sequence[float],
     *,
     mode: EditMode = "suppress",
-    rule: EditRuleName | EditRule = "salve",
+    rule: EditRuleName | EditRule = DEFAULT_RULE,
     inplace: bool = False,
 ) -> nn.Module:
     """A model of the same architecture whose head weights carry the edit: ``HeadEdit.of(...).apply(model)``.
@@ -281,7 +289,7 @@ def edited(
     alpha: float | Sequence[float],
     *,
     mode: EditMode = "suppress",
-    rule: EditRuleName | EditRule = "salve",
+    rule: EditRuleName | EditRule = DEFAULT_RULE,
 ) -> Iterator[nn.Module]:
     """:func:`edit_model` in place for the length of a ``with`` block: ``HeadEdit.of(...).applied(model)``.
 

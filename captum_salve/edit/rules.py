@@ -33,6 +33,7 @@ from typing_extensions import override
 from captum_salve.sae.model import SparseAutoencoder
 
 __all__ = [
+    "DEFAULT_RULE",
     "MODES",
     "RULES",
     "EditMode",
@@ -323,6 +324,9 @@ class ProjectOut(EditRule):
 
 
 RULES: dict[str, EditRule] = {rule.name: rule for rule in (ScaleColumns(), ProjectOut())}
+
+# The rule every function and command uses when none is named: the one whose edit equals steering the head input.
+DEFAULT_RULE: EditRuleName = "project"
 
 
 def edit_rule(rule: EditRuleName | EditRule) -> EditRule:

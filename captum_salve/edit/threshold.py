@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from captum_salve.activations import ActivationSet, ImageData, collect_activations
 from captum_salve.checks import check_int, check_labels
 from captum_salve.edit.head_edit import HeadEdit, head_of, head_tensors64
-from captum_salve.edit.rules import EditMode, EditRule, EditRuleName, FeatureDirections, LogitPieces
+from captum_salve.edit.rules import DEFAULT_RULE, EditMode, EditRule, EditRuleName, FeatureDirections, LogitPieces
 from captum_salve.sae.model import SparseAutoencoder, check_finite
 from captum_salve.sites import HEAD_INPUT
 from captum_salve.store import CHUNK_ROWS, ActivationStore, Rows, as_rows
@@ -58,7 +58,7 @@ def alpha_crit(
     *,
     criterion: Criterion = "zero_logit",
     method: Method = "exact",
-    rule: EditRuleName | EditRule = "salve",
+    rule: EditRuleName | EditRule = DEFAULT_RULE,
     mode: EditMode = "suppress",
     chunk_rows: int = CHUNK_ROWS,
 ) -> Tensor:

@@ -17,6 +17,9 @@ from captum_salve.pipeline.run import Run
 
 __all__ = ["AlphaCritResult", "ClassAlphaCrit", "alpha_crit_stage"]
 
+# The stage measures the paper's Figure 5b, so it edits with the paper's rule whatever the run's --rule.
+PAPER_RULE = "salve"
+
 
 @dataclass(frozen=True)
 class ClassAlphaCrit(Record):
@@ -92,16 +95,16 @@ def alpha_crit_stage(run: Run) -> AlphaCritResult:
         mine = test.subset((test.labels == k) & (predicted == k))
         if len(mine) == 0:
             continue
-        linear = alpha_crit(run.model, sae, feature, mine, k, method="linear")
+        linear = alpha_crit(run.model, sae, feature, mine, k, method="linear", rule=PAPER_RULE)
         start = time.perf_counter()
-        exact = alpha_crit(run.model, sae, feature, mine, k, method="exact")
+        exact = alpha_crit(run.model, sae, feature, mine, k, method="exact", rule=PAPER_RULE)
         exact_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        bisect = alpha_crit(run.model, sae, feature, mine, k, method="bisect")
+        bisect = alpha_crit(run.model, sae, feature, mine, k, method="bisect", rule=PAPER_RULE)
         bisect_seconds = time.perf_counter() - start
-        flip = alpha_crit(run.model, sae, feature, mine, k, criterion="flip")
+        flip = alpha_crit(run.model, sae, feature, mine, k, criterion="flip", rule=PAPER_RULE)
         grid = _with(torch.logspace(-1, 3, 81).tolist(), flip[torch.isfinite(flip)].tolist())
-        sweep = alpha_sweep(run.model, sae, feature, mine, grid)
+        sweep = alpha_sweep(run.model, sae, feature, mine, grid, rule=PAPER_RULE)
         finite = torch.isfinite(exact)
         agree = torch.equal(finite, torch.isfinite(bisect)) and bool(
             torch.allclose(exact[finite], bisect[finite], rtol=1e-6, atol=1e-9)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from captum_salve.analysis.goal import ControlGoal
 from captum_salve.checks import check_int, check_strengths
-from captum_salve.edit import RULES, EditRuleName
+from captum_salve.edit import DEFAULT_RULE, RULES, EditRuleName
 from captum_salve.pipeline.record import Record
 from captum_salve.sae import VARIANTS, ActivationName
 
@@ -49,7 +49,7 @@ class PipelineConfig(Record):
     sae_activation: ActivationName = "relu"
     sae_epochs: int = 40
     topk: int | None = None
-    rule: EditRuleName = "project"
+    rule: EditRuleName = DEFAULT_RULE
     goal: ControlGoal = ControlGoal()
     seeds: int = 10
     sweep_alphas: tuple[float, ...] = (0, 0.25, 0.5, 1, 1.5, 2, 3, 5, 7.5, 10, 15, 20, 30, 50, 100)

@@ -98,7 +98,7 @@ def test_several_features_combine_as_documented(timm_resnet):
         actual = edit_model(timm_resnet, sae, features, alphas, rule="project")(images)
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
     both = edit_model(timm_resnet, sae, features, 3.0, rule="salve").fc.weight
-    one_then_other = edit_model(edit_model(timm_resnet, sae, 1, 3.0), sae, 6, 3.0).fc.weight
+    one_then_other = edit_model(edit_model(timm_resnet, sae, 1, 3.0, rule="salve"), sae, 6, 3.0, rule="salve").fc.weight
     torch.testing.assert_close(both, one_then_other)  # salve factors multiply
 
 

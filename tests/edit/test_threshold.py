@@ -99,8 +99,8 @@ def test_linear_is_a_lower_bound_when_every_contribution_is_non_negative():
     model = HeadOnly(head)
     acts = ActivationSet(torch.rand(200, 16))
     sae = SparseAutoencoder(16, 2, "linear")
-    exact = alpha_crit(model, sae, 0, acts, 1, method="exact")
-    linear = alpha_crit(model, sae, 0, acts, 1, method="linear")
+    exact = alpha_crit(model, sae, 0, acts, 1, method="exact", rule="salve")
+    linear = alpha_crit(model, sae, 0, acts, 1, method="linear", rule="salve")
     assert (linear <= exact * (1 + 1e-12)).all() and (linear < exact).any()
 
 
@@ -115,9 +115,9 @@ def test_linear_can_exceed_exact_when_a_negative_contribution_is_clipped():
     with torch.no_grad():
         sae.decoder.weight.copy_(torch.tensor([[0.995], [0.0995]]) / torch.tensor([[0.995], [0.0995]]).norm())
     acts = ActivationSet(torch.tensor([[1.0, 1.0]]))
-    exact = alpha_crit(model, sae, 0, acts, 0, method="exact")
-    linear = alpha_crit(model, sae, 0, acts, 0, method="linear")
-    bisect = alpha_crit(model, sae, 0, acts, 0, method="bisect")
+    exact = alpha_crit(model, sae, 0, acts, 0, method="exact", rule="salve")
+    linear = alpha_crit(model, sae, 0, acts, 0, method="linear", rule="salve")
+    bisect = alpha_crit(model, sae, 0, acts, 0, method="bisect", rule="salve")
     assert torch.isinf(linear).all() and torch.isfinite(exact).all()
     _assert_same(exact, bisect)
 
@@ -146,10 +146,10 @@ def test_under_the_papers_rule_a_flipped_sample_can_flip_back():
     head = model.get_classifier()
     target = int(head.bias.argmax())
     mine = acts.subset(head(acts.features).argmax(1) == target)
-    crit = alpha_crit(model, sae, 0, mine, target, criterion="flip")
+    crit = alpha_crit(model, sae, 0, mine, target, criterion="flip", rule="salve")
     flipped = torch.isfinite(crit)
     assert flipped.any()
-    with edited(model, sae, 0, 1e9):  # every column with c_j > 0 clipped to zero
+    with edited(model, sae, 0, 1e9, rule="salve"):  # every column with c_j > 0 clipped to zero
         assert (model.get_classifier()(mine.features[flipped]).argmax(1) == target).all()
 
 
