@@ -136,6 +136,11 @@ class RowStatistics:
         """Mean over rows of ``‖a − ā‖²``: the sum of the coordinates' variances."""
         return float(self.variance.sum())
 
+    @property
+    def spread(self) -> float:
+        """The data's scale: the root mean square of one coordinate's deviation from its mean, √(total_variance / M)."""
+        return (self.total_variance / len(self.sum)) ** 0.5
+
 
 class Rows(ABC):
     """What training and the analyses read: rows by index, contiguous blocks and chunks.

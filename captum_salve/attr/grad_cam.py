@@ -120,9 +120,8 @@ class TokenGradCam(LayerAttribution, GradientAttribution):
         torch.Size([2, 2, 14, 14])
     """
 
-    # How error messages name what is explained, and |value| above which it counts as non-zero.
+    # How error messages name what is explained.
     _target_name = "the target output"
-    _active_threshold = 0.0
 
     def __init__(
         self,
@@ -335,7 +334,7 @@ class TokenGradCam(LayerAttribution, GradientAttribution):
 
     def _refuse_silent_layer(self, gradients: Tensor, selected: Tensor) -> None:
         """A layer that gets no gradient although the target is non-zero does not feed it."""
-        if not gradients.any() and selected.abs().gt(self._active_threshold).any():
+        if not gradients.any() and selected.any():
             raise ValueError(
                 f"layer {self.layer_name!r} receives no gradient from {self._target_name} although it is non-zero: "
                 "the layer does not feed it (is it after the point the target is read?)"

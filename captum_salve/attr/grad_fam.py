@@ -82,7 +82,6 @@ class GradFAM(TokenGradCam):
         super().__init__(codes, layer, reshape_transform, device_ids)
         self.model, self.sae, self.codes = model, sae, codes
         self.layer_name = module_name(model, layer)
-        self._active_threshold = sae.active_threshold
 
     def _checked_target(self, target: TargetType, inputs: Tensor | tuple[Tensor, ...]) -> TargetType:
         """Grad-FAM's target names SAE features: one for every image (an int), or one per image (a list)."""

@@ -33,7 +33,7 @@ class ReconstructionStats:
 
     Example:
         >>> a = acts.features                     # (N, M) activations
-        >>> stats = ReconstructionStats(a.mean(0), sae.d_latent, sae.active_threshold)
+        >>> stats = ReconstructionStats(a.mean(0), sae.d_latent, sae.active_threshold(RowStatistics.of(a)))
         >>> a_hat, z = sae(a)
         >>> stats.update(a, a_hat, z)
         >>> stats.summary()["explained_variance"]
@@ -102,7 +102,7 @@ def sae_metrics(
 
     Returns:
         ``mse``, ``explained_variance`` (centred on the data mean), ``l0`` (mean
-        count of active codes; a "linear" SAE counts ``|z| > sae.active_threshold``),
+        count of active codes; a "linear" SAE counts ``|z| > 0.01 × spread`` of ``acts``),
         ``dead_fraction`` (features never active on ``acts``), and with a head,
         ``accuracy`` and ``spliced_accuracy`` (the head applied to ``â`` instead of ``a``).
         See :class:`ReconstructionStats`.
@@ -127,7 +127,7 @@ def sae_metrics(
             raise ValueError(f"head takes {linear.in_features}-dimensional inputs but the SAE reads {sae.d_in}")
         check_labels(rows.require_labels(), "acts.labels", linear.out_features)
     device = sae.decoder_weight.device
-    stats = ReconstructionStats(statistics.mean.to(device), sae.d_latent, sae.active_threshold)
+    stats = ReconstructionStats(statistics.mean.to(device), sae.d_latent, sae.active_threshold(statistics))
     correct = spliced = 0
     for chunk in rows.chunks(batch_size):
         a = chunk.features.to(device, torch.float32)

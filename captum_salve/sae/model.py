@@ -18,7 +18,7 @@ from captum_salve.checks import check_int, non_finite_error, shape_of
 from captum_salve.files import atomic_path, ensure_directory
 from captum_salve.sae.variants import ActivationName, CodeActivation, code_activation
 from captum_salve.sites import HEAD_INPUT, as_device
-from captum_salve.store import CHUNK_ROWS, Rows, as_rows
+from captum_salve.store import CHUNK_ROWS, Rows, RowStatistics, as_rows
 
 __all__ = ["SparseAutoencoder", "check_feature_index", "check_finite"]
 
@@ -153,10 +153,15 @@ class SparseAutoencoder(nn.Module):
         """D, (d_in, d_latent): column l is feature l's unit-norm direction."""
         return self.decoder.weight
 
-    @property
-    def active_threshold(self) -> float:
-        """|z| above which a code counts as active (set by the variant)."""
-        return self.code_activation.active_threshold
+    def active_threshold(self, statistics: RowStatistics) -> float:
+        """|z| above which a code counts as active on data of these statistics (the variant's multiple of their spread).
+
+        Example:
+            >>> sae = SparseAutoencoder(512, 2048, "linear")
+            >>> sae.active_threshold(RowStatistics.of(acts.features)) == 0.01 * RowStatistics.of(acts.features).spread
+            True
+        """
+        return self.code_activation.relative_active_threshold * statistics.spread
 
     def pre_activation(self, a: Tensor) -> Tensor:
         """The affine part of the encoder, ``E (a - b_d) + b_e``, with ``a`` cast to the SAE's dtype."""

@@ -447,6 +447,7 @@ class _Run:
         self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=lr)
         self.objective = _Objective(statistics, l1, device)
         self.total_variance = statistics.total_variance
+        self.active_threshold = self.sae.active_threshold(statistics)
         self.settings = {**self.sae.config(), "l1": l1, "lr": lr, "seed": seed, **data_settings}
         self.history: list[dict] = []
         self.forward = self.sae
@@ -457,7 +458,7 @@ class _Run:
 
     def _new_epoch(self) -> None:
         self.stats = ReconstructionStats(
-            self.objective.mean, self.sae.d_latent, self.sae.active_threshold, total_variance=self.total_variance
+            self.objective.mean, self.sae.d_latent, self.active_threshold, total_variance=self.total_variance
         )
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.objective.mean.device)
 

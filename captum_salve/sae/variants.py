@@ -29,7 +29,10 @@ class CodeActivation(ABC):
 
     Attributes:
         name: The variant's name in ``cfg.json`` and on the command line.
-        active_threshold: ``|z|`` above which a code counts as active (L0, dead latents).
+        relative_active_threshold: ``|z|`` above this multiple of the data's spread
+            (:attr:`~captum_salve.store.RowStatistics.spread`) counts as active (L0, dead
+            latents). 0 for variants whose inactive codes are exactly zero; a variant with codes
+            that are never zero needs a threshold that scales with its codes, as they scale with the data.
         default_l1: Sparsity strength :func:`~captum_salve.sae.train_sae` uses when none is given.
         resamples_dead: Whether training re-initialises latents that never fire.
 
@@ -51,7 +54,7 @@ class CodeActivation(ABC):
     """
 
     name: ClassVar[str]
-    active_threshold: ClassVar[float] = 0.0
+    relative_active_threshold: ClassVar[float] = 0.0
     default_l1: ClassVar[float] = 0.05
     resamples_dead: ClassVar[bool] = True
 
@@ -80,15 +83,18 @@ class CodeActivation(ABC):
 
 
 class Linear(CodeActivation):
-    """No activation: signed codes, the paper's SAE. Never exactly zero, so activity is ``|z| > 0.01``.
+    """No activation: signed codes, the paper's SAE. Never exactly zero, so activity is ``|z| > 0.01 × spread``.
+
+    The codes of unit-norm decoder columns scale with the data, so the threshold does
+    too: the same activations times 1000 give the same L0 and dead fraction.
 
     Example:
-        >>> Linear()(torch.tensor([[-1.0, 2.0]])), Linear.active_threshold
+        >>> Linear()(torch.tensor([[-1.0, 2.0]])), Linear.relative_active_threshold
         (tensor([[-1.,  2.]]), 0.01)
     """
 
     name = "linear"
-    active_threshold = 1e-2
+    relative_active_threshold = 1e-2
     resamples_dead = False
 
     @override

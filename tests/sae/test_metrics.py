@@ -62,3 +62,25 @@ def test_metrics_refuse_mismatched_inputs():
     with pytest.raises(ValueError, match="carry no labels"):
         sae_metrics(sae, ActivationSet(torch.randn(3, 4)), head=nn.Linear(4, 2))
     assert np.isfinite(sae_metrics(sae, ActivationSet(torch.randn(3, 4)))["mse"])
+
+
+def test_a_linear_saes_activity_scales_with_the_data():
+    """The same activations and SAE in other units (×1000, ×0.001) have the same L0 and dead fraction."""
+    generator = torch.Generator().manual_seed(1)
+    a = torch.randn(300, 8, generator=generator) * torch.linspace(0.1, 1.0, 8) + 2.0
+    sae = SparseAutoencoder(8, 12, "linear")
+    with torch.no_grad():
+        sae.encoder.bias[:3] = -sae.pre_activation(a)[:, :3].mean(0)  # codes near zero: some rows count inactive
+    original = sae_metrics(sae, ActivationSet(a))
+    spread = (a.double().var(0, unbiased=False).sum() / 8).sqrt()
+    expected_l0 = (sae.encode(a).abs() > 0.01 * spread).sum(1).double().mean()
+    assert original["l0"] == pytest.approx(float(expected_l0)) and original["l0"] < 12
+    for scale in (1000.0, 0.001):
+        scaled = SparseAutoencoder(8, 12, "linear")
+        scaled.load_state_dict(sae.state_dict())
+        with torch.no_grad():  # codes and reconstructions of a·scale are scale times the original's
+            scaled.encoder.bias.mul_(scale)
+            scaled.decoder.bias.mul_(scale)
+        metrics = sae_metrics(scaled, ActivationSet(a * scale))
+        assert metrics["l0"] == original["l0"] and metrics["dead_fraction"] == original["dead_fraction"]
+        assert metrics["explained_variance"] == pytest.approx(original["explained_variance"], rel=1e-5)

@@ -59,7 +59,11 @@ def test_a_new_variant_is_one_class_that_the_model_and_training_use():
         epochs=2,
         progress=False,
     )
-    assert trained.activation == "shrink" and trained.active_threshold == 0.0 and len(history) == 2
+    assert (
+        trained.activation == "shrink"
+        and trained.code_activation.relative_active_threshold == 0.0
+        and len(history) == 2
+    )
 
 
 def test_every_named_variant_is_registered_once():
