@@ -14,6 +14,7 @@ error, with exit status 1, never as the user's mistake.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
@@ -23,14 +24,27 @@ from typing import NoReturn
 
 import torch
 from safetensors.torch import save_file
-from torch.utils.data import DataLoader, random_split
+from timm.utils import ParseKwargs
+from torch.utils.data import DataLoader, Dataset, Subset, random_split
 
+from captum_salve.activations import iter_batches
 from captum_salve.checks import raised_in
-from captum_salve.data import image_folder, imagenet_classes
+from captum_salve.data import class_folders, image_folder, imagenet_classes
 from captum_salve.distributed import ProcessGroup, launched
 from captum_salve.edit import DEFAULT_RULE, MODES, RULES, edit_model
 from captum_salve.files import atomic_path, ensure_directory
-from captum_salve.models import create_model, find_head, input_normalization, keep_classes
+from captum_salve.models import (
+    DATA_CONFIG_KEYS,
+    INTERPOLATIONS,
+    check_data_config,
+    create_model,
+    describe_input_config,
+    find_head,
+    input_config,
+    input_normalization,
+    keep_classes,
+    set_input_config,
+)
 from captum_salve.pipeline import (
     DIGITS_CAM_LAYERS,
     PipelineConfig,
@@ -39,6 +53,7 @@ from captum_salve.pipeline import (
     digits_inputs,
     run_pipeline,
 )
+from captum_salve.pipeline.discover import near_chance
 from captum_salve.report import read_summaries, write_report
 from captum_salve.sae import VARIANTS, SAEConfig, SparseAutoencoder, train_saes
 from captum_salve.sae.train import CHECKPOINT_FILE, checkpoint_folder
@@ -166,6 +181,7 @@ def _parser() -> argparse.ArgumentParser:
     edit_weights.add_argument("--pretrained", action="store_true")
     edit_weights.add_argument("--checkpoint", type=Path)
     edit.add_argument("--num-classes", type=int)
+    _model_kwargs_flag(edit)
     edit.add_argument("--sae", type=Path, required=True, help="SAE folder (cfg.json + model.safetensors)")
     edit.add_argument("--feature", type=int, nargs="+", required=True)
     edit.add_argument("--alpha", type=float, nargs="+", required=True, help="one strength, or one per feature")
@@ -224,6 +240,47 @@ def _model_flags(parser: argparse.ArgumentParser) -> None:
     )
     weights.add_argument("--checkpoint", type=Path, help="state_dict file (.safetensors or .pth) to load")
     parser.add_argument("--num-classes", type=int, help="head size (default: the number of class folders)")
+    _model_kwargs_flag(parser)
+    config = parser.add_argument_group(
+        "data config",
+        "how images are prepared for the model, as timm's scripts name it; each flag overrides the config saved "
+        "inside or beside --checkpoint (timm's args.yaml or config.json), which overrides the model's pretrained_cfg",
+    )
+    config.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"), help="e.g. 3 64 64")
+    config.add_argument("--mean", type=float, nargs="+", help="per channel, or one for all")
+    config.add_argument("--std", type=float, nargs="+", help="per channel, or one for all")
+    config.add_argument("--interpolation", choices=INTERPOLATIONS)
+    config.add_argument("--crop-pct", type=float, help="share of the resized image kept by the centre crop (1: none)")
+
+
+def _model_kwargs_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model-kwargs",
+        nargs="*",
+        default={},
+        action=_KeyValues,
+        metavar="KEY=VALUE",
+        help="architecture arguments for create_model, as in timm's scripts (e.g. img_size=64 depth=6)",
+    )
+
+
+class _KeyValues(ParseKwargs):
+    """timm's ``--model-kwargs`` parser, with an entry that is not ``key=value`` reported as a usage error."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001 (argparse's signature)
+        bad = [value for value in values if value and "=" not in value]
+        if bad:
+            parser.error(f"{option_string} takes KEY=VALUE entries, got {bad[0]!r}")
+        super().__call__(parser, namespace, values, option_string)
+
+
+_DATA_CONFIG_FLAGS = {
+    "input_size": "--input-size",
+    "mean": "--mean",
+    "std": "--std",
+    "interpolation": "--interpolation",
+    "crop_pct": "--crop-pct",
+}
 
 
 def _device(name: str | None) -> torch.device:
@@ -275,10 +332,10 @@ def _demo(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     device, config = _device(args.device), _config(args, sae_latents=args.sae_latents)
     out = ensure_directory(args.out)
-    # The folder tells the head size and the model name tells the transform, so read it with a plain model first.
-    train = image_folder(args.data, create_model(args.model, num_classes=args.num_classes or 2))
-    classes = train.classes
+    classes = class_folders(args.data)
     model = _user_model(args, classes).to(device).eval()
+    print(f"data config: {describe_input_config(model)}")
+    train = image_folder(args.data, model)
     store = None
     if args.store is not None:
         if args.val_data is None:
@@ -294,6 +351,8 @@ def _run(args: argparse.Namespace) -> int:
     else:
         held_out = max(1, len(train) // 5)
         train, test = random_split(train, [len(train) - held_out, held_out], generator=torch.Generator().manual_seed(0))
+    trained = args.pretrained or args.checkpoint is not None
+    accuracy_line = _accuracy_check(model, test, len(classes), device, warn=trained)
     mean, std = (torch.tensor(v).view(-1, 1, 1) for v in input_normalization(model))
     inputs = PipelineInputs(
         name=args.model.replace("/", "-"),
@@ -307,7 +366,10 @@ def _run(args: argparse.Namespace) -> int:
             "weights": "pretrained"
             if args.pretrained
             else str(args.checkpoint or f"random (seed {RANDOM_MODEL_SEED})"),
+            **({"model arguments": args.model_kwargs} if args.model_kwargs else {}),
             "data": str(args.data),
+            "data config": describe_input_config(model),
+            "accuracy check": accuracy_line,
             **({"training activations": str(args.store)} if store is not None else {}),
         },
         train_activations=store,
@@ -319,6 +381,35 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+# Test images the accuracy check reads before the run: enough to tell a working model from chance.
+ACCURACY_CHECK_IMAGES = 512
+
+
+def _accuracy_check(model: torch.nn.Module, test: Dataset, classes: int, device: torch.device, *, warn: bool) -> str:
+    """The model's accuracy on (a seeded sample of) the test images, printed; ``warn``: also say when it is near chance.
+
+    (A model with random weights is near chance by construction: it gets no warning.)
+    """
+    count = min(len(test), ACCURACY_CHECK_IMAGES)
+    sample = Subset(test, torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:count].tolist())
+    correct = 0
+    with torch.no_grad():
+        for images, labels in iter_batches(DataLoader(sample, batch_size=64), 64):
+            correct += (model(images.to(device)).argmax(1).cpu() == labels).sum().item()
+    accuracy = correct / count
+    line = f"{accuracy:.1%} on {count} test images (chance {1 / classes:.1%})"
+    print(f"accuracy check: {line}")
+    if warn and near_chance(accuracy, classes):
+        warning = (
+            "near chance: the images are most likely prepared otherwise than the model was trained with; "
+            "check the data config above (--input-size, --mean, --std, --interpolation, --crop-pct) and the "
+            "class folders' order, or the analysis describes a model that does not work on this data"
+        )
+        print(f"captum-salve: warning: accuracy {line} is {warning}", file=sys.stderr)
+        line = f"{line}: {warning}"
+    return line
+
+
 def _user_model(args: argparse.Namespace, classes: list[str]) -> torch.nn.Module:
     """The model --model, --pretrained / --checkpoint and --num-classes name, for the data's class folders."""
     if args.num_classes is not None and args.num_classes < len(classes):
@@ -326,15 +417,20 @@ def _user_model(args: argparse.Namespace, classes: list[str]) -> torch.nn.Module
             f"--num-classes {args.num_classes} is smaller than the {len(classes)} class folders in {str(args.data)!r}"
         )
     if args.pretrained and args.num_classes is None:
-        return _pretrained_for(args.model, classes)
-    with torch.random.fork_rng():  # weights not loaded from a file are drawn the same way on every (re)run
-        torch.manual_seed(RANDOM_MODEL_SEED)
-        return create_model(
-            args.model,
-            pretrained=args.pretrained,
-            checkpoint_path=args.checkpoint,
-            num_classes=args.num_classes or len(classes),
-        )
+        model = _pretrained_for(args.model, classes, args.model_kwargs)
+    else:
+        with torch.random.fork_rng():  # weights not loaded from a file are drawn the same way on every (re)run
+            torch.manual_seed(RANDOM_MODEL_SEED)
+            model = create_model(
+                args.model,
+                pretrained=args.pretrained,
+                checkpoint_path=args.checkpoint,
+                num_classes=args.num_classes or len(classes),
+                model_kwargs=args.model_kwargs,
+            )
+    given = {key: getattr(args, key) for key in _DATA_CONFIG_FLAGS if getattr(args, key) is not None}
+    checked = check_data_config(given, labels=_DATA_CONFIG_FLAGS)
+    return set_input_config(model, [(_DATA_CONFIG_FLAGS[key], {key: value}) for key, value in checked.items()])
 
 
 def _earlier_models(out: Path, name: str) -> list[PipelineSummary]:
@@ -351,13 +447,13 @@ def _earlier_models(out: Path, name: str) -> list[PipelineSummary]:
     return [s for s in earlier if s.name != name and (out / s.name).is_dir()]
 
 
-def _pretrained_for(name: str, classes: list[str]) -> torch.nn.Module:
+def _pretrained_for(name: str, classes: list[str], model_kwargs: dict) -> torch.nn.Module:
     """A pretrained model whose head keeps its trained rows for the data's class folders.
 
     A new head sized to the folders would be random; ImageNet-1k weights classify
     folders named by WordNet id (Imagenette's layout) with their own rows instead.
     """
-    model = create_model(name, pretrained=True)
+    model = create_model(name, pretrained=True, model_kwargs=model_kwargs)
     rows = find_head(model)[1].out_features
     if rows == len(classes):
         return model
@@ -378,8 +474,7 @@ def _pretrained_for(name: str, classes: list[str]) -> torch.nn.Module:
 
 def _collect(args: argparse.Namespace) -> int:
     with launched(args.device) as device:
-        folder = image_folder(args.data, create_model(args.model, num_classes=args.num_classes or 2))
-        model = _user_model(args, folder.classes).to(device).eval()
+        model = _user_model(args, class_folders(args.data)).to(device).eval()
         data = DataLoader(image_folder(args.data, model), batch_size=args.batch_size, num_workers=args.workers)
         store = write_activations(
             model,
@@ -440,7 +535,11 @@ def _edit(args: argparse.Namespace) -> int:
         model = digits_classifier(args.model.split("/", 1)[1], device="cpu", progress=False).model
     else:
         model = create_model(
-            args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint, num_classes=args.num_classes
+            args.model,
+            pretrained=args.pretrained,
+            checkpoint_path=args.checkpoint,
+            num_classes=args.num_classes,
+            model_kwargs=args.model_kwargs,
         )
     sae = SparseAutoencoder.load(args.sae)
     alpha = args.alpha[0] if len(args.alpha) == 1 else args.alpha
@@ -450,7 +549,11 @@ def _edit(args: argparse.Namespace) -> int:
         save_file(
             state,
             str(tmp),
-            metadata={"edit": f"{args.mode} features {args.feature} alpha {args.alpha} rule {args.rule}"},
+            metadata={
+                "edit": f"{args.mode} features {args.feature} alpha {args.alpha} rule {args.rule}",
+                # the data config travels with the weights: create_model reads it back from here
+                "pretrained_cfg": json.dumps({k: v for k, v in input_config(model).items() if k in DATA_CONFIG_KEYS}),
+            },
         )
     print(f"edited weights: {args.out}")
     return 0

@@ -30,6 +30,7 @@ __all__ = [
     "CanvasConfig",
     "DigitsCanvas",
     "cifar100",
+    "class_folders",
     "image_folder",
     "imagenet_classes",
     "load_rgb",
@@ -208,8 +209,34 @@ def model_transform(model: nn.Module, *, train: bool = False) -> Callable[[Image
     return create_transform(**input_config(model), is_training=train)
 
 
+def class_folders(root: str | Path) -> list[str]:
+    """The classes of an ``ImageFolder`` tree, its sub-folder names in sorted order, read without opening an image.
+
+    Raises:
+        FileNotFoundError: ``root`` is missing or holds no class folders.
+
+    Example:
+        >>> class_folders("imagenette2/train")[:2]
+        ['n01440764', 'n02102040']
+    """
+    from torchvision.datasets.folder import find_classes
+
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder {str(root)!r} does not exist")
+    try:
+        return find_classes(str(root))[0]
+    except FileNotFoundError as error:
+        raise FileNotFoundError(
+            f"data folder {str(root)!r} holds no class sub-folders (root/<class>/<image>): {error}"
+        ) from None
+
+
 def image_folder(root: str | Path, model: nn.Module, *, train: bool = False) -> Dataset:
     """An ``ImageFolder`` tree (one folder per class; Imagenette's layout as it is) with the model's transform.
+
+    The transform follows the model's data config (:func:`~captum_salve.models.input_config`):
+    size, interpolation, crop, mean and std, as :func:`~captum_salve.models.create_model` set them.
 
     Raises:
         FileNotFoundError: ``root`` is missing or holds no class folders with images.
@@ -222,9 +249,7 @@ def image_folder(root: str | Path, model: nn.Module, *, train: bool = False) -> 
     """
     from torchvision.datasets import ImageFolder
 
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"data folder {str(root)!r} does not exist")
+    class_folders(root)
     try:
         return ImageFolder(str(root), transform=model_transform(model, train=train), loader=load_rgb)
     except (FileNotFoundError, RuntimeError) as error:

@@ -7,7 +7,9 @@ a family means adding one :class:`ModelFamily` to :data:`FAMILIES`.
 
 from __future__ import annotations
 
+import argparse
 import difflib
+import json
 import pickle
 import sys
 from collections.abc import Callable
@@ -18,11 +20,15 @@ import torch
 from torch import nn
 
 __all__ = [
+    "DATA_CONFIG_KEYS",
     "FAMILIES",
     "ModelFamily",
+    "SavedConfig",
     "TokenLayout",
+    "check_data_config",
     "create_model",
     "default_cam_layer",
+    "describe_input_config",
     "family_of",
     "find_head",
     "fixed_image_size",
@@ -34,6 +40,8 @@ __all__ = [
     "model_input",
     "model_label",
     "module_name",
+    "saved_config",
+    "set_input_config",
     "token_layout",
 ]
 
@@ -364,8 +372,9 @@ def token_layout(model: nn.Module) -> TokenLayout | None:
 def input_config(model: nn.Module) -> dict:
     """The model's timm data config (``input_size``, ``mean``, ``std``, interpolation, crop).
 
-    timm's ``resolve_model_data_config``: a timm model's ``pretrained_cfg``, and
-    ImageNet's defaults for any other model (torchvision's included).
+    timm's ``resolve_model_data_config``: the model's ``pretrained_cfg`` (which
+    :func:`create_model` fills from a checkpoint's saved config and the caller's
+    ``data_config``), and ImageNet's defaults for any other model (torchvision's included).
 
     Example:
         >>> input_config(timm.create_model("resnet18"))["input_size"]
@@ -387,25 +396,274 @@ def input_normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[floa
     return tuple(config["mean"]), tuple(config["std"])
 
 
+def describe_input_config(model: nn.Module) -> str:
+    """The data config a model's images are prepared with, and where each entry came from, in one line.
+
+    Example:
+        >>> describe_input_config(create_model("resnet18", data_config={"input_size": (3, 64, 64)}))
+        '3×64×64, bicubic, crop_pct 0.875 (center), mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225); input_size
+        from data_config, the rest from the model's pretrained_cfg'
+    """
+    config = input_config(model)
+    c, h, w = config["input_size"]
+    text = (
+        f"{c}×{h}×{w}, {config['interpolation']}, crop_pct {config['crop_pct']:g} "
+        f"({config.get('crop_mode') or 'center'}), mean {_rounded(config['mean'])}, std {_rounded(config['std'])}"
+    )
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    by_source: dict[str, list[str]] = {}
+    for key, source in cfg.get(SOURCES_KEY, {}).items():
+        by_source.setdefault(source, []).append(key)
+    parts = [f"{', '.join(keys)} from {source}" for source, keys in by_source.items()]
+    default = "the model's pretrained_cfg" if "architecture" in cfg else "timm's ImageNet defaults"
+    return f"{text}; {', '.join([*parts, f'the rest from {default}'] if parts else [f'all from {default}'])}"
+
+
+def _rounded(values: tuple[float, ...]) -> str:
+    return f"({', '.join(f'{v:.4g}' for v in values)})"
+
+
+# The data-config entries a checkpoint's saved config or the caller may set, as timm names them.
+DATA_CONFIG_KEYS = ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std")
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
+CROP_MODES = ("center", "squash", "border")
+# Where create_model records, in the model's pretrained_cfg, which source set each data-config entry.
+SOURCES_KEY = "data_config_sources"
+
+
+@dataclass(frozen=True)
+class SavedConfig:
+    """What a checkpoint says about how its model was built and fed.
+
+    Read from inside the file (a timm training checkpoint's ``args``, a ``pretrained_cfg``
+    entry of a ``.pth`` dict, or the ``pretrained_cfg`` metadata of a ``.safetensors`` file
+    as ``captum-salve edit`` writes it), else from a file beside it (timm's hub layout
+    ``config.json`` with ``pretrained_cfg`` and ``model_args``, or the ``args.yaml`` timm's
+    ``train.py`` writes into its output folder).
+
+    Attributes:
+        data_config: Entries of :data:`DATA_CONFIG_KEYS` it sets.
+        model_kwargs: Architecture arguments the model was created with.
+        source: Where they were read, for messages and the report (None: nowhere).
+
+    Example:
+        >>> saved_config("output/train/20261126-resnet18/model_best.pth.tar").data_config
+        {'input_size': (3, 64, 64), 'mean': (0.5, 0.5, 0.5), 'std': (0.5, 0.5, 0.5)}
+    """
+
+    data_config: dict
+    model_kwargs: dict
+    source: str | None
+
+
+def saved_config(checkpoint_path: str | Path) -> SavedConfig:
+    """The data config and model arguments saved inside or beside a checkpoint (see :class:`SavedConfig`).
+
+    Raises:
+        ValueError: A saved config that cannot be read or holds a bad entry (naming the file).
+
+    Example:
+        >>> saved_config("model.safetensors").source is None    # a bare state_dict says nothing
+        True
+    """
+    path = Path(checkpoint_path)
+    found = _config_inside(path)
+    if found is None:
+        found = next((c for c in (_hub_config(path.parent), _train_args(path.parent)) if c is not None), None)
+    if found is None:
+        return SavedConfig({}, {}, None)
+    values, model_kwargs, source = found
+    data = {key: values[key] for key in DATA_CONFIG_KEYS if values.get(key) not in (None, "", [])}
+    if values.get("input_size") in (None, []) and values.get("img_size") is not None:  # timm train.py's --img-size
+        data["input_size"] = (3, int(values["img_size"]), int(values["img_size"]))
+    if not isinstance(model_kwargs, dict):
+        raise ValueError(f"{source}: the saved model arguments must be a mapping, got {type(model_kwargs).__name__}")
+    return SavedConfig(check_data_config(data, source), dict(model_kwargs), source)
+
+
+def _config_inside(path: Path) -> tuple[dict, dict, str] | None:
+    """A config saved in the checkpoint file itself, or None."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as file:
+            metadata = file.metadata() or {}
+        if "pretrained_cfg" not in metadata:
+            return None
+        try:
+            return json.loads(metadata["pretrained_cfg"]), {}, f"the metadata of {str(path)!r}"
+        except json.JSONDecodeError as error:
+            raise ValueError(f"the pretrained_cfg metadata of {str(path)!r} is not JSON: {error}") from None
+    try:  # timm's training checkpoints keep their argparse.Namespace of settings in "args"
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            content = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, pickle.UnpicklingError, OSError, ValueError):
+        return None  # the state_dict reader names what is wrong with the file
+    if not isinstance(content, dict):
+        return None
+    if isinstance(content.get("pretrained_cfg"), dict):
+        return content["pretrained_cfg"], {}, f"the pretrained_cfg saved in {str(path)!r}"
+    args = content.get("args")
+    if isinstance(args, argparse.Namespace):
+        args = vars(args)
+    if isinstance(args, dict):
+        return args, args.get("model_kwargs") or {}, f"the training args saved in {str(path)!r}"
+    return None
+
+
+def _hub_config(folder: Path) -> tuple[dict, dict, str] | None:
+    """The config of timm's hub layout: ``config.json`` with ``pretrained_cfg`` and ``model_args``."""
+    path = folder / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{str(path)!r} beside the checkpoint is not JSON: {error}") from None
+    if not isinstance(config, dict) or "pretrained_cfg" not in config:
+        return None  # another tool's config.json
+    return config["pretrained_cfg"] or {}, config.get("model_args") or {}, str(path)
+
+
+def _train_args(folder: Path) -> tuple[dict, dict, str] | None:
+    """The ``args.yaml`` timm's ``train.py`` writes beside its checkpoints."""
+    path = folder / "args.yaml"
+    if not path.is_file():
+        return None
+    import yaml
+
+    try:
+        args = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"{str(path)!r} beside the checkpoint is not YAML: {error}") from None
+    if not isinstance(args, dict):
+        raise ValueError(f"{str(path)!r} beside the checkpoint must hold a mapping of settings")
+    return args, args.get("model_kwargs") or {}, str(path)
+
+
+def check_data_config(config: object, name: str = "data_config", *, labels: dict[str, str] | None = None) -> dict:
+    """``config`` checked as (part of) a timm data config, with tuples for sequences.
+
+    Args:
+        config: Entries of :data:`DATA_CONFIG_KEYS`.
+        name: What ``config`` is called in messages.
+        labels: What each entry is called in messages, where not ``"<name> <key>"`` (a command-line flag, say).
+
+    Raises:
+        ValueError: An unknown key or a bad value, naming the entry and what was expected.
+
+    Example:
+        >>> check_data_config({"input_size": [3, 64, 64], "mean": [0.5]})
+        {'input_size': (3, 64, 64), 'mean': (0.5,)}
+    """
+    if not isinstance(config, dict):
+        raise TypeError(f"{name} must be a dict of {DATA_CONFIG_KEYS} entries, got {type(config).__name__}")
+    unknown = sorted(set(config) - set(DATA_CONFIG_KEYS))
+    if unknown:
+        raise ValueError(f"{name} has unknown entries {unknown}; the data config takes {DATA_CONFIG_KEYS}")
+    checked = {}
+    for key, value in config.items():
+        label = (labels or {}).get(key, f"{name} {key}")
+        if key == "input_size":
+            if not _numbers(value, int) or len(value) != 3 or min(value) < 1:
+                raise ValueError(f"{label} must be (channels, height, width) of positive ints, got {value!r}")
+        elif key in ("mean", "std"):
+            if not _numbers(value, float) or not value or (key == "std" and min(value) <= 0):
+                wanted = "positive numbers" if key == "std" else "numbers"
+                raise ValueError(f"{label} must be one or one per channel of {wanted}, got {value!r}")
+        elif key == "crop_pct":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+                raise ValueError(f"{label} must be in (0, 1] (1: no crop), got {value!r}")
+        elif key == "interpolation" and value not in INTERPOLATIONS:
+            raise ValueError(f"{label} must be one of {INTERPOLATIONS}, got {value!r}")
+        elif key == "crop_mode" and value not in CROP_MODES:
+            raise ValueError(f"{label} must be one of {CROP_MODES}, got {value!r}")
+        checked[key] = tuple(value) if isinstance(value, (list, tuple)) else value
+    return checked
+
+
+def _numbers(value: object, kind: type) -> bool:
+    """Whether ``value`` is a list or tuple of numbers of ``kind`` (ints count as floats; bools never)."""
+    allowed = (int,) if kind is int else (int, float)
+    return isinstance(value, (list, tuple)) and all(isinstance(v, allowed) and not isinstance(v, bool) for v in value)
+
+
+def set_input_config(model: nn.Module, layers: list[tuple[str, dict]]) -> nn.Module:
+    """Write data-config entries into the model's ``pretrained_cfg``, later layers winning, and record their sources.
+
+    Each layer is ``(source, entries)``; a one-value ``mean`` / ``std`` is repeated per channel.
+    A ViT whose patch embedding takes one image size gets that size when no layer sets it.
+
+    Raises:
+        ValueError: The input size's channels differ from the model's first convolution, a
+            per-channel mean or std has another length, or a fixed-size model is given another size.
+
+    Example:
+        >>> model = set_input_config(timm.create_model("resnet18"), [("--input-size", {"input_size": (3, 64, 64)})])
+        >>> input_config(model)["input_size"]
+        (3, 64, 64)
+    """
+    entries: dict = {}
+    sources: dict[str, str] = dict((getattr(model, "pretrained_cfg", None) or {}).get(SOURCES_KEY, {}))
+    for source, layer in layers:
+        for key, value in layer.items():
+            entries[key], sources[key] = value, source
+    size = fixed_image_size(model)
+    if size is not None and "input_size" not in entries:
+        base = input_config(model)["input_size"]
+        if tuple(base[1:]) != size:
+            entries["input_size"], sources["input_size"] = (base[0], *size), "the model's patch embedding"
+    channels = (entries.get("input_size") or input_config(model)["input_size"])[0]
+    first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if first_conv is not None and channels != first_conv.in_channels:
+        raise ValueError(
+            f"input_size from {sources.get('input_size', 'the model')} has {channels} channels but the model's first "
+            f"convolution takes {first_conv.in_channels}"
+        )
+    if size is not None and tuple(entries.get("input_size", (0, *size))[1:]) != size:
+        raise ValueError(
+            f"input_size {entries['input_size']} from {sources['input_size']} does not fit the model, whose patch "
+            f"embedding takes {size[0]}×{size[1]} images; build it for that size (e.g. model_kwargs img_size)"
+        )
+    for key in ("mean", "std"):
+        if key in entries and len(entries[key]) != channels:
+            if len(entries[key]) != 1:
+                raise ValueError(f"{key} from {sources[key]} has {len(entries[key])} values for {channels} channels")
+            entries[key] = entries[key] * channels
+    model.pretrained_cfg = {**(getattr(model, "pretrained_cfg", None) or {}), **entries, SOURCES_KEY: sources}
+    return model
+
+
 def create_model(
     name: str,
     *,
     pretrained: bool = False,
     checkpoint_path: str | Path | None = None,
     num_classes: int | None = None,
+    model_kwargs: dict | None = None,
+    data_config: dict | None = None,
 ) -> nn.Module:
-    """Build a timm model, or a torchvision one when the name starts with ``torchvision/``.
+    """Build a timm model, or a torchvision one when the name starts with ``torchvision/``, with its data config.
+
+    The model's data config (:func:`input_config`, which :func:`~captum_salve.data.image_folder`
+    and the command line read) comes from three places, each overriding the one before:
+    the architecture's ``pretrained_cfg``; the config saved inside or beside the checkpoint
+    (:func:`saved_config`); ``data_config``. :func:`describe_input_config` says which set what.
 
     Args:
         name: A timm model name (``"resnet18"``, ``"vit_base_patch16_224"``) or
             ``"torchvision/<builder>"`` (``"torchvision/resnet18"``, ``"torchvision/vit_b_16"``).
         pretrained: Load the library's pretrained weights (needs internet or a warm cache).
-        checkpoint_path: A state_dict file (``.safetensors``, ``.pth``) to load.
+        checkpoint_path: A state_dict file (``.safetensors``, ``.pth``, timm's ``.pth.tar``) to load.
         num_classes: Size of the classifier head; None takes the checkpoint's head
             size when a checkpoint is given, else the library default.
+        model_kwargs: Architecture arguments for the builder (``{"img_size": 64, "depth": 6}``),
+            over those saved with the checkpoint.
+        data_config: Data-config entries (:data:`DATA_CONFIG_KEYS`, timm's names) over the others.
 
     Raises:
-        ValueError: Unknown model name, or a checkpoint that does not fit the model.
+        ValueError: Unknown model name, bad model arguments or data config, or a checkpoint that
+            does not fit the model.
 
     Example:
         >>> create_model("resnet18", num_classes=10).fc.out_features
@@ -413,15 +671,28 @@ def create_model(
         >>> torch.save(create_model("resnet18", num_classes=3).state_dict(), "rn3.pth")
         >>> create_model("resnet18", checkpoint_path="rn3.pth").fc.out_features
         3
+        >>> vit = create_model("vit_tiny_patch16_224", model_kwargs={"img_size": 64}, data_config={"mean": [0.5]})
+        >>> input_config(vit)["input_size"], input_config(vit)["mean"]
+        ((3, 64, 64), (0.5, 0.5, 0.5))
     """
-    state = _read_checkpoint(checkpoint_path) if checkpoint_path is not None else None
-    model = _build(name, pretrained, num_classes)
+    given = check_data_config(data_config) if data_config is not None else {}
+    if model_kwargs is not None and not (
+        isinstance(model_kwargs, dict) and all(isinstance(k, str) for k in model_kwargs)
+    ):
+        raise TypeError(f"model_kwargs must be a dict of argument names to values, got {model_kwargs!r}")
+    state, saved = None, SavedConfig({}, {}, None)
+    if checkpoint_path is not None:
+        state = _read_checkpoint(checkpoint_path)
+        saved = saved_config(checkpoint_path)
+    kwargs = {**saved.model_kwargs, **(model_kwargs or {})}
+    model = _build(name, pretrained, num_classes, kwargs)
     if state is not None:
         rows = _head_rows(model, state) if num_classes is None else None
         if rows is not None:
-            model = _build(name, pretrained, rows)
-        _load_checkpoint(model, state, Path(checkpoint_path))
-    return model
+            model = _build(name, pretrained, rows, kwargs)
+        _load_checkpoint(model, state, Path(checkpoint_path), kwargs)
+    layers = [(saved.source, saved.data_config)] if saved.source else []
+    return set_input_config(model, [*layers, ("data_config", given)])
 
 
 def _head_rows(model: nn.Module, state: dict[str, torch.Tensor]) -> int | None:
@@ -436,8 +707,17 @@ def _head_rows(model: nn.Module, state: dict[str, torch.Tensor]) -> int | None:
     return int(weight.shape[0])
 
 
-def _build(name: str, pretrained: bool, num_classes: int | None) -> nn.Module:
+def _build(name: str, pretrained: bool, num_classes: int | None, model_kwargs: dict) -> nn.Module:
     """The named timm or torchvision model, with a head of ``num_classes`` outputs (None: the library's)."""
+    try:
+        return _build_unchecked(name, pretrained, num_classes, model_kwargs)
+    except TypeError as error:  # an argument the architecture's constructor does not take
+        if not model_kwargs:
+            raise
+        raise ValueError(f"{name} cannot be built with the model arguments {model_kwargs}: {error}") from None
+
+
+def _build_unchecked(name: str, pretrained: bool, num_classes: int | None, model_kwargs: dict) -> nn.Module:
     import timm
     import torchvision
 
@@ -447,7 +727,7 @@ def _build(name: str, pretrained: bool, num_classes: int | None) -> nn.Module:
         if builder not in known:
             close = difflib.get_close_matches(builder, known, n=3)
             raise ValueError(f"torchvision has no model {builder!r}; closest: {', '.join(close) or 'none'}")
-        kwargs = {"weights": "DEFAULT" if pretrained else None}
+        kwargs = {**model_kwargs, "weights": "DEFAULT" if pretrained else None}
         if num_classes is not None and not pretrained:
             kwargs["num_classes"] = num_classes
         model = torchvision.models.get_model(builder, **kwargs)
@@ -458,7 +738,7 @@ def _build(name: str, pretrained: bool, num_classes: int | None) -> nn.Module:
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
         raise ValueError(f"timm does not know the model {name!r}; closest: {', '.join(close) or 'none'}")
-    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    kwargs = model_kwargs if num_classes is None else {**model_kwargs, "num_classes": num_classes}
     return timm.create_model(name, pretrained=pretrained, **kwargs)
 
 
@@ -518,7 +798,7 @@ def _read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _load_checkpoint(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+def _load_checkpoint(model: nn.Module, state: dict[str, torch.Tensor], path: Path, model_kwargs: dict) -> None:
     """Load a checkpoint's state into ``model``, refusing one that does not fit with the reason."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
@@ -537,7 +817,9 @@ def _load_checkpoint(model: nn.Module, state: dict[str, torch.Tensor], path: Pat
         )
     if problems:
         raise ValueError(
-            f"the checkpoint {str(path)!r} does not fit {type(model).__name__}: {'; '.join(problems)}; "
-            "check the model name and num_classes"
+            f"the checkpoint {str(path)!r} does not fit {type(model).__name__}"
+            f"{f' built with the model arguments {model_kwargs}' if model_kwargs else ''}: {'; '.join(problems)}; "
+            "check the model name, num_classes and the model arguments (model_kwargs, --model-kwargs: e.g. img_size, "
+            "patch_size, depth for a ViT)"
         )
     model.load_state_dict(state)

@@ -249,9 +249,9 @@ def test_pretrained_imagenet_head_keeps_the_rows_of_imagenette_folders(monkeypat
     import captum_salve.cli as cli_module
 
     downloaded = create_model(SMALL_RESNET, num_classes=1000)  # stands in for weights we cannot download here
-    monkeypatch.setattr(cli_module, "create_model", lambda name, pretrained=False: copy.deepcopy(downloaded))
-    model = cli_module._pretrained_for(SMALL_RESNET, ["n03888257", "n01440764"])  # parachute, tench
+    monkeypatch.setattr(cli_module, "create_model", lambda name, **_: copy.deepcopy(downloaded))
+    model = cli_module._pretrained_for(SMALL_RESNET, ["n03888257", "n01440764"], {})  # parachute, tench
     assert torch.equal(model.fc.weight, downloaded.fc.weight[[701, 0]])
     assert torch.equal(model.fc.bias, downloaded.fc.bias[[701, 0]])
     with pytest.raises(ValueError, match=r"\['cats'\] are not ImageNet-1k WordNet ids.*--checkpoint"):
-        cli_module._pretrained_for(SMALL_RESNET, ["cats", "n01440764"])
+        cli_module._pretrained_for(SMALL_RESNET, ["cats", "n01440764"], {})

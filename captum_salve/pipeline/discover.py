@@ -10,10 +10,34 @@ from captum_salve.pipeline.record import Record
 from captum_salve.pipeline.run import Run
 from captum_salve.sae import sae_metrics
 
-__all__ = ["MIN_CROSS_CLASSES", "ClassFeatures", "CrossClassEntry", "DiscoverResult", "SAESummary", "discover"]
+__all__ = [
+    "MIN_CROSS_CLASSES",
+    "ClassFeatures",
+    "CrossClassEntry",
+    "DiscoverResult",
+    "SAESummary",
+    "discover",
+    "near_chance",
+]
 
 # A feature shared by two classes is only "cross-class" when some class does not share it.
 MIN_CROSS_CLASSES = 3
+# Accuracy within this share of the way from chance (1/K) to perfect counts as near chance.
+NEAR_CHANCE_SHARE = 0.15
+
+
+def near_chance(accuracy: float, classes: int) -> bool:
+    """Whether a K-class accuracy is within 15% of the way from chance (1/K) to 100%: a model that does not work here.
+
+    The usual cause on a user's own model is preprocessing: images resized, cropped or
+    normalised otherwise than in training.
+
+    Example:
+        >>> near_chance(0.19, 10), near_chance(0.94, 10)    # a 64×64 model fed 224×224 images, and fed 64×64
+        (True, False)
+    """
+    chance = 1 / classes
+    return accuracy < chance + NEAR_CHANCE_SHARE * (1 - chance)
 
 
 @dataclass(frozen=True)

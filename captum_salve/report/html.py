@@ -26,6 +26,7 @@ td:first-child, th:first-child { text-align: left; }
 img { max-width: 100%; border: 1px solid #eee; margin: 0.3rem 0; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(520px, 1fr)); gap: 0.6rem; }
 .ok { color: #1e8449; font-weight: 600; } .bad { color: #c0392b; font-weight: 600; }
+.warning { background: #fdecea; border-left: 4px solid #c0392b; padding: 0.5rem 0.8rem; }
 details { margin: 0.5rem 0; } summary { cursor: pointer; font-weight: 600; }
 nav a { margin-right: 1rem; }
 """

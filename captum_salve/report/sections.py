@@ -19,6 +19,7 @@ from captum_salve.pipeline import (
     ValidateResult,
 )
 from captum_salve.pipeline.cross_class import VISIBLE_CHANGE
+from captum_salve.pipeline.discover import near_chance
 from captum_salve.pipeline.faithfulness import MAP_KINDS
 from captum_salve.report.html import Column, ModelPage, anchor, fmt, pct, points, table
 
@@ -32,6 +33,18 @@ __all__ = [
     "render_seeds",
     "render_validate",
 ]
+
+
+def _chance_warning(accuracy: float, classes: int) -> str:
+    """A warning above everything else when the model is near chance on the test images, else nothing."""
+    if not near_chance(accuracy, classes):
+        return ""
+    return (
+        f'<p class="warning"><b>Warning: the model is near chance on these images</b> ({pct(accuracy)}, chance '
+        f"{pct(1 / classes)}). The usual cause is preprocessing: images resized, cropped or normalised otherwise "
+        "than in training (see the data config above). What follows describes a model that does not work on this "
+        "data.</p>"
+    )
 
 
 def render_model(summary: PipelineSummary, page: ModelPage) -> str:
@@ -52,6 +65,7 @@ def render_model(summary: PipelineSummary, page: ModelPage) -> str:
             f'<h2 id="{anchor(summary.name)}">{html.escape(summary.name)}</h2>',
             f"<p>Test accuracy <b>{pct(discover.accuracy)}</b> on {discover.test_images} test images; SAE trained on "
             f"{discover.train_images} head-input vectors of width {discover.head_input_width}. {facts}</p>",
+            _chance_warning(discover.accuracy, len(summary.class_names)),
             render_discover(discover, page),
             render_validate(summary.validate, page),
             render_faithfulness(summary.faithfulness, page),
