@@ -36,6 +36,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see (``X as X``: re-exported); 
     from captum_salve.attr import (
         FeatureCodes as FeatureCodes,
         GradFAM as GradFAM,
+        channels_last_to_first as channels_last_to_first,
+        tokens_to_grid as tokens_to_grid,
     )
     from captum_salve.edit import (
         EditRule as EditRule,
@@ -83,7 +85,7 @@ _HOMES = {
         "select_feature",
         "top_activating",
     ),
-    "captum_salve.attr": ("FeatureCodes", "GradFAM"),
+    "captum_salve.attr": ("FeatureCodes", "GradFAM", "channels_last_to_first", "tokens_to_grid"),
     "captum_salve.edit": ("EditRule", "FeatureDirections", "HeadEdit", "alpha_crit", "edit_model", "edited"),
     "captum_salve.sae": ("SAEConfig", "SparseAutoencoder", "sae_metrics", "train_sae", "train_saes"),
     "captum_salve.sites": ("Site",),

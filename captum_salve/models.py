@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
@@ -30,6 +31,7 @@ __all__ = [
     "default_cam_layer",
     "describe_input_config",
     "family_of",
+    "feature_layout",
     "find_head",
     "fixed_image_size",
     "get_module",
@@ -72,16 +74,19 @@ class ModelFamily:
     Attributes:
         name: Short name shown in messages.
         matches: Whether a model belongs to the family.
-        head: Dotted path of the final ``nn.Linear``.
+        head: Dotted path of the final ``nn.Linear`` (or of a 1×1 ``nn.Conv2d`` on pooled
+            features, which :func:`find_head` hands out as a linear view).
         cam_layer: The default Grad-FAM layer of a model of the family.
         token_layout: For token models, the layout of the token sequence.
+        channels_last: Whether the family's spatial layers (blocks, stages) give
+            ``(N, h, w, C)`` rather than ``(N, C, h, w)`` (timm's Swin); see :func:`feature_layout`.
 
     Example:
-        >>> from timm.models.convnext import ConvNeXt
-        >>> family = ModelFamily("timm-convnext", lambda m: isinstance(m, ConvNeXt), "head.fc", lambda m: m.stages[-1])
+        >>> from timm.models.regnet import RegNet
+        >>> family = ModelFamily("timm-regnet", lambda m: isinstance(m, RegNet), "head.fc", lambda m: m.s4)
         >>> FAMILIES.append(family)    # or, in this module, one more entry of FAMILIES
-        >>> family_of(timm.create_model("convnext_atto")).name
-        'timm-convnext'
+        >>> family_of(timm.create_model("regnetx_002")).name
+        'timm-regnet'
     """
 
     name: str
@@ -89,6 +94,7 @@ class ModelFamily:
     head: str
     cam_layer: Callable[[nn.Module], nn.Module]
     token_layout: Callable[[nn.Module], TokenLayout] | None = None
+    channels_last: bool = False
 
 
 def _timm_vit_layout(model: nn.Module) -> TokenLayout:
@@ -100,9 +106,17 @@ def _torchvision_vit_layout(model: nn.Module) -> TokenLayout:
     return TokenLayout(1, (side, side))
 
 
-# The ViT default layers avoid the zero-gradient pitfall: a code read from the
-# [CLS] pre-logits has exactly zero gradient on the patch tokens of the last
-# block's output, so the norm in front of the last block's attention is used.
+def _timm_token_family(name: str, module: str, cls: str) -> ModelFamily:
+    """A timm ViT relative: prefix tokens then a patch grid, blocks with a first norm, head ``head``."""
+    return ModelFamily(
+        name, lambda m: _is_instance(m, module, cls), "head", lambda m: m.blocks[-1].norm1, _timm_vit_layout
+    )
+
+
+# The token models' default layers avoid the zero-gradient pitfall: a code read from the
+# [CLS] pre-logits has exactly zero gradient on the patch tokens of the last block's
+# output, so the norm in front of the last block's attention is used (for models that
+# average the patch tokens it is the same layer, so every ViT relative maps alike).
 FAMILIES: list[ModelFamily] = [
     ModelFamily(
         "timm-resnet",
@@ -116,19 +130,44 @@ FAMILIES: list[ModelFamily] = [
         "fc",
         lambda m: m.layer4[-1],
     ),
+    # Pre-activation: the last stage's output is not yet normalised; ``norm`` (BN + ReLU)
+    # gives the features the head pools. The head is a 1×1 convolution on them, pooled.
     ModelFamily(
-        "timm-vit",
-        lambda m: _is_instance(m, "timm.models.vision_transformer", "VisionTransformer"),
-        "head",
-        lambda m: m.blocks[-1].norm1,
-        _timm_vit_layout,
+        "timm-resnetv2",
+        lambda m: _is_instance(m, "timm.models.resnetv2", "ResNetV2"),
+        "head.fc",
+        lambda m: m.norm,
     ),
+    _timm_token_family("timm-vit", "timm.models.vision_transformer", "VisionTransformer"),
+    _timm_token_family("timm-vit-relpos", "timm.models.vision_transformer_relpos", "VisionTransformerRelPos"),
+    _timm_token_family("timm-beit", "timm.models.beit", "Beit"),
+    _timm_token_family("timm-eva", "timm.models.eva", "Eva"),
     ModelFamily(
         "torchvision-vit",
         lambda m: _is_instance(m, "torchvision.models.vision_transformer", "VisionTransformer"),
         "heads.head",
         lambda m: m.encoder.layers[-1].ln_1,
         _torchvision_vit_layout,
+    ),
+    ModelFamily(
+        "timm-convnext",
+        lambda m: _is_instance(m, "timm.models.convnext", "ConvNeXt"),
+        "head.fc",
+        lambda m: m.stages[-1],
+    ),
+    # ``bn2`` (BN + activation after ``conv_head``) gives the features the head pools.
+    ModelFamily(
+        "timm-efficientnet",
+        lambda m: _is_instance(m, "timm.models.efficientnet", "EfficientNet"),
+        "classifier",
+        lambda m: m.bn2,
+    ),
+    ModelFamily(
+        "timm-swin",
+        lambda m: _is_instance(m, "timm.models.swin_transformer", "SwinTransformer"),
+        "head.fc",
+        lambda m: m.layers[-1],
+        channels_last=True,
     ),
 ]
 
@@ -303,24 +342,33 @@ def find_head(model: nn.Module) -> tuple[str, nn.Linear]:
     """The classifier's final linear layer and its dotted name.
 
     Known families use their recorded head; any other timm model uses
-    ``get_classifier()``.
+    ``get_classifier()``. A head that is a 1×1 ``nn.Conv2d`` on pooled features
+    (timm's ResNetV2) is a linear map too: it is returned as an ``nn.Linear`` that
+    shares its weight, viewed as (K, M), and its bias, so reading or writing one
+    reads or writes the model. That view is not called by the model's forward:
+    hook the module the returned name names (:class:`~captum_salve.sites.Site`
+    does), not the view.
 
     Raises:
-        ValueError: No linear head was found; the message lists the linear layers seen.
+        ValueError: No linear head was found (the message lists the linear layers
+            seen), or the model combines several heads (DeiT distilled), which no
+            single head's input describes.
 
     Example:
         >>> find_head(timm.create_model("resnet18", num_classes=3))[0]
         'fc'
+        >>> find_head(timm.create_model("resnetv2_50", num_classes=3))[1]    # its 1×1 convolution, as a view
+        Linear(in_features=2048, out_features=3, bias=True)
     """
+    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if isinstance(classifier, tuple):
+        raise ValueError(_several_heads(model, classifier))
     family = family_of(model)
-    if family is not None:
-        head = model.get_submodule(family.head)
-    elif hasattr(model, "get_classifier"):
-        head = model.get_classifier()
-    else:
-        head = None
+    head = model.get_submodule(family.head) if family is not None else classifier
     if isinstance(head, nn.Linear):
         return module_name(model, head), head
+    if _is_pointwise(head):
+        return module_name(model, head), _linear_view(head)
     linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     found = (
         f"its classifier is {type(head).__name__}"
@@ -334,8 +382,44 @@ def find_head(model: nn.Module) -> tuple[str, nn.Linear]:
     )
 
 
+def _several_heads(model: nn.Module, heads: tuple) -> str:
+    names = ", ".join(module_name(model, head) for head in heads)
+    return (
+        f"{type(model).__name__} has {len(heads)} classifier heads ({names}), each reading its own token, and "
+        "its logits combine them (DeiT distilled: head reads token 0, head_dist token 1, and the logits are "
+        "their average at inference), so no single head's input describes the model's output and SAE edits, "
+        "alpha_crit and sweeps of it would be wrong; use a model with one head (e.g. deit_small_patch16_224)"
+    )
+
+
+def _is_pointwise(module: nn.Module | None) -> bool:
+    """A 1×1 convolution mixing channels only: on pooled (N, M, 1, 1) features it is a linear map."""
+    return (
+        isinstance(module, nn.Conv2d)
+        and module.kernel_size == (1, 1)
+        and module.groups == 1
+        and module.padding in ((0, 0), "valid")
+    )
+
+
+def _linear_view(conv: nn.Conv2d) -> nn.Linear:
+    """An ``nn.Linear`` whose weight is ``conv``'s weight viewed as (K, M) and whose bias is ``conv``'s."""
+    linear = nn.Linear(conv.in_channels, conv.out_channels, bias=conv.bias is not None, device="meta")
+    linear.weight = nn.Parameter(
+        conv.weight.view(conv.out_channels, conv.in_channels), requires_grad=conv.weight.requires_grad
+    )
+    if conv.bias is not None:
+        linear.bias = conv.bias
+    return linear
+
+
 def default_cam_layer(model: nn.Module) -> nn.Module:
-    """The layer Grad-FAM uses by default: ``layer4[-1]`` for ResNets, the last block's first norm for ViTs.
+    """The layer Grad-FAM uses by default: the feature map the head pools; for token models, the last block's norm1.
+
+    ``layer4[-1]`` for ResNets, ``norm`` for ResNetV2, ``stages[-1]`` for ConvNeXt,
+    ``bn2`` for EfficientNet, ``layers[-1]`` for Swin (channels-last), and
+    ``blocks[-1].norm1`` for timm's ViT, DeiT, ViT-relpos, BEiT and EVA
+    (``encoder.layers[-1].ln_1`` for torchvision's ViT).
 
     Raises:
         ValueError: The model is of no known family; pass a layer explicitly.
@@ -348,8 +432,9 @@ def default_cam_layer(model: nn.Module) -> nn.Module:
     family = family_of(model)
     if family is None:
         raise ValueError(
-            f"no default Grad-FAM layer is known for {type(model).__name__}; "
-            "pass layer= (a module or its dotted name), e.g. the last convolutional block"
+            f"no default Grad-FAM layer is known for {type(model).__name__}; pass layer= (a module or its dotted "
+            "name): the last block or stage whose output is the feature map the head pools, "
+            "or the first norm of the last block for a transformer"
         )
     return family.cam_layer(model)
 
@@ -367,6 +452,37 @@ def token_layout(model: nn.Module) -> TokenLayout | None:
     if family is None or family.token_layout is None:
         return None
     return family.token_layout(model)
+
+
+def feature_layout(model: nn.Module, layer: nn.Module) -> Literal["channels_first", "channels_last"]:
+    """Whether a spatial layer of ``model`` gives (N, C, h, w) or (N, h, w, C) outputs.
+
+    A convolution always gives channels first. The other layers of a family that
+    records ``channels_last`` (timm's Swin) give channels last. A model of no family
+    that declares channels-last features (timm's ``output_fmt="NHWC"``: Swin V2,
+    MambaOut, Sequencer, ...) is refused: which of its layers are channels last
+    cannot be told from here.
+
+    Raises:
+        ValueError: A model of no known family declares channels-last features.
+
+    Example:
+        >>> swin = timm.create_model("swin_tiny_patch4_window7_224")
+        >>> feature_layout(swin, swin.layers[-1]), feature_layout(swin, swin.patch_embed.proj)
+        ('channels_last', 'channels_first')
+    """
+    if isinstance(layer, nn.Conv2d):
+        return "channels_first"
+    family = family_of(model)
+    if family is not None:
+        return "channels_last" if family.channels_last else "channels_first"
+    if str(getattr(model, "output_fmt", "NCHW")).upper().endswith("NHWC"):
+        raise ValueError(
+            f"{type(model).__name__} declares channels-last features (output_fmt NHWC), and no family records "
+            "which of its layers give (N, h, w, C); pass reshape_transform mapping the layer's output to "
+            "(N, C, h, w), e.g. lambda x: x.permute(0, 3, 1, 2)"
+        )
+    return "channels_first"
 
 
 def input_config(model: nn.Module) -> dict:
@@ -753,23 +869,26 @@ def keep_classes(model: nn.Module, classes: list[int]) -> nn.Module:
         >>> model.fc.out_features
         3
     """
-    _, head = find_head(model)
+    name, head = find_head(model)
     if not classes or not all(0 <= c < head.out_features for c in classes):
         raise ValueError(
             f"classes must be a non-empty list of head rows in [0, {head.out_features - 1}], got {classes}"
         )
-    kept = nn.Linear(
-        head.in_features, len(classes), bias=head.bias is not None, device=head.weight.device, dtype=head.weight.dtype
-    )
+    like = {"bias": head.bias is not None, "device": head.weight.device, "dtype": head.weight.dtype}
+    if isinstance(model.get_submodule(name), nn.Conv2d):  # a 1×1 convolution head stays one
+        kept = nn.Conv2d(head.in_features, len(classes), 1, **like)
+        rows = _linear_view(kept)
+    else:
+        kept = rows = nn.Linear(head.in_features, len(classes), **like)
     with torch.no_grad():
-        kept.weight.copy_(head.weight[classes])
+        rows.weight.copy_(head.weight[classes])
         if head.bias is not None:
-            kept.bias.copy_(head.bias[classes])
+            rows.bias.copy_(head.bias[classes])
     _replace_head(model, kept)
     return model
 
 
-def _replace_head(model: nn.Module, head: nn.Linear) -> None:
+def _replace_head(model: nn.Module, head: nn.Module) -> None:
     name, _ = find_head(model)
     parent_name, _, attr = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, attr, head)

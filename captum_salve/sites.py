@@ -76,8 +76,10 @@ class Site:
     def bind(self, model: nn.Module) -> BoundSite:
         """Resolve the site on a model (finds the head, the module and the token layout)."""
         if self.module is None:
-            _, head = find_head(model)
-            return BoundSite(head, HEAD_INPUT, HEAD_INPUT, pre_hook=True, reduce=_as_matrix(HEAD_INPUT, "none", 0))
+            name, head = find_head(model)
+            module = model.get_submodule(name)  # a 1×1 convolution head is found as a linear view of it
+            reducer = "none" if module is head else _pooled(name)
+            return BoundSite(module, HEAD_INPUT, HEAD_INPUT, pre_hook=True, reduce=_as_matrix(HEAD_INPUT, reducer, 0))
         module = get_module(model, self.module)
         name = module_name(model, module)
         layout = token_layout(model)
@@ -301,6 +303,20 @@ def _as_matrix(name: str, reducer: str | Callable[[Tensor], Tensor], prefix_toke
         return reduce(output, "n c h w -> n c", "mean")
 
     return apply
+
+
+def _pooled(head_name: str) -> Callable[[Tensor], Tensor]:
+    """Pooled (N, M, 1, 1) features, as a 1×1 convolution head reads them, to (N, M)."""
+
+    def flatten(features: Tensor) -> Tensor:
+        if features.dim() != 4 or features.shape[2:] != (1, 1):
+            raise ValueError(
+                f"the head {head_name!r} is a 1×1 convolution and reads {tuple(features.shape)}, not pooled "
+                "(N, M, 1, 1) features, so it is not a linear head on one vector per image"
+            )
+        return features.flatten(1)
+
+    return flatten
 
 
 def _suggest_reducer(output: Tensor) -> str:

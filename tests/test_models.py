@@ -14,6 +14,7 @@ from captum_salve.models import (
     default_cam_layer,
     find_head,
     fixed_image_size,
+    keep_classes,
     model_device,
     model_input,
     token_layout,
@@ -114,3 +115,51 @@ def test_a_checkpoint_gives_its_head_size_when_num_classes_is_not_given(name, tm
     assert all(torch.equal(a, b) for a, b in pairs)
     with pytest.raises(ValueError, match=r"'fc.weight': \(3, 512\), the model has \(5, 512\)"):
         create_model(name, checkpoint_path=tmp_path / "model.pth", num_classes=5)  # a size asked for is kept
+
+
+def _small_resnetv2(num_classes: int = 4) -> nn.Module:
+    return timm.create_model("resnetv2_18", layers=(1, 1, 1, 1), num_classes=num_classes).eval()
+
+
+def test_a_1x1_convolution_head_is_found_as_a_linear_view_that_writes_the_model():
+    model = _small_resnetv2()
+    name, head = find_head(model)
+    conv = model.head.fc
+    assert name == "head.fc" and isinstance(conv, nn.Conv2d) and isinstance(head, nn.Linear)
+    pooled = torch.rand(3, head.in_features)
+    torch.testing.assert_close(head(pooled), conv(pooled[:, :, None, None]).flatten(1))
+    with torch.no_grad():
+        head.weight[1, 2] = 7.0
+        head.bias[0] = -3.0
+    assert conv.weight[1, 2, 0, 0] == 7.0 and conv.bias[0] == -3.0
+    acts = collect_activations(model, torch.rand(2, 3, 32, 32), progress=False)
+    assert acts.features.shape == (2, head.in_features)  # the pooled features the convolution reads
+
+
+def test_keep_classes_keeps_a_convolution_head_a_convolution():
+    model = _small_resnetv2()
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        before = model(images)
+        after = keep_classes(model, [3, 0])(images)
+    assert isinstance(model.head.fc, nn.Conv2d) and model.head.fc.out_channels == 2
+    torch.testing.assert_close(after, before[:, [3, 0]])
+
+
+class _ConvOnMaps(nn.Module):
+    """A 1×1 convolution applied to unpooled feature maps, then averaged: not a head on one vector per image."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.fc = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 2, 1)
+
+    def get_classifier(self) -> nn.Conv2d:
+        return self.fc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.body(x)).mean(dim=(2, 3))
+
+
+def test_a_1x1_convolution_on_unpooled_maps_is_refused():
+    with pytest.raises(ValueError, match=r"'fc' is a 1×1 convolution and reads \(2, 8, 6, 6\), not pooled"):
+        collect_activations(_ConvOnMaps(), torch.rand(2, 3, 8, 8), progress=False)

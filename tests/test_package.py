@@ -31,6 +31,8 @@ def test_every_public_name_and_submodule_resolves_to_its_module():
     from captum_salve import attr, sae
 
     assert captum_salve.GradFAM is attr.GradFAM and captum_salve.train_sae is sae.train_sae
+    assert captum_salve.tokens_to_grid is attr.tokens_to_grid
+    assert captum_salve.channels_last_to_first is attr.channels_last_to_first
     assert all(getattr(captum_salve, name).__module__.startswith("captum_salve.") for name in captum_salve.__all__)
     assert captum_salve.plots.__name__ == "captum_salve.plots"  # a submodule, by attribute
     assert set(captum_salve.__all__) <= set(dir(captum_salve))

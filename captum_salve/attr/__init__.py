@@ -3,7 +3,7 @@
 from captum_salve.attr.activation_max import MaximizationResult, maximize_feature
 from captum_salve.attr.faithfulness import deletion_curve, deletion_score, pointing_game
 from captum_salve.attr.feature_codes import FeatureCodes
-from captum_salve.attr.grad_cam import TokenGradCam, render_maps, tokens_to_grid
+from captum_salve.attr.grad_cam import TokenGradCam, channels_last_to_first, render_maps, tokens_to_grid
 from captum_salve.attr.grad_fam import GradFAM
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "GradFAM",
     "MaximizationResult",
     "TokenGradCam",
+    "channels_last_to_first",
     "deletion_curve",
     "deletion_score",
     "maximize_feature",

@@ -15,10 +15,10 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from captum_salve.checks import check_int, shape_of
-from captum_salve.models import model_input, module_name
+from captum_salve.models import feature_layout, model_input, module_name
 from captum_salve.sites import eval_mode
 
-__all__ = ["TokenGradCam", "render_maps", "tokens_to_grid"]
+__all__ = ["TokenGradCam", "channels_last_to_first", "render_maps", "tokens_to_grid"]
 
 _BATCHING_UNSUPPORTED = "Batching rule not implemented"
 
@@ -42,6 +42,21 @@ def tokens_to_grid(prefix_tokens: int, grid: tuple[int, int]) -> Callable[[Tenso
         return rearrange(patches, "n (h w) c -> n c h w", h=grid[0], w=grid[1])
 
     return reshape
+
+
+def channels_last_to_first(maps: Tensor) -> Tensor:
+    """A reshape transform from a channels-last layer's (N, h, w, C) output (timm Swin stages) to (N, C, h, w).
+
+    Example:
+        >>> channels_last_to_first(torch.zeros(2, 7, 7, 768)).shape
+        torch.Size([2, 768, 7, 7])
+    """
+    if maps.dim() != 4:
+        raise ValueError(
+            f"a channels-last layer gives (N, h, w, C), this one gave {tuple(maps.shape)}; "
+            "pass reshape_transform for this layer"
+        )
+    return maps.permute(0, 3, 1, 2)
 
 
 def render_maps(maps: Tensor, size: tuple[int, int]) -> Tensor:
@@ -98,10 +113,12 @@ class TokenGradCam(LayerAttribution, GradientAttribution):
     r"""Captum's ``LayerGradCam`` that also reads transformer token layers.
 
     A convolutional layer (output ``(N, C, h, w)``) is handed to Captum's
-    ``LayerGradCam`` as it is. A token layer (output ``(N, T, C)``) is first
-    mapped to ``(N, C, h, w)`` by ``reshape_transform`` (pytorch-grad-cam's name
-    for it), with the same weighting; Captum alone would return an
-    ``(N, 1, C)`` tensor there without complaint. A token layer whose patch
+    ``LayerGradCam`` as it is. A token layer (output ``(N, T, C)``) or a
+    channels-last one (``(N, h, w, C)``, timm's Swin) is first mapped to
+    ``(N, C, h, w)`` by ``reshape_transform`` (pytorch-grad-cam's name for it:
+    like there, it is applied whenever given), with the same weighting; Captum
+    alone would return an ``(N, 1, C)`` or ``(N, 1, w, C)`` tensor there without
+    complaint. A token layer whose patch
     tokens get exactly zero gradient (the last block of a ViT whose [CLS] token
     feeds the head) is refused with the reason instead of giving empty maps.
 
@@ -137,8 +154,14 @@ class TokenGradCam(LayerAttribution, GradientAttribution):
                 :class:`FeatureCodes`).
             layer: The layer whose activations the map is built from.
             reshape_transform: Maps the layer's output to ``(N, C, h, w)``; needed
-                for token layers. None: the layer must give ``(N, C, h, w)``.
+                for token and channels-last layers (:func:`tokens_to_grid`,
+                :func:`channels_last_to_first`). None: the layer must give ``(N, C, h, w)``.
             device_ids: As in Captum, for ``DataParallel`` models (convolutional layers).
+
+        Raises:
+            ValueError: ``forward_func`` is a model whose ``layer`` gives channels-last
+                outputs (or may: see :func:`~captum_salve.models.feature_layout`) and no
+                ``reshape_transform`` is given.
         """
         LayerAttribution.__init__(self, forward_func, layer, device_ids)
         GradientAttribution.__init__(self, forward_func)
@@ -146,6 +169,11 @@ class TokenGradCam(LayerAttribution, GradientAttribution):
         self.layer_name = type(layer).__name__
         if isinstance(forward_func, nn.Module):
             self.layer_name = module_name(forward_func, layer)
+            if reshape_transform is None and feature_layout(forward_func, layer) == "channels_last":
+                raise ValueError(
+                    f"layer {self.layer_name!r} gives channels-last (N, h, w, C) outputs; pass "
+                    "reshape_transform=channels_last_to_first (Captum's LayerGradCam would average the wrong axes)"
+                )
 
     @log_usage(part_of_slo=True)
     def attribute(
@@ -311,13 +339,13 @@ class TokenGradCam(LayerAttribution, GradientAttribution):
         return outputs, saved[0]
 
     def _as_maps(self, gradients: Tensor, activations: Tensor) -> tuple[Tensor, Tensor]:
-        """Gradients and activations as (N, C, h, w), through ``reshape_transform`` when the layer needs it."""
-        if gradients.dim() != 4:
-            if self.reshape_transform is None:
-                raise ValueError(
-                    f"layer {self.layer_name!r} gives {tuple(gradients.shape)}; pass reshape_transform mapping "
-                    "its output to (N, C, h, w)"
-                )
+        """Gradients and activations as (N, C, h, w), through ``reshape_transform`` when one is given."""
+        if self.reshape_transform is None and gradients.dim() != 4:
+            raise ValueError(
+                f"layer {self.layer_name!r} gives {tuple(gradients.shape)}; pass reshape_transform mapping "
+                "its output to (N, C, h, w)"
+            )
+        if self.reshape_transform is not None:
             mapped = self.reshape_transform(gradients)
             if gradients.dim() == 3 and not mapped.any() and gradients.any():
                 raise ValueError(

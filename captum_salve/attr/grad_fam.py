@@ -10,8 +10,8 @@ from captum._utils.typing import TargetType
 from torch import Tensor, nn
 
 from captum_salve.attr.feature_codes import FeatureCodes
-from captum_salve.attr.grad_cam import TokenGradCam, tokens_to_grid
-from captum_salve.models import default_cam_layer, get_module, module_name, token_layout
+from captum_salve.attr.grad_cam import TokenGradCam, channels_last_to_first, tokens_to_grid
+from captum_salve.models import default_cam_layer, feature_layout, get_module, module_name, token_layout
 from captum_salve.sae.model import SparseAutoencoder
 from captum_salve.sites import Site
 
@@ -35,8 +35,12 @@ class GradFAM(TokenGradCam):
     ``(N, 1, h, w)``, and is signed unless ``relu_attributions=True``; render it
     over the image with :func:`render_maps`.
 
-    For timm and torchvision ViTs the reshape is automatic (prefix tokens
-    dropped, the grid read from the model); ``reshape_transform`` overrides it.
+    For the token models of :data:`~captum_salve.models.FAMILIES` (timm's ViT,
+    DeiT, ViT-relpos, BEiT, EVA; torchvision's ViT) the reshape is automatic
+    (prefix tokens dropped, the grid read from the model), and so it is for a
+    channels-last family (timm's Swin: its stages give ``(N, h, w, C)``);
+    ``reshape_transform`` overrides it. A model of no known family that declares
+    channels-last features is refused unless ``reshape_transform`` is given.
     The default layer of a ViT is the first norm of its last block: a code
     computed from the [CLS] pre-logits has exactly zero gradient on the patch
     tokens of the last block's *output*, and Grad-FAM raises an error there
@@ -68,17 +72,23 @@ class GradFAM(TokenGradCam):
             model: The classifier.
             layer: The layer whose activations the map is built from (module or
                 dotted name); None picks the model family's default
-                (``layer4[-1]`` for ResNets, ``blocks[-1].norm1`` for timm ViTs).
+                (:func:`~captum_salve.models.default_cam_layer`: ``layer4[-1]`` for
+                ResNets, ``blocks[-1].norm1`` for timm ViTs).
             sae: The sparse autoencoder whose codes are the targets.
             site: Where the SAE reads its input; default the SAE's own site.
             reshape_transform: Maps the layer's output to ``(N, C, h, w)``; default
-                for ViTs: drop the prefix tokens and fold the patch grid.
+                for ViTs: drop the prefix tokens and fold the patch grid; for Swin:
+                move the channels first.
             device_ids: As in Captum, for ``DataParallel`` models.
+
+        Raises:
+            ValueError: No layer is given for a model of no known family, or its
+                layout cannot be told (see :func:`~captum_salve.models.feature_layout`).
         """
         codes = FeatureCodes(model, sae, site)
         layer = default_cam_layer(model) if layer is None else get_module(model, layer)
-        if reshape_transform is None and (layout := token_layout(model)) is not None:
-            reshape_transform = tokens_to_grid(layout.prefix_tokens, layout.grid)
+        if reshape_transform is None:
+            reshape_transform = _family_reshape(model, layer)
         super().__init__(codes, layer, reshape_transform, device_ids)
         self.model, self.sae, self.codes = model, sae, codes
         self.layer_name = module_name(model, layer)
@@ -130,3 +140,14 @@ class GradFAM(TokenGradCam):
             f"the SAE code does not depend on layer {self.layer_name!r}: the layer does not feed the SAE's "
             f"site ({self.codes.site.key}); pick a layer before it"
         )
+
+
+def _family_reshape(model: nn.Module, layer: nn.Module) -> Callable[[Tensor], Tensor] | None:
+    """What turns the layer's output into (N, C, h, w): the patch grid for tokens, a permute for channels last."""
+    if isinstance(layer, nn.Conv2d):
+        return None
+    if (layout := token_layout(model)) is not None:
+        return tokens_to_grid(layout.prefix_tokens, layout.grid)
+    if feature_layout(model, layer) == "channels_last":
+        return channels_last_to_first
+    return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import timm
 import torch
 from captum.attr import (
     LayerAttribution,
@@ -11,7 +12,7 @@ from captum.attr import (
 )
 from torch import nn
 
-from captum_salve.attr import FeatureCodes, GradFAM, TokenGradCam
+from captum_salve.attr import FeatureCodes, GradFAM, TokenGradCam, channels_last_to_first
 from captum_salve.sites import eval_mode
 from tests.helpers import FromGrid, ToGrid, hook_count, random_sae
 
@@ -209,3 +210,31 @@ def test_a_model_in_training_mode_keeps_its_batchnorm_statistics_and_its_modes(t
         torch.testing.assert_close(maps, GradFAM(model, "layer4.1", sae).attribute(images, target=2))
         torch.testing.assert_close(stacked[:, :1], maps)
         torch.testing.assert_close(class_maps, LayerGradCam(model, model.layer4[1]).attribute(images, target=1))
+
+
+def _small_swin(name: str) -> nn.Module:
+    return timm.create_model(
+        name, img_size=32, window_size=4, embed_dim=16, depths=(1, 1), num_heads=(1, 2), num_classes=3
+    ).eval()
+
+
+def test_a_channels_last_layer_is_never_read_as_channels_first():
+    """Captum alone averages a Swin stage's (N, h, w, C) output over (w, C) and returns an (N, 1, w, C) "map"."""
+    swin = _small_swin("swin_tiny_patch4_window7_224")
+    with pytest.raises(ValueError, match=r"'layers.1' gives channels-last .*reshape_transform=channels_last_to_first"):
+        TokenGradCam(swin, swin.layers[-1])
+    maps = TokenGradCam(swin, swin.layers[-1], channels_last_to_first).attribute(torch.rand(2, 3, 32, 32), target=0)
+    assert maps.shape == (2, 1, 4, 4)
+    assert GradFAM(swin, None, random_sae(32)).attribute(torch.rand(2, 3, 32, 32), target=0).shape == (2, 1, 4, 4)
+
+
+def test_a_model_of_no_family_that_declares_channels_last_features_needs_a_reshape():
+    swin_v2 = _small_swin("swinv2_tiny_window8_256")
+    sae = random_sae(32)
+    with pytest.raises(ValueError, match=r"SwinTransformerV2 declares channels-last features.*pass reshape_transform"):
+        GradFAM(swin_v2, "layers.1", sae)
+    with pytest.raises(ValueError, match="no default Grad-FAM layer is known for SwinTransformerV2"):
+        GradFAM(swin_v2, None, sae)
+    images = torch.rand(2, 3, 32, 32)
+    given = GradFAM(swin_v2, "layers.1", sae, reshape_transform=channels_last_to_first).attribute(images, target=1)
+    assert given.shape == (2, 1, 4, 4)
