@@ -813,12 +813,12 @@ def create_model(
 
 def _head_rows(model: nn.Module, state: dict[str, torch.Tensor]) -> int | None:
     """The checkpoint's head size where it differs from the model's, else None (also for a model without a head)."""
-    family = family_of(model)
-    if family is None:
-        return None
-    head = get_module(model, family.head)
-    weight = state.get(f"{family.head}.weight")
-    if not isinstance(head, nn.Linear) or weight is None or weight.shape[0] == head.out_features:
+    try:
+        name, head = find_head(model)
+    except ValueError:
+        return None  # no single linear head: the checkpoint loads as it is or is refused with the keys that differ
+    weight = state.get(f"{name}.weight")
+    if weight is None or weight.shape[0] == head.out_features:
         return None
     return int(weight.shape[0])
 

@@ -117,6 +117,16 @@ def test_a_checkpoint_gives_its_head_size_when_num_classes_is_not_given(name, tm
         create_model(name, checkpoint_path=tmp_path / "model.pth", num_classes=5)  # a size asked for is kept
 
 
+@pytest.mark.parametrize("name", ["resnetv2_18", "convnext_atto"])
+def test_a_checkpoint_gives_its_head_size_for_any_recognised_head(name, tmp_path):
+    """ResNetV2's head is a 1×1 convolution, ConvNeXt's sits in head.fc: the size still comes from the file."""
+    trained = create_model(name, num_classes=3)
+    torch.save(trained.state_dict(), tmp_path / "model.pth")
+    loaded = create_model(name, checkpoint_path=tmp_path / "model.pth")
+    assert find_head(loaded)[1].out_features == 3
+    assert torch.equal(find_head(loaded)[1].weight, find_head(trained)[1].weight)
+
+
 def _small_resnetv2(num_classes: int = 4) -> nn.Module:
     return timm.create_model("resnetv2_18", layers=(1, 1, 1, 1), num_classes=num_classes).eval()
 
