@@ -9,6 +9,7 @@ is a known cross-class concept, like the paper's "tower" shared by church and ga
 
 from __future__ import annotations
 
+import glob
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from torch import Tensor, nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from captum_salve.models import input_config
 
@@ -31,6 +32,7 @@ __all__ = [
     "DigitsCanvas",
     "cifar100",
     "class_folders",
+    "folder_masks",
     "image_folder",
     "imagenet_classes",
     "load_rgb",
@@ -256,6 +258,70 @@ def image_folder(root: str | Path, model: nn.Module, *, train: bool = False) -> 
         raise FileNotFoundError(
             f"data folder {str(root)!r} holds no images in class sub-folders (root/<class>/<image>): {error}"
         ) from None
+
+
+def folder_masks(images: Dataset, masks_root: str | Path, model: nn.Module) -> Tensor:
+    """Object masks of an ImageFolder's images, read from a tree of the same layout and cut as the images are.
+
+    The mask of ``<data>/<class>/<name>.<ext>`` is ``<masks_root>/<class>/<name>.<any image ext>``:
+    an image whose non-zero pixels mark the object (a PNG of 0 and 255, say). It is resized
+    and cropped exactly as the model's eval transform treats the image (the same data config,
+    with nearest-neighbour interpolation), so mask pixel (i, j) covers model-input pixel (i, j).
+
+    Args:
+        images: The ImageFolder (or a ``Subset`` of one) the masks belong to.
+        masks_root: The mask tree.
+        model: The model whose data config prepares the images.
+
+    Returns:
+        (N, H, W) boolean masks, one per image in dataset order.
+
+    Raises:
+        FileNotFoundError: ``masks_root`` is missing, or images have no mask (the count and the first are named).
+        ValueError: ``images`` is not an ImageFolder or a Subset of one, or a mask is empty.
+
+    Example:
+        >>> test = image_folder("shapes/val", model)
+        >>> masks = folder_masks(test, "shapes/val-masks", model)    # shapes/val-masks/<class>/<name>.png
+        >>> masks.shape == (len(test), *input_config(model)["input_size"][1:])
+        True
+    """
+    from timm.data import create_transform
+
+    paths = _sample_paths(images)
+    masks_root = Path(masks_root)
+    if not masks_root.is_dir():
+        raise FileNotFoundError(f"mask folder {str(masks_root)!r} does not exist")
+    found, missing = [], []
+    for path in paths:
+        candidates = sorted(masks_root.joinpath(path.parent.name).glob(f"{glob.escape(path.stem)}.*"))
+        (found if candidates else missing).append(candidates[0] if candidates else path)
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} of {len(paths)} images have no mask in {str(masks_root)!r}: e.g. no "
+            f"{str(masks_root / missing[0].parent.name / missing[0].stem)!r}.* for {str(missing[0])!r}"
+        )
+    geometry = {**input_config(model), "interpolation": "nearest", "mean": (0.0,) * 3, "std": (1.0,) * 3}
+    transform = create_transform(**geometry, is_training=False)
+    masks = torch.stack([transform(load_rgb(path))[0] > 0 for path in found])
+    empty = [str(found[i]) for i in torch.nonzero(~masks.flatten(1).any(1)).flatten().tolist()]
+    if empty:
+        raise ValueError(f"{len(empty)} masks mark nothing after the model's resize and crop, e.g. {empty[0]!r}")
+    return masks
+
+
+def _sample_paths(images: Dataset) -> list[Path]:
+    """The image files of an ImageFolder or a (nested) Subset of one, in dataset order."""
+    from torchvision.datasets import ImageFolder
+
+    index = None
+    while isinstance(images, Subset):
+        index = [images.indices[i] for i in index] if index is not None else list(images.indices)
+        images = images.dataset
+    if not isinstance(images, ImageFolder):
+        raise ValueError(f"images must be an ImageFolder or a Subset of one, got {type(images).__name__}")
+    samples = [Path(path) for path, _ in images.samples]
+    return samples if index is None else [samples[i] for i in index]
 
 
 def load_rgb(path: str | Path) -> Image.Image:

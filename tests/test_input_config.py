@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from captum_salve.data import image_folder
+from captum_salve.data import folder_masks, image_folder
 from captum_salve.models import (
     DATA_CONFIG_KEYS,
     SOURCES_KEY,
@@ -214,10 +215,58 @@ def test_run_states_its_data_config_and_warns_when_a_trained_model_is_near_chanc
     save_file(create_model(RESNET, num_classes=3).state_dict(), str(path))  # "trained" weights that do not work
     argv = ["run", "--model", RESNET, "--checkpoint", path, "--data", data, "--input-size", "3", "40", "40"]
     argv += ["--quiet", "--seeds", "2", "--sae-latents", "8", "--sae-epochs", "1", "--maximization-steps", "1"]
-    code, stdout, err = cli(capsys, *argv, "--faithfulness-images", "2", "--val-data", val, "--out", tmp_path / "out")
+    _mask_tree(val, tmp_path / "masks")
+    argv += ["--faithfulness-images", "2", "--val-data", val, "--masks", tmp_path / "masks"]
+    code, stdout, err = cli(capsys, *argv, "--out", tmp_path / "out")
     assert code == 0, err
     assert "data config: 3×40×40, bilinear" in stdout and "input_size from --input-size" in stdout
     assert "accuracy check: " in stdout and "on 6 test images (chance 33.3%)" in stdout
     assert "captum-salve: warning: accuracy" in err and "near chance" in err and "--input-size" in err
     report = (tmp_path / "out" / "report.html").read_text()
     assert "input_size from --input-size" in report and "the model is near chance on these images" in report
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())[RESNET]
+    layers = summary["faithfulness"]["layers"].values()
+    assert all("grad_fam" in layer["pointing_game"] for layer in layers)  # the user's masks were scored
+
+
+def _mask_tree(data: Path, masks: Path) -> None:
+    """A mask per image of ``data``: a 10×6 box at a place that depends on the file, 0 / 255, as PNG."""
+    for index, path in enumerate(sorted(data.rglob("*.JPEG"))):
+        pixels = np.zeros((40, 40), dtype=np.uint8)
+        pixels[index % 30 : index % 30 + 10, 3 : 3 + 6] = 255
+        (masks / path.parent.name).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(masks / path.parent.name / f"{path.stem}.png")
+
+
+def test_user_masks_are_cut_as_the_images_are(tmp_path):
+    data, masks = image_tree(tmp_path / "data", per_class=3), tmp_path / "masks"
+    _mask_tree(data, masks)
+    model = create_model(RESNET, num_classes=3, data_config={"input_size": (3, 48, 48), "crop_pct": 0.8})
+    test = image_folder(data, model)
+    subset = torch.utils.data.Subset(test, [7, 2, 4])  # random_split's kind of test set, in its own order
+
+    got = folder_masks(subset, masks, model)
+
+    assert got.dtype == torch.bool and got.shape == (3, 48, 48)
+    for row, index in enumerate([7, 2, 4]):  # by hand: shorter side to 48 / 0.8 = 60 (nearest), centre 48×48
+        path = Path(test.samples[index][0])
+        with Image.open(masks / path.parent.name / f"{path.stem}.png") as mask:
+            resized = np.asarray(mask.resize((60, 60), Image.Resampling.NEAREST)) > 0
+        assert torch.equal(got[row], torch.from_numpy(resized[6:54, 6:54].copy())), index
+
+
+def test_user_masks_that_are_missing_or_empty_are_named(tmp_path):
+    data, masks = image_tree(tmp_path / "data", per_class=2), tmp_path / "masks"
+    _mask_tree(data, masks)
+    model = create_model(RESNET, num_classes=3)
+    test = image_folder(data, model)
+    (masks / "n01" / "1.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"1 of 6 images have no mask in .*masks/n01/1'\.\* for"):
+        folder_masks(test, masks, model)
+    Image.fromarray(np.zeros((40, 40), dtype=np.uint8)).save(masks / "n01" / "1.png")
+    with pytest.raises(ValueError, match=r"1 masks mark nothing after the model's resize and crop, e\.g\. .*1\.png"):
+        folder_masks(test, masks, model)
+    with pytest.raises(FileNotFoundError, match="mask folder .* does not exist"):
+        folder_masks(test, tmp_path / "nowhere", model)
+    with pytest.raises(ValueError, match="images must be an ImageFolder or a Subset of one, got TensorDataset"):
+        folder_masks(torch.utils.data.TensorDataset(torch.zeros(2, 3, 8, 8)), masks, model)

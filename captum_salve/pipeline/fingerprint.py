@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-__all__ = ["data_fingerprint", "model_fingerprint"]
+__all__ = ["data_fingerprint", "model_fingerprint", "tensor_fingerprint"]
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -31,8 +31,9 @@ def data_fingerprint(data: Dataset) -> str:
     """SHA-256 of a labelled dataset, from what identifies it without reading every image.
 
     That is the file list of an ``ImageFolder`` (paths, labels, sizes, modification
-    times), the tensors of a ``TensorDataset``, a ``Subset``'s indices with its
-    dataset's fingerprint, and for any other dataset its length and a few of its items.
+    times) with its transform (the data config: size, crop, mean, std), the tensors of
+    a ``TensorDataset``, a ``Subset``'s indices with its dataset's fingerprint, and for
+    any other dataset its length and a few of its items.
 
     Example:
         >>> data_fingerprint(image_folder("imagenette2/val", model))[:12]
@@ -46,12 +47,27 @@ def data_fingerprint(data: Dataset) -> str:
         for path, label in data.samples:
             stat = os.stat(path)
             digest.update(f"{path}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+        digest.update(repr(getattr(data, "transform", None)).encode())  # timm's transforms show every setting
     elif isinstance(data, TensorDataset):
         for tensor in data.tensors:
             _update(digest, tensor)
     elif len(data):  # no file list: its first, middle and last items stand for it
         for index in sorted({0, len(data) // 2, len(data) - 1}):
             _update_item(digest, data[index])
+    return digest.hexdigest()
+
+
+def tensor_fingerprint(tensor: Tensor | None) -> str | None:
+    """SHA-256 of a tensor's dtype, shape and values (None for None).
+
+    Example:
+        >>> tensor_fingerprint(torch.zeros(2, dtype=torch.bool)) == tensor_fingerprint(torch.zeros(2))
+        False
+    """
+    if tensor is None:
+        return None
+    digest = hashlib.sha256(f"{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+    _update(digest, tensor)
     return digest.hexdigest()
 
 

@@ -20,7 +20,7 @@ from captum_salve.analysis import ClassProfile, class_profile, select_feature
 from captum_salve.files import atomic_path, ensure_directory
 from captum_salve.models import default_cam_layer, find_head, get_module, model_device, module_name
 from captum_salve.pipeline.config import PipelineConfig
-from captum_salve.pipeline.fingerprint import data_fingerprint, model_fingerprint
+from captum_salve.pipeline.fingerprint import data_fingerprint, model_fingerprint, tensor_fingerprint
 from captum_salve.pipeline.inputs import PipelineInputs
 from captum_salve.pipeline.record import Record, RecordFormatError, to_plain
 from captum_salve.sae import VARIANTS, SAEConfig, SparseAutoencoder, code_activation, train_saes
@@ -32,7 +32,7 @@ __all__ = ["STAGE_FORMAT", "Run"]
 # Version of the stage files; a file of another version is refused, not misread.
 STAGE_FORMAT = 4
 # What config.json records of the inputs, by hash: a rerun on other weights or images is refused.
-_FINGERPRINTS = ("model weights", "training data", "training activations", "test data")
+_FINGERPRINTS = ("model weights", "training data", "training activations", "test data", "test masks")
 
 R = TypeVar("R", bound=Record)
 
@@ -109,6 +109,7 @@ class Run:
             "training data": data_fingerprint(self.inputs.train),
             "training activations": _store_fingerprint(self.inputs.train_activations),
             "test data": data_fingerprint(self.inputs.test),
+            "test masks": tensor_fingerprint(self.inputs.masks),
         }
         path = self.out / "config.json"
         if not path.is_file():
