@@ -34,10 +34,8 @@ class CueReliance:
 
     Example:
         >>> reliance = cue_reliance(model, sae, with_cue.images, without_cue.images)
-        >>> reliance.top(3)
-        [120, 41, 7]
-        >>> reliance.rank_of(41)
-        2
+        >>> reliance.top(3)                      # the three features the cue moves most
+        >>> reliance.rank_of(120)                # where feature 120 stands: 1 = first
         >>> print(reliance.table(3))
     """
 
@@ -107,8 +105,8 @@ def cue_reliance(
         >>> with_cue = DigitsCanvas("test", cue="all")     # every image carries the planted mark
         >>> without_cue = DigitsCanvas("test", cue="none")  # the same images without it
         >>> reliance = cue_reliance(model, sae, with_cue.images, without_cue.images)
-        >>> reliance.top(1), reliance.turns_on[0]
-        ([120], tensor(0.9310))
+        >>> reliance.top(1)     # the demo ResNet-18 and the pipeline's ReLU SAE (seed 0): its cross-class f120
+        [120]
     """
     if not isinstance(sae, SparseAutoencoder):
         raise TypeError(f"sae must be a SparseAutoencoder, got {type(sae).__name__}")
