@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see (``X as X``: re-exported); 
     )
     from captum_salve.analysis import (
         ClassProfile as ClassProfile,
+        CueReliance as CueReliance,
         EditChoice as EditChoice,
         SeedStudy as SeedStudy,
         SweepResult as SweepResult,
@@ -27,6 +28,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see (``X as X``: re-exported); 
         class_profile as class_profile,
         control_directions as control_directions,
         cross_class_features as cross_class_features,
+        cue_reliance as cue_reliance,
         match_features as match_features,
         seed_study as seed_study,
         select_edit as select_edit,
@@ -71,6 +73,7 @@ _HOMES = {
     "captum_salve.activations": ("ActivationSet", "collect_activations"),
     "captum_salve.analysis": (
         "ClassProfile",
+        "CueReliance",
         "EditChoice",
         "SeedStudy",
         "SweepResult",
@@ -79,6 +82,7 @@ _HOMES = {
         "class_profile",
         "control_directions",
         "cross_class_features",
+        "cue_reliance",
         "match_features",
         "seed_study",
         "select_edit",

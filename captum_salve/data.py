@@ -2,18 +2,21 @@
 
 The digits canvas needs no download: scikit-learn ships 1,797 real handwritten
 digits (8 × 8). Each is scaled up and pasted at a random place on a larger dark
-canvas, its box kept as a ground-truth mask. A planted *shared cue* (a small red
-square shown on most images of two chosen classes, anywhere outside the digit)
-is a known cross-class concept, like the paper's "tower" shared by church and gas pump.
+canvas, its box kept as a ground-truth mask. A planted *shared cue* (by default a
+small red square shown on most images of two chosen classes, anywhere outside the
+digit) is a known cross-class concept, like the paper's "tower" shared by church and
+gas pump. The cue's kind, place, colour, classes and rates are settings
+(:class:`CanvasConfig`), and :data:`CUE_VARIANTS` names canvases that differ in them.
 """
 
 from __future__ import annotations
 
 import glob
+import numbers
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 import torch
@@ -22,13 +25,18 @@ from sklearn.datasets import load_digits
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
+from captum_salve.checks import check_int, check_real
 from captum_salve.models import input_config
 
 if TYPE_CHECKING:
     from PIL import Image
 
 __all__ = [
+    "CUE_VARIANTS",
     "CanvasConfig",
+    "CueKind",
+    "CueMode",
+    "CuePosition",
     "DigitsCanvas",
     "cifar100",
     "class_folders",
@@ -44,26 +52,63 @@ _DEEP_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 SPLITS = ("train", "test")
 _SPLIT_SEED = 1234  # which digits are held out never changes with the canvas seed
-_CUE_COLOR = (1.0, 0.15, 0.15)
+_BACKGROUND = 0.08
+_TINT_STRENGTH = 0.3  # a tint moves every pixel this far towards the cue colour
+# Settings added after the demo models were cached: left out of a config's key while at their defaults.
+_LATER_FIELDS = ("cue_kind", "cue_position", "cue_color", "test_cue_rate")
+
+CueKind = Literal["patch", "bar", "tint", "texture"]
+CuePosition = Literal[
+    "random", "top_left", "top_right", "bottom_left", "bottom_right", "top", "bottom", "left", "right"
+]
+CueMode = Literal["config", "all", "none", "conflicting"]
+_CORNERS = ("top_left", "top_right", "bottom_left", "bottom_right")
+_SIDES = ("top", "bottom", "left", "right")
+# Where each kind may sit: a bar runs along a whole side, a tint covers the whole image.
+_POSITIONS_OF_KIND = {
+    "patch": ("random", *_CORNERS, *_SIDES),
+    "texture": ("random", *_CORNERS, *_SIDES),
+    "bar": ("random", *_SIDES),
+    "tint": ("random",),
+}
 
 
 @dataclass(frozen=True)
 class CanvasConfig:
-    """How digits-canvas images are drawn.
+    """How digits-canvas images are drawn, the planted cue included.
+
+    The defaults draw the demo's canvas: a red hollow square on 80% of the 3s and 8s,
+    anywhere outside the digit, in both splits.
 
     Attributes:
         canvas_size: Side of the square image in pixels.
         digit_size: Side of a pasted digit in pixels.
         cue_classes: Classes whose images mostly carry the shared cue (empty: no cue).
-        cue_rate: Share of those classes' images that carry it.
-        cue_size: Side of the cue square in pixels.
+        cue_rate: Share of those classes' training images that carry it.
+        cue_size: Side of a patch or texture square, thickness of a bar, in pixels.
         noise: Standard deviation of the background noise.
         test_fraction: Share of the 1,797 digits held out for the test split.
+        cue_kind: ``"patch"`` (a hollow square), ``"bar"`` (a strip along a whole side),
+            ``"tint"`` (every pixel moved 30% of the way to the cue colour) or
+            ``"texture"`` (a square of one-pixel checks).
+        cue_position: ``"random"``: a new place outside the digit for every image (a
+            random free side for a bar; the whole image for a tint); a corner
+            (``"top_left"`` ...) or a side (``"top"`` ...): the same place on every
+            image, and every digit (cued or not) is drawn clear of it.
+        cue_color: RGB of the cue, each in [0, 1].
+        test_cue_rate: Share of the cue classes' test images that carry the cue
+            (None: ``cue_rate``).
+
+    Raises:
+        ValueError: A setting is out of range or does not fit the others; the message names it.
 
     Example:
         >>> config = CanvasConfig(canvas_size=96, cue_classes=())    # a larger canvas, no shared cue
         >>> DigitsCanvas("test", config=config).images.shape
         torch.Size([449, 3, 96, 96])
+        >>> bar = CanvasConfig(cue_kind="bar", cue_position="left", cue_size=3, cue_color=(0.2, 0.4, 1.0))
+        >>> DigitsCanvas("test", config=bar, cue="all").cue_masks()[0, :, :3].all()    # every image carries it
+        tensor(True)
     """
 
     canvas_size: int = 64
@@ -73,18 +118,78 @@ class CanvasConfig:
     cue_size: int = 7
     noise: float = 0.04
     test_fraction: float = 0.25
+    cue_kind: CueKind = "patch"
+    cue_position: CuePosition = "random"
+    cue_color: tuple[float, float, float] = (1.0, 0.15, 0.15)
+    test_cue_rate: float | None = None
 
     def __post_init__(self) -> None:
-        if not 8 <= self.digit_size <= self.canvas_size - 2 * self.cue_size - 4:
+        def store(name: str, value: object) -> None:
+            object.__setattr__(self, name, value)
+
+        store("canvas_size", check_int(self.canvas_size, "CanvasConfig canvas_size", 16))
+        store("cue_size", check_int(self.cue_size, "CanvasConfig cue_size", 1))
+        room = self.canvas_size - 2 * self.cue_size - 4  # a cue square always fits beside the digit
+        digit = check_int(self.digit_size, "CanvasConfig digit_size")
+        if not 8 <= digit <= room:
             raise ValueError(
-                "digit_size must be in "
-                f"[8, canvas_size - 2*cue_size - 4 = {self.canvas_size - 2 * self.cue_size - 4}], "
-                f"got {self.digit_size}"
+                f"CanvasConfig digit_size must be in [8, canvas_size - 2*cue_size - 4 = {room}], got {digit}"
             )
-        if not 0.0 <= self.cue_rate <= 1.0 or not 0.0 < self.test_fraction < 1.0:
-            raise ValueError("cue_rate must be in [0, 1] and test_fraction in (0, 1)")
-        if any(not 0 <= c <= 9 for c in self.cue_classes):
-            raise ValueError(f"cue_classes must be digits 0-9, got {self.cue_classes}")
+        store("digit_size", digit)
+        classes = self.cue_classes
+        if (
+            not isinstance(classes, (tuple, list))
+            or any(isinstance(c, bool) or not isinstance(c, numbers.Integral) or not 0 <= c <= 9 for c in classes)
+            or len(set(classes)) != len(classes)
+        ):
+            raise ValueError(f"CanvasConfig cue_classes must be digits 0-9, each once, got {classes!r}")
+        store("cue_classes", tuple(int(c) for c in classes))
+        for name in ("cue_rate", "test_cue_rate", "noise", "test_fraction"):
+            value = getattr(self, name)
+            if value is None and name == "test_cue_rate":
+                continue
+            value = check_real(value, f"CanvasConfig {name}", 0.0)
+            if name != "noise" and not (0.0 < value < 1.0 if name == "test_fraction" else value <= 1.0):
+                bounds = "(0, 1)" if name == "test_fraction" else "[0, 1]"
+                raise ValueError(f"CanvasConfig {name} must be in {bounds}, got {value!r}")
+            store(name, value)
+        if self.cue_kind not in _POSITIONS_OF_KIND:
+            raise ValueError(f"CanvasConfig cue_kind must be one of {tuple(_POSITIONS_OF_KIND)}, got {self.cue_kind!r}")
+        allowed = _POSITIONS_OF_KIND[self.cue_kind]
+        if self.cue_position not in allowed:
+            raise ValueError(
+                f"CanvasConfig cue_position must be one of {allowed} for cue_kind {self.cue_kind!r}, "
+                f"got {self.cue_position!r}"
+            )
+        color = self.cue_color
+        if (
+            not isinstance(color, (tuple, list))
+            or len(color) != 3
+            or any(isinstance(c, bool) or not isinstance(c, numbers.Real) or not 0 <= c <= 1 for c in color)
+        ):
+            raise ValueError(f"CanvasConfig cue_color must be 3 numbers (R, G, B) in [0, 1], got {color!r}")
+        store("cue_color", tuple(float(c) for c in color))
+        if self.cue_kind == "texture" and self.cue_size < 2:
+            raise ValueError("CanvasConfig cue_size must be at least 2 for a texture (a check pattern), got 1")
+
+    def rate(self, split: str) -> float:
+        """Share of the cue classes' images of ``split`` that carry the cue."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        return self.cue_rate if split == "train" or self.test_cue_rate is None else self.test_cue_rate
+
+    def key(self) -> dict:
+        """The settings as a dict, without the cue settings that are at their defaults.
+
+        The models cached before the cue became configurable were keyed by the first
+        seven settings only; leaving defaults out keeps their keys (and files) valid.
+        """
+        defaults = CanvasConfig.__dataclass_fields__
+        return {
+            name: value
+            for name, value in asdict(self).items()
+            if name not in _LATER_FIELDS or value != defaults[name].default
+        }
 
 
 class DigitsCanvas(Dataset):
@@ -95,41 +200,68 @@ class DigitsCanvas(Dataset):
     digits into train and test is fixed, so a new ``seed`` gives new positions of
     the same digits (a fresh augmentation of the training set).
 
+    ``cue`` chooses which images carry the cue. Canvases of one split, config and
+    seed share everything else (digits, positions, noise), whatever ``cue`` is: so
+    ``cue="all"`` and ``cue="none"`` are the same images with and without the cue
+    (pairs for :func:`~captum_salve.analysis.cue_reliance`), and ``cue="conflicting"``
+    puts it on the other classes' images only (the cue-conflicting images a shortcut
+    benchmark scores).
+
     Args:
         split: ``"train"`` or ``"test"``.
         config: Drawing settings.
         seed: Seed for positions, cue placement and noise.
         copies: Canvases drawn per digit.
+        cue: ``"config"``: the config's cue classes at the split's rate;
+            ``"all"``: every image; ``"none"``: no image; ``"conflicting"``: every
+            image of the classes outside ``config.cue_classes`` and none of theirs.
 
     Attributes:
         images: (N, 3, S, S) images.
         labels: (N,) digits.
         boxes: (N, 4) digit boxes as (top, left, bottom, right), exclusive ends.
         has_cue: (N,) whether the image carries the shared cue.
-        cue_boxes: (N, 4) cue boxes (all -1 where there is no cue).
+        cue_boxes: (N, 4) boxes of the pixels the cue changes (the whole image for a
+            tint; all -1 where there is no cue).
 
     Example:
         >>> test = DigitsCanvas("test")
         >>> image, label = test[0]
         >>> image.shape, test.masks()[0].sum() == 32 * 32
         (torch.Size([3, 64, 64]), tensor(True))
+        >>> with_cue, without_cue = DigitsCanvas("test", cue="all"), DigitsCanvas("test", cue="none")
+        >>> outside = ~with_cue.cue_masks()[:, None]    # the pixels the cue leaves alone
+        >>> torch.equal(with_cue.images * outside, without_cue.images * outside)
+        True
     """
 
     classes = [str(d) for d in range(10)]
 
     def __init__(
-        self, split: str = "train", *, config: CanvasConfig | None = None, seed: int = 0, copies: int = 1
+        self,
+        split: str = "train",
+        *,
+        config: CanvasConfig | None = None,
+        seed: int = 0,
+        copies: int = 1,
+        cue: CueMode = "config",
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if not isinstance(copies, int) or copies < 1:
             raise ValueError(f"copies must be a positive integer, got {copies!r}")
-        self.split, self.config, self.seed = split, config or CanvasConfig(), seed
+        if cue not in get_args(CueMode):
+            raise ValueError(f"cue must be one of {get_args(CueMode)}, got {cue!r}")
+        if config is not None and not isinstance(config, CanvasConfig):
+            raise TypeError(f"config must be a CanvasConfig or None, got {type(config).__name__}")
+        self.split, self.config, self.seed, self.cue = split, config or CanvasConfig(), seed, cue
         digits, labels = _split_digits(split, self.config.test_fraction)
         digits, labels = digits.repeat(copies, 1, 1), labels.repeat(copies)
         self.labels = labels
         generator = torch.Generator().manual_seed(seed * 2 + SPLITS.index(split))
-        self.images, self.boxes, self.has_cue, self.cue_boxes = _draw(digits, labels, self.config, generator)
+        self.images, self.boxes, self.has_cue, self.cue_boxes = _draw(
+            digits, labels, self.config, self.config.rate(split), cue, generator
+        )
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -142,8 +274,42 @@ class DigitsCanvas(Dataset):
         return _box_masks(self.boxes, self.config.canvas_size)
 
     def cue_masks(self) -> Tensor:
-        """(N, S, S) boolean masks of the cue squares (empty where there is none)."""
+        """(N, S, S) boolean masks of the pixels the cue changes (all of them for a tint; none without a cue)."""
         return _box_masks(self.cue_boxes, self.config.canvas_size)
+
+
+# Canvases whose cue differs from the demo's in kind, place, colour, classes and rates.
+# "tuning" ones may be used to develop and choose the package's methods and defaults;
+# "held_out" ones only to report how those carry over: never choose a default, a
+# threshold or a method by looking at them, or they stop being held out.
+CUE_VARIANTS: dict[str, dict[str, CanvasConfig]] = {
+    "tuning": {
+        "patch-corner-green-1-7": CanvasConfig(
+            cue_classes=(1, 7), cue_position="top_right", cue_color=(0.15, 0.9, 0.15)
+        ),
+        "bar-left-blue-2-5": CanvasConfig(
+            cue_classes=(2, 5), cue_kind="bar", cue_position="left", cue_size=3, cue_color=(0.2, 0.4, 1.0),
+            cue_rate=0.9, test_cue_rate=0.5,
+        ),
+        "tint-yellow-0-6": CanvasConfig(cue_classes=(0, 6), cue_kind="tint", cue_color=(1.0, 0.9, 0.2), cue_rate=0.7),
+        "texture-cyan-4-9": CanvasConfig(cue_classes=(4, 9), cue_kind="texture", cue_color=(0.1, 0.9, 0.9)),
+    },
+    "held_out": {
+        "texture-corner-magenta-3-5": CanvasConfig(
+            cue_classes=(3, 5), cue_kind="texture", cue_position="bottom_left", cue_size=6,
+            cue_color=(0.9, 0.2, 0.9), cue_rate=0.9, test_cue_rate=0.5,
+        ),
+        "bar-orange-6-9": CanvasConfig(
+            cue_classes=(6, 9), cue_kind="bar", cue_size=2, cue_color=(1.0, 0.55, 0.1), cue_rate=0.75
+        ),
+        "patch-bottom-purple-0-2": CanvasConfig(
+            cue_classes=(0, 2), cue_position="bottom", cue_size=5, cue_color=(0.6, 0.2, 1.0), cue_rate=0.85
+        ),
+        "tint-cyan-1-4": CanvasConfig(
+            cue_classes=(1, 4), cue_kind="tint", cue_color=(0.2, 0.8, 1.0), test_cue_rate=0.3
+        ),
+    },
+}  # fmt: skip
 
 
 def _split_digits(split: str, test_fraction: float) -> tuple[Tensor, Tensor]:
@@ -156,28 +322,106 @@ def _split_digits(split: str, test_fraction: float) -> tuple[Tensor, Tensor]:
     return images[chosen], labels[chosen]
 
 
-def _draw(digits: Tensor, labels: Tensor, cfg: CanvasConfig, generator: torch.Generator) -> tuple[Tensor, ...]:
+def _draw(
+    digits: Tensor, labels: Tensor, cfg: CanvasConfig, rate: float, cue: str, generator: torch.Generator
+) -> tuple[Tensor, ...]:
+    # Everything but the cue is drawn first, from the same stream whatever ``cue`` is:
+    # that is what makes canvases that differ only in ``cue`` pairs.
     n, size, d = len(labels), cfg.canvas_size, cfg.digit_size
     strokes = F.interpolate(digits[:, None], size=(d, d), mode="bilinear", align_corners=False).clamp(0, 1)
-    images = (torch.randn(n, 3, size, size, generator=generator) * cfg.noise + 0.08).clamp(0, 1)
-    tops = torch.randint(0, size - d + 1, (n,), generator=generator)
-    lefts = torch.randint(0, size - d + 1, (n,), generator=generator)
+    images = (torch.randn(n, 3, size, size, generator=generator) * cfg.noise + _BACKGROUND).clamp(0, 1)
+    tops, lefts = _digit_corners(n, cfg, generator)
     boxes = torch.stack([tops, lefts, tops + d, lefts + d], dim=1)
     cue_class = torch.isin(labels, torch.tensor(cfg.cue_classes, dtype=torch.long))
-    has_cue = cue_class & (torch.rand(n, generator=generator) < cfg.cue_rate)
+    drawn = torch.rand(n, generator=generator) < rate
+    has_cue = {
+        "config": cue_class & drawn,
+        "all": torch.ones(n, dtype=torch.bool),
+        "none": torch.zeros(n, dtype=torch.bool),
+        "conflicting": ~cue_class,
+    }[cue]
     cue_boxes = torch.full((n, 4), -1, dtype=torch.long)
-    cue_color = torch.tensor(_CUE_COLOR)[:, None, None]
     for i in range(n):
         top, left = int(tops[i]), int(lefts[i])
         region = images[i, :, top : top + d, left : left + d]
         images[i, :, top : top + d, left : left + d] = torch.maximum(region, strokes[i])
         if has_cue[i]:
-            cue_top, cue_left = _place_outside(boxes[i], size, cfg.cue_size, generator)
-            c = cfg.cue_size
-            images[i, :, cue_top : cue_top + c, cue_left : cue_left + c] = cue_color
-            images[i, :, cue_top + 2 : cue_top + c - 2, cue_left + 2 : cue_left + c - 2] = 0.08
-            cue_boxes[i] = torch.tensor([cue_top, cue_left, cue_top + c, cue_left + c])
+            cue_boxes[i] = torch.tensor(_cue_box(boxes[i], cfg, generator))
+            _paint_cue(images[i], cue_boxes[i].tolist(), cfg)
     return images, boxes, has_cue, cue_boxes
+
+
+def _digit_corners(n: int, cfg: CanvasConfig, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Top-left corners of the digits: anywhere, or clear of a cue that always sits in the same place."""
+    size, d = cfg.canvas_size, cfg.digit_size
+    tops = torch.randint(0, size - d + 1, (n,), generator=generator)
+    lefts = torch.randint(0, size - d + 1, (n,), generator=generator)
+    if cfg.cue_position == "random":
+        return tops, lefts
+    top, left, bottom, right = _fixed_box(cfg.cue_kind, cfg.cue_position, size, cfg.cue_size)
+    # every digit, cued or not, keeps 1 pixel clear of the cue's place: where the digit sits says nothing of the cue
+    while (clash := ~_clear(tops, lefts, tops + d, lefts + d, top, left, bottom, right)).any():
+        again = int(clash.sum())
+        tops[clash] = torch.randint(0, size - d + 1, (again,), generator=generator)
+        lefts[clash] = torch.randint(0, size - d + 1, (again,), generator=generator)
+    return tops, lefts
+
+
+def _clear(
+    top: Tensor | int,
+    left: Tensor | int,
+    bottom: Tensor | int,
+    right: Tensor | int,
+    other_top: int,
+    other_left: int,
+    other_bottom: int,
+    other_right: int,
+) -> Tensor | bool:
+    """Whether a box (ints, or tensors of many boxes) keeps at least 1 pixel clear of another."""
+    return (bottom <= other_top - 1) | (top >= other_bottom + 1) | (right <= other_left - 1) | (left >= other_right + 1)
+
+
+def _fixed_box(kind: str, place: str, size: int, c: int) -> tuple[int, int, int, int]:
+    """The cue's box at a corner or side: a bar spans the side, a square sits in the corner or the side's middle."""
+    if kind == "bar":
+        return {"top": (0, 0, c, size), "bottom": (size - c, 0, size, size),
+                "left": (0, 0, size, c), "right": (0, size - c, size, size)}[place]  # fmt: skip
+    middle, far = (size - c) // 2, size - c
+    top = middle if place in ("left", "right") else 0 if place.startswith("top") else far
+    left = middle if place in ("top", "bottom") else 0 if place.endswith("left") else far
+    return top, left, top + c, left + c
+
+
+def _cue_box(box: Tensor, cfg: CanvasConfig, generator: torch.Generator) -> tuple[int, int, int, int]:
+    """The box of the pixels the cue changes on an image whose digit sits in ``box``."""
+    size, c = cfg.canvas_size, cfg.cue_size
+    if cfg.cue_kind == "tint":
+        return 0, 0, size, size
+    if cfg.cue_position != "random":
+        return _fixed_box(cfg.cue_kind, cfg.cue_position, size, c)
+    if cfg.cue_kind == "bar":
+        top, left, bottom, right = box.tolist()
+        # the digit leaves at least one side free: canvas_size - digit_size >= 2 * cue_size + 4
+        gaps = (top, size - bottom, left, size - right)
+        free = [side for side, gap in zip(_SIDES, gaps, strict=True) if gap >= c + 1]
+        side = free[int(torch.randint(0, len(free), (1,), generator=generator))]
+        return _fixed_box("bar", side, size, c)
+    y, x = _place_outside(box, size, c, generator)
+    return y, x, y + c, x + c
+
+
+def _paint_cue(image: Tensor, box: list[int], cfg: CanvasConfig) -> None:
+    top, left, bottom, right = box
+    color = torch.tensor(cfg.cue_color)[:, None, None]
+    if cfg.cue_kind == "tint":
+        image.lerp_(color.expand_as(image), _TINT_STRENGTH)
+        return
+    image[:, top:bottom, left:right] = color
+    if cfg.cue_kind == "patch":  # hollow: a frame two pixels wide
+        image[:, top + 2 : bottom - 2, left + 2 : right - 2] = _BACKGROUND
+    elif cfg.cue_kind == "texture":  # one-pixel checks of the colour and the background
+        rows, cols = torch.meshgrid(torch.arange(bottom - top), torch.arange(right - left), indexing="ij")
+        image[:, top:bottom, left:right][:, (rows + cols) % 2 == 1] = _BACKGROUND
 
 
 def _place_outside(box: Tensor, size: int, side: int, generator: torch.Generator) -> tuple[int, int]:
@@ -185,7 +429,7 @@ def _place_outside(box: Tensor, size: int, side: int, generator: torch.Generator
     top, left, bottom, right = box.tolist()
     while True:
         y, x = torch.randint(0, size - side + 1, (2,), generator=generator).tolist()
-        if y + side <= top - 1 or y >= bottom + 1 or x + side <= left - 1 or x >= right + 1:
+        if _clear(y, x, y + side, x + side, top, left, bottom, right):
             return y, x
 
 

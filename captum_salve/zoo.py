@@ -148,7 +148,7 @@ def digits_classifier(
     device = as_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = build_digits_model(arch, config)
     spec = ARCHITECTURES[arch]
-    key = json.dumps([_CACHE_VERSION, arch, asdict(spec), asdict(config), seed], sort_keys=True)
+    key = json.dumps([_CACHE_VERSION, arch, asdict(spec), config.key(), seed], sort_keys=True)
     stem = f"digits-{arch}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     weights, report = cache_dir() / f"{stem}.safetensors", cache_dir() / f"{stem}.json"
     if weights.is_file() and report.is_file() and not retrain:

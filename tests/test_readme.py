@@ -63,3 +63,19 @@ def test_readme_store_example_runs_on_a_small_model(tmp_path, monkeypatch, timm_
     exec(compile(block, "README.md", "exec"), namespace)
     assert len(namespace["store"]) == 20 and len(namespace["results"]) == 4
     assert torch.equal(namespace["profile"].counts, torch.full((4,), 5))
+
+
+def test_readme_shortcut_example_runs_on_a_small_model(timm_resnet):
+    """The Python block of "Suspected shortcuts", on 8 image pairs, with a random model and SAE in its namespace."""
+    section = (REPO / "README.md").read_text().split("### Suspected shortcuts", 1)[1].split("### Beyond memory", 1)[0]
+    [block] = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    block = block.replace("with_cue.images, without_cue.images", "with_cue.images[:8], without_cue.images[:8]")
+    import captum_salve
+    from tests.helpers import random_sae
+
+    sae = random_sae(512, "relu", d_latent=16, seed=0)
+    profile = captum_salve.ClassProfile(torch.rand(4, 16), torch.full((4,), 5), torch.ones(16))
+    namespace = {"salve": captum_salve, "model": timm_resnet, "sae": sae, "profile": profile}
+    exec(compile(block, "README.md", "exec"), namespace)
+    reliance = namespace["reliance"]
+    assert reliance.pairs == 8 and sorted(reliance.features.tolist()) == list(range(16))

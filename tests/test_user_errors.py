@@ -39,6 +39,7 @@ from captum_salve import (
     alpha_crit,
     alpha_sweep,
     collect_activations,
+    cue_reliance,
     edit_model,
     plots,
     sae_metrics,
@@ -47,7 +48,7 @@ from captum_salve import (
 from captum_salve.analysis import ControlGoal, control_directions, match_features
 from captum_salve.attr import FeatureCodes, TokenGradCam, deletion_score, maximize_feature, render_maps
 from captum_salve.cli import main
-from captum_salve.data import load_rgb
+from captum_salve.data import CanvasConfig, load_rgb
 from captum_salve.models import create_model
 from captum_salve.pipeline import run_pipeline
 from captum_salve.report import read_summaries
@@ -267,6 +268,26 @@ CASES = {
         lambda tmp_path, resnet: maximize_feature(_VIT, random_sae(32), 1, steps=1, image_size=40),
         ValueError,
         ("image_size must be the model's fixed input size (32, 32), got (40, 40)",),
+    ),
+    "clear: cue_reliance on uint8 images": Case(
+        lambda tmp_path, resnet: cue_reliance(resnet, SAE_512, *[(IMAGES * 255).to(torch.uint8)] * 2),
+        ValueError,
+        ("with_cue must be floating-point images", "torch.uint8"),
+    ),
+    "clear: cue_reliance on images that are not pairs": Case(
+        lambda tmp_path, resnet: cue_reliance(resnet, SAE_512, IMAGES, torch.cat([IMAGES, IMAGES])),
+        ValueError,
+        ("with_cue and without_cue must be the same images", "(2, 3, 32, 32) and (4, 3, 32, 32)"),
+    ),
+    "clear: a canvas cue colour in 0-255": Case(
+        lambda tmp_path, resnet: CanvasConfig(cue_color=(255, 0, 0)),
+        ValueError,
+        ("CanvasConfig cue_color must be 3 numbers (R, G, B) in [0, 1]", "(255, 0, 0)"),
+    ),
+    "clear: a bar cue in a corner": Case(
+        lambda tmp_path, resnet: CanvasConfig(cue_kind="bar", cue_position="top_left"),
+        ValueError,
+        ("CanvasConfig cue_position must be one of", "for cue_kind 'bar'", "'top_left'"),
     ),
     "clear: uint8 images, not normalised": Case(
         lambda tmp_path, resnet: collect_activations(resnet, (IMAGES * 255).to(torch.uint8), progress=False),

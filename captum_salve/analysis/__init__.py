@@ -1,6 +1,7 @@
-"""From codes to findings: class profiles, α sweeps, the control goal and edit selection, controls, seed robustness."""
+"""From codes to findings: class profiles, α sweeps, the control goal and edit selection, controls, seeds, cues."""
 
 from captum_salve.analysis.controls import control_directions
+from captum_salve.analysis.cues import CueReliance, cue_reliance
 from captum_salve.analysis.goal import ControlGoal
 from captum_salve.analysis.profiles import (
     ClassProfile,
@@ -27,6 +28,7 @@ __all__ = [
     "ClassProfile",
     "ControlGoal",
     "CrossClassFeature",
+    "CueReliance",
     "EditChoice",
     "RankBy",
     "SeedStudy",
@@ -37,6 +39,7 @@ __all__ = [
     "control_directions",
     "cross_class_features",
     "crossing_50",
+    "cue_reliance",
     "match_features",
     "seed_study",
     "select_edit",

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from captum_salve.checks import check_class_names, shape_of
-from captum_salve.data import DigitsCanvas
+from captum_salve.data import CanvasConfig, DigitsCanvas
 from captum_salve.models import find_head, model_label
 from captum_salve.sites import HEAD_INPUT
 from captum_salve.store import ActivationStore
@@ -106,23 +106,27 @@ def digits_inputs(
     arch: str = "resnet18",
     *,
     train: Dataset | None = None,
+    canvas: CanvasConfig | None = None,
     device: torch.device | str | None = None,
     progress: bool = True,
 ) -> PipelineInputs:
     """The demo's inputs: the digits-canvas classifier of ``arch`` and its canvas (train drawn twice).
 
-    The classifier is trained once and cached (:func:`~captum_salve.zoo.digits_classifier`).
+    The classifier is trained once per canvas and cached (:func:`~captum_salve.zoo.digits_classifier`);
+    ``canvas`` draws another canvas than the demo's (one of :data:`~captum_salve.data.CUE_VARIANTS`, say).
     Its Grad-FAM layers are :data:`DIGITS_CAM_LAYERS`; the test set's digit boxes are the
     pointing game's masks and its shared cue is the planted cue. ``train`` replaces the
     training canvases (``benchmarks/scale_run.py`` gives many redrawn ones).
 
     Example:
         >>> summary = run_pipeline(digits_inputs("vit"), "salve-report/digits-vit", PipelineConfig(seeds=3))
+        >>> tint = digits_inputs("resnet18", canvas=CUE_VARIANTS["tuning"]["tint-yellow-0-6"])
     """
     if arch not in DIGITS_CAM_LAYERS:
         raise ValueError(f"digits_inputs arch must be one of {tuple(DIGITS_CAM_LAYERS)}, got {arch!r}")
-    classifier = digits_classifier(arch, device=device, progress=progress)
-    train, test = DigitsCanvas("train", copies=2) if train is None else train, DigitsCanvas("test")
+    classifier = digits_classifier(arch, config=canvas, device=device, progress=progress)
+    train = DigitsCanvas("train", config=canvas, copies=2) if train is None else train
+    test = DigitsCanvas("test", config=canvas)
     return PipelineInputs(
         name=f"digits-{arch}",
         model=classifier.model,
