@@ -30,7 +30,7 @@ from captum_salve.store import MANIFEST_FILE, ActivationStore, write_activations
 __all__ = ["STAGE_FORMAT", "Run"]
 
 # Version of the stage files; a file of another version is refused, not misread.
-STAGE_FORMAT = 3
+STAGE_FORMAT = 4
 # What config.json records of the inputs, by hash: a rerun on other weights or images is refused.
 _FINGERPRINTS = ("model weights", "training data", "training activations", "test data")
 

@@ -12,7 +12,9 @@ from captum_salve.pipeline import (
     ControlResult,
     CrossClassResult,
     DiscoverResult,
+    EditOutcome,
     FaithfulnessResult,
+    GoalCount,
     PipelineSummary,
     SAESummary,
     SeedsResult,
@@ -169,19 +171,25 @@ def render_control(result: ControlResult, page: ModelPage) -> str:
     Example:
         >>> render_control(summary.control, page)
     """
-    names, goal = page.class_names, page.config.goal
-    met, paper_met = result.goal_met(goal), result.goal_met(goal, paper_rule=True)
-    verdict = "ok" if met == len(names) else "bad"
+    goal = page.config.goal
+    count = GoalCount.of(result, goal)
+    verdict = "ok" if count.met == count.measured else "bad"
     chosen_columns: list[Column[ClassControl]] = [
         Column("class", lambda c: fmt(c.class_name)),
         Column(f"{result.rule}: features", lambda c: fmt(c.chosen.features)),
         Column("α", lambda c: fmt(c.chosen.alpha)),
         Column("class accuracy", lambda c: f"{pct(c.chosen.baseline_accuracy)} → {pct(c.chosen.test_accuracy)}"),
-        Column("others (points)", lambda c: points(c.chosen.off_target_change)),
+        Column("others: mean / worst (points)", lambda c: _mean_and_worst(c.chosen)),
         Column("salve: features @ α", lambda c: f"{fmt(c.paper_rule.features)} @ {fmt(c.paper_rule.alpha)}"),
         Column("class accuracy", lambda c: pct(c.paper_rule.test_accuracy)),
-        Column("others (points)", lambda c: points(c.paper_rule.off_target_change)),
+        Column("others: mean / worst (points)", lambda c: _mean_and_worst(c.paper_rule)),
     ]
+    left_out = ""
+    if count.left_out:
+        left_out = (
+            f" Left out of both counts, because their test accuracy was already below {pct(goal.class_accuracy)} "
+            f"before any edit: {html.escape(', '.join(count.left_out))}."
+        )
     strongest = fmt(page.config.sweep_alphas[-1])
     dominant_columns: list[Column[ClassControl]] = [
         Column("class", lambda c: fmt(c.class_name)),
@@ -206,9 +214,11 @@ def render_control(result: ControlResult, page: ModelPage) -> str:
     return "".join(
         [
             "<h3>4. Control: suppressing each class</h3>",
-            f"<p>Goal: {html.escape(goal.describe())}, on test data. Rule <b>{fmt(result.rule)}</b>: "
-            f'<span class="{verdict}">{met} of {len(names)} classes</span>; the paper\'s rule (salve): {paper_met} of '
-            f"{len(names)}. Edits are picked on training activations, aiming below {pct(goal.selection_accuracy)}.</p>",
+            f"<p>Goal: {html.escape(count.goal)}, on test data. Rule <b>{fmt(result.rule)}</b>: "
+            f'<span class="{verdict}">{count.met} of {count.measured} classes</span>; the paper\'s rule (salve): '
+            f"{count.paper_rule_met} of {count.measured}.{left_out} Edits are picked on training activations, "
+            f"aiming below {pct(goal.selection_accuracy)} with no other class losing more than "
+            f"{100 * goal.off_target:g} points there.</p>",
             table(chosen_columns, result.classes),
             f"<p>Each class's single dominant feature under rule {fmt(result.rule)}: α<sub>50</sub>, and at that α the "
             "class's accuracy and the others' mean change, against a random unit direction and the top principal "
@@ -219,6 +229,11 @@ def render_control(result: ControlResult, page: ModelPage) -> str:
             "</details>",
         ]
     )
+
+
+def _mean_and_worst(outcome: EditOutcome) -> str:
+    """The other classes' mean and worst accuracy change under an edit, in points."""
+    return f"{points(outcome.off_target_change)} / {points(outcome.worst_off_target_change)}"
 
 
 def render_cross_class(result: CrossClassResult, page: ModelPage) -> str:
