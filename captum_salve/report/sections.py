@@ -141,25 +141,38 @@ def render_validate(result: ValidateResult, page: ModelPage) -> str:
 
 
 def render_faithfulness(result: FaithfulnessResult, page: ModelPage) -> str:
-    """Section 3: pointing game and deletion AUC of Grad-FAM and three reference maps, per layer.
+    """Section 3: pointing game (when the inputs have masks) and deletion AUC of Grad-FAM and three reference maps.
 
     Example:
         >>> render_faithfulness(summary.faithfulness, page)
     """
     rows = [(layer, scores, kind) for layer, scores in result.layers.items() for kind in MAP_KINDS]
+    masked = any(scores.pointing_game is not None for scores in result.layers.values())
     columns: list[Column] = [
         Column("layer", lambda r: f"{fmt(r[0])} ({r[1].map_size[0]}×{r[1].map_size[1]})"),
         Column("map", lambda r: r[2].replace("_", " ")),
-        Column("pointing game", lambda r: pct(r[1].pointing_game[r[2]]) if r[1].pointing_game else "no masks"),
-        Column("deletion AUC", lambda r: fmt(r[1].deletion_auc[r[2]])),
     ]
+    if masked:
+        columns.append(
+            Column("pointing game", lambda r: pct(r[1].pointing_game[r[2]]) if r[1].pointing_game else "no masks")
+        )
+    columns.append(Column("deletion AUC", lambda r: fmt(r[1].deletion_auc[r[2]])))
+    per_class = result.images_per_class
+    shares = f"{min(per_class)}" if min(per_class) == max(per_class) else f"{min(per_class)} to {max(per_class)}"
+    pointing = (
+        "Pointing game: the share of maps whose peak cell, taken at the map's own resolution before any upsampling, "
+        "overlaps the object's mask (a hit when any mask pixel lies in that cell), so chance is the share of cells "
+        "the mask touches, as the random maps show. "
+        if masked
+        else "No object masks were given, so the pointing game was not played. "
+    )
     return "".join(
         [
             "<h3>3. Validate: are the maps faithful?</h3>",
-            f"<p>On {result.images} test images, each scored for its class's feature. Pointing game: the share of maps "
-            "whose peak falls inside the object's mask. Deletion AUC: the feature's code as the map's top cells are "
-            "removed first, normalised from 1 (intact) to 0 (all removed); lower is more faithful. References: class "
-            "Grad-CAM, another class's feature, random maps.</p>",
+            f"<p>On {result.images} test images drawn at random with the classes as equal as the data allows "
+            f"({shares} per class), each scored for its class's feature. {pointing}Deletion AUC: the feature's code "
+            "as the map's top cells are removed first, normalised from 1 (intact) to 0 (all removed); lower is more "
+            "faithful. References: class Grad-CAM, another class's feature, random maps.</p>",
             table(columns, rows),
         ]
     )

@@ -133,6 +133,7 @@ def hand_built_summary(folder: Path, *, name: str = "hand") -> PipelineSummary:
         ),
         faithfulness=FaithfulnessResult(
             images=30,
+            images_per_class=[10, 10, 10],
             layers={
                 "blocks.1": LayerFaithfulness(
                     [4, 4],

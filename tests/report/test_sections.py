@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import pytest
 
@@ -53,7 +54,8 @@ EXPECTED = {
         render_faithfulness,
         [
             "3. Validate",
-            "On 30 test images",
+            "On 30 test images drawn at random with the classes as equal as the data allows (10 per class)",
+            "whose peak cell, taken at the map's own resolution before any upsampling, overlaps the object's mask",
             "<td>blocks.1 (4×4)</td>",
             "<td>87.5%</td>",
             "<td>no masks</td>",
@@ -144,6 +146,16 @@ def test_a_skipped_cross_class_stage_says_why(summary_and_page):
     _, page = summary_and_page
     html = render_cross_class(CrossClassResult(skipped="needs at least 3 classes; this data has 2"), page)
     assert "needs at least 3 classes; this data has 2." in html and "<img" not in html
+
+
+def test_without_masks_the_faithfulness_section_says_the_pointing_game_was_not_played(summary_and_page):
+    summary, page = summary_and_page
+    layers = {name: replace(scores, pointing_game=None) for name, scores in summary.faithfulness.layers.items()}
+    html = render_faithfulness(replace(summary.faithfulness, layers=layers, images_per_class=[9, 11, 10]), page)
+    assert "No object masks were given, so the pointing game was not played." in html
+    assert "(9 to 11 per class)" in html
+    assert "pointing game</th>" not in html and "mask pixel" not in html and "box" not in html
+    _assert_complete(html)
 
 
 def test_a_model_section_has_every_stage_in_order(summary_and_page):
