@@ -262,10 +262,16 @@ def render_cross_class(result: CrossClassResult, page: ModelPage) -> str:
     classes = fmt(result.classes)
     cue_text = ""
     if cue is not None:
-        cue_text = (
-            f" On the test images of classes {classes}, its mean code is {fmt(cue.mean_code_with_cue)} on those "
-            f"carrying the cue planted in the data and {fmt(cue.mean_code_without_cue)} on the others."
-        )
+        relation = "the feature's classes" if sorted(cue.cue_classes) == sorted(result.classes) else "other classes"
+        where = f"the test images of the classes that carry the cue planted in the data ({fmt(cue.cue_classes)}: "
+        where += relation + ")"
+        if cue.mean_code_without_cue is None:
+            cue_text = f" On {where}, all of which carry it, its mean code is {fmt(cue.mean_code_with_cue)}."
+        else:
+            cue_text = (
+                f" On {where}, its mean code is {fmt(cue.mean_code_with_cue)} on those carrying the cue and "
+                f"{fmt(cue.mean_code_without_cue)} on the others."
+            )
     return (
         f"{title}<p>Feature {result.feature} is large for classes {classes}.{cue_text} Each bar chart is taken at "
         f"the first swept α at which some class moves by {100 * VISIBLE_CHANGE:g} points (or the strongest α). "

@@ -154,7 +154,7 @@ def hand_built_summary(folder: Path, *, name: str = "hand") -> PipelineSummary:
             score=1.75,
             suppress=edit,
             enhance=edit,
-            planted_cue=PlantedCue(2.5, 0.25),
+            planted_cue=PlantedCue(["dog", "eel"], 2.5, 0.25),
         ),
         seeds=SeedsResult(3, [3, 1, 0], [2.5, 4.0, None], [0.5, None, None], 0.8126, 2 / 3, [0.9, 0.91, 0.92], fig),
         seconds={"discover": 1.0, "validate": 2.0},

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from captum_salve.pipeline import CrossClassResult
+from captum_salve.pipeline import CrossClassResult, PlantedCue
 from captum_salve.report.html import ModelPage
 from captum_salve.report.sections import (
     render_alpha_crit,
@@ -92,8 +92,8 @@ EXPECTED = {
         [
             "5. Cross-class",
             "Feature 7 is large for classes cat, dog",
-            "its mean code is 2.5",
-            "and 0.25 on the others",
+            "On the test images of the classes that carry the cue planted in the data (dog, eel: other classes), "
+            "its mean code is 2.5 on those carrying the cue and 0.25 on the others.",
             "10 points",
             "(α=5)",
         ],
@@ -155,6 +155,15 @@ def test_without_masks_the_faithfulness_section_says_the_pointing_game_was_not_p
     assert "No object masks were given, so the pointing game was not played." in html
     assert "(9 to 11 per class)" in html
     assert "pointing game</th>" not in html and "mask pixel" not in html and "box" not in html
+    _assert_complete(html)
+
+
+def test_the_planted_cue_sentence_names_the_classes_it_is_computed_on(summary_and_page):
+    summary, page = summary_and_page
+    cue = PlantedCue(["cat", "dog"], 0.5, None)  # the feature's own classes, every image cued
+    html = render_cross_class(replace(summary.cross_class, planted_cue=cue), page)
+    assert "the cue planted in the data (cat, dog: the feature's classes), all of which carry it" in html
+    assert "its mean code is 0.5." in html
     _assert_complete(html)
 
 
