@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> dict:
     figures["peak MB after the pipeline"] = round(_peak_mb())
     relu = summary.discover.saes["relu"]
     figures["relu SAE explained variance / L0"] = [round(relu.explained_variance, 3), round(relu.l0, 1)]
-    figures["classes suppressed (goal met)"] = summary.control.goal_met(PipelineConfig().goal)
+    goal = summary.suppression_goal
+    figures["classes suppressed (goal met / classes it applies to)"] = [goal.met, goal.measured]
     print(json.dumps(figures, indent=2))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))

@@ -21,6 +21,7 @@ from torch import Tensor
 __all__ = [
     "check_class_names",
     "check_class_with_samples",
+    "check_fraction",
     "check_int",
     "check_labels",
     "check_real",
@@ -72,6 +73,26 @@ def check_real(value: Any, name: str, least: float | None = None, *, above: bool
     if not math.isfinite(value) or (least is not None and (value <= least if above else value < least)):
         raise ValueError(f"{name} must be a finite number{bound}, got {value!r}")
     return value
+
+
+def check_fraction(value: Any, name: str, *, above_zero: bool = False) -> float:
+    """``value`` as a ``float`` share in [0, 1] (in (0, 1] with ``above_zero``): an accuracy, a tolerance.
+
+    Example:
+        >>> check_fraction(0.02, "off_target")
+        0.02
+        >>> check_fraction(2, "off_target")
+        Traceback (most recent call last):
+        ValueError: off_target must be a number in [0, 1], got 2
+    """
+    bounds = "(0, 1]" if above_zero else "[0, 1]"
+    try:
+        fraction = check_real(value, name, 0.0, above=above_zero)
+    except ValueError:
+        fraction = math.nan
+    if not fraction <= 1:  # NaN: refused
+        raise ValueError(f"{name} must be a number in {bounds}, got {value!r}")
+    return fraction
 
 
 def check_labels(labels: Any, name: str = "labels", classes: int | None = None) -> Tensor:

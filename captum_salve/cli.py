@@ -326,11 +326,12 @@ def _demo(args: argparse.Namespace) -> int:
     report = write_report(summaries, out, title="captum_salve demo: the digits canvas")
     print(f"report: {report}  ({time.perf_counter() - start:.0f} s)")
     for summary in summaries:
-        control = summary.control
+        count = summary.suppression_goal
+        left_out = f"; left out, below it before any edit: {', '.join(count.left_out)}" if count.left_out else ""
         print(
-            f"{summary.name}: accuracy {summary.discover.accuracy:.3f}; suppression goal met for "
-            f"{control.goal_met(config.goal)}/{len(summary.class_names)} classes (rule {control.rule}), "
-            f"{control.goal_met(config.goal, paper_rule=True)} with the paper's rule"
+            f"{summary.name}: accuracy {summary.discover.accuracy:.3f}; suppression goal ({count.goal}) met for "
+            f"{count.met}/{count.measured} classes (rule {summary.control.rule}), {count.paper_rule_met} with the "
+            f"paper's rule{left_out}"
         )
     return 0
 

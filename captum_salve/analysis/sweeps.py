@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import combinations
 
 import numpy as np
@@ -16,6 +16,7 @@ from captum_salve.analysis.profiles import ClassProfile, RankBy, select_feature
 from captum_salve.checks import (
     check_class_names,
     check_class_with_samples,
+    check_fraction,
     check_int,
     check_labels,
     check_strengths,
@@ -101,6 +102,19 @@ class SweepResult:
         The other classes are those not in ``class_index`` that have samples; naming
         every class leaves none, which is an error.
         """
+        return self._other_changes(class_index).mean(dim=1)
+
+    def worst_off_target_change(self, class_index: int | Sequence[int]) -> Tensor:
+        """(A,) the most negative accuracy change of any other class: what :class:`ControlGoal` judges.
+
+        Example:
+            >>> sweep.worst_off_target_change(0)
+            tensor([ 0.0000, -0.1000], dtype=torch.float64)
+        """
+        return self._other_changes(class_index).amin(dim=1)
+
+    def _other_changes(self, class_index: int | Sequence[int]) -> Tensor:
+        """(A, K') accuracy changes of the classes not in ``class_index`` that have samples."""
         targets = [class_index] if np.ndim(class_index) == 0 else list(class_index)
         if not targets:
             raise ValueError("class_index must name at least one class, got none")
@@ -112,7 +126,7 @@ class SweepResult:
             left = sorted(set(range(k)) - set(targets))
             why = f"the other classes {left} have no samples in the swept data" if left else f"it names all {k} classes"
             raise ValueError(f"class_index {sorted(set(targets))} leaves no class to measure the change on: {why}")
-        return (self.per_class_accuracy[:, keep] - self.baseline_accuracy[keep]).mean(dim=1)
+        return self.per_class_accuracy[:, keep] - self.baseline_accuracy[keep]
 
 
 def _accuracy(confusion: Tensor) -> Tensor:
@@ -242,11 +256,13 @@ class EditChoice:
         rule: The edit rule.
         target_accuracy: The class's accuracy after the edit.
         off_target_change: Mean accuracy change of the other classes.
-        reached: Whether the target accuracy was reached.
+        worst_off_target_change: The most negative accuracy change of any other class.
+        reached: Whether the class fell below the goal's selection accuracy with no other
+            class losing more than the off-target limit.
 
     Example:
         >>> choice = select_edit(model, sae, profile, 3, train_acts)
-        >>> choice.reached, choice.features, choice.alpha, choice.off_target_change
+        >>> choice.reached, choice.features, choice.alpha, choice.worst_off_target_change
         >>> held_out = alpha_sweep(model, sae, list(choice.features), test_acts, [choice.alpha], rule=choice.rule)
     """
 
@@ -256,6 +272,7 @@ class EditChoice:
     rule: EditRuleName
     target_accuracy: float
     off_target_change: float
+    worst_off_target_change: float
     reached: bool
 
 
@@ -266,33 +283,40 @@ def select_edit(
     class_index: int,
     acts: ActivationSet | ActivationStore,
     *,
-    rule: EditRuleName | EditRule = "project",
+    rule: EditRuleName | EditRule = DEFAULT_RULE,
     mode: EditMode = "suppress",
     candidates: int = 6,
     max_features: int = 2,
     goal: ControlGoal = ControlGoal(),
+    off_target: float | None = None,
     alphas: Sequence[float] = DEFAULT_EDIT_ALPHAS,
     by: RankBy = "contrast",
 ) -> EditChoice:
     """Pick the suppression edit of a class from its profile: which of its top features, and how strong.
 
     Every single feature and every group of up to ``max_features`` among the class's
-    top ``candidates`` (by ``by``) is swept over ``alphas`` on ``acts``; a group's
-    strength is the smallest α that brings the class below ``goal.selection_accuracy``. Of
-    the groups that get there, the one that moves the other classes least wins
-    (fewer features on a tie). If none gets there, the one that brings the class
-    lowest is returned with ``reached=False``. Pick on training activations and
-    measure the choice on held-out ones (the default goal aims for 2% here, a
-    margin for its held-out 10%). ``acts`` is an ActivationSet or an ActivationStore
-    (each sweep reads it chunk by chunk); the class must have samples in it and rows
-    in ``profile``.
+    top ``candidates`` (by ``by``) is swept over ``alphas`` on ``acts``. An edit
+    reaches the goal when it brings the class below ``goal.selection_accuracy`` while
+    no other class loses more than the off-target limit (``off_target``, default
+    ``goal.off_target``), judged on the worst single other class, not on their mean;
+    a group's strength is the smallest swept α that does. Of the groups that get
+    there, the one whose worst other class loses least wins (then the smaller mean
+    change, then fewer features). If none gets there, the result has ``reached=False``:
+    the edit that brings the class lowest without breaking the limit, or, when every
+    swept edit breaks it, the one that brings the class lowest. Pick on training
+    activations and measure the choice on held-out ones (the default goal aims for 2%
+    here, a margin for its held-out 10%). ``acts`` is an ActivationSet or an
+    ActivationStore (each sweep reads it chunk by chunk); the class must have samples
+    in it and rows in ``profile``.
 
     Example:
-        >>> choice = select_edit(model, sae, profile, 3, train_acts)
+        >>> choice = select_edit(model, sae, profile, 3, train_acts, off_target=0.05)
         >>> edited_model = edit_model(model, sae, list(choice.features), choice.alpha, rule=choice.rule)
     """
     if not isinstance(goal, ControlGoal):
         raise TypeError(f"goal must be a ControlGoal, got {type(goal).__name__}: {goal!r}")
+    if off_target is not None:
+        goal = replace(goal, off_target=check_fraction(off_target, "off_target"))
     candidates = check_int(candidates, "candidates", least=1)
     max_features = check_int(max_features, "max_features", least=1)
     rows = check_rows(acts, "acts")
@@ -305,14 +329,25 @@ def select_edit(
         for group in combinations(pool, size):
             sweep = alpha_sweep(model, sae, list(group), rows, alphas, mode=mode, rule=rule)
             accuracy = sweep.per_class_accuracy[:, class_index]
-            off = sweep.off_target_change(class_index)
-            below = (accuracy < goal.selection_accuracy).nonzero()
-            i = int(below[0]) if len(below) else int(accuracy.argmin())
-            reached = len(below) > 0
-            key = (not reached, abs(float(off[i])) if reached else float(accuracy[i]), size)
+            mean, worst = sweep.off_target_change(class_index), sweep.worst_off_target_change(class_index)
+            spared = goal.spares_others(worst)
+            reached = ((accuracy < goal.selection_accuracy) & spared).nonzero()
+            if len(reached):
+                i = int(reached[0])
+                key = (0, max(0.0, -float(worst[i])), abs(float(mean[i])), size)
+            else:  # the lowest the class gets within the limit, else at all
+                i = int(accuracy.where(spared, torch.inf).argmin() if spared.any() else accuracy.argmin())
+                key = (1 if spared.any() else 2, float(accuracy[i]), max(0.0, -float(worst[i])), size)
             if best is None or key < best[0]:
                 choice = EditChoice(
-                    class_index, group, float(sweep.alphas[i]), rule_name, float(accuracy[i]), float(off[i]), reached
+                    class_index,
+                    group,
+                    float(sweep.alphas[i]),
+                    rule_name,
+                    float(accuracy[i]),
+                    float(mean[i]),
+                    float(worst[i]),
+                    key[0] == 0,
                 )
                 best = (key, choice)
     return best[1]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from captum_salve.attr.feature_codes import FeatureCodes
@@ -29,7 +28,8 @@ def deletion_curve(
 ) -> Tensor:
     """A feature's code as the map's highest-ranked cells are removed from the image, one by one.
 
-    The image is divided into the map's h × w cells; at step s the s highest-ranked
+    The image is divided into the map's h × w cells (pixel (y, x) lies in cell
+    (⌊y·h/H⌋, ⌊x·w/W⌋), as nearest-neighbour upsampling places it); at step s the s highest-ranked
     cells are replaced by ``fill``. A faithful map makes the code fall fast; compare
     against a random map (``torch.rand_like(attribution)``) or another feature's map.
 
@@ -77,10 +77,7 @@ def deletion_curve(
     h, w = attribution.shape[-2:]
     if h > height or w > width:
         raise ValueError(f"the map ({h}x{w}) cannot be finer than the image ({height}x{width})")
-    cell_of_pixel = F.interpolate(
-        torch.arange(h * w, dtype=torch.float32).reshape(1, 1, h, w), size=(height, width), mode="nearest"
-    )
-    cell_of_pixel = cell_of_pixel.long().reshape(height, width).to(images.device)
+    cell_of_pixel = _cell_of_pixel((h, w), (height, width), images.device)
     order = attribution.reshape(n, -1).argsort(dim=1, descending=True, stable=True).to(images.device)
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(h * w, device=images.device).expand(n, -1))
     pixel_rank = rank[:, cell_of_pixel]  # (N, H, W): when each pixel is removed
@@ -118,25 +115,32 @@ def deletion_score(curve: Tensor) -> Tensor:
 
 
 def pointing_game(attribution: Tensor, masks: Tensor) -> Tensor:
-    """Whether each map's peak falls inside the mask, judged at the centre of the map's highest cell.
+    """Whether each map's peak cell overlaps the mask.
 
-    Upsampling the map first would add nothing: a bilinear interpolant peaks at a cell
-    centre, except at the border, where it spreads the peak into a plateau whose first
-    pixel (the one argmax picks) is the image's corner, so coarse maps would miss.
+    The rule: the peak is the largest value of the map at its own h × w resolution
+    (the first in row-major order on a tie), before any upsampling. It is a hit when
+    any mask pixel lies in that cell's footprint in the H × W image, the pixels (y, x)
+    with ⌊y·h/H⌋ = row and ⌊x·w/W⌋ = column (the cells :func:`deletion_curve`
+    removes). A map is only as precise as its cells: judging one pixel of the peak
+    cell (its centre, say) would score 0 for every map of a coarse layer when the
+    object is thinner than a cell, and judging the argmax of an upsampled map picks
+    the image's corner when the peak is a border cell. At full resolution (h = H,
+    w = W) the cell is the pixel. Chance is the share of cells the mask touches,
+    not the share of pixels it covers.
 
     A constant map (all zeros, say) has no peak and counts as a miss, as does a map with NaN.
 
     Args:
         attribution: (N, 1, h, w) maps.
-        masks: (N, H, W) boolean ground truth.
+        masks: (N, H, W) boolean ground truth, at least as fine as the maps.
 
     Returns:
         (N,) booleans.
 
     Example:
         >>> maps = torch.tensor([[[[0.0, 1.0], [0.0, 0.0]]], [[[1.0, 0.0], [0.0, 0.0]]]])    # peaks top-right, top-left
-        >>> masks = torch.zeros(2, 4, 4, dtype=torch.bool)
-        >>> masks[:, :2, 2:] = True    # the object fills the top-right quarter
+        >>> masks = torch.zeros(2, 8, 8, dtype=torch.bool)
+        >>> masks[:, 1, 4:] = True    # a thin line, one pixel high, across the top-right quarter
         >>> pointing_game(maps, masks)
         tensor([ True, False])
     """
@@ -159,8 +163,15 @@ def pointing_game(attribution: Tensor, masks: Tensor) -> Tensor:
         raise ValueError(f"masks ({height}x{width}) must be at least as fine as the maps ({h}x{w})")
     maps = attribution.float().flatten(1).to(masks.device)
     peak = maps.argmax(dim=1)
-    rows = (((peak // w) * 2 + 1) * height) // (2 * h)  # floor((row + 1/2) · H / h), in integers
-    columns = (((peak % w) * 2 + 1) * width) // (2 * w)
-    hit = masks[torch.arange(len(masks), device=masks.device), rows, columns]
+    in_peak_cell = _cell_of_pixel((h, w), (height, width), masks.device).flatten() == peak[:, None]  # (N, H·W)
+    hit = (masks.flatten(1) & in_peak_cell).any(dim=1)
     has_peak = (maps.amax(dim=1) > maps.amin(dim=1)) & ~maps.isnan().any(dim=1)
-    return hit.bool() & has_peak
+    return hit & has_peak
+
+
+def _cell_of_pixel(cells: tuple[int, int], pixels: tuple[int, int], device: torch.device) -> Tensor:
+    """(H, W) row-major index of the map cell each image pixel lies in: pixel (y, x) in cell (⌊y·h/H⌋, ⌊x·w/W⌋)."""
+    (h, w), (height, width) = cells, pixels
+    rows = torch.arange(height, device=device) * h // height
+    columns = torch.arange(width, device=device) * w // width
+    return rows[:, None] * w + columns[None, :]

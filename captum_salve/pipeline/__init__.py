@@ -15,6 +15,7 @@ from captum_salve.pipeline.control import (
     ControlResult,
     DominantFeature,
     EditOutcome,
+    GoalCount,
     control,
 )
 from captum_salve.pipeline.cross_class import CrossClassEdit, CrossClassResult, PlantedCue, cross_class
@@ -44,6 +45,7 @@ __all__ = [
     "DominantFeature",
     "EditOutcome",
     "FaithfulnessResult",
+    "GoalCount",
     "LayerFaithfulness",
     "Maximization",
     "PipelineConfig",

@@ -9,7 +9,7 @@ from captum_salve.analysis import ControlGoal, alpha_50, alpha_sweep, control_di
 from captum_salve.pipeline.record import Record
 from captum_salve.pipeline.run import Run
 
-__all__ = ["AtStrength", "ClassControl", "ControlResult", "DominantFeature", "EditOutcome", "control"]
+__all__ = ["AtStrength", "ClassControl", "ControlResult", "DominantFeature", "EditOutcome", "GoalCount", "control"]
 
 
 @dataclass(frozen=True)
@@ -24,10 +24,11 @@ class EditOutcome(Record):
         baseline_accuracy: The class's test accuracy before the edit.
         test_accuracy: The class's test accuracy after it.
         off_target_change: The other classes' mean test accuracy change.
+        worst_off_target_change: The most negative test accuracy change of any other class.
 
     Example:
         >>> outcome = result.classes[3].chosen
-        >>> config.goal.met(outcome.test_accuracy, outcome.off_target_change)
+        >>> config.goal.met(outcome.baseline_accuracy, outcome.test_accuracy, outcome.worst_off_target_change)
     """
 
     rule: str
@@ -37,6 +38,7 @@ class EditOutcome(Record):
     baseline_accuracy: float
     test_accuracy: float
     off_target_change: float
+    worst_off_target_change: float
 
 
 @dataclass(frozen=True)
@@ -123,9 +125,51 @@ class ControlResult(Record):
     classes: list[ClassControl]
 
     def goal_met(self, goal: ControlGoal, *, paper_rule: bool = False) -> int:
-        """How many classes' chosen edit (or the paper rule's) meets ``goal`` on the test data."""
+        """How many classes' chosen edit (or the paper rule's) meets ``goal`` on the test data.
+
+        Out of the classes the goal applies to: those in :meth:`goal_left_out` never count.
+        """
         outcomes = [c.paper_rule if paper_rule else c.chosen for c in self.classes]
-        return sum(goal.met(o.test_accuracy, o.off_target_change) for o in outcomes)
+        return sum(goal.met(o.baseline_accuracy, o.test_accuracy, o.worst_off_target_change) for o in outcomes)
+
+    def goal_left_out(self, goal: ControlGoal) -> list[str]:
+        """The classes ``goal`` does not apply to: their test accuracy is below its target before any edit."""
+        return [c.class_name for c in self.classes if not goal.applies_to(c.chosen.baseline_accuracy)]
+
+
+@dataclass(frozen=True)
+class GoalCount(Record):
+    """How many classes reached the suppression goal, out of how many it applies to.
+
+    Attributes:
+        goal: The goal, in words (:meth:`ControlGoal.describe`).
+        met: Classes whose chosen edit (the run's rule) meets it on the test data.
+        paper_rule_met: The same under the paper's rule ("salve").
+        measured: Classes the goal applies to.
+        left_out: The others, by name: below the goal's target before any edit, so not counted.
+
+    Example:
+        >>> count = GoalCount.of(summary.control, summary.config.goal)
+        >>> f"{count.met} of {count.measured}; left out: {count.left_out}"
+    """
+
+    goal: str
+    met: int
+    paper_rule_met: int
+    measured: int
+    left_out: list[str]
+
+    @classmethod
+    def of(cls, result: ControlResult, goal: ControlGoal) -> GoalCount:
+        """The count of a control stage's result under ``goal``."""
+        left_out = result.goal_left_out(goal)
+        return cls(
+            goal=goal.describe(),
+            met=result.goal_met(goal),
+            paper_rule_met=result.goal_met(goal, paper_rule=True),
+            measured=len(result.classes) - len(left_out),
+            left_out=left_out,
+        )
 
 
 def control(run: Run) -> ControlResult:
@@ -149,6 +193,7 @@ def control(run: Run) -> ControlResult:
                 baseline_accuracy=float(sweep.baseline_accuracy[k]),
                 test_accuracy=float(sweep.per_class_accuracy[1, k]),
                 off_target_change=float(sweep.off_target_change(k)[1]),
+                worst_off_target_change=float(sweep.worst_off_target_change(k)[1]),
             )
         single = alpha_sweep(run.model, sae, feature, test, config.sweep_alphas, rule=config.rule, class_names=names)
         a50 = alpha_50(single, k)

@@ -43,9 +43,13 @@ class CrossClassEdit(Record):
 
 @dataclass(frozen=True)
 class PlantedCue(Record):
-    """The found feature's codes on its classes' test images, with and without the cue planted in the data.
+    """The found feature's codes on the cue classes' test images, with and without the cue planted in the data.
+
+    The cue classes are those with at least one test image that carries the cue; they
+    need not be the classes the feature was found for.
 
     Attributes:
+        cue_classes: The classes whose test images are compared.
         mean_code_with_cue: Mean code over those images that carry the cue.
         mean_code_without_cue: Mean code over those that do not (None: all carry it).
 
@@ -53,6 +57,7 @@ class PlantedCue(Record):
         >>> result.planted_cue.mean_code_with_cue > result.planted_cue.mean_code_without_cue
     """
 
+    cue_classes: list[str]
     mean_code_with_cue: float
     mean_code_without_cue: float | None
 
@@ -68,7 +73,8 @@ class CrossClassResult(Record):
         score: Its cross-class score (see :func:`cross_class_features`).
         suppress: The feature suppressed.
         enhance: The feature enhanced.
-        planted_cue: Its codes with and without the planted cue (None: the inputs mark no cue).
+        planted_cue: Its codes on the cue classes' images with and without the planted cue
+            (None: the inputs mark no cue, or no test image carries it).
 
     Example:
         >>> result = run.stage("cross_class", CrossClassResult, cross_class)
@@ -114,12 +120,17 @@ def cross_class(run: Run) -> CrossClassResult:
             figure=run.figure(plots.accuracy_change_bars(sweep, i), f"cross_class_{mode}"),
         )
     cue = None
-    if run.inputs.planted_cue is not None:
-        marked = torch.as_tensor(run.inputs.planted_cue, dtype=torch.bool)
+    marked = run.inputs.planted_cue
+    if marked is not None and marked.any():
+        cue_classes = test.labels[marked].unique()
         codes = sae.encode_all(test)[:, found.feature]
-        within = torch.isin(test.labels, torch.tensor(found.classes))
+        within = torch.isin(test.labels, cue_classes)
         on, off = codes[within & marked], codes[within & ~marked]
-        cue = PlantedCue(float(on.mean()), float(off.mean()) if len(off) else None)
+        cue = PlantedCue(
+            cue_classes=[names[int(c)] for c in cue_classes],
+            mean_code_with_cue=float(on.mean()),
+            mean_code_without_cue=float(off.mean()) if len(off) else None,
+        )
     return CrossClassResult(
         feature=found.feature,
         classes=[names[c] for c in found.classes],

@@ -35,14 +35,15 @@ class PipelineInputs:
         class_names: One name per class.
         to_display: Turns a model input back into a [0, 1] image for figures.
         cam_layers: Grad-FAM layers (dotted names); empty: the model family's default.
-        masks: Optional (N_test, H, W) ground-truth object masks (pointing game).
+        masks: Optional (N_test, H, W) ground-truth object masks (pointing game; without
+            them the pointing game is not played).
         train_activations: Optional head-input activations of ``train`` already on disk
             (written by ``captum-salve collect`` or :func:`~captum_salve.store.write_activations`
             from ``train`` in order, with labels): the run reads them instead of running the
             model over ``train``.
         planted_cue: Optional (N_test,) bool, which test images carry a cue planted
             in the data (the cross-class stage compares the found feature's codes
-            with and without it).
+            with and without it, on the test images of the classes that carry it).
         description: Facts about the model and data shown in the report.
 
     Example:

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from captum_salve.files import PARTIAL_SUFFIX, folder_lock
 from captum_salve.pipeline.alpha_crit import AlphaCritResult, alpha_crit_stage
 from captum_salve.pipeline.config import PipelineConfig
-from captum_salve.pipeline.control import ControlResult, control
+from captum_salve.pipeline.control import ControlResult, GoalCount, control
 from captum_salve.pipeline.cross_class import CrossClassResult, cross_class
 from captum_salve.pipeline.discover import DiscoverResult, discover
 from captum_salve.pipeline.faithfulness import FaithfulnessResult, faithfulness
@@ -62,11 +62,13 @@ class PipelineSummary(Record):
         class_names: The class names, in label order.
         config: The run's settings.
         discover, validate, faithfulness, control, alpha_crit, cross_class, seeds: Each stage's result.
+        suppression_goal: How many classes the control stage took to ``config.goal``, and which
+            classes it left out (below the goal's target before any edit).
         seconds: Seconds each stage took in this call (near 0 for a stage read from its file).
 
     Example:
         >>> summary = run_pipeline(digits_inputs("resnet18"), "salve-report/digits-resnet18")
-        >>> summary.control.goal_met(summary.config.goal), len(summary.class_names)
+        >>> summary.suppression_goal.met, summary.suppression_goal.measured, summary.suppression_goal.left_out
     """
 
     name: str
@@ -80,6 +82,7 @@ class PipelineSummary(Record):
     alpha_crit: AlphaCritResult
     cross_class: CrossClassResult
     seeds: SeedsResult
+    suppression_goal: GoalCount
     seconds: dict[str, float]
 
 
@@ -108,7 +111,7 @@ def run_pipeline(
 
     Example:
         >>> summary = run_pipeline(inputs, "salve-report/resnet18")
-        >>> summary.control.goal_met(summary.config.goal)
+        >>> summary.suppression_goal.met, summary.suppression_goal.measured
     """
     config = PipelineConfig() if config is None else config
     if not isinstance(inputs, PipelineInputs):
@@ -132,6 +135,7 @@ def run_pipeline(
         description=dict(inputs.description),
         class_names=list(inputs.class_names),
         config=config,
+        suppression_goal=GoalCount.of(results["control"], config.goal),
         seconds=seconds,
         **results,
     )

@@ -12,7 +12,9 @@ from captum_salve.pipeline import (
     ControlResult,
     CrossClassResult,
     DiscoverResult,
+    EditOutcome,
     FaithfulnessResult,
+    GoalCount,
     PipelineSummary,
     SAESummary,
     SeedsResult,
@@ -153,25 +155,38 @@ def render_validate(result: ValidateResult, page: ModelPage) -> str:
 
 
 def render_faithfulness(result: FaithfulnessResult, page: ModelPage) -> str:
-    """Section 3: pointing game and deletion AUC of Grad-FAM and three reference maps, per layer.
+    """Section 3: pointing game (when the inputs have masks) and deletion AUC of Grad-FAM and three reference maps.
 
     Example:
         >>> render_faithfulness(summary.faithfulness, page)
     """
     rows = [(layer, scores, kind) for layer, scores in result.layers.items() for kind in MAP_KINDS]
+    masked = any(scores.pointing_game is not None for scores in result.layers.values())
     columns: list[Column] = [
         Column("layer", lambda r: f"{fmt(r[0])} ({r[1].map_size[0]}×{r[1].map_size[1]})"),
         Column("map", lambda r: r[2].replace("_", " ")),
-        Column("pointing game", lambda r: pct(r[1].pointing_game[r[2]]) if r[1].pointing_game else "no masks"),
-        Column("deletion AUC", lambda r: fmt(r[1].deletion_auc[r[2]])),
     ]
+    if masked:
+        columns.append(
+            Column("pointing game", lambda r: pct(r[1].pointing_game[r[2]]) if r[1].pointing_game else "no masks")
+        )
+    columns.append(Column("deletion AUC", lambda r: fmt(r[1].deletion_auc[r[2]])))
+    per_class = result.images_per_class
+    shares = f"{min(per_class)}" if min(per_class) == max(per_class) else f"{min(per_class)} to {max(per_class)}"
+    pointing = (
+        "Pointing game: the share of maps whose peak cell, taken at the map's own resolution before any upsampling, "
+        "overlaps the object's mask (a hit when any mask pixel lies in that cell), so chance is the share of cells "
+        "the mask touches, as the random maps show. "
+        if masked
+        else "No object masks were given, so the pointing game was not played. "
+    )
     return "".join(
         [
             "<h3>3. Validate: are the maps faithful?</h3>",
-            f"<p>On {result.images} test images, each scored for its class's feature. Pointing game: the share of maps "
-            "whose peak falls inside the object's mask. Deletion AUC: the feature's code as the map's top cells are "
-            "removed first, normalised from 1 (intact) to 0 (all removed); lower is more faithful. References: class "
-            "Grad-CAM, another class's feature, random maps.</p>",
+            f"<p>On {result.images} test images drawn at random with the classes as equal as the data allows "
+            f"({shares} per class), each scored for its class's feature. {pointing}Deletion AUC: the feature's code "
+            "as the map's top cells are removed first, normalised from 1 (intact) to 0 (all removed); lower is more "
+            "faithful. References: class Grad-CAM, another class's feature, random maps.</p>",
             table(columns, rows),
         ]
     )
@@ -183,19 +198,25 @@ def render_control(result: ControlResult, page: ModelPage) -> str:
     Example:
         >>> render_control(summary.control, page)
     """
-    names, goal = page.class_names, page.config.goal
-    met, paper_met = result.goal_met(goal), result.goal_met(goal, paper_rule=True)
-    verdict = "ok" if met == len(names) else "bad"
+    goal = page.config.goal
+    count = GoalCount.of(result, goal)
+    verdict = "ok" if count.met == count.measured else "bad"
     chosen_columns: list[Column[ClassControl]] = [
         Column("class", lambda c: fmt(c.class_name)),
         Column(f"{result.rule}: features", lambda c: fmt(c.chosen.features)),
         Column("α", lambda c: fmt(c.chosen.alpha)),
         Column("class accuracy", lambda c: f"{pct(c.chosen.baseline_accuracy)} → {pct(c.chosen.test_accuracy)}"),
-        Column("others (points)", lambda c: points(c.chosen.off_target_change)),
+        Column("others: mean / worst (points)", lambda c: _mean_and_worst(c.chosen)),
         Column("salve: features @ α", lambda c: f"{fmt(c.paper_rule.features)} @ {fmt(c.paper_rule.alpha)}"),
         Column("class accuracy", lambda c: pct(c.paper_rule.test_accuracy)),
-        Column("others (points)", lambda c: points(c.paper_rule.off_target_change)),
+        Column("others: mean / worst (points)", lambda c: _mean_and_worst(c.paper_rule)),
     ]
+    left_out = ""
+    if count.left_out:
+        left_out = (
+            f" Left out of both counts, because their test accuracy was already below {pct(goal.class_accuracy)} "
+            f"before any edit: {html.escape(', '.join(count.left_out))}."
+        )
     strongest = fmt(page.config.sweep_alphas[-1])
     dominant_columns: list[Column[ClassControl]] = [
         Column("class", lambda c: fmt(c.class_name)),
@@ -220,9 +241,11 @@ def render_control(result: ControlResult, page: ModelPage) -> str:
     return "".join(
         [
             "<h3>4. Control: suppressing each class</h3>",
-            f"<p>Goal: {html.escape(goal.describe())}, on test data. Rule <b>{fmt(result.rule)}</b>: "
-            f'<span class="{verdict}">{met} of {len(names)} classes</span>; the paper\'s rule (salve): {paper_met} of '
-            f"{len(names)}. Edits are picked on training activations, aiming below {pct(goal.selection_accuracy)}.</p>",
+            f"<p>Goal: {html.escape(count.goal)}, on test data. Rule <b>{fmt(result.rule)}</b>: "
+            f'<span class="{verdict}">{count.met} of {count.measured} classes</span>; the paper\'s rule (salve): '
+            f"{count.paper_rule_met} of {count.measured}.{left_out} Edits are picked on training activations, "
+            f"aiming below {pct(goal.selection_accuracy)} with no other class losing more than "
+            f"{100 * goal.off_target:g} points there.</p>",
             table(chosen_columns, result.classes),
             f"<p>Each class's single dominant feature under rule {fmt(result.rule)}: α<sub>50</sub>, and at that α the "
             "class's accuracy and the others' mean change, against a random unit direction and the top principal "
@@ -233,6 +256,11 @@ def render_control(result: ControlResult, page: ModelPage) -> str:
             "</details>",
         ]
     )
+
+
+def _mean_and_worst(outcome: EditOutcome) -> str:
+    """The other classes' mean and worst accuracy change under an edit, in points."""
+    return f"{points(outcome.off_target_change)} / {points(outcome.worst_off_target_change)}"
 
 
 def render_cross_class(result: CrossClassResult, page: ModelPage) -> str:
@@ -248,10 +276,16 @@ def render_cross_class(result: CrossClassResult, page: ModelPage) -> str:
     classes = fmt(result.classes)
     cue_text = ""
     if cue is not None:
-        cue_text = (
-            f" On the test images of classes {classes}, its mean code is {fmt(cue.mean_code_with_cue)} on those "
-            f"carrying the cue planted in the data and {fmt(cue.mean_code_without_cue)} on the others."
-        )
+        relation = "the feature's classes" if sorted(cue.cue_classes) == sorted(result.classes) else "other classes"
+        where = f"the test images of the classes that carry the cue planted in the data ({fmt(cue.cue_classes)}: "
+        where += relation + ")"
+        if cue.mean_code_without_cue is None:
+            cue_text = f" On {where}, all of which carry it, its mean code is {fmt(cue.mean_code_with_cue)}."
+        else:
+            cue_text = (
+                f" On {where}, its mean code is {fmt(cue.mean_code_with_cue)} on those carrying the cue and "
+                f"{fmt(cue.mean_code_without_cue)} on the others."
+            )
     return (
         f"{title}<p>Feature {result.feature} is large for classes {classes}.{cue_text} Each bar chart is taken at "
         f"the first swept α at which some class moves by {100 * VISIBLE_CHANGE:g} points (or the strongest α). "

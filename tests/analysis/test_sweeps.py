@@ -79,6 +79,19 @@ def test_off_target_change_is_the_mean_change_of_the_other_classes():
         sweep.off_target_change([])
 
 
+def test_worst_off_target_change_is_the_largest_drop_of_a_single_other_class():
+    confusion = torch.zeros(2, 4, 4, dtype=torch.long)
+    confusion[:, range(4), range(4)] = 10  # every class 10 of 10 right at α = 0
+    confusion[1, 0, 0], confusion[1, 0, 2] = 7, 3  # at α = 1, class 0 loses 30 points to class 2
+    confusion[1, 1, 1], confusion[1, 1, 3] = 0, 10  # and class 1, the edited one, is gone
+    sweep = SweepResult(torch.tensor([0.0, 1.0]), confusion, confusion[0], "test", list("abcd"))
+    torch.testing.assert_close(sweep.worst_off_target_change(1), torch.tensor([0.0, -0.3], dtype=torch.float64))
+    torch.testing.assert_close(sweep.off_target_change(1), torch.tensor([0.0, -0.1], dtype=torch.float64))
+    torch.testing.assert_close(sweep.worst_off_target_change([0, 1]), torch.zeros(2, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"class_index \[0, 1, 2, 3\] leaves no class"):
+        sweep.worst_off_target_change([0, 1, 2, 3])
+
+
 @pytest.mark.parametrize("bad", [1.5, True, "1", None])
 def test_classes_of_a_sweep_are_integers(bad):
     model, acts = classified_clusters()
@@ -263,6 +276,47 @@ def test_select_edit_takes_the_pair_when_one_feature_cannot_do_it():
         select_edit(model, sae, profile, 0, acts, candidates=2, max_features=0)
     with pytest.raises(ValueError, match="candidates must be an integer >= 1, got 2.5"):
         select_edit(model, sae, profile, 0, acts, candidates=2.5)
+
+
+def _a_neighbour_pays() -> tuple[nn.Module, SparseAutoencoder, ActivationSet]:
+    """Four classes of 10; class 1's only feature a1 also carries 2 of class 0's images.
+
+    Logits: ``a0 + a1``, ``2 a1 - a0``, ``a2``, ``a3`` (plus noise below 0.1 on every coordinate).
+    Rule "project" turns a1 into (1 - α) a1. At α = 1 class 1's logit is -a0 <= 0 and it is
+    gone; the two class-0 images (0.6, 0.5, 0.7, 0) keep 0.6 + noise for class 0 against
+    0.7 + noise for class 2 and go to class 2: class 0 loses 20 points, the other classes
+    none, so their mean loses 6.7 points. At α = 0.5 class 1 keeps every image.
+    """
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(40) // 10
+    features = torch.rand(40, 4, generator=generator) * 0.1
+    features[labels == 0, 0] += 1.0
+    features[:2] += torch.tensor([-0.4, 0.5, 0.7, 0.0])
+    features[labels == 1, 1] += 1.0
+    features[labels == 2, 2] += 1.0
+    features[labels == 3, 3] += 1.0
+    weight = torch.tensor([[1.0, 1.0, 0.0, 0.0], [-1.0, 2.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+    return HeadOnly.from_weights(weight, torch.zeros(4)), identity_sae(4), ActivationSet(features, labels)
+
+
+def test_select_edit_refuses_an_edit_whose_worst_other_class_breaks_the_limit_though_the_mean_passes():
+    model, sae, acts = _a_neighbour_pays()
+    profile = class_profile(sae, acts)
+    goal = ControlGoal(off_target=0.1)
+    arguments = dict(alphas=[0.5, 1.0, 2.0], candidates=1, max_features=1, goal=goal)
+    sweep = alpha_sweep(model, sae, 1, acts, [1.0], rule="project")
+    assert sweep.per_class_accuracy[0].tolist() == [0.8, 0.0, 1.0, 1.0]
+    assert abs(float(sweep.off_target_change(1)[0])) < goal.off_target  # a mean limit would pass it
+    refused = select_edit(model, sae, profile, 1, acts, **arguments)
+    assert not refused.reached  # class 1 at 0%, but class 0 falls 20 points
+    # the best the limit allows: α = 0.5, where class 1 keeps every image and nothing else moves
+    assert refused.alpha == 0.5 and refused.target_accuracy == 1.0 and refused.worst_off_target_change == 0.0
+    allowed = select_edit(model, sae, profile, 1, acts, off_target=0.25, **arguments)
+    assert allowed.reached and allowed.alpha == 1.0 and allowed.target_accuracy == 0.0
+    assert allowed.worst_off_target_change == pytest.approx(-0.2)
+    assert allowed.off_target_change == pytest.approx(-0.2 / 3)
+    with pytest.raises(ValueError, match=r"off_target must be a number in \[0, 1\], got -0.1"):
+        select_edit(model, sae, profile, 1, acts, off_target=-0.1)
 
 
 def test_select_edit_refuses_a_class_it_cannot_measure():

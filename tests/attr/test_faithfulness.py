@@ -171,26 +171,67 @@ def test_pointing_game_by_hand():
     assert pointing_game(maps, masks).tolist() == [True, False, False, False]  # hit, miss, no peak, NaN
 
 
-def test_a_border_peak_points_at_its_cells_centre_not_at_the_image_corner():
-    """A border peak is judged at its cell's centre.
+@pytest.mark.parametrize("cells", [2, 4])
+def test_a_thin_cue_is_hit_by_the_cell_that_holds_it_at_a_coarse_resolution(cells):
+    """A cue one pixel high, at row 3 of a 64x64 image, lies in the top row of cells of a 2x2 or 4x4 map.
 
-    Upsampled bilinearly, a 2x2 map peaking in its top-left cell is flat over [0:8, 0:8] of a 32x32
-    image and its first maximal pixel is (0, 0); the peak cell's centre is (8, 8).
+    No cell centre (rows 16 and 48, or 8, 24, 40 and 56) lies on it: judged at the centre, every map would miss.
     """
+    cue = torch.zeros(64, 64, dtype=torch.bool)
+    cue[3, 40:47] = True  # columns 40..46: in the right half, in the third of four columns of cells
+    maps = torch.eye(cells * cells).reshape(cells * cells, 1, cells, cells)  # every possible peak cell once
+    hits = pointing_game(maps, cue.expand(cells * cells, 64, 64)).reshape(cells, cells)
+    expected = torch.zeros(cells, cells, dtype=torch.bool)
+    expected[0, 40 * cells // 64] = True  # the top row's cell over columns 40..46
+    assert torch.equal(hits, expected)
+
+
+def test_a_border_peak_is_judged_on_its_cell_not_on_the_image_corner():
+    """Upsampled bilinearly, a 2x2 map peaking in its top-left cell has its first maximal pixel at (0, 0)."""
     maps = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]], [[[0.0, 0.0], [0.0, 1.0]]]])
-    centre = _box(6, 6, size=20, side=32)  # covers both cells' centres (8, 8) and (24, 24), no corner
-    corners = ~centre
-    assert pointing_game(maps, torch.stack([centre, centre])).tolist() == [True, True]
-    assert pointing_game(maps, torch.stack([corners, corners])).tolist() == [False, False]
+    corners = torch.zeros(32, 32, dtype=torch.bool)
+    corners[0, 0] = corners[0, 31] = corners[31, 0] = True  # the top-left, top-right and bottom-left corners
+    inner = _box(6, 6, size=20, side=32)  # reaches into all four cells
+    assert pointing_game(maps, torch.stack([inner, inner])).tolist() == [True, True]
+    assert pointing_game(maps, torch.stack([corners, corners])).tolist() == [True, False]
 
 
 @settings(max_examples=30, deadline=None)
 @given(top=st.integers(0, 32), left=st.integers(0, 32))
-def test_a_random_peak_cell_hits_as_often_as_cell_centres_lie_in_the_mask(top, left):
-    """A 4x4 map on a 64x64 image: any 32x32 box holds 2 of the 4 cell centres (8, 24, 40, 56) per axis."""
+def test_a_peak_cell_hits_when_the_box_reaches_into_it(top, left):
+    """A 4x4 map on a 64x64 image: a 32x32 box touches 2 or 3 of the 16-pixel cells per axis."""
     maps = torch.eye(16).reshape(16, 1, 4, 4)  # every possible peak cell once
     masks = _box(top, left, size=32, side=64).expand(16, 64, 64)
-    assert int(pointing_game(maps, masks).sum()) == 4
+    rows, columns = (top + 31) // 16 - top // 16 + 1, (left + 31) // 16 - left // 16 + 1
+    assert int(pointing_game(maps, masks).sum()) == rows * columns
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 4),
+    h=st.integers(1, 7),
+    w=st.integers(1, 7),
+    extra=st.tuples(st.integers(0, 20), st.integers(0, 20)),
+    density=st.floats(0.0, 0.2),
+    seed=st.integers(0, 2**16),
+)
+def test_the_pointing_game_equals_a_loop_over_the_peak_cells_pixels(n, h, w, extra, density, seed):
+    generator = torch.Generator().manual_seed(seed)
+    height, width = h + extra[0], w + extra[1]
+    maps = torch.randn(n, 1, h, w, generator=generator)
+    masks = torch.rand(n, height, width, generator=generator) < density
+    expected = []
+    for i in range(n):
+        peak = int(maps[i].flatten().argmax())
+        row, column = divmod(peak, w)
+        hit = False
+        for y in range(height):
+            for x in range(width):
+                # pixel (y, x) lies in the cell that covers [row·H/h, (row+1)·H/h) × [column·W/w, (column+1)·W/w)
+                inside = row * height <= y * h < (row + 1) * height and column * width <= x * w < (column + 1) * width
+                hit = hit or (inside and bool(masks[i, y, x]))
+        expected.append(hit and h * w > 1)  # a 1x1 map is constant: no peak
+    assert pointing_game(maps, masks).tolist() == expected
 
 
 @settings(max_examples=30, deadline=None)
@@ -228,7 +269,9 @@ def test_grad_fam_on_the_digits_resnet_is_faithful_and_points_at_the_digit(digit
     fam = GradFAM(model, "layer3.1", sae)  # a 4x4 map on the 64x64 canvas
     maps = torch.cat([fam.attribute(images[i : i + 1], target=int(features[i])) for i in range(48)])
     hits = pointing_game(maps, masks).float().mean()
-    assert hits > 0.5  # chance is 1/4: the digit's box covers 2 of the 4 cell centres along each axis
+    # chance is the share of cells the 32x32 box touches: 2 or 3 of the 16-pixel cells along each axis
+    chance = pointing_game(torch.rand(maps.shape, generator=torch.Generator().manual_seed(0)), masks).float().mean()
+    assert hits > chance + 0.2
     own = torch.cat(
         [deletion_curve(model, sae, int(features[i]), images[i : i + 1], maps[i : i + 1], steps=8) for i in range(48)]
     )

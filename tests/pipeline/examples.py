@@ -22,6 +22,7 @@ from captum_salve.pipeline import (
     DominantFeature,
     EditOutcome,
     FaithfulnessResult,
+    GoalCount,
     LayerFaithfulness,
     Maximization,
     PipelineConfig,
@@ -86,8 +87,9 @@ def hand_built_summary(folder: Path, *, name: str = "hand") -> PipelineSummary:
     names = ["cat", "dog", "eel"]
     fig = "figures/f.png"
     write_png(folder / fig)
-    outcome = EditOutcome("project", [4, 9], 3.5, True, 0.95, 0.04, -0.015)
-    paper = EditOutcome("salve", [4], 12.0, False, 0.95, 0.31, -0.2)
+    outcome = EditOutcome("project", [4, 9], 3.5, True, 0.95, 0.04, -0.015, -0.025)
+    paper = EditOutcome("salve", [4], 12.0, False, 0.95, 0.31, -0.2, -0.45)
+    never_right = EditOutcome("project", [2], 1.0, True, 0.0, 0.0, 0.0, 0.0)  # eel: 0% before any edit
     at = AtStrength(0.45, 0.5, 0.014)
     dominant = DominantFeature(
         "project", 2.75, {"sae_feature": at, "random direction": at, "principal direction": at}, float("inf"), 0.6
@@ -96,11 +98,16 @@ def hand_built_summary(folder: Path, *, name: str = "hand") -> PipelineSummary:
         5.0, {"cat": -0.3, "dog": -0.2, "eel": 0.0}, ["cat", "dog", "eel"], {"cat": -0.1, "dog": 0.0, "eel": 0.1}, fig
     )
     crit = ClassAlphaCrit("cat", 4, 40, 1.23456, 1.5, 2, 3, True, 1.2e-9, 2.25, 2.5, 0.01, 0.2)
+    config = PipelineConfig(sae_latents=64, seeds=3, goal=ControlGoal(class_accuracy=0.05, off_target=0.03))
+    control = ControlResult(
+        rule="project",
+        classes=[ClassControl(n, 5, never_right if n == "eel" else outcome, paper, dominant, fig, fig) for n in names],
+    )
     return PipelineSummary(
         name=name,
         description={"model": "hand-built", "note": "no model was run"},
         class_names=names,
-        config=PipelineConfig(sae_latents=64, seeds=3, goal=ControlGoal(class_accuracy=0.05, off_target=0.03)),
+        config=config,
         discover=DiscoverResult(
             train_images=300,
             test_images=90,
@@ -126,6 +133,7 @@ def hand_built_summary(folder: Path, *, name: str = "hand") -> PipelineSummary:
         ),
         faithfulness=FaithfulnessResult(
             images=30,
+            images_per_class=[10, 10, 10],
             layers={
                 "blocks.1": LayerFaithfulness(
                     [4, 4],
@@ -137,10 +145,8 @@ def hand_built_summary(folder: Path, *, name: str = "hand") -> PipelineSummary:
                 ),
             },
         ),
-        control=ControlResult(
-            rule="project",
-            classes=[ClassControl(n, 5, outcome, paper, dominant, fig, fig) for n in names],
-        ),
+        control=control,
+        suppression_goal=GoalCount.of(control, config.goal),
         alpha_crit=AlphaCritResult("salve", "zero_logit", [crit], fig),
         cross_class=CrossClassResult(
             feature=7,
@@ -148,7 +154,7 @@ def hand_built_summary(folder: Path, *, name: str = "hand") -> PipelineSummary:
             score=1.75,
             suppress=edit,
             enhance=edit,
-            planted_cue=PlantedCue(2.5, 0.25),
+            planted_cue=PlantedCue(["dog", "eel"], 2.5, 0.25),
         ),
         seeds=SeedsResult(3, [3, 1, 0], [2.5, 4.0, None], [0.5, None, None], 0.8126, 2 / 3, [0.9, 0.91, 0.92], fig),
         seconds={"discover": 1.0, "validate": 2.0},

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Subset, TensorDataset
 
 from captum_salve.files import folder_lock
-from captum_salve.pipeline import STAGES, PipelineSummary, Run, run_pipeline
+from captum_salve.pipeline import STAGES, PipelineSummary, Run, cross_class, run_pipeline
 from captum_salve.report import write_report
 from tests.pipeline.examples import TOY_CONFIG, toy_inputs
 
@@ -211,3 +211,19 @@ def test_sae_training_interrupted_mid_way_resumes_to_the_same_sae(first_run, tmp
     for name in ("model.safetensors", "cfg.json"):
         assert (copy_of / seed_sae / name).read_bytes() == (out / seed_sae / name).read_bytes()
     assert not (copy_of / f"{seed_sae}.training").exists()
+
+
+def test_the_planted_cue_is_measured_on_the_classes_that_carry_it(first_run):
+    classes, inputs, out, _, _ = first_run
+    if classes < 3:
+        pytest.skip("the cross-class stage needs three classes")
+    labels = inputs.test.tensors[1]
+    cue = (labels == 2) & (torch.arange(len(labels)) % 2 == 0)  # half of class c2's images, no other class's
+    run = Run(replace(inputs, planted_cue=cue), out, TOY_CONFIG)
+    result = cross_class(run)
+    codes = run.sae.encode_all(run.test_acts)[:, result.feature]
+    assert result.planted_cue.cue_classes == ["c2"]
+    assert result.planted_cue.mean_code_with_cue == pytest.approx(float(codes[cue].mean()))
+    assert result.planted_cue.mean_code_without_cue == pytest.approx(float(codes[(labels == 2) & ~cue].mean()))
+    nowhere = cross_class(Run(replace(inputs, planted_cue=torch.zeros_like(cue)), out, TOY_CONFIG))
+    assert nowhere.planted_cue is None

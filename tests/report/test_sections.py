@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import pytest
 
-from captum_salve.pipeline import CrossClassResult
+from captum_salve.pipeline import CrossClassResult, PlantedCue
 from captum_salve.report.html import ModelPage
 from captum_salve.report.sections import (
     render_alpha_crit,
@@ -53,7 +54,8 @@ EXPECTED = {
         render_faithfulness,
         [
             "3. Validate",
-            "On 30 test images",
+            "On 30 test images drawn at random with the classes as equal as the data allows (10 per class)",
+            "whose peak cell, taken at the map's own resolution before any upsampling, overlaps the object's mask",
             "<td>blocks.1 (4×4)</td>",
             "<td>87.5%</td>",
             "<td>no masks</td>",
@@ -65,16 +67,18 @@ EXPECTED = {
         render_control,
         [
             "4. Control",
-            "the class below 5% accuracy while the other classes move by at most 3 points on average",
-            '<span class="ok">3 of 3 classes</span>',
-            "the paper's rule (salve): 0 of 3",
-            "aiming below 2.0%",
+            "the class below 5% accuracy while no other class loses more than 3 points",
+            '<span class="ok">2 of 2 classes</span>',
+            "the paper's rule (salve): 0 of 2",
+            "already below 5.0% before any edit: eel.",
+            "aiming below 2.0% with no other class losing more than 3 points there",
             "<td>4, 9</td>",
             "<td>95.0% → 4.0%</td>",
-            "<td>-1.5</td>",
+            "<td>0.0% → 0.0%</td>",
+            "<td>-1.5 / -2.5</td>",
             "<td>4 @ 12</td>",
             "<td>31.0%</td>",
-            "<td>-20.0</td>",
+            "<td>-20.0 / -45.0</td>",
             "<td>2.75</td>",
             "<td>45.0%</td>",
             "<td>+1.4</td>",
@@ -88,8 +92,8 @@ EXPECTED = {
         [
             "5. Cross-class",
             "Feature 7 is large for classes cat, dog",
-            "its mean code is 2.5",
-            "and 0.25 on the others",
+            "On the test images of the classes that carry the cue planted in the data (dog, eel: other classes), "
+            "its mean code is 2.5 on those carrying the cue and 0.25 on the others.",
             "10 points",
             "(α=5)",
         ],
@@ -142,6 +146,25 @@ def test_a_skipped_cross_class_stage_says_why(summary_and_page):
     _, page = summary_and_page
     html = render_cross_class(CrossClassResult(skipped="needs at least 3 classes; this data has 2"), page)
     assert "needs at least 3 classes; this data has 2." in html and "<img" not in html
+
+
+def test_without_masks_the_faithfulness_section_says_the_pointing_game_was_not_played(summary_and_page):
+    summary, page = summary_and_page
+    layers = {name: replace(scores, pointing_game=None) for name, scores in summary.faithfulness.layers.items()}
+    html = render_faithfulness(replace(summary.faithfulness, layers=layers, images_per_class=[9, 11, 10]), page)
+    assert "No object masks were given, so the pointing game was not played." in html
+    assert "(9 to 11 per class)" in html
+    assert "pointing game</th>" not in html and "mask pixel" not in html and "box" not in html
+    _assert_complete(html)
+
+
+def test_the_planted_cue_sentence_names_the_classes_it_is_computed_on(summary_and_page):
+    summary, page = summary_and_page
+    cue = PlantedCue(["cat", "dog"], 0.5, None)  # the feature's own classes, every image cued
+    html = render_cross_class(replace(summary.cross_class, planted_cue=cue), page)
+    assert "the cue planted in the data (cat, dog: the feature's classes), all of which carry it" in html
+    assert "its mean code is 0.5." in html
+    _assert_complete(html)
 
 
 def test_a_model_section_has_every_stage_in_order(summary_and_page):
