@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, random_split
 
 from captum_salve.activations import iter_batches
 from captum_salve.checks import raised_in
-from captum_salve.data import class_folders, folder_masks, image_folder, imagenet_classes
+from captum_salve.data import class_folders, cue_probe_folder, folder_masks, image_folder, imagenet_classes
 from captum_salve.distributed import ProcessGroup, launched
 from captum_salve.edit import DEFAULT_RULE, MODES, RULES, edit_model
 from captum_salve.files import atomic_path, ensure_directory
@@ -47,6 +47,7 @@ from captum_salve.models import (
 )
 from captum_salve.pipeline import (
     DIGITS_CAM_LAYERS,
+    CueProbe,
     PipelineConfig,
     PipelineInputs,
     PipelineSummary,
@@ -136,6 +137,12 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         help="object masks of the test images for the pointing game: a tree like the test images' "
         "(<masks>/<class>/<name>.png, non-zero inside the object)",
+    )
+    run.add_argument(
+        "--probe",
+        type=Path,
+        help="paired images of a cue you suspect the model relies on: <probe>/with_cue/... and <probe>/without_cue/... "
+        "(same file names), optionally <probe>/cue_masks/...; adds a 'suspected shortcuts' section to the report",
     )
     run.add_argument("--sae-latents", type=int, default=256)
     run.add_argument("--out", default="salve-report")
@@ -359,6 +366,9 @@ def _run(args: argparse.Namespace) -> int:
         held_out = max(1, len(train) // 5)
         train, test = random_split(train, [len(train) - held_out, held_out], generator=torch.Generator().manual_seed(0))
     masks = folder_masks(test, args.masks, model) if args.masks is not None else None
+    probe = None
+    if args.probe is not None:
+        probe = CueProbe(*cue_probe_folder(args.probe, model), name=f"the cue of {args.probe.name}/")
     trained = args.pretrained or args.checkpoint is not None
     accuracy_line = _accuracy_check(model, test, len(classes), device, warn=trained)
     mean, std = (torch.tensor(v).view(-1, 1, 1) for v in input_normalization(model))
@@ -378,11 +388,13 @@ def _run(args: argparse.Namespace) -> int:
             "data": str(args.data),
             "data config": describe_input_config(model),
             **({"masks": str(args.masks)} if masks is not None else {}),
+            **({"probe": str(args.probe)} if probe is not None else {}),
             "accuracy check": accuracy_line,
             **({"training activations": str(args.store)} if store is not None else {}),
         },
         train_activations=store,
         masks=masks,
+        probe=probe,
     )
     summary = run_pipeline(inputs, out / inputs.name, config, progress=not args.quiet)
     summaries = [*_earlier_models(out, summary.name), summary]

@@ -40,6 +40,7 @@ __all__ = [
     "DigitsCanvas",
     "cifar100",
     "class_folders",
+    "cue_probe_folder",
     "folder_masks",
     "image_folder",
     "imagenet_classes",
@@ -530,32 +531,82 @@ def folder_masks(images: Dataset, masks_root: str | Path, model: nn.Module) -> T
         >>> masks.shape == (len(test), *input_config(model)["input_size"][1:])
         True
     """
-    from timm.data import create_transform
+    root, paths = _sample_paths(images)
+    return _load_masks(_matching_files(paths, root, masks_root, "mask"), model)
 
-    paths = _sample_paths(images)
-    masks_root = Path(masks_root)
-    if not masks_root.is_dir():
-        raise FileNotFoundError(f"mask folder {str(masks_root)!r} does not exist")
+
+def cue_probe_folder(root: str | Path, model: nn.Module) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Paired images with and without a suspected cue, prepared for the model, and where the cue is.
+
+    The layout: ``root/with_cue/...`` and ``root/without_cue/...`` hold the same file names
+    (sub-folders allowed), each pair the same image with and without the cue; optional
+    ``root/cue_masks/...`` marks the cue in each ``with_cue`` image (non-zero inside), cut
+    as :func:`folder_masks` cuts masks. All are read into memory: a probe is a few hundred pairs.
+
+    Returns:
+        ``(with_cue, without_cue, masks)``: (N, C, H, W) model inputs twice, and (N, H, W)
+        boolean masks or None.
+
+    Raises:
+        FileNotFoundError: A folder is missing or empty, or an image has no partner (or mask).
+
+    Example:
+        >>> with_cue, without_cue, masks = cue_probe_folder("probe", model)
+        >>> cue_reliance(model, sae, with_cue, without_cue).table(5)
+    """
+    root = Path(root)
+    with_root = root / "with_cue"
+    if not with_root.is_dir():
+        raise FileNotFoundError(f"probe folder {str(root)!r} has no with_cue/ folder (and without_cue/ beside it)")
+    paths = sorted(p for p in with_root.rglob("*") if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES)
+    if not paths:
+        raise FileNotFoundError(f"{str(with_root)!r} holds no images")
+    partners = _matching_files(paths, with_root, root / "without_cue", "partner without the cue")
+    transform = model_transform(model)
+    with_cue, without_cue = (torch.stack([transform(load_rgb(path)) for path in files]) for files in (paths, partners))
+    masks = None
+    if (root / "cue_masks").exists():
+        masks = _load_masks(_matching_files(paths, with_root, root / "cue_masks", "cue mask"), model)
+    return with_cue, without_cue, masks
+
+
+# The image files a probe folder's listing takes (torchvision's ImageFolder takes the same).
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def _matching_files(paths: list[Path], root: Path, other_root: str | Path, what: str) -> list[Path]:
+    """For each file under ``root``, the file of the same relative name (any extension) under ``other_root``."""
+    other_root = Path(other_root)
+    if not other_root.is_dir():
+        raise FileNotFoundError(f"{what} folder {str(other_root)!r} does not exist")
     found, missing = [], []
     for path in paths:
-        candidates = sorted(masks_root.joinpath(path.parent.name).glob(f"{glob.escape(path.stem)}.*"))
-        (found if candidates else missing).append(candidates[0] if candidates else path)
+        relative = path.relative_to(root)
+        candidates = sorted(other_root.joinpath(relative.parent).glob(f"{glob.escape(relative.stem)}.*"))
+        (found if candidates else missing).append(candidates[0] if candidates else relative)
     if missing:
         raise FileNotFoundError(
-            f"{len(missing)} of {len(paths)} images have no mask in {str(masks_root)!r}: e.g. no "
-            f"{str(masks_root / missing[0].parent.name / missing[0].stem)!r}.* for {str(missing[0])!r}"
+            f"{len(missing)} of {len(paths)} images have no {what} in {str(other_root)!r}: e.g. no "
+            f"{str(other_root / missing[0].parent / missing[0].stem)!r}.* for {str(root / missing[0])!r}"
         )
+    return found
+
+
+def _load_masks(paths: list[Path], model: nn.Module) -> Tensor:
+    """Mask images (non-zero inside) resized and cropped as the model's eval transform treats images."""
+    from timm.data import create_transform
+
     geometry = {**input_config(model), "interpolation": "nearest", "mean": (0.0,) * 3, "std": (1.0,) * 3}
     transform = create_transform(**geometry, is_training=False)
-    masks = torch.stack([transform(load_rgb(path))[0] > 0 for path in found])
-    empty = [str(found[i]) for i in torch.nonzero(~masks.flatten(1).any(1)).flatten().tolist()]
+    masks = torch.stack([transform(load_rgb(path))[0] > 0 for path in paths])
+    empty = [str(paths[i]) for i in torch.nonzero(~masks.flatten(1).any(1)).flatten().tolist()]
     if empty:
         raise ValueError(f"{len(empty)} masks mark nothing after the model's resize and crop, e.g. {empty[0]!r}")
     return masks
 
 
-def _sample_paths(images: Dataset) -> list[Path]:
-    """The image files of an ImageFolder or a (nested) Subset of one, in dataset order."""
+def _sample_paths(images: Dataset) -> tuple[Path, list[Path]]:
+    """The root and the image files of an ImageFolder or a (nested) Subset of one, in dataset order."""
     from torchvision.datasets import ImageFolder
 
     index = None
@@ -565,7 +616,7 @@ def _sample_paths(images: Dataset) -> list[Path]:
     if not isinstance(images, ImageFolder):
         raise ValueError(f"images must be an ImageFolder or a Subset of one, got {type(images).__name__}")
     samples = [Path(path) for path, _ in images.samples]
-    return samples if index is None else [samples[i] for i in index]
+    return Path(images.root), samples if index is None else [samples[i] for i in index]
 
 
 def load_rgb(path: str | Path) -> Image.Image:

@@ -18,7 +18,7 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from captum_salve.data import folder_masks, image_folder
+from captum_salve.data import cue_probe_folder, folder_masks, image_folder
 from captum_salve.models import (
     DATA_CONFIG_KEYS,
     SOURCES_KEY,
@@ -216,7 +216,17 @@ def test_run_states_its_data_config_and_warns_when_a_trained_model_is_near_chanc
     argv = ["run", "--model", RESNET, "--checkpoint", path, "--data", data, "--input-size", "3", "40", "40"]
     argv += ["--quiet", "--seeds", "2", "--sae-latents", "8", "--sae-epochs", "1", "--maximization-steps", "1"]
     _mask_tree(val, tmp_path / "masks")
-    argv += ["--faithfulness-images", "2", "--val-data", val, "--masks", tmp_path / "masks"]
+    _probe_tree(tmp_path / "probe")
+    argv += [
+        "--faithfulness-images",
+        "2",
+        "--val-data",
+        val,
+        "--masks",
+        tmp_path / "masks",
+        "--probe",
+        tmp_path / "probe",
+    ]
     code, stdout, err = cli(capsys, *argv, "--out", tmp_path / "out")
     assert code == 0, err
     assert "data config: 3×40×40, bilinear" in stdout and "input_size from --input-size" in stdout
@@ -227,6 +237,8 @@ def test_run_states_its_data_config_and_warns_when_a_trained_model_is_near_chanc
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())[RESNET]
     layers = summary["faithfulness"]["layers"].values()
     assert all("grad_fam" in layer["pointing_game"] for layer in layers)  # the user's masks were scored
+    assert "8. Suspected shortcuts: the cue of probe/" in report and "On 3 pairs" in report
+    assert len(summary["shortcuts"]["features"]) == 5 and summary["shortcuts"]["mask_area"]
 
 
 def _mask_tree(data: Path, masks: Path) -> None:
@@ -270,3 +282,31 @@ def test_user_masks_that_are_missing_or_empty_are_named(tmp_path):
         folder_masks(test, tmp_path / "nowhere", model)
     with pytest.raises(ValueError, match="images must be an ImageFolder or a Subset of one, got TensorDataset"):
         folder_masks(torch.utils.data.TensorDataset(torch.zeros(2, 3, 8, 8)), masks, model)
+
+
+def _probe_tree(root: Path, pairs: int = 3) -> None:
+    """Pairs of 40×40 images, the with_cue one with a white 6×6 corner patch, and its masks, in sub-folders."""
+    rng = np.random.default_rng(1)
+    for i in range(pairs):
+        pixels = (rng.random((40, 40, 3)) * 80).astype(np.uint8)
+        cued = pixels.copy()
+        cued[:6, :6] = 255
+        mask = np.zeros((40, 40), dtype=np.uint8)
+        mask[:6, :6] = 255
+        for folder, array in (("with_cue", cued), ("without_cue", pixels), ("cue_masks", mask)):
+            (root / folder / "batch").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(array).save(root / folder / "batch" / f"{i}.png")
+
+
+def test_a_probe_folder_gives_pairs_prepared_for_the_model_and_their_cue_masks(tmp_path):
+    _probe_tree(tmp_path / "probe")
+    model = create_model(RESNET, num_classes=3, data_config={"input_size": (3, 40, 40), "crop_pct": 1.0})
+    with_cue, without_cue, masks = cue_probe_folder(tmp_path / "probe", model)
+    assert with_cue.shape == without_cue.shape == (3, 3, 40, 40) and masks.shape == (3, 40, 40)
+    changed = (with_cue != without_cue).any(dim=1)
+    assert torch.equal(changed, masks) and masks[:, :6, :6].all() and masks.sum() == 3 * 36
+    (tmp_path / "probe" / "without_cue" / "batch" / "2.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"1 of 3 images have no partner without the cue in"):
+        cue_probe_folder(tmp_path / "probe", model)
+    with pytest.raises(FileNotFoundError, match="has no with_cue/ folder"):
+        cue_probe_folder(tmp_path, model)

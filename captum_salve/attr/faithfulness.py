@@ -1,4 +1,4 @@
-"""Scores that check a feature map without a human: deletion curves and the pointing game."""
+"""Scores that check a feature map without a human: deletion curves, the pointing game, mass inside a mask."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from captum_salve.checks import check_int, check_real, shape_of
 from captum_salve.sae.model import SparseAutoencoder, check_finite
 from captum_salve.sites import Site, eval_mode
 
-__all__ = ["deletion_curve", "deletion_score", "pointing_game"]
+__all__ = ["deletion_curve", "deletion_score", "mask_mass", "pointing_game"]
 
 
 @torch.no_grad()
@@ -167,6 +167,57 @@ def pointing_game(attribution: Tensor, masks: Tensor) -> Tensor:
     hit = (masks.flatten(1) & in_peak_cell).any(dim=1)
     has_peak = (maps.amax(dim=1) > maps.amin(dim=1)) & ~maps.isnan().any(dim=1)
     return hit & has_peak
+
+
+def mask_mass(attribution: Tensor, masks: Tensor) -> Tensor:
+    """The share of each map's positive mass that lies inside the mask, at the map's own resolution.
+
+    Each cell's positive value counts with the share of its footprint (the pixels
+    :func:`pointing_game` assigns to it) that the mask covers, so no upsampling is
+    involved and a coarse map is neither helped nor hurt by it. A uniform map scores
+    the mean coverage of the cells, about the share of the image the mask covers: the
+    level a map must beat to say it looks at the masked thing. Maps with no positive
+    value (or with NaN) give NaN.
+
+    Args:
+        attribution: (N, 1, h, w) maps.
+        masks: (N, H, W) boolean masks, at least as fine as the maps.
+
+    Returns:
+        (N,) float64 shares in [0, 1].
+
+    Example:
+        >>> maps = torch.tensor([[[[3.0, 1.0], [0.0, -2.0]]]])     # positive mass 4, 3 of it in the top-left cell
+        >>> masks = torch.zeros(1, 4, 4, dtype=torch.bool)
+        >>> masks[0, :2, :2] = True                                # the top-left cell, all of it
+        >>> mask_mass(maps, masks)
+        tensor([0.7500], dtype=torch.float64)
+    """
+    if (
+        not isinstance(attribution, Tensor)
+        or not isinstance(masks, Tensor)
+        or attribution.dim() != 4
+        or attribution.shape[1] != 1
+        or masks.dim() != 3
+        or len(attribution) != len(masks)
+    ):
+        raise ValueError(
+            f"attribution must be (N, 1, h, w) and masks (N, H, W) tensors with the same N, "
+            f"got {shape_of(attribution)} and {shape_of(masks)}"
+        )
+    if masks.dtype != torch.bool:
+        raise ValueError(f"masks must be boolean (True inside the masked thing), got {masks.dtype}; e.g. masks > 0.5")
+    (h, w), (height, width) = attribution.shape[-2:], masks.shape[-2:]
+    if height < h or width < w:
+        raise ValueError(f"masks ({height}x{width}) must be at least as fine as the maps ({h}x{w})")
+    cell = _cell_of_pixel((h, w), (height, width), masks.device).flatten()
+    inside = torch.zeros(len(masks), h * w, dtype=torch.float64, device=masks.device)
+    inside.index_add_(1, cell, masks.flatten(1).double())
+    coverage = inside / torch.bincount(cell, minlength=h * w).double()
+    positive = attribution.double().flatten(1).to(masks.device).clamp_min(0)
+    total = positive.sum(dim=1)
+    share = (positive * coverage).sum(dim=1) / total
+    return share.masked_fill((total == 0) | total.isnan(), float("nan"))
 
 
 def _cell_of_pixel(cells: tuple[int, int], pixels: tuple[int, int], device: torch.device) -> Tensor:

@@ -21,10 +21,11 @@ from captum_salve.pipeline.control import (
 from captum_salve.pipeline.cross_class import CrossClassEdit, CrossClassResult, PlantedCue, cross_class
 from captum_salve.pipeline.discover import ClassFeatures, CrossClassEntry, DiscoverResult, SAESummary, discover
 from captum_salve.pipeline.faithfulness import FaithfulnessResult, LayerFaithfulness, faithfulness
-from captum_salve.pipeline.inputs import DIGITS_CAM_LAYERS, PipelineInputs, digits_inputs
+from captum_salve.pipeline.inputs import DIGITS_CAM_LAYERS, CueProbe, PipelineInputs, digits_inputs
 from captum_salve.pipeline.record import Record, RecordFormatError
 from captum_salve.pipeline.run import Run
 from captum_salve.pipeline.seeds import SeedsResult, seeds
+from captum_salve.pipeline.shortcuts import ShortcutsResult, SuspectedFeature, shortcuts
 from captum_salve.pipeline.summary import STAGES, PipelineSummary, Stage, run_pipeline
 from captum_salve.pipeline.validate import ClassFigures, Maximization, ValidateResult, validate
 
@@ -41,6 +42,7 @@ __all__ = [
     "CrossClassEdit",
     "CrossClassEntry",
     "CrossClassResult",
+    "CueProbe",
     "DiscoverResult",
     "DominantFeature",
     "EditOutcome",
@@ -57,7 +59,9 @@ __all__ = [
     "Run",
     "SAESummary",
     "SeedsResult",
+    "ShortcutsResult",
     "Stage",
+    "SuspectedFeature",
     "ValidateResult",
     "alpha_crit_stage",
     "control",
@@ -67,5 +71,6 @@ __all__ = [
     "faithfulness",
     "run_pipeline",
     "seeds",
+    "shortcuts",
     "validate",
 ]

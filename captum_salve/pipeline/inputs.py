@@ -17,10 +17,47 @@ from captum_salve.sites import HEAD_INPUT
 from captum_salve.store import ActivationStore
 from captum_salve.zoo import digits_classifier
 
-__all__ = ["DIGITS_CAM_LAYERS", "PipelineInputs", "digits_inputs"]
+__all__ = ["DIGITS_CAM_LAYERS", "CueProbe", "PipelineInputs", "digits_inputs"]
 
 # Grad-FAM layers of the demo models: a middle and the last stage of the ResNet, two blocks of the ViT.
 DIGITS_CAM_LAYERS = {"resnet18": ("layer3.1", "layer4.1"), "vit": ("blocks.3.norm1", "blocks.1")}
+
+
+@dataclass(frozen=True)
+class CueProbe:
+    """Paired images with and without a cue the user suspects the model relies on.
+
+    Attributes:
+        with_cue: (N, C, H, W) model inputs that show the cue.
+        without_cue: The same N images without it, in the same order.
+        masks: Optional (N, H, W) booleans: where the cue is in each ``with_cue`` image.
+        name: What the cue is, for the report.
+
+    Example:
+        >>> with_cue, without_cue, masks = cue_probe_folder("probe", model)    # probe/with_cue, probe/without_cue
+        >>> inputs = PipelineInputs(..., probe=CueProbe(with_cue, without_cue, masks, "watermark"))
+    """
+
+    with_cue: Tensor
+    without_cue: Tensor
+    masks: Tensor | None = None
+    name: str = "the suspected cue"
+
+    def __post_init__(self) -> None:
+        for field_name in ("with_cue", "without_cue"):
+            value = getattr(self, field_name)
+            if not isinstance(value, Tensor) or value.dim() != 4 or len(value) < 2:
+                raise ValueError(f"CueProbe {field_name} must be (N, C, H, W) images, N >= 2, got {shape_of(value)}")
+        if self.with_cue.shape != self.without_cue.shape:
+            raise ValueError(
+                f"CueProbe with_cue and without_cue must be pairs of the same shape, got "
+                f"{tuple(self.with_cue.shape)} and {tuple(self.without_cue.shape)}"
+            )
+        size = (len(self.with_cue), *self.with_cue.shape[-2:])
+        if self.masks is not None and (
+            not isinstance(self.masks, Tensor) or self.masks.dtype != torch.bool or tuple(self.masks.shape) != size
+        ):
+            raise ValueError(f"CueProbe masks must be a boolean {size} tensor, got {shape_of(self.masks)}")
 
 
 @dataclass
@@ -44,6 +81,8 @@ class PipelineInputs:
         planted_cue: Optional (N_test,) bool, which test images carry a cue planted
             in the data (the cross-class stage compares the found feature's codes
             with and without it, on the test images of the classes that carry it).
+        probe: Optional paired images with and without a suspected cue: the shortcuts stage
+            ranks the SAE features by how much the cue moves them.
         description: Facts about the model and data shown in the report.
 
     Example:
@@ -60,6 +99,7 @@ class PipelineInputs:
     cam_layers: tuple[str, ...] = ()
     masks: Tensor | None = None
     planted_cue: Tensor | None = None
+    probe: CueProbe | None = None
     description: dict[str, Any] = field(default_factory=dict)
     train_activations: ActivationStore | None = None
 
@@ -71,6 +111,8 @@ class PipelineInputs:
             raise ValueError(f"PipelineInputs class_names must name at least 2 classes, got {self.class_names!r}")
         if not callable(self.to_display):
             raise TypeError(f"PipelineInputs to_display must be a function of images, got {self.to_display!r}")
+        if self.probe is not None and not isinstance(self.probe, CueProbe):
+            raise TypeError(f"PipelineInputs probe must be a CueProbe or None, got {type(self.probe).__name__}")
         tests = len(self.test)
         if tests == 0 or len(self.train) == 0:
             raise ValueError(f"PipelineInputs train and test must hold images, got {len(self.train)} and {tests}")
@@ -103,6 +145,10 @@ class PipelineInputs:
                 )
 
 
+# The demo's probe draws the test digits at other places than the scored test images.
+PROBE_SEED = 1
+
+
 def digits_inputs(
     arch: str = "resnet18",
     *,
@@ -116,7 +162,9 @@ def digits_inputs(
     The classifier is trained once per canvas and cached (:func:`~captum_salve.zoo.digits_classifier`);
     ``canvas`` draws another canvas than the demo's (one of :data:`~captum_salve.data.CUE_VARIANTS`, say).
     Its Grad-FAM layers are :data:`DIGITS_CAM_LAYERS`; the test set's digit boxes are the
-    pointing game's masks and its shared cue is the planted cue. ``train`` replaces the
+    pointing game's masks and its shared cue is the planted cue. The probe of the shortcuts
+    stage pairs the test digits redrawn elsewhere (seed 1) with and without the cue, with
+    the cue's masks, as a user with a suspicion would collect them. ``train`` replaces the
     training canvases (``benchmarks/scale_run.py`` gives many redrawn ones).
 
     Example:
@@ -128,6 +176,12 @@ def digits_inputs(
     classifier = digits_classifier(arch, config=canvas, device=device, progress=progress)
     train = DigitsCanvas("train", config=canvas, copies=2) if train is None else train
     test = DigitsCanvas("test", config=canvas)
+    probe = None
+    if test.config.cue_classes:
+        with_cue = DigitsCanvas("test", config=canvas, seed=PROBE_SEED, cue="all")
+        without_cue = DigitsCanvas("test", config=canvas, seed=PROBE_SEED, cue="none")
+        name = f"the planted {test.config.cue_kind}"
+        probe = CueProbe(with_cue.images, without_cue.images, with_cue.cue_masks(), name)
     return PipelineInputs(
         name=f"digits-{arch}",
         model=classifier.model,
@@ -138,6 +192,7 @@ def digits_inputs(
         cam_layers=DIGITS_CAM_LAYERS[arch],
         masks=test.masks(),
         planted_cue=test.has_cue,
+        probe=probe,
         description={
             "model": f"timm {classifier.model.default_cfg.get('architecture', arch)} trained on the digits canvas",
             "classifier training seconds": round(classifier.train_seconds, 1),

@@ -21,7 +21,7 @@ from captum_salve.files import atomic_path, ensure_directory
 from captum_salve.models import default_cam_layer, find_head, get_module, model_device, module_name
 from captum_salve.pipeline.config import PipelineConfig
 from captum_salve.pipeline.fingerprint import data_fingerprint, model_fingerprint, tensor_fingerprint
-from captum_salve.pipeline.inputs import PipelineInputs
+from captum_salve.pipeline.inputs import CueProbe, PipelineInputs
 from captum_salve.pipeline.record import Record, RecordFormatError, to_plain
 from captum_salve.sae import VARIANTS, SAEConfig, SparseAutoencoder, code_activation, train_saes
 from captum_salve.sae.train import CHECKPOINT_FILE, checkpoint_folder
@@ -32,7 +32,7 @@ __all__ = ["STAGE_FORMAT", "Run"]
 # Version of the stage files; a file of another version is refused, not misread.
 STAGE_FORMAT = 4
 # What config.json records of the inputs, by hash: a rerun on other weights or images is refused.
-_FINGERPRINTS = ("model weights", "training data", "training activations", "test data", "test masks")
+_FINGERPRINTS = ("model weights", "training data", "training activations", "test data", "test masks", "cue probe")
 
 R = TypeVar("R", bound=Record)
 
@@ -110,6 +110,7 @@ class Run:
             "training activations": _store_fingerprint(self.inputs.train_activations),
             "test data": data_fingerprint(self.inputs.test),
             "test masks": tensor_fingerprint(self.inputs.masks),
+            "cue probe": _probe_fingerprint(self.inputs.probe),
         }
         path = self.out / "config.json"
         if not path.is_file():
@@ -313,6 +314,14 @@ def _dataset_labels(data: Dataset) -> Tensor | None:
     if isinstance(labels, (list, Tensor)) and len(labels) == len(data):
         return torch.as_tensor(labels)
     return None
+
+
+def _probe_fingerprint(probe: CueProbe | None) -> str | None:
+    """A probe by the hashes of its images and masks, and its name; None without one."""
+    if probe is None:
+        return None
+    parts = [tensor_fingerprint(t) for t in (probe.with_cue, probe.without_cue, probe.masks)]
+    return hashlib.sha256("\0".join([probe.name, *map(str, parts)]).encode()).hexdigest()[:16]
 
 
 def _store_fingerprint(store: ActivationStore | None) -> str | None:

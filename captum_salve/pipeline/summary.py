@@ -21,6 +21,7 @@ from captum_salve.pipeline.inputs import PipelineInputs
 from captum_salve.pipeline.record import Record
 from captum_salve.pipeline.run import Run
 from captum_salve.pipeline.seeds import SeedsResult, seeds
+from captum_salve.pipeline.shortcuts import ShortcutsResult, shortcuts
 from captum_salve.pipeline.validate import ValidateResult, validate
 from captum_salve.sites import eval_mode
 
@@ -33,7 +34,7 @@ class Stage:
 
     Example:
         >>> [stage.name for stage in STAGES]
-        ['discover', 'validate', 'faithfulness', 'control', 'alpha_crit', 'cross_class', 'seeds']
+        ['discover', 'validate', 'faithfulness', 'control', 'alpha_crit', 'cross_class', 'seeds', 'shortcuts']
     """
 
     name: str
@@ -49,6 +50,7 @@ STAGES = (
     Stage("alpha_crit", AlphaCritResult, alpha_crit_stage),
     Stage("cross_class", CrossClassResult, cross_class),
     Stage("seeds", SeedsResult, seeds),
+    Stage("shortcuts", ShortcutsResult, shortcuts),
 )
 
 
@@ -61,7 +63,7 @@ class PipelineSummary(Record):
         description: Facts about the model and data.
         class_names: The class names, in label order.
         config: The run's settings.
-        discover, validate, faithfulness, control, alpha_crit, cross_class, seeds: Each stage's result.
+        discover, validate, faithfulness, control, alpha_crit, cross_class, seeds, shortcuts: Each stage's result.
         suppression_goal: How many classes the control stage took to ``config.goal``, and which
             classes it left out (below the goal's target before any edit).
         seconds: Seconds each stage took in this call (near 0 for a stage read from its file).
@@ -82,6 +84,7 @@ class PipelineSummary(Record):
     alpha_crit: AlphaCritResult
     cross_class: CrossClassResult
     seeds: SeedsResult
+    shortcuts: ShortcutsResult
     suppression_goal: GoalCount
     seconds: dict[str, float]
 

@@ -18,6 +18,8 @@ from captum_salve.pipeline import (
     PipelineSummary,
     SAESummary,
     SeedsResult,
+    ShortcutsResult,
+    SuspectedFeature,
     ValidateResult,
 )
 from captum_salve.pipeline.cross_class import VISIBLE_CHANGE
@@ -33,6 +35,7 @@ __all__ = [
     "render_faithfulness",
     "render_model",
     "render_seeds",
+    "render_shortcuts",
     "render_validate",
 ]
 
@@ -75,6 +78,7 @@ def render_model(summary: PipelineSummary, page: ModelPage) -> str:
             render_cross_class(summary.cross_class, page),
             render_alpha_crit(summary.alpha_crit, page),
             render_seeds(summary.seeds, page),
+            render_shortcuts(summary.shortcuts, page),
             f'<p class="muted">Seconds per stage in this call: {html.escape(seconds)}</p>',
         ]
     )
@@ -323,6 +327,44 @@ def render_alpha_crit(result: AlphaCritResult, page: ModelPage) -> str:
             "and the flip threshold, whose median matches α<sub>50</sub> when flips are permanent.</p>",
             table(columns, result.classes),
             page.image(result.figure, "alpha crit"),
+        ]
+    )
+
+
+def render_shortcuts(result: ShortcutsResult, page: ModelPage) -> str:  # noqa: ARG001 (every renderer takes the page)
+    """Section 8: the features a suspected cue moves most, and whether their maps look at it (none without a probe).
+
+    Example:
+        >>> render_shortcuts(summary.shortcuts, page)
+    """
+    if result.skipped:
+        return ""
+    layers = list(result.mask_area or {})
+    columns: list[Column[SuspectedFeature]] = [
+        Column("feature", lambda f: fmt(f.feature)),
+        Column("effect (code spreads)", lambda f: fmt(f.effect)),
+        Column("mean code change", lambda f: fmt(f.mean_change)),
+        Column("pairs where it turns on", lambda f: pct(f.turns_on)),
+        Column("its two largest classes", lambda f: fmt(f.classes)),
+        Column("cross-class rank", lambda f: fmt(f.cross_class_rank) if f.cross_class_rank else "–"),
+        *(Column(f"map mass on the cue, {layer}", lambda f, layer=layer: pct(f.mask_mass[layer])) for layer in layers),
+    ]
+    masks = (
+        "Map mass on the cue is the share of a feature's positive Grad-FAM mass inside the cue masks, on the "
+        "images with the cue, each map cell weighted by how much of it the mask covers; a uniform map puts "
+        + ", ".join(f"{pct(area)} there at {html.escape(layer)}" for layer, area in result.mask_area.items())
+        + "."
+        if result.mask_area
+        else "No cue masks were given, so where the features look was not checked."
+    )
+    return "".join(
+        [
+            f"<h3>8. Suspected shortcuts: {html.escape(str(result.cue))}</h3>",
+            f"<p>On {result.pairs} pairs of images with and without the cue, the features the cue moves most "
+            "(effect: mean code change in units of the feature's code spread over the probe's images). A feature "
+            "the cue turns on, which is large for classes the cue is not part of, is a shortcut those classes "
+            f"may rely on. {masks}</p>",
+            table(columns, result.features),
         ]
     )
 

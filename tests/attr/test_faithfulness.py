@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 from torch import nn
 
 from captum_salve import SparseAutoencoder, select_feature
-from captum_salve.attr import GradFAM, deletion_curve, deletion_score, pointing_game
+from captum_salve.attr import GradFAM, deletion_curve, deletion_score, mask_mass, pointing_game
 from tests.helpers import PixelClassifier, hook_count, trained_digits_sae
 
 SIDE = 8
@@ -295,3 +295,34 @@ def test_grad_fam_on_the_digits_resnet_is_faithful_and_points_at_the_digit(digit
 def test_pointing_game_refuses_masks_it_would_misread(masks, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         pointing_game(torch.rand(2, 1, 4, 4), masks)
+
+
+def test_mask_mass_equals_a_loop_over_pixels_of_the_cells():
+    """Each cell's positive value, weighted by the share of its footprint the mask covers, over the total."""
+    generator = torch.Generator().manual_seed(5)
+    for h, w, height, width in [(4, 4, 32, 32), (3, 5, 14, 80), (7, 7, 7, 7), (2, 3, 9, 10)]:
+        maps = torch.randn(3, 1, h, w, generator=generator)
+        masks = torch.rand(3, height, width, generator=generator) > 0.7
+        got = mask_mass(maps, masks)
+        for n in range(3):
+            inside = {}
+            for y in range(height):
+                for x in range(width):
+                    cell = (y * h // height, x * w // width)
+                    count, covered = inside.get(cell, (0, 0))
+                    inside[cell] = (count + 1, covered + int(masks[n, y, x]))
+            positive = maps[n, 0].double().clamp_min(0)
+            expected = sum(positive[c] * covered / count for c, (count, covered) in inside.items()) / positive.sum()
+            assert got[n].item() == pytest.approx(float(expected), rel=1e-12)
+
+
+def test_mask_mass_of_a_uniform_map_is_the_mean_coverage_and_a_map_with_no_positive_mass_is_nan():
+    masks = torch.zeros(2, 8, 8, dtype=torch.bool)
+    masks[:, :2, :] = True  # a quarter of the image
+    uniform, negative = torch.ones(2, 1, 4, 4), -torch.ones(2, 1, 4, 4)
+    assert torch.equal(mask_mass(uniform, masks), torch.full((2,), 0.25, dtype=torch.float64))
+    assert mask_mass(negative, masks).isnan().all()
+    with pytest.raises(ValueError, match="masks must be boolean"):
+        mask_mass(uniform, masks.float())
+    with pytest.raises(ValueError, match=r"masks \(2x2\) must be at least as fine as the maps \(4x4\)"):
+        mask_mass(uniform, masks[:, :2, :2])

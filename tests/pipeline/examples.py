@@ -18,6 +18,7 @@ from captum_salve.pipeline import (
     CrossClassEdit,
     CrossClassEntry,
     CrossClassResult,
+    CueProbe,
     DiscoverResult,
     DominantFeature,
     EditOutcome,
@@ -31,6 +32,8 @@ from captum_salve.pipeline import (
     PlantedCue,
     SAESummary,
     SeedsResult,
+    ShortcutsResult,
+    SuspectedFeature,
     ValidateResult,
 )
 from tests.helpers import small_timm_vit
@@ -61,6 +64,10 @@ def toy_inputs(classes: int, *, seed: int = 0, name: str | None = None) -> Pipel
     train, test = data(16 * classes), data(8 * classes)
     masks = torch.zeros(len(test), 32, 32, dtype=torch.bool)
     masks[:, 8:24, 8:24] = True
+    without_cue = data(6).tensors[0]
+    cue_masks = torch.zeros(6, 32, 32, dtype=torch.bool)
+    cue_masks[:, :8, :8] = True  # a bright corner patch is the suspected cue
+    with_cue = without_cue + 3.0 * cue_masks[:, None].float()
     return PipelineInputs(
         name=name or f"toy{classes}",
         model=model,
@@ -70,6 +77,7 @@ def toy_inputs(classes: int, *, seed: int = 0, name: str | None = None) -> Pipel
         to_display=lambda x: (x.cpu() * 0.2 + 0.5).clamp(0, 1),
         masks=masks,
         planted_cue=torch.arange(len(test)) % 2 == 0,
+        probe=CueProbe(with_cue, without_cue, cue_masks, "a bright corner"),
         description={"model": "random two-block ViT", "images": "32×32 noise, brighter per class"},
     )
 
@@ -157,5 +165,14 @@ def hand_built_summary(folder: Path, *, name: str = "hand") -> PipelineSummary:
             planted_cue=PlantedCue(["dog", "eel"], 2.5, 0.25),
         ),
         seeds=SeedsResult(3, [3, 1, 0], [2.5, 4.0, None], [0.5, None, None], 0.8126, 2 / 3, [0.9, 0.91, 0.92], fig),
+        shortcuts=ShortcutsResult(
+            cue="a watermark",
+            pairs=40,
+            mask_area={"blocks.1": 0.0625},
+            features=[
+                SuspectedFeature(7, 2.5, 0.75, 0.9, ["cat", "dog"], 1, {"blocks.1": 0.8125}),
+                SuspectedFeature(3, -0.5, -0.125, 0.0, ["eel", "cat"], 12, {"blocks.1": 0.05}),
+            ],
+        ),
         seconds={"discover": 1.0, "validate": 2.0},
     )

@@ -12,8 +12,11 @@ import pytest
 import torch
 from torch.utils.data import Subset, TensorDataset
 
+from captum_salve import cue_reliance
+from captum_salve.attr import GradFAM, mask_mass
 from captum_salve.files import folder_lock
-from captum_salve.pipeline import STAGES, PipelineSummary, Run, cross_class, run_pipeline
+from captum_salve.pipeline import STAGES, PipelineSummary, Run, cross_class, run_pipeline, shortcuts
+from captum_salve.pipeline.shortcuts import SHORTCUT_FEATURES
 from captum_salve.report import write_report
 from tests.pipeline.examples import TOY_CONFIG, toy_inputs
 
@@ -66,7 +69,7 @@ def test_every_stage_is_written_and_the_model_gets_its_mode_back(first_run):
     else:
         assert summary.cross_class.skipped is None and len(summary.cross_class.classes) == 2
     html = write_report([summary], out.parent).read_text()
-    assert html.count("<h3>") == 7
+    assert html.count("<h3>") == 8
 
 
 def test_a_second_run_reads_every_stage_and_recomputes_nothing(first_run):
@@ -88,8 +91,20 @@ def test_a_second_run_reads_every_stage_and_recomputes_nothing(first_run):
         (lambda i: (replace(i, model=_nudged(i.model)), TOY_CONFIG), "other model weights"),
         (lambda i: (replace(i, train=_nudged_data(i.train)), TOY_CONFIG), "other training data"),
         (lambda i: (_one_test_image_fewer(i), TOY_CONFIG), "other test data"),
+        (lambda i: (replace(i, masks=~i.masks), TOY_CONFIG), "other test masks"),
+        (lambda i: (replace(i, probe=replace(i.probe, name="another cue")), TOY_CONFIG), "other cue probe"),
     ],
-    ids=["seeds", "alphas", "class names", "Grad-FAM layers", "weights", "training images", "test images"],
+    ids=[
+        "seeds",
+        "alphas",
+        "class names",
+        "Grad-FAM layers",
+        "weights",
+        "training images",
+        "test images",
+        "masks",
+        "probe",
+    ],  # fmt: skip
 )
 def test_other_settings_in_the_same_folder_are_refused_and_nothing_changes(first_run, change, message):
     _, inputs, out, _, _ = first_run
@@ -227,3 +242,23 @@ def test_the_planted_cue_is_measured_on_the_classes_that_carry_it(first_run):
     assert result.planted_cue.mean_code_without_cue == pytest.approx(float(codes[(labels == 2) & ~cue].mean()))
     nowhere = cross_class(Run(replace(inputs, planted_cue=torch.zeros_like(cue)), out, TOY_CONFIG))
     assert nowhere.planted_cue is None
+
+
+def test_the_shortcuts_stage_equals_cue_reliance_and_grad_fam_on_the_probe(first_run):
+    classes, inputs, out, summary, _ = first_run
+    run, probe, result = Run(inputs, out, TOY_CONFIG), inputs.probe, summary.shortcuts
+    reliance = cue_reliance(run.model, run.sae, probe.with_cue, probe.without_cue)
+    assert [f.feature for f in result.features] == reliance.top(SHORTCUT_FEATURES)
+    assert [f.effect for f in result.features] == pytest.approx(reliance.effect[:SHORTCUT_FEATURES].tolist())
+    assert result.cue == "a bright corner" and result.pairs == len(probe.with_cue)
+    first = result.features[0]
+    for layer in run.cam_layers:
+        maps = GradFAM(run.model, layer, run.sae).attribute(probe.with_cue, target=first.feature)
+        assert first.mask_mass[layer] == pytest.approx(float(mask_mass(maps, probe.masks).nanmean()), rel=1e-6)
+        shape = maps.shape[-2:]
+        assert result.mask_area[layer] == pytest.approx(float(mask_mass(torch.ones(6, 1, *shape), probe.masks).mean()))
+    largest = run.profile.mean_codes.abs().topk(2, dim=0).indices[:, first.feature]
+    assert first.classes == [inputs.class_names[int(c)] for c in largest]
+    assert (first.cross_class_rank is None) == (classes < 3)
+    skipped = shortcuts(Run(replace(inputs, probe=None), out.parent / "without-probe", TOY_CONFIG))
+    assert skipped.skipped and skipped.features is None

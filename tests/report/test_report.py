@@ -17,7 +17,7 @@ def test_report_holds_every_model_and_summary_json_reads_back(tmp_path):
     assert html.startswith("<!doctype html>") and "<title>two models</title>" in html
     assert '<a href="#first">first</a><a href="#second-model">second model</a>' in html
     assert re.findall(r'<h2 id="([^"]+)"', html) == ["first", "second-model"]
-    assert len(re.findall(r"<h3>\d\.", html)) == 2 * 7
+    assert len(re.findall(r"<h3>\d\.", html)) == 2 * 8
     assert 'src="figures/' not in html  # every figure embedded: the page is one file
     back = read_summaries(tmp_path / "summary.json")
     assert [s.to_json() for s in back] == [s.to_json() for s in summaries]

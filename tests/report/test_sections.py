@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from captum_salve.pipeline import CrossClassResult, PlantedCue
+from captum_salve.pipeline import CrossClassResult, PlantedCue, ShortcutsResult
 from captum_salve.report.html import ModelPage
 from captum_salve.report.sections import (
     render_alpha_crit,
@@ -17,6 +17,7 @@ from captum_salve.report.sections import (
     render_faithfulness,
     render_model,
     render_seeds,
+    render_shortcuts,
     render_validate,
 )
 from tests.pipeline.examples import hand_built_summary
@@ -116,6 +117,17 @@ EXPECTED = {
         ["7. Robustness over 3 SAE", "<td>2.5 ± 0.5</td>", "<td>– ± –</td>", "0.813", "66.7%"],
         1,
     ),
+    "shortcuts": (
+        render_shortcuts,
+        [
+            "8. Suspected shortcuts: a watermark",
+            "On 40 pairs",
+            "<td>7</td><td>2.5</td><td>0.75</td><td>90.0%</td><td>cat, dog</td><td>1</td><td>81.2%</td>",
+            "<td>3</td><td>-0.5</td><td>-0.125</td><td>0.0%</td><td>eel, cat</td><td>12</td><td>5.0%</td>",
+            "a uniform map puts 6.2% there at blocks.1",
+        ],
+        0,
+    ),
 }
 
 
@@ -171,7 +183,7 @@ def test_a_model_section_has_every_stage_in_order(summary_and_page):
     summary, page = summary_and_page
     html = render_model(summary, page)
     headings = re.findall(r"<h3>(\d)\.", html)
-    assert headings == ["1", "2", "3", "4", "5", "6", "7"]
+    assert headings == ["1", "2", "3", "4", "5", "6", "7", "8"]
     assert 'id="hand"' in html and "model: hand-built" in html and "discover 1.0, validate 2.0" in html
     _assert_complete(html)
 
@@ -181,3 +193,13 @@ def test_a_missing_figure_is_named(summary_and_page, tmp_path):
     (tmp_path / "figures" / "f.png").unlink()
     with pytest.raises(FileNotFoundError, match="figures/f.png"):
         render_seeds(summary.seeds, page)
+
+
+def test_without_a_probe_there_is_no_shortcuts_section_and_without_masks_it_says_so(summary_and_page):
+    summary, page = summary_and_page
+    assert render_shortcuts(ShortcutsResult(skipped="no probe"), page) == ""
+    features = [replace(f, mask_mass=None) for f in summary.shortcuts.features]
+    html = render_shortcuts(replace(summary.shortcuts, mask_area=None, features=features), page)
+    assert "No cue masks were given, so where the features look was not checked." in html
+    assert "map mass" not in html
+    _assert_complete(html)
