@@ -97,7 +97,7 @@ class CrossClassEntry(Record):
     Attributes:
         feature: SAE feature index.
         classes: The two classes, strongest first.
-        score: Gap between the weaker of them and the strongest other class, in code standard deviations.
+        score: Share of its class-mean magnitude on those classes (:func:`~captum_salve.cross_class_features`).
 
     Example:
         >>> [(c.feature, c.classes) for c in result.cross_class]

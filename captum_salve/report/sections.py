@@ -119,7 +119,8 @@ def render_discover(result: DiscoverResult, page: ModelPage) -> str:
     ]
     if result.cross_class:
         found = "; ".join(
-            f"feature {c.feature} → classes {fmt(c.classes)} (gap {c.score:.2f} σ)" for c in result.cross_class
+            f"feature {c.feature} → classes {fmt(c.classes)} ({pct(c.score)} of its class-mean mass)"
+            for c in result.cross_class
         )
         parts.append(f"<p>Cross-class features (large for two classes, small for the rest): {found}</p>")
     return "".join(parts)

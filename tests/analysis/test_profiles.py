@@ -177,11 +177,17 @@ def test_cross_class_features_find_a_feature_planted_in_two_classes():
     features[labels == 2, 3] += 3.0
     features[labels == 0, 0] += 4.0  # coordinate 0 belongs to class 0 alone
     profile = class_profile(identity_sae(5), ActivationSet(features, labels))
-    found = cross_class_features(profile, n_classes=2, top=2)
-    assert found[0].feature == 3 and found[0].classes == (1, 2)
     magnitude = profile.mean_codes[:, 3].abs().sort(descending=True).values
+    found = cross_class_features(profile, n_classes=2, top=2, score="gap")
+    assert found[0].feature == 3 and found[0].classes == (1, 2)
     assert found[0].score == pytest.approx(float((magnitude[1] - magnitude[2]) / profile.code_std[3]), rel=1e-5)
     assert found[0].score > found[1].score and len(found) == 2
+    found = cross_class_features(profile, n_classes=2, top=2)  # by share, the default
+    assert found[0].feature == 3 and found[0].classes == (1, 2)
+    assert found[0].score == pytest.approx(float(magnitude[:2].sum() / magnitude.sum()), rel=1e-5)
+    assert found[0].score > found[1].score
+    with pytest.raises(ValueError, match=r"score must be one of \('share', 'gap'\), got 'ratio'"):
+        cross_class_features(profile, score="ratio")
     with pytest.raises(ValueError, match=r"n_classes must be an integer in \[2, 3\], got 4"):
         cross_class_features(profile, n_classes=4)
 
@@ -190,7 +196,8 @@ def test_cross_class_features_leave_classes_without_samples_out():
     # feature 0 is large for classes 0 and 1; class 3 has no samples, so its zero mean is no "other class"
     mu = torch.tensor([[4.0, 1.0], [3.0, 1.0], [1.0, 2.0], [0.0, 0.0]])
     profile = ClassProfile(mu, torch.tensor([5, 5, 5, 0]), torch.ones(2), list("abcd"))
-    assert cross_class_features(profile, top=1) == [CrossClassFeature(0, (0, 1), 2.0)]
+    assert cross_class_features(profile, top=1, score="gap") == [CrossClassFeature(0, (0, 1), 2.0)]
+    assert cross_class_features(profile, top=1) == [CrossClassFeature(0, (0, 1), 7 / 8)]
     with pytest.raises(ValueError, match=r"n_classes must be an integer in \[2, 2\] \(1 of the 4 classes have no"):
         cross_class_features(profile, n_classes=3)
 
@@ -249,3 +256,13 @@ def test_top_activating_refuses_bad_k_and_feature():
     nan[2, 0] = float("inf")
     with pytest.raises(ValueError, match=r"acts holds 1 non-finite value \(NaN or Inf\); the first at index \(2, 0\)"):
         top_activating(sae, ActivationSet(nan), 0, k=2)
+
+
+def test_the_share_score_ranks_a_feature_silent_elsewhere_above_a_larger_but_broader_one():
+    """Feature 0: large for classes 0 and 1, and large for class 2 too; feature 1: smaller, but on 0 and 1 only."""
+    mu = torch.tensor([[9.0, 1.0], [8.0, 1.0], [3.0, 0.0], [0.0, 0.0]])
+    profile = ClassProfile(mu, torch.tensor([5, 5, 5, 5]), torch.ones(2), list("abcd"))
+    assert [f.feature for f in cross_class_features(profile, top=2, score="gap")] == [0, 1]
+    by_share = cross_class_features(profile, top=2)
+    assert [f.feature for f in by_share] == [1, 0] and by_share[0].score == 1.0
+    assert by_share[1].score == pytest.approx(17 / 20)

@@ -126,7 +126,7 @@ def hand_built_summary(folder: Path, *, name: str = "hand") -> PipelineSummary:
                 "linear": SAESummary(0.95, 0.004, 60.0, 0.0, 0.9123, 0.91, 0.5, 0.6),
             },
             classes=[ClassFeatures(n, [1, 2, 3, 4, 5], [5, 4, 3, 2, 1], 0.66) for n in names],
-            cross_class=[CrossClassEntry(7, ["cat", "dog"], 1.75)],
+            cross_class=[CrossClassEntry(7, ["cat", "dog"], 0.875)],
             heatmaps={"relu": fig, "linear": fig},
         ),
         validate=ValidateResult(
