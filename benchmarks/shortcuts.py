@@ -138,8 +138,9 @@ def balanced_groups(labels: Tensor, cued: Tensor, generator: torch.Generator) ->
     """Indices of a group-balanced subset: every (class, cue present/absent) group cut to the smallest one's size.
 
     Example:
-        >>> balanced_groups(torch.tensor([0, 0, 0, 1, 1, 1]), torch.tensor([1, 1, 0, 1, 0, 0]).bool(), gen)
-        tensor([...])    # one image of each of the four groups
+        >>> labels, cued = torch.tensor([0, 0, 0, 1, 1, 1]), torch.tensor([1, 1, 0, 1, 0, 0]).bool()
+        >>> len(balanced_groups(labels, cued, torch.Generator().manual_seed(0)))    # one image of each of 4 groups
+        4
     """
     group = labels * 2 + cued.long()
     present = group.unique()
