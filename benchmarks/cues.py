@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -38,30 +39,72 @@ DEMO = "demo (patch-random-red-3-8)"
 
 
 @torch.no_grad()
-def _predictions(model: nn.Module, images: Tensor, batch_size: int = 256) -> Tensor:
+def predictions(model: nn.Module, images: Tensor, batch_size: int = 256) -> Tensor:
+    """(N,) the model's predicted classes on a batch of images."""
     return torch.cat([model(images[i : i + batch_size]).argmax(1) for i in range(0, len(images), batch_size)])
+
+
+def cue_scores(predicted: Mapping[str, Tensor], labels: Tensor, cue_classes: Sequence[int]) -> dict[str, float]:
+    """How much predictions lean on a cue, from predictions on one canvas's images in several cue modes.
+
+    ``predicted`` maps a ``DigitsCanvas`` cue mode to the predictions on that canvas's
+    images (one split, config and seed, so image i is the same digit in every mode):
+    ``"none"`` and ``"conflicting"`` are needed, ``"config"`` (the split as drawn) is
+    optional. The flip rate is the share of the other classes' images (those outside
+    ``cue_classes``, on which ``"conflicting"`` adds the cue) whose prediction changes
+    when the cue is added.
+
+    Example:
+        >>> labels = torch.tensor([0, 1])
+        >>> cue_scores({"none": torch.tensor([0, 1]), "conflicting": torch.tensor([0, 0])}, labels, (0,))
+        {'no-cue accuracy': 1.0, 'cue-conflicting accuracy': 0.5, 'flip rate': 1.0}
+    """
+    others = ~torch.isin(labels, torch.tensor(list(cue_classes), dtype=labels.dtype))
+    scores = {"test accuracy": float((predicted["config"] == labels).double().mean())} if "config" in predicted else {}
+    clean, conflicting = predicted["none"], predicted["conflicting"]
+    return {
+        **scores,
+        "no-cue accuracy": float((clean == labels).double().mean()),
+        "cue-conflicting accuracy": float((conflicting == labels).double().mean()),
+        "flip rate": float((clean[others] != conflicting[others]).double().mean()),
+    }
+
+
+def variant_run(name: str, canvas: CanvasConfig, out: Path) -> Run:
+    """The pipeline's run (default ``PipelineConfig``) of the digits ResNet-18 of a canvas, in ``out / name``.
+
+    The classifier comes from the cache (``$CAPTUM_SALVE_CACHE``) or is trained; the run
+    keeps its training activations and SAEs in its folder, so a second benchmark reuses them.
+    """
+    inputs = digits_inputs("resnet18", canvas=canvas, device="cpu", progress=False)
+    return Run(inputs, out / name, PipelineConfig())
+
+
+def chosen_canvases(names: Sequence[str] | None) -> list[tuple[str, str, CanvasConfig]]:
+    """(name, group, config) of the demo canvas and the named variants (default: every variant)."""
+    groups = {name: group for group, variants in CUE_VARIANTS.items() for name in variants}
+    chosen = [(DEMO, "demo", CanvasConfig())]
+    return chosen + [(name, groups[name], CUE_VARIANTS[groups[name]][name]) for name in names or groups]
 
 
 def measure(name: str, group: str, canvas: CanvasConfig, out: Path, seeds: int) -> list[dict]:
     """One row per SAE seed: the cue's feature by cue_reliance and its rank in the cross-class ranking."""
     start = time.perf_counter()
-    inputs = digits_inputs("resnet18", canvas=canvas, device="cpu", progress=False)
-    model, config = inputs.model, PipelineConfig()
+    run = variant_run(name, canvas, out)
+    inputs, model, config = run.inputs, run.model, run.config
     clean = DigitsCanvas("test", config=canvas, cue="none")
     cued = DigitsCanvas("test", config=canvas, cue="all")
-    conflicting = DigitsCanvas("test", config=canvas, cue="conflicting")
-    before, after = _predictions(model, clean.images), _predictions(model, conflicting.images)
-    others = conflicting.has_cue  # the images of the classes without the cue, which now carry it
+    predicted = {
+        "config": predictions(model, inputs.test.images),
+        "none": predictions(model, clean.images),
+        "conflicting": predictions(model, DigitsCanvas("test", config=canvas, cue="conflicting").images),
+    }
     figures = {
         "variant": name,
         "group": group,
         "cue classes": list(canvas.cue_classes),
-        "test accuracy": float((_predictions(model, inputs.test.images) == clean.labels).float().mean()),
-        "no-cue accuracy": float((before == clean.labels).float().mean()),
-        "cue-conflicting accuracy": float((after == conflicting.labels).float().mean()),
-        "flip rate": float((before[others] != after[others]).float().mean()),
+        **cue_scores(predicted, clean.labels, canvas.cue_classes),
     }
-    run = Run(inputs, out / name, config)
     saes = run.saes_of([(config.sae_activation, seed) for seed in range(seeds)])
     rows = []
     for seed, sae in enumerate(saes):
@@ -116,9 +159,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--seeds", type=int, default=3, help="SAE seeds per canvas")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    groups = {name: group for group, variants in CUE_VARIANTS.items() for name in variants}
-    chosen = [(DEMO, "demo", CanvasConfig())]
-    chosen += [(name, groups[name], CUE_VARIANTS[groups[name]][name]) for name in args.variant or names]
+    chosen = chosen_canvases(args.variant)
     rows = [row for name, group, canvas in chosen for row in measure(name, group, canvas, args.out, args.seeds)]
     print(table(rows))
     if args.json:
