@@ -144,23 +144,7 @@ def pointing_game(attribution: Tensor, masks: Tensor) -> Tensor:
         >>> pointing_game(maps, masks)
         tensor([ True, False])
     """
-    if (
-        not isinstance(attribution, Tensor)
-        or not isinstance(masks, Tensor)
-        or attribution.dim() != 4
-        or attribution.shape[1] != 1
-        or masks.dim() != 3
-        or len(attribution) != len(masks)
-    ):
-        raise ValueError(
-            f"attribution must be (N, 1, h, w) and masks (N, H, W) tensors with the same N, "
-            f"got {shape_of(attribution)} and {shape_of(masks)}"
-        )
-    if masks.dtype != torch.bool:
-        raise ValueError(f"masks must be boolean (True inside the object), got {masks.dtype}; e.g. masks > 0.5")
-    (h, w), (height, width) = attribution.shape[-2:], masks.shape[-2:]
-    if height < h or width < w:
-        raise ValueError(f"masks ({height}x{width}) must be at least as fine as the maps ({h}x{w})")
+    (h, w), (height, width) = _maps_and_masks(attribution, masks)
     maps = attribution.float().flatten(1).to(masks.device)
     peak = maps.argmax(dim=1)
     in_peak_cell = _cell_of_pixel((h, w), (height, width), masks.device).flatten() == peak[:, None]  # (N, H·W)
@@ -193,6 +177,19 @@ def mask_mass(attribution: Tensor, masks: Tensor) -> Tensor:
         >>> mask_mass(maps, masks)
         tensor([0.7500], dtype=torch.float64)
     """
+    (h, w), (height, width) = _maps_and_masks(attribution, masks)
+    cell = _cell_of_pixel((h, w), (height, width), masks.device).flatten()
+    inside = torch.zeros(len(masks), h * w, dtype=torch.float64, device=masks.device)
+    inside.index_add_(1, cell, masks.flatten(1).double())
+    coverage = inside / torch.bincount(cell, minlength=h * w).double()
+    positive = attribution.double().flatten(1).to(masks.device).clamp_min(0)
+    total = positive.sum(dim=1)
+    share = (positive * coverage).sum(dim=1) / total
+    return share.masked_fill((total == 0) | total.isnan(), float("nan"))
+
+
+def _maps_and_masks(attribution: object, masks: object) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The maps' (h, w) and the masks' (H, W), after checking they are (N, 1, h, w) maps and (N, H, W) boolean masks."""
     if (
         not isinstance(attribution, Tensor)
         or not isinstance(masks, Tensor)
@@ -206,18 +203,11 @@ def mask_mass(attribution: Tensor, masks: Tensor) -> Tensor:
             f"got {shape_of(attribution)} and {shape_of(masks)}"
         )
     if masks.dtype != torch.bool:
-        raise ValueError(f"masks must be boolean (True inside the masked thing), got {masks.dtype}; e.g. masks > 0.5")
+        raise ValueError(f"masks must be boolean (True inside the object), got {masks.dtype}; e.g. masks > 0.5")
     (h, w), (height, width) = attribution.shape[-2:], masks.shape[-2:]
     if height < h or width < w:
         raise ValueError(f"masks ({height}x{width}) must be at least as fine as the maps ({h}x{w})")
-    cell = _cell_of_pixel((h, w), (height, width), masks.device).flatten()
-    inside = torch.zeros(len(masks), h * w, dtype=torch.float64, device=masks.device)
-    inside.index_add_(1, cell, masks.flatten(1).double())
-    coverage = inside / torch.bincount(cell, minlength=h * w).double()
-    positive = attribution.double().flatten(1).to(masks.device).clamp_min(0)
-    total = positive.sum(dim=1)
-    share = (positive * coverage).sum(dim=1) / total
-    return share.masked_fill((total == 0) | total.isnan(), float("nan"))
+    return (h, w), (height, width)
 
 
 def _cell_of_pixel(cells: tuple[int, int], pixels: tuple[int, int], device: torch.device) -> Tensor:

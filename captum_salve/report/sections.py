@@ -332,7 +332,7 @@ def render_alpha_crit(result: AlphaCritResult, page: ModelPage) -> str:
     )
 
 
-def render_shortcuts(result: ShortcutsResult, page: ModelPage) -> str:  # noqa: ARG001 (every renderer takes the page)
+def render_shortcuts(result: ShortcutsResult, page: ModelPage) -> str:
     """Section 8: the features a suspected cue moves most, and whether their maps look at it (none without a probe).
 
     Example:
