@@ -70,14 +70,15 @@ def cue_scores(predicted: Mapping[str, Tensor], labels: Tensor, cue_classes: Seq
     }
 
 
-def variant_run(name: str, canvas: CanvasConfig, out: Path) -> Run:
+def variant_run(name: str, canvas: CanvasConfig, out: Path, model_seed: int = 0) -> Run:
     """The pipeline's run (default ``PipelineConfig``) of the digits ResNet-18 of a canvas, in ``out / name``.
 
-    The classifier comes from the cache (``$CAPTUM_SALVE_CACHE``) or is trained; the run
-    keeps its training activations and SAEs in its folder, so a second benchmark reuses them.
+    The classifier (of ``model_seed``) comes from the cache (``$CAPTUM_SALVE_CACHE``) or is trained;
+    the run keeps its training activations and SAEs in its folder, so a second benchmark reuses them.
     """
-    inputs = digits_inputs("resnet18", canvas=canvas, device="cpu", progress=False)
-    return Run(inputs, out / name, PipelineConfig())
+    inputs = digits_inputs("resnet18", canvas=canvas, model_seed=model_seed, device="cpu", progress=False)
+    folder = name if model_seed == 0 else f"{name} (model seed {model_seed})"
+    return Run(inputs, out / folder, PipelineConfig())
 
 
 def chosen_canvases(names: Sequence[str] | None) -> list[tuple[str, str, CanvasConfig]]:
@@ -87,10 +88,10 @@ def chosen_canvases(names: Sequence[str] | None) -> list[tuple[str, str, CanvasC
     return chosen + [(name, groups[name], CUE_VARIANTS[groups[name]][name]) for name in names or groups]
 
 
-def measure(name: str, group: str, canvas: CanvasConfig, out: Path, seeds: int) -> list[dict]:
+def measure(name: str, group: str, canvas: CanvasConfig, out: Path, seeds: int, model_seed: int = 0) -> list[dict]:
     """One row per SAE seed: the cue's feature by cue_reliance and its rank in the cross-class ranking."""
     start = time.perf_counter()
-    run = variant_run(name, canvas, out)
+    run = variant_run(name, canvas, out, model_seed)
     inputs, model, config = run.inputs, run.model, run.config
     clean = DigitsCanvas("test", config=canvas, cue="none")
     cued = DigitsCanvas("test", config=canvas, cue="all")
@@ -100,7 +101,7 @@ def measure(name: str, group: str, canvas: CanvasConfig, out: Path, seeds: int) 
         "conflicting": predictions(model, DigitsCanvas("test", config=canvas, cue="conflicting").images),
     }
     figures = {
-        "variant": name,
+        "variant": name if model_seed == 0 else f"{name} (model seed {model_seed})",
         "group": group,
         "cue classes": list(canvas.cue_classes),
         **cue_scores(predicted, clean.labels, canvas.cue_classes),
@@ -157,10 +158,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--variant", action="append", choices=names, help="repeatable; default: every variant")
     parser.add_argument("--out", type=Path, required=True, help="folder for the runs (activations and SAEs)")
     parser.add_argument("--seeds", type=int, default=3, help="SAE seeds per canvas")
+    parser.add_argument("--model-seed", type=int, default=0, help="seed of the classifiers (0: the cached demo's)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     chosen = chosen_canvases(args.variant)
-    rows = [row for name, group, canvas in chosen for row in measure(name, group, canvas, args.out, args.seeds)]
+    rows = [
+        row
+        for name, group, canvas in chosen
+        for row in measure(name, group, canvas, args.out, args.seeds, args.model_seed)
+    ]
     print(table(rows))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

@@ -280,7 +280,7 @@ def _model_kwargs_flag(parser: argparse.ArgumentParser) -> None:
 class _KeyValues(ParseKwargs):
     """timm's ``--model-kwargs`` parser, with an entry that is not ``key=value`` reported as a usage error."""
 
-    def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001 (argparse's signature)
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
         bad = [value for value in values if value and "=" not in value]
         if bad:
             parser.error(f"{option_string} takes KEY=VALUE entries, got {bad[0]!r}")

@@ -154,13 +154,15 @@ def digits_inputs(
     *,
     train: Dataset | None = None,
     canvas: CanvasConfig | None = None,
+    model_seed: int = 0,
     device: torch.device | str | None = None,
     progress: bool = True,
 ) -> PipelineInputs:
     """The demo's inputs: the digits-canvas classifier of ``arch`` and its canvas (train drawn twice).
 
     The classifier is trained once per canvas and cached (:func:`~captum_salve.zoo.digits_classifier`);
-    ``canvas`` draws another canvas than the demo's (one of :data:`~captum_salve.data.CUE_VARIANTS`, say).
+    ``canvas`` draws another canvas than the demo's (one of :data:`~captum_salve.data.CUE_VARIANTS`, say),
+    ``model_seed`` trains another classifier on it (another initialisation and batch order).
     Its Grad-FAM layers are :data:`DIGITS_CAM_LAYERS`; the test set's digit boxes are the
     pointing game's masks and its shared cue is the planted cue. The probe of the shortcuts
     stage pairs the test digits redrawn elsewhere (seed 1) with and without the cue, with
@@ -173,7 +175,7 @@ def digits_inputs(
     """
     if arch not in DIGITS_CAM_LAYERS:
         raise ValueError(f"digits_inputs arch must be one of {tuple(DIGITS_CAM_LAYERS)}, got {arch!r}")
-    classifier = digits_classifier(arch, config=canvas, device=device, progress=progress)
+    classifier = digits_classifier(arch, config=canvas, device=device, progress=progress, seed=model_seed)
     train = DigitsCanvas("train", config=canvas, copies=2) if train is None else train
     test = DigitsCanvas("test", config=canvas)
     probe = None
