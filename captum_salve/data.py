@@ -554,11 +554,13 @@ def cue_probe_folder(root: str | Path, model: nn.Module) -> tuple[Tensor, Tensor
         >>> with_cue, without_cue, masks = cue_probe_folder("probe", model)
         >>> cue_reliance(model, sae, with_cue, without_cue).table(5)
     """
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
     root = Path(root)
     with_root = root / "with_cue"
     if not with_root.is_dir():
         raise FileNotFoundError(f"probe folder {str(root)!r} has no with_cue/ folder (and without_cue/ beside it)")
-    paths = sorted(p for p in with_root.rglob("*") if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES)
+    paths = sorted(p for p in with_root.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
     if not paths:
         raise FileNotFoundError(f"{str(with_root)!r} holds no images")
     partners = _matching_files(paths, with_root, root / "without_cue", "partner without the cue")
@@ -568,10 +570,6 @@ def cue_probe_folder(root: str | Path, model: nn.Module) -> tuple[Tensor, Tensor
     if (root / "cue_masks").exists():
         masks = _load_masks(_matching_files(paths, with_root, root / "cue_masks", "cue mask"), model)
     return with_cue, without_cue, masks
-
-
-# The image files a probe folder's listing takes (torchvision's ImageFolder takes the same).
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
 def _matching_files(paths: list[Path], root: Path, other_root: str | Path, what: str) -> list[Path]:
