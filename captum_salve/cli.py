@@ -348,7 +348,8 @@ def _run(args: argparse.Namespace) -> int:
     out = ensure_directory(args.out)
     classes = class_folders(args.data)
     model = _user_model(args, classes).to(device).eval()
-    print(f"data config: {describe_input_config(model)}")
+    data_config = describe_input_config(model)
+    print(f"data config: {data_config}")
     train = image_folder(args.data, model)
     store = None
     if args.store is not None:
@@ -386,7 +387,7 @@ def _run(args: argparse.Namespace) -> int:
             else str(args.checkpoint or f"random (seed {RANDOM_MODEL_SEED})"),
             **({"model arguments": args.model_kwargs} if args.model_kwargs else {}),
             "data": str(args.data),
-            "data config": describe_input_config(model),
+            "data config": data_config,
             **({"masks": str(args.masks)} if masks is not None else {}),
             **({"probe": str(args.probe)} if probe is not None else {}),
             "accuracy check": accuracy_line,

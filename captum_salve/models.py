@@ -20,6 +20,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from captum_salve.checks import check_fraction
+
 __all__ = [
     "DATA_CONFIG_KEYS",
     "FAMILIES",
@@ -234,13 +236,18 @@ def model_input(model: nn.Module, images: object, name: str = "images") -> torch
     """
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"{name} must be a tensor of images (N, C, H, W), got {type(images).__name__}")
-    first_conv = next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+    first_conv = _first_convolution(model)
     if first_conv is not None:
         _check_images(images, name, *first_conv, fixed_image_size(model))
     if images.dtype.is_floating_point:
         dtype = next((p.dtype for p in model.parameters() if p.dtype.is_floating_point), images.dtype)
         return images.to(model_device(model), dtype)
     return images.to(model_device(model))
+
+
+def _first_convolution(model: nn.Module) -> tuple[str, nn.Conv2d] | None:
+    """The dotted name and module of the model's first ``nn.Conv2d`` (what sets the image channels), or None."""
+    return next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
 
 
 def _check_images(images: torch.Tensor, name: str, conv_name: str, conv: nn.Conv2d, size: tuple | None) -> None:
@@ -517,7 +524,7 @@ def describe_input_config(model: nn.Module) -> str:
 
     Example:
         >>> describe_input_config(create_model("resnet18", data_config={"input_size": (3, 64, 64)}))
-        '3×64×64, bicubic, crop_pct 0.875 (center), mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225); input_size
+        '3×64×64, bicubic, crop_pct 0.95 (center), mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225); input_size
         from data_config, the rest from the model's pretrained_cfg'
     """
     config = input_config(model)
@@ -688,8 +695,7 @@ def check_data_config(config: object, name: str = "data_config", *, labels: dict
                 wanted = "positive numbers" if key == "std" else "numbers"
                 raise ValueError(f"{label} must be one or one per channel of {wanted}, got {value!r}")
         elif key == "crop_pct":
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-                raise ValueError(f"{label} must be in (0, 1] (1: no crop), got {value!r}")
+            value = check_fraction(value, label, above_zero=True)  # the share of the resized image kept; 1: no crop
         elif key == "interpolation" and value not in INTERPOLATIONS:
             raise ValueError(f"{label} must be one of {INTERPOLATIONS}, got {value!r}")
         elif key == "crop_mode" and value not in CROP_MODES:
@@ -730,11 +736,11 @@ def set_input_config(model: nn.Module, layers: list[tuple[str, dict]]) -> nn.Mod
         if tuple(base[1:]) != size:
             entries["input_size"], sources["input_size"] = (base[0], *size), "the model's patch embedding"
     channels = (entries.get("input_size") or input_config(model)["input_size"])[0]
-    first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    if first_conv is not None and channels != first_conv.in_channels:
+    first_conv = _first_convolution(model)
+    if first_conv is not None and channels != first_conv[1].in_channels:
         raise ValueError(
             f"input_size from {sources.get('input_size', 'the model')} has {channels} channels but the model's first "
-            f"convolution takes {first_conv.in_channels}"
+            f"convolution takes {first_conv[1].in_channels}"
         )
     if size is not None and tuple(entries.get("input_size", (0, *size))[1:]) != size:
         raise ValueError(

@@ -127,7 +127,7 @@ def test_images_are_prepared_with_the_resolved_config(tmp_path):
         ({"std": [0.5, 0.0, 0.5]}, "std must be one or one per channel of positive numbers"),
         ({"mean": [0.5, 0.5]}, "mean from data_config has 2 values for 3 channels"),
         ({"interpolation": "cubic"}, "interpolation must be one of"),
-        ({"crop_pct": 1.5}, "crop_pct must be in (0, 1]"),
+        ({"crop_pct": 1.5}, "crop_pct must be a number in (0, 1]"),
         ({"input_size": (1, 64, 64)}, "has 1 channels but the model's first convolution takes 3"),
     ],
 )
@@ -179,7 +179,7 @@ def test_flags_that_do_not_fit_are_one_line_errors(capsys, tmp_path):
     code, _, err = cli(capsys, *argv, "--std", "0.5", "0", "1")
     assert_one_line_error(code, err, "--std must be one or one per channel of positive numbers, got [0.5, 0.0, 1.0]")
     code, _, err = cli(capsys, *argv, "--crop-pct", "2")
-    assert_one_line_error(code, err, "--crop-pct must be in (0, 1]")
+    assert_one_line_error(code, err, "--crop-pct must be a number in (0, 1]")
     with pytest.raises(SystemExit) as usage_error:  # a malformed flag is argparse's usage error
         cli(capsys, *argv, "--model-kwargs", "depth")
     assert usage_error.value.code == 2
