@@ -16,8 +16,6 @@ __all__ = ["SHORTCUT_FEATURES", "ShortcutsResult", "SuspectedFeature", "shortcut
 
 # How many of the features the cue moves most the stage reports.
 SHORTCUT_FEATURES = 5
-# Images per Grad-FAM pass.
-_BATCH = 32
 
 
 @dataclass(frozen=True)
@@ -81,26 +79,26 @@ def shortcuts(run: Run) -> ShortcutsResult:
     probe = run.inputs.probe
     if probe is None:
         return ShortcutsResult(skipped="no probe of a suspected cue was given (paired images with and without it)")
-    sae, names = run.sae, run.class_names
-    reliance = cue_reliance(run.model, sae, probe.with_cue, probe.without_cue)
+    sae, names, batch = run.sae, run.class_names, run.config.batch_size
+    reliance = cue_reliance(run.model, sae, probe.with_cue, probe.without_cue, batch_size=batch)
     top = reliance.top(SHORTCUT_FEATURES)
     ranking = None
     if len(names) >= MIN_CROSS_CLASSES:
         ranking = [entry.feature for entry in cross_class_features(run.profile, top=sae.d_latent)]
     largest = run.profile.mean_codes.abs().topk(2, dim=0).indices  # (2, d): each feature's two largest classes
     masks = probe.masks
-    mass: dict[int, dict[str, float]] = {feature: {} for feature in top}
+    mass: dict[int, dict[str, float] | None] = dict.fromkeys(top)
     area = None
     if masks is not None:
-        area = {}
+        area, mass = {}, {feature: {} for feature in top}
         for layer in run.cam_layers:
             fam = GradFAM(run.model, layer, sae)
             maps = {feature: [] for feature in top}
-            for start in range(0, len(masks), _BATCH):
-                images = probe.with_cue[start : start + _BATCH].to(run.device)
-                batch = fam.attribute_features(images, top).detach().cpu()  # (n, F, h, w)
+            for start in range(0, len(masks), batch):
+                images = probe.with_cue[start : start + batch].to(run.device)
+                feature_maps = fam.attribute_features(images, top).detach().cpu()  # (n, F, h, w)
                 for i, feature in enumerate(top):
-                    maps[feature].append(batch[:, i : i + 1])
+                    maps[feature].append(feature_maps[:, i : i + 1])
             shape = maps[top[0]][0].shape[-2:]
             area[layer] = float(mask_mass(torch.ones(len(masks), 1, *shape), masks).mean())
             for feature in top:
@@ -114,7 +112,7 @@ def shortcuts(run: Run) -> ShortcutsResult:
             turns_on=float(reliance.turns_on[row]),
             classes=[names[int(c)] for c in largest[:, feature]],
             cross_class_rank=ranking.index(feature) + 1 if ranking is not None else None,
-            mask_mass=mass[feature] if masks is not None else None,
+            mask_mass=mass[feature],
         )
         for row, feature in enumerate(top)
     ]
