@@ -52,23 +52,28 @@ class ReconstructionStats:
         self._zero = torch.zeros((), dtype=torch.float64, device=mean.device)
 
     @torch.no_grad()
-    def update(self, a: Tensor, a_hat: Tensor, z: Tensor, squared_error: Tensor | None = None) -> None:
+    def update(self, a: Tensor, a_hat: Tensor, z: Tensor, squared_error: Tensor | None = None) -> Tensor:
         """Add one batch: activations, their reconstructions and codes.
 
         ``squared_error``, the batch's ``Σ‖a − â‖²`` when the caller has it already (training's
         loss does), saves computing it again.
+
+        Returns:
+            (d,) bool: the latents active in this batch (training counts rows since each fired).
         """
         if len(z) == 0:  # a rank's empty share of the last batch
-            return
+            return torch.zeros_like(self.fired)
         magnitude = z.abs()
         # A latent fired if its largest |z| passed the threshold: a (d,) comparison, cheaper than any() over (N, d).
-        self.fired |= magnitude.amax(dim=0) > self.active_threshold
+        fired = magnitude.amax(dim=0) > self.active_threshold
+        self.fired |= fired
         if squared_error is None:
             squared_error = (a - a_hat).double().pow(2).sum()
         variance = self._zero if self.total_variance is not None else (a.double() - self.mean).pow(2).sum()
         active = (magnitude > self.active_threshold).sum()
         self.sums += torch.stack([squared_error.double(), variance, active.double()])
         self.rows += len(a)
+        return fired
 
     def summary(self) -> dict[str, float]:
         """``mse`` (mean over rows of ``‖a − â‖²``), ``explained_variance``, ``l0`` and ``dead_fraction``."""

@@ -482,13 +482,11 @@ class _Run:
                 batch = TrainingBatch(
                     self.sae, a, pre, z, a_hat, squared_error, self.total_variance_tensor, self.l1, dead
                 )
+                loss = self.sae.code_activation.loss(batch) / batch_rows
                 # DDP averages over ranks; scaling by their number makes the step the global batch's mean.
-                loss = self.sae.code_activation.loss(batch) / batch_rows * self.group.size
-                loss.backward()
-            z = z.detach()
-            self.stats.update(a, a_hat.detach(), z, squared_error.detach())
-            fired |= (z.abs() > self.active_threshold).any(dim=0)
-            self.loss_sum += loss.detach().double() * batch_rows / self.group.size
+                (loss * self.group.size if self.group.active else loss).backward()
+            fired |= self.stats.update(a, a_hat.detach(), z.detach(), squared_error.detach())
+            self.loss_sum.add_(loss.detach(), alpha=batch_rows)
         self.optimizer.step()
         self.sae.normalize_decoder_()
         self.sae.code_activation.after_step()
@@ -515,8 +513,10 @@ class _Run:
         metrics = {"loss": float(self.loss_sum) / len(self.rows), **self.stats.summary()}
         resampled = 0
         if self.variant.resamples_dead and epoch < epochs - 1:
-            pool = self.rows.rows(torch.randperm(len(self.rows), generator=self.generator)[:_RESAMPLE_POOL])
-            resampled = _resample_dead(self.sae, self.optimizer, pool.to(fired.device), fired, self.generator)
+            chosen = torch.randperm(len(self.rows), generator=self.generator)[:_RESAMPLE_POOL]
+            if not fired.all():  # the pool is read only when a latent is dead; the generator moves on either way
+                pool = self.rows.rows(chosen).to(fired.device)
+                resampled = _resample_dead(self.sae, self.optimizer, pool, fired, self.generator)
         if not math.isfinite(metrics["loss"]):
             raise ValueError(
                 f"SAE training diverged in epoch {epoch + 1} (loss {metrics['loss']}); lower lr "
