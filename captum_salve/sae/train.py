@@ -22,6 +22,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from torch.torch_version import TorchVersion
 from tqdm.auto import tqdm
 
 from captum_salve.activations import ActivationSet
@@ -447,7 +448,7 @@ class _Run:
         sae.site, sae.model = rows.site, rows.model
         sae.code_activation.prepare(sae, statistics)
         self.sae = sae.to(device)
-        self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=lr)
+        self.optimizer = _adam(list(self.sae.parameters()), lr, device)
         self.l1, self.mean = l1, statistics.mean.to(device, torch.float32)
         self.total_variance = statistics.total_variance
         self.total_variance_tensor = torch.tensor(statistics.total_variance, dtype=torch.float32, device=device)
@@ -550,6 +551,16 @@ class _Run:
     def load(self, directory: Path) -> tuple[int, int]:
         """Read a checkpoint; returns (finished epochs, steps into the next)."""
         return _load_checkpoint(directory, self)
+
+
+def _adam(parameters: list[nn.Parameter], lr: float, device: torch.device) -> torch.optim.Adam:
+    """Adam, its step fused into one kernel where torch has that for ``device`` (CUDA; the CPU from torch 2.4).
+
+    On the CPU the fused step of an SAE's four tensors takes a third of the time of the
+    per-tensor loop; the two differ by float32 rounding only.
+    """
+    fused = device.type == "cuda" or (device.type == "cpu" and TorchVersion(torch.__version__) >= "2.4")
+    return torch.optim.Adam(parameters, lr=lr, fused=fused or None)
 
 
 @torch.no_grad()
