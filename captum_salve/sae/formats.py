@@ -353,7 +353,8 @@ def _read_saelens(folder: Path) -> tuple[dict[str, Any], Tensors]:
     config = _config(d_in, d_latent, activation, settings, source, site=hook, model=model)
     ours_block = meta.get("captum_salve")
     if isinstance(ours_block, dict):  # written by write_saelens: our site, model and metadata come back
-        config.update(site=_site(ours_block.get("site")) or HEAD_INPUT, model=ours_block.get("model"))
+        model = ours_block.get("model")
+        config.update(site=_site(ours_block.get("site")) or HEAD_INPUT, model=model if isinstance(model, str) else None)
         config["metadata"] = dict(ours_block.get("metadata") or {})
     return config, ours
 
