@@ -797,7 +797,7 @@ def test_a_corrupt_image_in_the_data_is_named_in_one_line(capsys, tmp_path):
     ("change", "error", "phrase"),
     [
         (dict(goal={"class_accuracy": 0.1}), TypeError, "PipelineConfig goal must be a ControlGoal, got dict"),
-        (dict(topk=4), ValueError, "PipelineConfig topk is only read by sae_activation 'topk', not 'relu'"),
+        (dict(topk=4), ValueError, "PipelineConfig topk is only read by the TopK family, not sae_activation 'relu'"),
         (dict(sae_activation="topk", topk=True), ValueError, "PipelineConfig topk must be an integer in [1, 16]"),
         (dict(sweep_alphas=(False, True, 2.0)), ValueError, "sweep_alphas[0] must be a finite number >= 0, got False"),
         (dict(sweep_alphas=(2.0, 1.0)), ValueError, "sweep_alphas must be increasing, finite strengths >= 0"),

@@ -29,7 +29,7 @@ class PipelineConfig(Record):
         sae_activation: The SAE variant the analysis uses (a "linear" SAE, the
             paper's, is always trained too, for comparison).
         sae_epochs: SAE training epochs.
-        topk: k for a TopK SAE (default: the variant's own for this width).
+        topk: k for a variant of the TopK family ("topk", "batchtopk"; default: the variant's own for this width).
         rule: Edit rule of the control stage (the paper's "salve" is always measured too).
         goal: What suppressing a class must achieve; the control stage, :func:`select_edit`
             and the report all read it.
@@ -77,10 +77,10 @@ class PipelineConfig(Record):
         if self.topk is not None:
             topk = check_int(self.topk, "PipelineConfig topk", 1, self.sae_latents, why="None, or at most sae_latents")
             object.__setattr__(self, "topk", topk)
-            if self.sae_activation != "topk":
+            if "k" not in VARIANTS[self.sae_activation].default_settings(self.sae_latents):
                 raise ValueError(
-                    f"PipelineConfig topk is only read by sae_activation 'topk', not {self.sae_activation!r}; "
-                    "leave it None"
+                    f"PipelineConfig topk is only read by the TopK family, not sae_activation "
+                    f"{self.sae_activation!r}; leave it None"
                 )
         if not isinstance(self.goal, ControlGoal):
             raise TypeError(f"PipelineConfig goal must be a ControlGoal, got {type(self.goal).__name__}")

@@ -17,7 +17,7 @@ from captum_salve.activations import ActivationSet
 from captum_salve.checks import check_int, non_finite_error, shape_of
 from captum_salve.files import atomic_path, ensure_directory
 from captum_salve.sae.formats import SaveLayout, layout_of, read_foreign, write_saelens
-from captum_salve.sae.variants import ActivationName, CodeActivation, code_activation
+from captum_salve.sae.variants import ActivationName, CodeActivation, code_activation, variant_from_config
 from captum_salve.sites import HEAD_INPUT, as_device
 from captum_salve.store import CHUNK_ROWS, Rows, RowStatistics, as_rows
 
@@ -102,9 +102,10 @@ class SparseAutoencoder(nn.Module):
         d_in: Width M of the activations.
         d_latent: Number of features d.
         activation: ``"linear"`` (signed codes, the paper's SAE), ``"relu"``,
-            ``"topk"`` (the ``k`` largest pre-activations kept, then ReLU), or a
-            :class:`~captum_salve.sae.variants.CodeActivation`.
-        k: Features kept per input, for ``"topk"`` only.
+            ``"topk"`` (the ``k`` largest pre-activations kept, then ReLU), another name of
+            :data:`~captum_salve.sae.VARIANTS`, or a
+            :class:`~captum_salve.sae.variants.CodeActivation` (the SAE keeps a fresh copy of it).
+        k: Features kept per input, for the TopK family.
         site: Where the activations it reads come from, as a site key
             (``"head_input"``, the default, or ``"<module>:<reducer>"``; see
             :class:`~captum_salve.sites.Site`). :func:`train_sae` records it from
@@ -133,13 +134,12 @@ class SparseAutoencoder(nn.Module):
         d_in, d_latent = check_int(d_in, "d_in", 1), check_int(d_latent, "d_latent", 1)
         if not isinstance(site, str) or not site:
             raise ValueError(f"site must be a site key such as 'head_input' or 'layer3:spatial_mean', got {site!r}")
-        self.code_activation = code_activation(activation, k=k)
-        if getattr(self.code_activation, "k", 1) > d_latent:
-            raise ValueError(f"k must be at most d_latent={d_latent}, got k={self.code_activation.k}")
         self.d_in, self.d_latent, self.site, self.model = d_in, d_latent, site, model
         self.metadata: dict = {}
         self.encoder = nn.Linear(d_in, d_latent)
         self.decoder = nn.Linear(d_latent, d_in)
+        self.code_activation = code_activation(activation, k=k).fresh()
+        self.code_activation.attach(self)
         with torch.no_grad():
             self.decoder.bias.zero_()
             self.encoder.bias.zero_()
@@ -375,7 +375,7 @@ class SparseAutoencoder(nn.Module):
 
     @classmethod
     def _from_config(cls, cfg: dict[str, Any], site: str, model: str | None) -> SparseAutoencoder:
-        return cls(cfg["d_in"], cfg["d_latent"], cfg["activation"], k=cfg.get("k"), site=site, model=model)
+        return cls(cfg["d_in"], cfg["d_latent"], variant_from_config(cfg), site=site, model=model)
 
     def _check_loaded(self, where: str) -> None:
         for name, tensor in self.state_dict().items():

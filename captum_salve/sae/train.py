@@ -21,7 +21,7 @@ from typing import Literal
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from captum_salve.activations import ActivationSet
@@ -30,7 +30,7 @@ from captum_salve.distributed import ProcessGroup
 from captum_salve.files import atomic_path
 from captum_salve.sae.metrics import ReconstructionStats
 from captum_salve.sae.model import SparseAutoencoder
-from captum_salve.sae.variants import ActivationName, CodeActivation, code_activation
+from captum_salve.sae.variants import ActivationName, CodeActivation, TrainingBatch, code_activation
 from captum_salve.sites import as_device
 from captum_salve.store import Rows, RowStatistics, as_rows
 
@@ -39,7 +39,7 @@ __all__ = ["CHECKPOINT_FILE", "SAEConfig", "Shuffle", "checkpoint_folder", "trai
 CHECKPOINT_FILE = "checkpoint.safetensors"
 Shuffle = Literal["exact", "blocks"]
 _RESAMPLE_POOL = 4096
-_RESAMPLE_ENCODER_SCALE = 0.2
+_DEAD_AFTER_ROWS = 10_000_000
 
 
 @dataclass(frozen=True)
@@ -53,11 +53,11 @@ class SAEConfig:
     d_latent: int
     """Number of SAE features."""
     activation: ActivationName | CodeActivation = "relu"
-    """``"linear"``, ``"relu"``, ``"topk"`` or a :class:`~captum_salve.sae.variants.CodeActivation`."""
+    """A name of :data:`~captum_salve.sae.VARIANTS` or a :class:`~captum_salve.sae.variants.CodeActivation`."""
     k: int | None = None
-    """Features kept per input for ``"topk"``."""
+    """Features kept per input for the TopK family."""
     l1: float | None = None
-    """Sparsity strength on the scale-free loss; default the variant's ``default_l1``."""
+    """Sparsity strength on the scale-free loss (an L0 weight for ``"jumprelu"``); default the variant's."""
     lr: float = 1e-3
     """Adam learning rate."""
     seed: int = 0
@@ -98,16 +98,19 @@ def train_sae(
     micro_batches: int = 1,
     checkpoint_every: int | None = None,
 ) -> tuple[SparseAutoencoder, list[dict]]:
-    r"""Train a sparse autoencoder on activations with the loss ``‖a − â‖² + λ‖z‖₁``.
+    r"""Train a sparse autoencoder on activations with its variant's loss, ``‖a − â‖² + λ‖z‖₁`` for ReLU.
 
     The loss is computed on a scale-free footing: the squared error is divided by
     the data's total variance ``s² = mean ‖a − ā‖²`` and the L1 term by ``s``, so one
     ``l1`` suits activations of any magnitude (it equals the paper's λ = ``l1 · s``
-    up to the constant factor ``1/s²``). The decoder bias starts at the data mean,
-    decoder columns start random and are renormalised to unit length after every
-    step, and the encoder starts as the decoder's transpose. For variants that
-    resample (ReLU, TopK), latents that never fired during an epoch are resampled
-    at its end (except after the last epoch) towards inputs that are reconstructed worst.
+    up to the constant factor ``1/s²``). Each variant adds or changes terms
+    (:meth:`~captum_salve.sae.variants.CodeActivation.loss`): a JumpReLU's ``l1``
+    weighs an L0 count, a TopK SAE adds the AuxK loss. The decoder bias starts at
+    the data mean, decoder columns start random and are renormalised to unit length
+    after every step, and the encoder starts as the decoder's transpose. For variants
+    that resample (ReLU; TopK with ``resample``), latents that never fired during an
+    epoch are resampled at its end (except after the last epoch) towards inputs that
+    are reconstructed worst.
 
     Randomness is seeded: ``seed`` drives initialisation and resampling, and the data
     order of every epoch is a function of ``(shuffle_seed, epoch)`` alone (default
@@ -121,10 +124,12 @@ def train_sae(
             recorded in the SAE), an :class:`~captum_salve.store.ActivationStore`,
             or an (N, M) tensor (the SAE's site is then the head input).
         d_latent: Number of SAE features.
-        activation: ``"linear"``, ``"relu"``, ``"topk"`` or a
+        activation: A name of :data:`~captum_salve.sae.VARIANTS` (``"linear"``, ``"relu"``,
+            ``"topk"``, ``"batchtopk"``, ``"jumprelu"``) or a
             :class:`~captum_salve.sae.variants.CodeActivation`.
-        k: Features kept per input for ``"topk"``.
-        l1: Sparsity strength on the scale-free loss; default the variant's ``default_l1``.
+        k: Features kept per input for the TopK family.
+        l1: Sparsity strength on the scale-free loss (an L0 weight for ``"jumprelu"``);
+            default the variant's ``default_l1``.
         epochs: Passes over the data.
         batch_size: Rows per optimiser step (the global batch under ``torchrun``).
         lr: Adam learning rate.
@@ -404,20 +409,17 @@ class _BufferedReader:
         return self.cache[index]
 
 
-class _Objective:
-    """The scale-free loss: squared error over the data's total variance, L1 over its square root."""
+class _TrainingForward(nn.Module):
+    """The SAE's forward as training runs it (its variant's training codes), the module DDP wraps."""
 
-    def __init__(self, statistics: RowStatistics, l1: float, device: torch.device) -> None:
-        self.mean = statistics.mean.to(device, torch.float32)
-        self.total_variance = torch.tensor(statistics.total_variance, dtype=torch.float32, device=device)
-        self.scale = self.total_variance.sqrt()
-        self.l1 = l1
+    def __init__(self, sae: SparseAutoencoder) -> None:
+        super().__init__()
+        self.sae = sae
 
-    def __call__(self, a: Tensor, a_hat: Tensor, z: Tensor, batch_rows: int) -> tuple[Tensor, Tensor]:
-        """The loss of rows ``a`` of a batch of ``batch_rows`` (their share of its mean) and their squared error."""
-        squared_error = (a - a_hat).pow(2).sum()
-        loss = (squared_error / self.total_variance + self.l1 * z.abs().sum() / self.scale) / batch_rows
-        return loss, squared_error.detach()
+    def forward(self, a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        pre = self.sae.pre_activation(a)
+        z = self.sae.code_activation.training_codes(pre)
+        return self.sae.decode(z), z, pre
 
 
 class _Run:
@@ -443,40 +445,55 @@ class _Run:
             sae.encoder.weight.copy_(sae.decoder.weight.T)
             sae.encoder.bias.zero_()
         sae.site, sae.model = rows.site, rows.model
+        sae.code_activation.prepare(sae, statistics)
         self.sae = sae.to(device)
         self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=lr)
-        self.objective = _Objective(statistics, l1, device)
+        self.l1, self.mean = l1, statistics.mean.to(device, torch.float32)
         self.total_variance = statistics.total_variance
+        self.total_variance_tensor = torch.tensor(statistics.total_variance, dtype=torch.float32, device=device)
         self.active_threshold = self.sae.active_threshold(statistics)
         self.settings = {**self.sae.config(), "l1": l1, "lr": lr, "seed": seed, **data_settings}
         self.history: list[dict] = []
-        self.forward = self.sae
+        # For AuxK: rows seen since each latent last fired; dead from as many rows as the data holds (≤ 10M) on.
+        self.rows_since_fired = torch.zeros(config.d_latent, dtype=torch.long, device=device)
+        self.dead_after_rows = min(len(rows), _DEAD_AFTER_ROWS)
+        self.forward = _TrainingForward(self.sae)
         if group.active:  # under torchrun, even alone: the same code path on 1 GPU as on 64
             ids = [device.index] if device.type == "cuda" else None
-            self.forward = torch.nn.parallel.DistributedDataParallel(self.sae, device_ids=ids)
+            self.forward = torch.nn.parallel.DistributedDataParallel(self.forward, device_ids=ids)
         self._new_epoch()
 
     def _new_epoch(self) -> None:
         self.stats = ReconstructionStats(
-            self.objective.mean, self.sae.d_latent, self.active_threshold, total_variance=self.total_variance
+            self.mean, self.sae.d_latent, self.active_threshold, total_variance=self.total_variance
         )
-        self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.objective.mean.device)
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.mean.device)
 
     def step(self, parts: list[Tensor], batch_rows: int) -> None:
         """One optimiser step on this rank's parts of a global batch of ``batch_rows`` rows."""
         self.optimizer.zero_grad(set_to_none=True)
+        dead = self.rows_since_fired >= self.dead_after_rows
+        fired = torch.zeros_like(dead)
         for i, a in enumerate(parts):
             last = i == len(parts) - 1
             with self.forward.no_sync() if self.group.active and not last else nullcontext():
-                a_hat, z = self.forward(a)
+                a_hat, z, pre = self.forward(a)
+                squared_error = (a - a_hat).pow(2).sum()
+                batch = TrainingBatch(
+                    self.sae, a, pre, z, a_hat, squared_error, self.total_variance_tensor, self.l1, dead
+                )
                 # DDP averages over ranks; scaling by their number makes the step the global batch's mean.
-                loss, squared_error = self.objective(a, a_hat, z, batch_rows)
-                loss = loss * self.group.size
+                loss = self.sae.code_activation.loss(batch) / batch_rows * self.group.size
                 loss.backward()
-            self.stats.update(a, a_hat.detach(), z.detach(), squared_error)
+            z = z.detach()
+            self.stats.update(a, a_hat.detach(), z, squared_error.detach())
+            fired |= (z.abs() > self.active_threshold).any(dim=0)
             self.loss_sum += loss.detach().double() * batch_rows / self.group.size
         self.optimizer.step()
         self.sae.normalize_decoder_()
+        self.sae.code_activation.after_step()
+        fired = self.group.sum_(fired.int()) > 0 if self.group.active else fired
+        self.rows_since_fired.add_(batch_rows).masked_fill_(fired, 0)
 
     def postfix(self) -> dict:
         if self.stats.rows == 0:
@@ -551,7 +568,7 @@ def _resample_dead(
     directions = directions / directions.norm(dim=1, keepdim=True).clamp_min(1e-12)
     alive_norm = sae.encoder.weight[fired].norm(dim=1).mean() if fired.any() else torch.tensor(1.0)
     sae.decoder.weight[:, dead] = directions.T
-    sae.encoder.weight[dead] = directions * alive_norm * _RESAMPLE_ENCODER_SCALE
+    sae.encoder.weight[dead] = directions * alive_norm * sae.code_activation.resample_encoder_scale
     sae.encoder.bias[dead] = 0.0
     # Adam's running moments belong to the old latents: restart them.
     for param, index_dim in ((sae.decoder.weight, 1), (sae.encoder.weight, 0), (sae.encoder.bias, 0)):
@@ -569,6 +586,7 @@ def _save_checkpoint(directory: Path, run: _Run, step: int, epoch_sums: dict[str
         for key, value in state.items():
             tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
     tensors["generator"] = run.generator.get_state()
+    tensors["rows_since_fired"] = run.rows_since_fired.cpu()
     tensors.update({name: value.cpu() for name, value in (epoch_sums or {}).items()})
     meta = {"settings": run.settings, "history": run.history, "param_groups": optim_state["param_groups"], "step": step}
     with atomic_path(directory / CHECKPOINT_FILE) as tmp:
@@ -593,7 +611,7 @@ def _load_checkpoint(directory: Path, run: _Run) -> tuple[int, int]:
         listed = ", ".join(f"{key}: checkpoint {was!r} vs now {now!r}" for key, (was, now) in differences.items())
         raise ValueError(f"the checkpoint in {str(directory)!r} was written with other settings or data ({listed})")
     tensors = load_file(str(path))
-    device = run.objective.mean.device
+    device = run.mean.device
     run.sae.load_state_dict({name[4:]: t for name, t in tensors.items() if name.startswith("sae.")})
     state: dict[int, dict] = {}
     for name, value in tensors.items():
@@ -602,6 +620,8 @@ def _load_checkpoint(directory: Path, run: _Run) -> tuple[int, int]:
             state.setdefault(int(index), {})[key] = value
     run.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     run.generator.set_state(tensors["generator"])
+    if "rows_since_fired" in tensors:  # checkpoints before AuxK did not count
+        run.rows_since_fired.copy_(tensors["rows_since_fired"])
     run.history = meta["history"]
     step = meta.get("step", 0)
     if step and run.group.rank == 0:

@@ -1,31 +1,95 @@
-"""What makes one SAE variant differ from another: how codes come out of the encoder's affine part.
+"""What makes one SAE variant differ from another: its codes, its training loss, and the state it keeps.
 
 A variant is one small class: its name (as written to ``cfg.json``), the code
 function, the threshold above which a code counts as active, its default sparsity
-strength, and whether training resamples its dead latents. Adding a variant
-(JumpReLU, say) is one subclass registered in :data:`VARIANTS`; the model,
-training, metrics and the command line read everything else from here.
+strength, the loss it trains with, and any state of its own (a JumpReLU's
+thresholds). Adding a variant is one subclass registered in :data:`VARIANTS`; the
+model, training, metrics and the command line read everything else from here.
+
+The variants and what an edit means for them: every edit rule reads a feature's
+*pre-activation* ``e_l · a + β_l`` (:meth:`~captum_salve.sae.SparseAutoencoder.affine_code`),
+which is linear in the activations for every variant. The "project" edit removes
+``α z_l(a) d_l`` with that linear code, so it equals steering the head input for
+every variant; where a variant's code is zero (ReLU below 0, a JumpReLU below its
+threshold, a latent outside the top k), the SAE itself would report no activity
+while the edit still moves the activations along ``d_l`` by the (negative or
+small) pre-activation.
 """
 
 from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from typing import ClassVar, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from typing_extensions import override
 
 from captum_salve.checks import check_int
 
-__all__ = ["VARIANTS", "ActivationName", "CodeActivation", "Linear", "ReLU", "TopK", "code_activation"]
+if TYPE_CHECKING:
+    from captum_salve.sae.model import SparseAutoencoder
+    from captum_salve.store import RowStatistics
 
-ActivationName = Literal["linear", "relu", "topk"]
+__all__ = [
+    "VARIANTS",
+    "ActivationName",
+    "BatchTopK",
+    "CodeActivation",
+    "JumpReLU",
+    "Linear",
+    "ReLU",
+    "TopK",
+    "TrainingBatch",
+    "code_activation",
+    "variant_from_config",
+]
+
+ActivationName = Literal["linear", "relu", "topk", "batchtopk", "jumprelu"]
 
 
-class CodeActivation(ABC):
-    """How an SAE turns pre-activations ``E (a − b_d) + b_e`` into codes z.
+@dataclass
+class TrainingBatch:
+    """What a variant's training loss sees of one batch (or one micro-batch) of rows.
+
+    Attributes:
+        sae: The SAE being trained.
+        a: (n, M) the rows.
+        pre: (n, d) pre-activations ``E (a − b_d) + b_e``.
+        z: (n, d) the codes of training (:meth:`CodeActivation.training_codes`).
+        a_hat: (n, M) the reconstructions ``D z + b_d``.
+        squared_error: ``Σ ‖a − â‖²`` over the rows, with its gradient.
+        total_variance: The data's ``mean ‖a − ā‖²``, the scale of a squared error.
+        l1: The sparsity strength.
+        dead: (d,) bool, latents that have not fired for a while (see :class:`TopK`'s AuxK).
+
+    Example:
+        >>> class Quiet(ReLU):    # ReLU plus a penalty on the codes' squares
+        ...     def loss(self, batch: TrainingBatch) -> Tensor:
+        ...         return super().loss(batch) + batch.z.pow(2).sum() / batch.total_variance
+    """
+
+    sae: SparseAutoencoder
+    a: Tensor
+    pre: Tensor
+    z: Tensor
+    a_hat: Tensor
+    squared_error: Tensor
+    total_variance: Tensor
+    l1: float
+    dead: Tensor
+
+
+class CodeActivation(nn.Module, ABC):
+    """How an SAE turns pre-activations ``E (a − b_d) + b_e`` into codes z, and how it trains.
+
+    A variant is an :class:`~torch.nn.Module` held by the SAE as ``sae.code_activation``:
+    what it keeps (a JumpReLU's thresholds) is part of the SAE's weights, saved and
+    loaded with them under ``code_activation.<name>``. Its settings (``k``) go to
+    ``cfg.json``; ``type(v)(**v.settings())`` must rebuild it, because each SAE holds
+    its own copy (:meth:`fresh`).
 
     Attributes:
         name: The variant's name in ``cfg.json`` and on the command line.
@@ -34,33 +98,33 @@ class CodeActivation(ABC):
             latents). 0 for variants whose inactive codes are exactly zero; a variant with codes
             that are never zero needs a threshold that scales with its codes, as they scale with the data.
         default_l1: Sparsity strength :func:`~captum_salve.sae.train_sae` uses when none is given.
-        resamples_dead: Whether training re-initialises latents that never fire.
+        resample_encoder_scale: A resampled latent's encoder row, as a share of the live
+            rows' mean norm. 0.2 (Anthropic's recipe for L1 SAEs) starts it gently.
 
     Example:
-        >>> class JumpReLU(CodeActivation):
-        ...     name = "jumprelu"
+        >>> class Shrink(CodeActivation):
+        ...     name = "shrink"
         ...
-        ...     def __init__(self, threshold: float) -> None:
-        ...         self.threshold = threshold
-        ...
-        ...     def __call__(self, pre: Tensor) -> Tensor:
-        ...         return pre * (pre > self.threshold)
-        ...
-        ...     def settings(self) -> dict:
-        ...         return {"threshold": self.threshold}
-        >>> JumpReLU(0.5)(torch.tensor([[0.25, 0.75]]))
-        tensor([[0.0000, 0.7500]])
-        >>> sae = SparseAutoencoder(512, 2048, JumpReLU(0.5))    # unregistered: works, but not loadable from cfg.json
+        ...     def forward(self, pre: Tensor) -> Tensor:
+        ...         return torch.sign(pre) * (pre.abs() - 0.5).clamp_min(0)
+        >>> Shrink()(torch.tensor([[0.25, -0.75]]))
+        tensor([[ 0.0000, -0.2500]])
+        >>> sae = SparseAutoencoder(512, 2048, Shrink())    # unregistered: works, but not loadable from cfg.json
     """
 
     name: ClassVar[str]
     relative_active_threshold: ClassVar[float] = 0.0
     default_l1: ClassVar[float] = 0.05
-    resamples_dead: ClassVar[bool] = True
+    resample_encoder_scale: ClassVar[float] = 0.2
 
     @abstractmethod
-    def __call__(self, pre: Tensor) -> Tensor:
-        """Codes (N, d) from pre-activations (N, d)."""
+    def forward(self, pre: Tensor) -> Tensor:
+        """Codes (N, d) from pre-activations (N, d), as the trained SAE computes them."""
+
+    @property
+    def resamples_dead(self) -> bool:
+        """Whether training re-initialises latents that never fired in an epoch (at its end)."""
+        return True
 
     def settings(self) -> dict:
         """The variant's own settings, written to ``cfg.json`` beside its name."""
@@ -71,15 +135,38 @@ class CodeActivation(ABC):
         """Settings that suit an SAE of ``d_latent`` features when the user gives none."""
         return {}
 
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other.settings() == self.settings()
+    def fresh(self) -> CodeActivation:
+        """A new, untrained copy with the same settings (an SAE never shares its variant's state)."""
+        return type(self)(**self.settings())
 
-    def __hash__(self) -> int:
-        return hash((self.name, tuple(sorted(self.settings().items()))))
+    def attach(self, sae: SparseAutoencoder) -> None:
+        """Create the state this variant keeps for ``sae`` (called once, by the SAE's constructor)."""
 
-    def __repr__(self) -> str:
-        settings = ", ".join(f"{key}={value!r}" for key, value in self.settings().items())
-        return f"{type(self).__name__}({settings})"
+    def prepare(self, sae: SparseAutoencoder, statistics: RowStatistics) -> None:
+        """Set what depends on the data's scale before training starts (or resumes)."""
+
+    def training_codes(self, pre: Tensor) -> Tensor:
+        """The codes during training, with the gradients training needs; by default :meth:`forward`'s."""
+        return self(pre)
+
+    def after_step(self) -> None:
+        """Keep the variant's state valid after an optimiser step (a JumpReLU's thresholds above zero)."""
+
+    def sparsity(self, batch: TrainingBatch) -> Tensor:
+        """The penalty :attr:`TrainingBatch.l1` weighs, summed over rows: ``Σ |z|`` over the data's scale ``s``."""
+        return batch.z.abs().sum() / batch.total_variance.sqrt()
+
+    def loss(self, batch: TrainingBatch) -> Tensor:
+        """The scale-free training loss summed over the batch's rows: ``Σ‖a − â‖² / s² + l1 · sparsity``.
+
+        ``s² = mean ‖a − ā‖²``, so one ``l1`` suits activations of any magnitude.
+        """
+        loss = batch.squared_error / batch.total_variance
+        return loss + batch.l1 * self.sparsity(batch) if batch.l1 else loss
+
+    @override
+    def extra_repr(self) -> str:
+        return ", ".join(f"{key}={value!r}" for key, value in self.settings().items())
 
 
 class Linear(CodeActivation):
@@ -95,15 +182,19 @@ class Linear(CodeActivation):
 
     name = "linear"
     relative_active_threshold = 1e-2
-    resamples_dead = False
+
+    @property
+    @override
+    def resamples_dead(self) -> bool:
+        return False
 
     @override
-    def __call__(self, pre: Tensor) -> Tensor:
+    def forward(self, pre: Tensor) -> Tensor:
         return pre
 
 
 class ReLU(CodeActivation):
-    """The standard SAE: ``z = relu(pre)``.
+    """The standard SAE: ``z = relu(pre)``, trained with an L1 penalty.
 
     Example:
         >>> ReLU()(torch.tensor([[-1.0, 2.0]]))
@@ -113,15 +204,31 @@ class ReLU(CodeActivation):
     name = "relu"
 
     @override
-    def __call__(self, pre: Tensor) -> Tensor:
+    def forward(self, pre: Tensor) -> Tensor:
         return torch.relu(pre)
 
 
 class TopK(CodeActivation):
-    """The ``k`` largest pre-activations of each input kept (then ReLU), the rest zero; needs no L1.
+    r"""The ``k`` largest pre-activations of each input kept (then ReLU), the rest zero; needs no L1.
+
+    Latents that stop winning get no gradient and die. Two remedies, both settings:
+
+    - ``resample`` (the default): at the end of every epoch but the last, latents that
+      never fired are pointed at the rows reconstructed worst, with encoder rows as
+      strong as the live ones' (a weaker start never reaches the top k).
+    - AuxK (Gao et al. 2024): the ``aux_k`` largest pre-activations among the dead
+      latents reconstruct the main reconstruction's residual ``e = a − â``, and the loss
+      adds ``(1/32) · ‖e − D_dead z_aux‖² / ‖e − ē‖²`` (the residual's own scale), so dead
+      latents are pulled towards what the others miss. A latent is dead once it has not
+      fired for as many rows as the training data holds (one epoch, at most 10M rows).
+      Gao et al. use ``aux_k = 512`` on models with millions of latents and billions of
+      rows; on a few thousand rows it revives fewer latents than resampling
+      (``benchmarks/sae_frontier.py``).
 
     Args:
         k: Codes kept per input, at least 1.
+        aux_k: Dead latents in the AuxK reconstruction; 0 (the default) turns AuxK off.
+        resample: Resample latents that did not fire in an epoch.
 
     Example:
         >>> TopK(2)(torch.tensor([[3.0, -1.0, 2.0, 0.5]]))
@@ -130,18 +237,50 @@ class TopK(CodeActivation):
 
     name = "topk"
     default_l1 = 0.0
+    # A new latent must beat the k winners to fire at all, so it starts as strong as they are.
+    resample_encoder_scale = 1.0
+    aux_coefficient: ClassVar[float] = 1 / 32
 
-    def __init__(self, k: int) -> None:
-        self.k = check_int(k, "k (of activation 'topk')", 1)
+    def __init__(self, k: int, aux_k: int = 0, resample: bool = True) -> None:
+        super().__init__()
+        self.k = check_int(k, f"k (of activation {self.name!r})", 1)
+        self.aux_k = check_int(aux_k, f"aux_k (of activation {self.name!r})", 0)
+        if not isinstance(resample, bool):
+            raise ValueError(f"resample (of activation {self.name!r}) must be True or False, got {resample!r}")
+        self.resample = resample
+
+    @property
+    @override
+    def resamples_dead(self) -> bool:
+        return self.resample
 
     @override
-    def __call__(self, pre: Tensor) -> Tensor:
+    def forward(self, pre: Tensor) -> Tensor:
         values, index = pre.topk(self.k, dim=-1)
         return torch.zeros_like(pre).scatter(-1, index, torch.relu(values))
 
     @override
+    def attach(self, sae: SparseAutoencoder) -> None:
+        if self.k > sae.d_latent:
+            raise ValueError(f"k must be at most d_latent={sae.d_latent}, got k={self.k}")
+
+    @override
+    def loss(self, batch: TrainingBatch) -> Tensor:
+        loss = super().loss(batch)
+        if not self.aux_k or not batch.dead.any() or len(batch.a) < 2:
+            return loss
+        residual = (batch.a - batch.a_hat).detach()
+        dead = batch.dead.nonzero().squeeze(1)
+        values, index = batch.pre[:, dead].topk(min(self.aux_k, len(dead)), dim=-1)
+        # Dense codes and a matmul, not a gather of decoder rows: its gradient is deterministic.
+        aux_codes = torch.zeros_like(batch.pre).scatter(-1, dead[index], torch.relu(values))
+        aux_hat = aux_codes @ batch.sae.decoder_weight.T
+        scale = (residual - residual.mean(0)).pow(2).sum().clamp_min(torch.finfo(residual.dtype).tiny)
+        return loss + self.aux_coefficient * len(batch.a) * (residual - aux_hat).pow(2).sum() / scale
+
+    @override
     def settings(self) -> dict:
-        return {"k": self.k}
+        return {"k": self.k, "aux_k": self.aux_k, "resample": self.resample}
 
     @override
     @classmethod
@@ -149,20 +288,159 @@ class TopK(CodeActivation):
         return {"k": max(1, d_latent // 8)}
 
 
-VARIANTS: dict[str, type[CodeActivation]] = {variant.name: variant for variant in (Linear, ReLU, TopK)}
+class BatchTopK(TopK):
+    r"""TopK over the whole batch (Bussmann et al. 2024): ``k × n`` codes kept among a batch's n rows.
+
+    Rows get as many codes as they need, k on average. A trained SAE cannot depend on
+    the batch it is shown, so outside training a code is kept when its pre-activation
+    exceeds ``threshold`` (``z = relu(pre) · [pre > θ]``), a running mean of the smallest
+    code each training batch kept (a buffer, saved with the weights; 0, a plain ReLU,
+    until training sets it). In training, "the batch" is what one process sees of one
+    micro-batch: ``micro_batches`` and the number of ``torchrun`` processes change it.
+
+    Example:
+        >>> BatchTopK(1).training_codes(torch.tensor([[3.0, 2.5], [1.0, 0.5]]))    # 2 codes for 2 rows, both in row 0
+        tensor([[3.0000, 2.5000],
+                [0.0000, 0.0000]])
+    """
+
+    name = "batchtopk"
+    threshold_momentum: ClassVar[float] = 0.01
+
+    def __init__(self, k: int, aux_k: int = 0, resample: bool = True) -> None:
+        super().__init__(k, aux_k, resample)
+        self.register_buffer("threshold", torch.zeros(()))
+
+    @override
+    def forward(self, pre: Tensor) -> Tensor:
+        return torch.relu(pre) * (pre > self.threshold)
+
+    @override
+    def training_codes(self, pre: Tensor) -> Tensor:
+        flat = torch.relu(pre).flatten()
+        values, index = flat.topk(min(self.k * len(pre), flat.numel()))
+        z = torch.zeros_like(flat).scatter(0, index, values).view_as(pre)
+        kept = values[values > 0]
+        if len(kept):
+            with torch.no_grad():
+                smallest = kept[-1].detach().to(self.threshold)
+                if self.threshold == 0:  # the first batch sets it
+                    self.threshold.copy_(smallest)
+                else:
+                    self.threshold.lerp_(smallest, self.threshold_momentum)
+        return z
 
 
-def code_activation(activation: ActivationName | CodeActivation, **settings: int | None) -> CodeActivation:
+class _StepWithThresholdGradient(torch.autograd.Function):
+    """``H(x − θ)`` with the pseudo-derivative ``−K((x − θ)/ε)/ε`` in θ and none in x (Rajamanoharan et al. 2024)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(x, threshold)
+        ctx.bandwidth = bandwidth
+        return (x > threshold).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, Tensor, None]:
+        x, threshold = ctx.saved_tensors
+        window = ((x - threshold).abs() < ctx.bandwidth / 2).to(grad.dtype)
+        return None, -(grad * window).sum(0) / ctx.bandwidth, None
+
+
+class _JumpWithThresholdGradient(torch.autograd.Function):
+    """``x · H(x − θ)``: the gradient in x where the code is open, the pseudo-derivative ``−θ K((x − θ)/ε)/ε`` in θ."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(x, threshold)
+        ctx.bandwidth = bandwidth
+        return x * (x > threshold)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, None]:
+        x, threshold = ctx.saved_tensors
+        window = ((x - threshold).abs() < ctx.bandwidth / 2).to(grad.dtype)
+        return grad * (x > threshold), -(grad * window).sum(0) * threshold / ctx.bandwidth, None
+
+
+class JumpReLU(CodeActivation):
+    r"""A learnt threshold per latent (Rajamanoharan et al. 2024): ``z = pre · [pre > θ_l]``, with an L0 penalty.
+
+    The thresholds ``θ`` (state ``code_activation.threshold``, shape (d,)) get their
+    gradient through straight-through estimators with a rectangle kernel of width
+    ``ε``; the sparsity penalty is the number of open codes, ``l1 · Σ [pre > θ]``.
+    Before training, ``θ`` is set to ``0.001 ×`` the data's spread (the paper's 0.001
+    on unit-scale data) and ``ε`` to ``0.1 ×`` it, so both scale with the activations.
+    The paper's ``ε = 0.001`` needs its hundreds of thousands of steps: on a few
+    thousand rows almost no pre-activation falls that close to a threshold, and L0
+    stays where it started. ``θ`` stays above ``ε / 2``, so a latent cannot open below zero.
+
+    Example:
+        >>> jump = JumpReLU()
+        >>> jump.threshold = torch.nn.Parameter(torch.tensor([0.5, 0.5]))
+        >>> jump(torch.tensor([[0.25, 0.75]]))
+        tensor([[0.0000, 0.7500]])
+    """
+
+    name = "jumprelu"
+    default_l1 = 0.01
+    relative_initial_threshold: ClassVar[float] = 1e-3
+    relative_bandwidth: ClassVar[float] = 0.1
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bandwidth = 0.0
+
+    @override
+    def attach(self, sae: SparseAutoencoder) -> None:
+        self.threshold = nn.Parameter(torch.zeros(sae.d_latent))
+
+    @override
+    def prepare(self, sae: SparseAutoencoder, statistics: RowStatistics) -> None:
+        self.bandwidth = self.relative_bandwidth * statistics.spread
+        with torch.no_grad():
+            self.threshold.fill_(self.relative_initial_threshold * statistics.spread)
+
+    @override
+    def forward(self, pre: Tensor) -> Tensor:
+        return pre * (pre > self.threshold)
+
+    @override
+    def training_codes(self, pre: Tensor) -> Tensor:
+        return _JumpWithThresholdGradient.apply(pre, self.threshold, self._training_bandwidth())
+
+    @override
+    def sparsity(self, batch: TrainingBatch) -> Tensor:
+        return _StepWithThresholdGradient.apply(batch.pre, self.threshold, self._training_bandwidth()).sum()
+
+    def _training_bandwidth(self) -> float:
+        if self.bandwidth <= 0:
+            raise ValueError("a JumpReLU trains after prepare() has set its bandwidth from the data's scale")
+        return self.bandwidth
+
+    @override
+    @torch.no_grad()
+    def after_step(self) -> None:
+        self.threshold.clamp_(min=self.bandwidth / 2)
+
+
+VARIANTS: dict[str, type[CodeActivation]] = {
+    variant.name: variant for variant in (Linear, ReLU, TopK, BatchTopK, JumpReLU)
+}
+
+
+def code_activation(activation: ActivationName | CodeActivation, **settings: Any) -> CodeActivation:
     """The variant named ``activation`` built with its settings (``k`` for TopK), or ``activation`` itself.
 
     Settings that are None are left out, so ``code_activation("relu", k=None)`` works.
 
     Raises:
-        ValueError: An unknown name, a setting the variant does not take, or a bad value.
+        ValueError: An unknown name, a setting the variant does not take, a missing
+            one it needs, or a bad value.
 
     Example:
         >>> code_activation("topk", k=16)
-        TopK(k=16)
+        TopK(k=16, aux_k=0, resample=True)
     """
     given = {key: value for key, value in settings.items() if value is not None}
     if isinstance(activation, CodeActivation):
@@ -174,8 +452,31 @@ def code_activation(activation: ActivationName | CodeActivation, **settings: int
     if activation not in VARIANTS:
         raise ValueError(f"activation must be one of {tuple(VARIANTS)} or a CodeActivation, got {activation!r}")
     variant = VARIANTS[activation]
-    accepted = [name for name in inspect.signature(variant).parameters]
-    if sorted(given) != sorted(accepted):
-        wanted = f"the settings {accepted}" if accepted else "no settings"
-        raise ValueError(f"activation {activation!r} takes {wanted}, got {sorted(given) or 'none'}")
+    parameters = _settings_of(variant)
+    required = [name for name, parameter in parameters.items() if parameter.default is inspect.Parameter.empty]
+    unknown, missing = sorted(set(given) - set(parameters)), sorted(set(required) - set(given))
+    if unknown or missing:
+        wanted = f"the settings {list(parameters)}" if parameters else "no settings"
+        needed = f" ({required} required)" if required else ""
+        raise ValueError(f"activation {activation!r} takes {wanted}{needed}, got {sorted(given) or 'none'}")
     return variant(**given)
+
+
+def variant_from_config(cfg: dict) -> CodeActivation:
+    """The variant a ``cfg.json`` describes: its ``activation`` name and the settings it stores beside it.
+
+    Example:
+        >>> variant_from_config({"activation": "topk", "k": 8, "d_in": 512})
+        TopK(k=8, aux_k=0, resample=True)
+    """
+    name = cfg["activation"]
+    if name not in VARIANTS:
+        raise ValueError(f"activation must be one of {tuple(VARIANTS)}, got {name!r}")
+    accepted = _settings_of(VARIANTS[name])
+    return code_activation(name, **{key: cfg[key] for key in accepted if key in cfg})
+
+
+def _settings_of(variant: type[CodeActivation]) -> dict[str, inspect.Parameter]:
+    """The named arguments of a variant's constructor: its settings (``*args``, ``**kwargs`` are not)."""
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {name: p for name, p in inspect.signature(variant).parameters.items() if p.kind in named}

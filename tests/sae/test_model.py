@@ -26,7 +26,10 @@ def test_affine_code_is_the_pre_activation():
 def test_bad_constructor_arguments():
     with pytest.raises(ValueError, match="activation must be one of"):
         SparseAutoencoder(4, 8, "gelu")
-    with pytest.raises(ValueError, match=r"activation 'topk' takes the settings \['k'\], got none"):
+    with pytest.raises(
+        ValueError,
+        match=r"activation 'topk' takes the settings \['k', 'aux_k', 'resample'\] \(\['k'\] required\), got none",
+    ):
         SparseAutoencoder(4, 8, "topk")
     with pytest.raises(ValueError, match=r"k \(of activation 'topk'\) must be an integer >= 1, got 0"):
         SparseAutoencoder(4, 8, "topk", k=0)
@@ -38,6 +41,18 @@ def test_bad_constructor_arguments():
         SparseAutoencoder(4, 0)
     with pytest.raises(ValueError, match=r"expected an activation tensor of shape \(N, 4\)"):
         SparseAutoencoder(4, 8).encode(torch.randn(2, 5))
+
+
+@pytest.mark.parametrize("variant", ["batchtopk", "jumprelu"])
+def test_a_variants_own_state_is_saved_and_loaded_with_the_weights(tmp_path, variant):
+    sae = SparseAutoencoder(5, 7, variant, k=3 if variant == "batchtopk" else None)
+    with torch.no_grad():
+        sae.code_activation.threshold.copy_(torch.rand_like(sae.code_activation.threshold))
+        sae.encoder.bias.normal_()
+    loaded = SparseAutoencoder.load(sae.save(tmp_path / "sae"))
+    assert torch.equal(loaded.code_activation.threshold, sae.code_activation.threshold)
+    a = torch.randn(20, 5)
+    assert torch.equal(loaded.encode(a), sae.encode(a)) and (sae.encode(a) == 0).any()
 
 
 def test_save_load_round_trip(tmp_path):

@@ -8,6 +8,7 @@ import torch
 from captum_salve import ActivationSet, SparseAutoencoder, sae_metrics, train_sae
 from captum_salve.sae import train as train_module
 from captum_salve.sae.train import SAEConfig, _resample_dead, train_saes
+from captum_salve.sae.variants import BatchTopK, TopK
 from captum_salve.store import ActivationStore, as_rows
 from tests.helpers import labelled_clusters
 
@@ -37,7 +38,10 @@ def test_same_seed_gives_bit_identical_weights():
     assert [h["epoch"] for h in history] == [1, 2, 3]
 
 
-@pytest.mark.parametrize("activation, k", [("relu", None), ("topk", 4), ("linear", None)])
+@pytest.mark.parametrize(
+    "activation, k",
+    [("relu", None), ("topk", 4), ("linear", None), ("batchtopk", 4), ("jumprelu", None), (TopK(4, aux_k=8), None)],
+)
 def test_interrupted_then_resumed_run_equals_uninterrupted(tmp_path, monkeypatch, activation, k):
     acts = _clustered()
     settings = dict(activation=activation, k=k, epochs=4, batch_size=64, seed=1, progress=False)
@@ -118,10 +122,13 @@ def _same_weights(first: SparseAutoencoder, second: SparseAutoencoder) -> bool:
 
 
 @pytest.mark.parametrize("shuffle", ["exact", "blocks"])
-@pytest.mark.parametrize("activation, k, resamples", [("relu", None, False), ("topk", 4, True)])
-def test_a_store_trains_the_bit_identical_sae(tmp_path, shuffle, activation, k, resamples):
+@pytest.mark.parametrize(
+    "activation, resamples", [("relu", False), ("topk", True), (BatchTopK(4, aux_k=16, resample=False), False)]
+)
+def test_a_store_trains_the_bit_identical_sae(tmp_path, shuffle, activation, resamples):
     acts = _clustered(n=601)
     store = ActivationStore.from_set(acts, tmp_path / "store", shard_rows=97)
+    k = 4 if activation == "topk" else None
     settings = dict(activation=activation, k=k, epochs=3, batch_size=64, shuffle=shuffle, block_rows=50, progress=False)
     from_memory, memory_history = train_sae(acts, 96, buffer_blocks=3, **settings)
     from_store, store_history = train_sae(store, 96, buffer_blocks=3, **settings)

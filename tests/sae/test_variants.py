@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import get_args
 
+import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from captum_salve import SparseAutoencoder, train_sae
+from captum_salve import SparseAutoencoder, sae_metrics, train_sae
 from captum_salve.sae import VARIANTS, ActivationName, CodeActivation, code_activation
+from captum_salve.sae.variants import BatchTopK, TopK, TrainingBatch
+from captum_salve.store import RowStatistics
 from tests.helpers import labelled_clusters
 
 
@@ -17,12 +20,15 @@ from tests.helpers import labelled_clusters
     n=st.integers(1, 6),
     d_in=st.integers(1, 12),
     d_latent=st.integers(1, 20),
-    activation=st.sampled_from(["linear", "relu", "topk"]),
+    activation=st.sampled_from(["linear", "relu", "topk", "batchtopk", "jumprelu"]),
     data=st.data(),
 )
 def test_codes_obey_their_activation(n, d_in, d_latent, activation, data):
-    k = data.draw(st.integers(1, d_latent)) if activation == "topk" else None
+    k = data.draw(st.integers(1, d_latent)) if "topk" in activation else None
     sae = SparseAutoencoder(d_in, d_latent, activation, k=k)
+    threshold = data.draw(st.floats(0.0, 1.0))
+    if activation in ("batchtopk", "jumprelu"):
+        sae.code_activation.threshold.data.fill_(threshold)
     a = torch.randn(n, d_in)
     a_hat, z = sae(a)
     assert a_hat.shape == (n, d_in) and z.shape == (n, d_latent)
@@ -31,6 +37,10 @@ def test_codes_obey_their_activation(n, d_in, d_latent, activation, data):
         torch.testing.assert_close(z, pre)
     elif activation == "relu":
         torch.testing.assert_close(z, pre.clamp_min(0))
+    elif activation == "jumprelu":
+        torch.testing.assert_close(z, pre * (pre > threshold))
+    elif activation == "batchtopk":
+        torch.testing.assert_close(z, pre.clamp_min(0) * (pre > threshold))
     else:
         assert ((z != 0).sum(dim=1) <= k).all() and (z >= 0).all()
         kept = pre.topk(k, dim=1).values.clamp_min(0).sum(dim=1)
@@ -43,7 +53,7 @@ class Shrink(CodeActivation):
 
     name = "shrink"
 
-    def __call__(self, pre):
+    def forward(self, pre):
         return torch.sign(pre) * (pre.abs() - 0.5).clamp_min(0)
 
 
@@ -69,3 +79,103 @@ def test_a_new_variant_is_one_class_that_the_model_and_training_use():
 def test_every_named_variant_is_registered_once():
     assert set(VARIANTS) == set(get_args(ActivationName))
     assert [code_activation(name, **VARIANTS[name].default_settings(64)).name for name in VARIANTS] == list(VARIANTS)
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 6), d_latent=st.integers(1, 12), data=st.data())
+def test_batchtopk_keeps_k_codes_per_row_on_average_over_the_batch(n, d_latent, data):
+    k = data.draw(st.integers(1, d_latent))
+    variant = BatchTopK(k)
+    pre = torch.randn(n, d_latent)
+    z = variant.training_codes(pre)
+    positive = torch.relu(pre).flatten()
+    kept = positive.topk(min(k * n, positive.numel())).values
+    assert (z != 0).sum() == (kept > 0).sum() and (z >= 0).all()
+    torch.testing.assert_close(z.sum(), kept.sum())
+    assert torch.equal(z[z != 0], pre[z != 0])  # a kept code is its pre-activation
+
+
+def test_batchtopk_infers_with_the_running_threshold_of_its_smallest_kept_code():
+    variant = BatchTopK(1)
+    assert torch.equal(variant(torch.tensor([[-1.0, 0.5]])), torch.tensor([[0.0, 0.5]]))  # untrained: a ReLU
+    variant.training_codes(torch.tensor([[3.0, 2.5], [1.0, 0.5]]))  # keeps 3.0 and 2.5
+    assert variant.threshold == 2.5  # the first batch sets it
+    variant.training_codes(torch.tensor([[4.0, 1.5], [0.0, 0.0]]))  # keeps 4.0 and 1.5
+    assert variant.threshold == 2.5 + 0.01 * (1.5 - 2.5)  # then a running mean
+    torch.testing.assert_close(variant(torch.tensor([[2.495, 2.5]])), torch.tensor([[2.495, 2.5]]))
+    torch.testing.assert_close(variant(torch.tensor([[2.485, 1.0]])), torch.tensor([[0.0, 0.0]]))
+
+
+def test_jumprelu_gradients_are_the_papers_straight_through_estimators():
+    jump = SparseAutoencoder(3, 4, "jumprelu").code_activation
+    jump.bandwidth = 0.2
+    with torch.no_grad():
+        jump.threshold.copy_(torch.tensor([0.5, 0.5, 1.0, 1.0]))
+    pre = torch.tensor([[0.45, 0.7, 1.05, 0.2], [0.58, 0.3, 0.95, 2.0]], requires_grad=True)
+    z = jump.training_codes(pre)
+    assert torch.equal(z.detach(), pre.detach() * (pre.detach() > jump.threshold.detach()))
+    z.sum().backward()
+    # x: 1 where the code is open; θ: −θ/ε for every pre-activation within ε/2 of it
+    assert torch.equal(pre.grad, (pre.detach() > jump.threshold.detach()).float())
+    window = ((pre.detach() - jump.threshold.detach()).abs() < 0.1).float().sum(0)
+    torch.testing.assert_close(jump.threshold.grad, -window * jump.threshold.detach() / 0.2)
+    jump.threshold.grad = None
+    batch = TrainingBatch(None, None, pre, None, None, None, None, 1.0, None)
+    l0 = jump.sparsity(batch)
+    assert l0 == (pre.detach() > jump.threshold.detach()).sum()  # the penalty counts open codes
+    l0.backward()
+    torch.testing.assert_close(jump.threshold.grad, -window / 0.2)
+
+
+def test_jumprelu_thresholds_and_bandwidth_scale_with_the_data():
+    sae = SparseAutoencoder(3, 4, "jumprelu")
+    statistics = RowStatistics.of(torch.randn(50, 3) * 7.0)
+    sae.code_activation.prepare(sae, statistics)
+    torch.testing.assert_close(sae.code_activation.threshold.detach(), torch.full((4,), 1e-3 * statistics.spread))
+    assert sae.code_activation.bandwidth == 0.1 * statistics.spread
+    with torch.no_grad():
+        sae.code_activation.threshold[0] = -1.0
+    sae.code_activation.after_step()
+    assert sae.code_activation.threshold[0] == 0.05 * statistics.spread  # never below ε/2
+
+
+def test_auxk_loss_is_the_dead_latents_reconstruction_of_the_residual():
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(5, 6, TopK(1, aux_k=2))
+    a = torch.randn(4, 5)
+    pre = sae.pre_activation(a)
+    z = sae.code_activation.training_codes(pre)
+    a_hat = sae.decode(z)
+    squared_error = (a - a_hat).pow(2).sum()
+    dead = torch.tensor([False, True, True, True, False, False])
+    batch = TrainingBatch(sae, a, pre, z, a_hat, squared_error, torch.tensor(2.0), 0.0, dead)
+    residual = (a - a_hat).detach()
+    expected = squared_error / 2.0
+    aux = torch.zeros(4, 5)
+    for row in range(4):  # by hand: the two largest dead pre-activations of each row, then ReLU
+        for latent in pre[row, 1:4].topk(2).indices + 1:
+            aux[row] += torch.relu(pre[row, latent]) * sae.decoder_weight[:, latent]
+    spread = (residual - residual.mean(0)).pow(2).sum()
+    expected = expected + (1 / 32) * 4 * (residual - aux).pow(2).sum() / spread
+    torch.testing.assert_close(sae.code_activation.loss(batch), expected)
+    nothing_dead = TrainingBatch(sae, a, pre, z, a_hat, squared_error, torch.tensor(2.0), 0.0, dead & False)
+    torch.testing.assert_close(sae.code_activation.loss(nothing_dead), squared_error / 2.0)
+
+
+def test_topk_resampling_starts_latents_strong_enough_to_enter_the_top_k(monkeypatch):
+    acts = labelled_clusters(600, 16, 4, scale=3.0, spread=0.5, offset=2.0, seed=3)[1]
+    settings = dict(activation="topk", k=8, epochs=12, batch_size=64, progress=False)
+    _, history = train_sae(acts, 96, **settings)
+    assert history[-1]["dead_fraction"] == 0.0
+    monkeypatch.setattr(TopK, "resample_encoder_scale", 0.2)  # the ReLU recipe's gentle start
+    _, gentle = train_sae(acts, 96, **settings)
+    assert gentle[-1]["dead_fraction"] > 0.15 and gentle[-2]["resampled"] > 0.15 * 96
+
+
+@pytest.mark.parametrize("variant", ["relu", "topk", "batchtopk", "jumprelu"])
+def test_every_variant_trains_to_a_sparse_reconstruction(variant):
+    acts = labelled_clusters(400, 16, 8, scale=3.0, spread=0.3, offset=5.0, seed=1)[1]
+    k = 4 if variant in ("topk", "batchtopk") else None
+    sae, history = train_sae(acts, 32, activation=variant, k=k, epochs=15, batch_size=64, progress=False)
+    metrics = sae_metrics(sae, acts)  # as the trained SAE encodes: BatchTopK with its threshold
+    assert metrics["explained_variance"] > 0.7 and metrics["l0"] < 20, metrics  # a linear SAE's L0 is 31.7 here
