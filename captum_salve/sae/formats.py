@@ -11,6 +11,9 @@ gives the codes and reconstructions the library gives:
   ``finetuning_scaling_factor``, overcomplete's dictionary normalisation and multiplier)
   is multiplied into the encoder rows and divided out of the decoder columns, or
   multiplied into the decoder columns;
+- a threshold is mapped onto our JumpReLU's ``pre · [pre > θ]`` or BatchTopK's
+  ``relu(pre) · [pre > θ]``: a library's ``relu(pre) · [pre > θ]`` per latent keeps
+  ``max(θ, 0)``, and overcomplete's ``pre ≥ θ`` becomes ``pre >`` the float just below ``θ``;
 - decoder columns keep the norms they were saved with: rescaling them would change
   which latents a TopK keeps.
 
@@ -117,7 +120,8 @@ def read_foreign(
         path: The folder (or, for overcomplete, the state-dict file).
         layout: Its layout (see :func:`layout_of`), one of :data:`FOREIGN_LAYOUTS`.
         activation: For overcomplete only, whose state dict does not record its class:
-            ``"relu"`` (``SAE``) or ``"topk"`` (``TopKSAE``).
+            ``"relu"`` (``SAE``) or ``"topk"`` (``TopKSAE``); a ``JumpSAE`` is recognised
+            by its ``thresholds`` (``"jumprelu"``).
         k: For ``activation="topk"``, the ``top_k`` it was built with.
 
     Returns:
@@ -302,13 +306,16 @@ def _read_saelens(folder: Path) -> tuple[dict[str, Any], Tensors]:
     architecture = raw.get("architecture", "standard")
     if architecture == "standard" and function == "topk":
         architecture = "topk"
-    if architecture not in ("standard", "topk"):
+    if architecture not in _SAELENS_ACTIVATIONS:
         raise ValueError(
             f"{str(cfg_path)!r} has architecture {architecture!r}; the SAELens architectures read are "
-            "'standard' and 'topk' (a gated SAE's two encoders, or a transcoder's output, have no counterpart here)"
+            f"{tuple(_SAELENS_ACTIVATIONS)} (a gated SAE's two encoders, or a transcoder's output, have no "
+            "counterpart here; a BatchTopK SAE is saved for inference as 'jumprelu')"
         )
-    if architecture == "standard" and function != "relu":
-        raise ValueError(f"{str(cfg_path)!r} has activation_fn {function!r}; a 'standard' SAE is read with 'relu' only")
+    if architecture != "topk" and function != "relu":
+        raise ValueError(
+            f"{str(cfg_path)!r} has activation_fn {function!r}; a {architecture!r} SAE is read with 'relu' only"
+        )
     normalisation = raw.get("normalize_activations")
     if normalisation in _PER_INPUT_NORMALISATIONS:
         raise ValueError(
@@ -327,6 +334,8 @@ def _read_saelens(folder: Path) -> tuple[dict[str, Any], Tensors]:
     decoder = w_dec.T
     factor = state.get("finetuning_scaling_factor", state.get("scaling_factor"))
     known = {"W_enc", "b_enc", "W_dec", "b_dec", "finetuning_scaling_factor", "scaling_factor"}
+    if architecture == "jumprelu":
+        known.add("threshold")
     _refuse_others(state, known, weights_path, f"a SAELens {architecture!r} SAE")
     if factor is not None and not bool((factor == 1).all()):
         if not raw.get("finetuning_scaling_factor"):
@@ -346,17 +355,41 @@ def _read_saelens(folder: Path) -> tuple[dict[str, Any], Tensors]:
         subtracts_decoder_bias=bool(raw.get("apply_b_dec_to_input", True)),
         code_scale=code_scale,
     )
-    activation = "relu" if architecture == "standard" else "topk"
+    threshold = None
+    if architecture == "jumprelu":  # relu(pre) · [pre > θ] = pre · [pre > max(θ, 0)]
+        threshold = _tensor(state, "threshold", (d_latent,), weights_path).to(torch.float32)
+        ours["code_activation.threshold"] = threshold.clamp_min(0)
     source = {"library": "saelens", "files": list(LAYOUTS["saelens"]), "config": raw}
     hook = meta.get("hook_name", raw.get("hook_name", raw.get("hook_point")))
     model = meta.get("model_name", raw.get("model_name"))
-    config = _config(d_in, d_latent, activation, settings, source, site=hook, model=model)
+    config = _config(d_in, d_latent, _SAELENS_ACTIVATIONS[architecture], settings, source, site=hook, model=model)
     ours_block = meta.get("captum_salve")
-    if isinstance(ours_block, dict):  # written by write_saelens: our site, model and metadata come back
-        model = ours_block.get("model")
-        config.update(site=_site(ours_block.get("site")) or HEAD_INPUT, model=model if isinstance(model, str) else None)
-        config["metadata"] = dict(ours_block.get("metadata") or {})
+    if isinstance(ours_block, dict):  # written by write_saelens
+        _restore_ours(ours_block, config, ours, threshold)
     return config, ours
+
+
+# SAELens inference architecture -> our variant (a BatchTopK SAE is saved for inference as "jumprelu").
+_SAELENS_ACTIVATIONS = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu"}
+_OUR_OWN_KEYS = ("d_in", "d_latent", "activation", "site", "model", "metadata")
+
+
+def _restore_ours(block: dict[str, Any], config: dict[str, Any], state: Tensors, threshold: Tensor | None) -> None:
+    """Our site, model, metadata and variant settings back from what :func:`write_saelens` kept.
+
+    The settings come back only where they describe the codes the SAELens fields
+    define (the same variant and ``k``); a BatchTopK, written as a JumpReLU with one
+    threshold for every latent, comes back as a BatchTopK.
+    """
+    model = block.get("model")
+    config.update(site=_site(block.get("site")) or HEAD_INPUT, model=model if isinstance(model, str) else None)
+    config["metadata"] = dict(block.get("metadata") or {})
+    settings = {key: value for key, value in block.items() if key not in _OUR_OWN_KEYS}
+    if block.get("activation") == "batchtopk" and threshold is not None and bool((threshold == threshold[0]).all()):
+        config.update(activation="batchtopk", **settings)
+        state["code_activation.threshold"] = threshold[0].clone()
+    elif block.get("activation") == config["activation"] and settings.get("k") == config.get("k"):
+        config.update(settings)
 
 
 def _factor_key(state: Tensors) -> str:
@@ -366,36 +399,48 @@ def _factor_key(state: Tensors) -> str:
 def write_saelens(sae: SparseAutoencoder, directory: str | Path) -> Path:
     """Write ``sae`` as SAELens writes an SAE: ``cfg.json`` and ``sae_weights.safetensors`` (each atomically).
 
-    The config is SAELens 6's (``architecture`` ``"standard"`` for ReLU codes,
-    ``"topk"`` with ``k``; ``apply_b_dec_to_input`` true, no normalisation); our
-    site and model go to ``metadata.hook_name`` and ``metadata.model_name``, and
-    our config and metadata to ``metadata.captum_salve``, from which
+    The config is SAELens 6's: ``architecture`` ``"standard"`` for ReLU codes,
+    ``"topk"`` with ``k``, ``"jumprelu"`` for JumpReLU and BatchTopK codes (SAELens
+    saves a BatchTopK SAE for inference as a JumpReLU with its one threshold for
+    every latent); ``apply_b_dec_to_input`` true, no normalisation. Our site and model
+    go to ``metadata.hook_name`` and ``metadata.model_name``, and our config and
+    metadata to ``metadata.captum_salve``, from which
     :meth:`~captum_salve.SparseAutoencoder.load` restores them.
 
     Raises:
-        ValueError: The SAE's codes have no SAELens architecture (``"linear"``: SAELens
-            always applies a ReLU).
+        ValueError: The SAE's codes have no SAELens architecture: ``"linear"`` (SAELens
+            always applies a ReLU), or a JumpReLU with a threshold below 0 (its negative
+            codes would be zeroed by SAELens's ReLU).
 
     Example:
         >>> write_saelens(sae, "for-saelens")    # SAE.load_from_disk("for-saelens") in SAELens
         PosixPath('for-saelens')
     """
-    settings = sae.code_activation.settings()
-    if sae.activation == "relu":
-        architecture, extra = "standard", {}
-    elif sae.activation == "topk":
-        architecture, extra = "topk", {"k": settings["k"], "rescale_acts_by_decoder_norm": False}
-    else:
-        raise ValueError(
-            f"an SAE with activation {sae.activation!r} has no SAELens architecture (SAELens writes "
-            "'relu' codes as 'standard' and 'topk' as 'topk'); save it with layout='captum_salve'"
-        )
     tensors = {
         "W_enc": sae.encoder.weight.detach().T.contiguous(),
         "b_enc": sae.encoder.bias.detach().clone(),
         "W_dec": sae.decoder.weight.detach().T.contiguous(),
         "b_dec": sae.decoder.bias.detach().clone(),
     }
+    extra: dict[str, Any] = {}
+    if sae.activation == "relu":
+        architecture = "standard"
+    elif sae.activation == "topk":
+        architecture, extra = "topk", {"k": sae.code_activation.k, "rescale_acts_by_decoder_norm": False}
+    elif sae.activation in ("jumprelu", "batchtopk"):
+        architecture, threshold = "jumprelu", sae.code_activation.threshold.detach()
+        if sae.activation == "jumprelu" and bool((threshold < 0).any()):
+            raise ValueError(
+                "a JumpReLU SAE with a threshold below 0 keeps negative codes, which SAELens's JumpReLU "
+                "(relu(pre) · [pre > θ]) zeroes; save it with layout='captum_salve'"
+            )
+        tensors["threshold"] = threshold.expand(sae.d_latent).clone()  # batchtopk: relu(pre) · [pre > θ] as is
+    else:
+        raise ValueError(
+            f"an SAE with activation {sae.activation!r} has no SAELens architecture (SAELens writes 'relu' codes "
+            "as 'standard', 'topk' as 'topk', 'jumprelu' and 'batchtopk' as 'jumprelu'); save it with "
+            "layout='captum_salve'"
+        )
     cfg = {
         "d_in": sae.d_in,
         "d_sae": sae.d_latent,
@@ -469,14 +514,27 @@ def _read_sparsify(folder: Path) -> tuple[dict[str, Any], Tensors]:
 # ---- dictionary_learning --------------------------------------------------------------------
 
 
+_DICTIONARY_LEARNING_CLASSES = (
+    "AutoEncoder",
+    "AutoEncoderNew",
+    "AutoEncoderTopK",
+    "BatchTopKSAE",
+    "MatryoshkaBatchTopKSAE",
+    "JumpReluAutoEncoder",
+)
+
+
 def _read_dictionary_learning(folder: Path) -> tuple[dict[str, Any], Tensors]:
     """saprmarks/dictionary_learning (``ae.pt`` + ``config.json``), by the config's ``trainer.dict_class``.
 
     Written from dictionary_learning/dictionary.py (``AutoEncoder``: ``encoder(x − bias)``,
     ``decoder(f) + bias``; ``AutoEncoderNew``: ``encoder(x)``, ``decoder(f)`` with its own
-    bias) and dictionary_learning/trainers/top_k.py (``AutoEncoderTopK``: TopK of
-    ``relu(encoder(x − b_dec))``). ``training.py`` saves the final weights with any
-    activation normalisation already undone (``scale_biases``).
+    bias; ``JumpReluAutoEncoder``: ``relu(pre · [pre > θ])`` of ``pre = x W_enc + b_enc``,
+    ``b_dec`` not subtracted) and dictionary_learning/trainers/ (``AutoEncoderTopK``: TopK
+    of ``relu(encoder(x − b_dec))``; ``BatchTopKSAE`` and ``MatryoshkaBatchTopKSAE``:
+    ``relu(pre) · [relu(pre) > θ]``, their ``encode`` outside training). ``training.py``
+    saves the final weights with any activation normalisation already undone
+    (``scale_biases``).
     """
     cfg_path, weights_path = (folder / name for name in LAYOUTS["dictionary_learning"])
     raw = _read_json(cfg_path)
@@ -488,8 +546,7 @@ def _read_dictionary_learning(folder: Path) -> tuple[dict[str, Any], Tensors]:
     if dict_class in ("AutoEncoder", "AutoEncoderNew"):
         bias_key = "bias" if dict_class == "AutoEncoder" else "decoder.bias"
         d_latent, d_in = _shape_of(state, "encoder.weight", weights_path)
-        keys = {"encoder.weight", "encoder.bias", "decoder.weight", bias_key}
-        _refuse_others(state, keys, weights_path, f"an {dict_class}")
+        _refuse_others(state, {"encoder.weight", "encoder.bias", "decoder.weight", bias_key}, weights_path, dict_class)
         ours = _our_state(
             state["encoder.weight"],
             _tensor(state, "encoder.bias", (d_latent,), weights_path),
@@ -498,24 +555,41 @@ def _read_dictionary_learning(folder: Path) -> tuple[dict[str, Any], Tensors]:
             subtracts_decoder_bias=dict_class == "AutoEncoder",
         )
         return _config(d_in, d_latent, "relu", {}, source, model=model), ours
-    if dict_class == "AutoEncoderTopK":
+    if dict_class in ("AutoEncoderTopK", "BatchTopKSAE"):  # nn.Linear encoder and decoder
         d_latent, d_in = _shape_of(state, "encoder.weight", weights_path)
         keys = {"encoder.weight", "encoder.bias", "decoder.weight", "b_dec", "k", "threshold"}
-        _refuse_others(state, keys, weights_path, "an AutoEncoderTopK")
-        k = _int_setting(state.get("k", trainer.get("k")), "k", weights_path)
-        ours = _our_state(
-            state["encoder.weight"],
-            _tensor(state, "encoder.bias", (d_latent,), weights_path),
-            _tensor(state, "decoder.weight", (d_in, d_latent), weights_path),
-            _tensor(state, "b_dec", (d_in,), weights_path),
-            subtracts_decoder_bias=True,
+        _refuse_others(state, keys, weights_path, dict_class)
+        encoder, decoder = state["encoder.weight"], _tensor(state, "decoder.weight", (d_in, d_latent), weights_path)
+        encoder_bias = _tensor(state, "encoder.bias", (d_latent,), weights_path)
+    elif dict_class in ("JumpReluAutoEncoder", "MatryoshkaBatchTopKSAE"):  # W_enc (d_in, d), W_dec (d, d_in)
+        d_in, d_latent = _shape_of(state, "W_enc", weights_path)
+        keys = {"W_enc", "b_enc", "W_dec", "b_dec", "threshold", "k", "group_sizes"}
+        _refuse_others(state, keys, weights_path, dict_class)
+        encoder, decoder = state["W_enc"].T, _tensor(state, "W_dec", (d_latent, d_in), weights_path).T
+        encoder_bias = _tensor(state, "b_enc", (d_latent,), weights_path)
+    else:
+        raise ValueError(
+            f"{str(cfg_path)!r} gives trainer.dict_class {dict_class!r}; the dictionary_learning classes read are "
+            f"{_DICTIONARY_LEARNING_CLASSES} (a GatedAutoEncoder's two encoders have no counterpart here)"
         )
-        return _config(d_in, d_latent, "topk", {"k": k}, source, model=model), ours
-    readable = ("AutoEncoder", "AutoEncoderNew", "AutoEncoderTopK")
-    raise ValueError(
-        f"{str(cfg_path)!r} gives trainer.dict_class {dict_class!r}; the dictionary_learning classes read are "
-        f"{readable} (a GatedAutoEncoder's two encoders have no counterpart here)"
+    ours = _our_state(
+        encoder,
+        encoder_bias,
+        decoder,
+        _tensor(state, "b_dec", (d_in,), weights_path),
+        # JumpReluAutoEncoder.apply_b_dec_to_input is False unless set after loading from SAELens; it is not saved
+        subtracts_decoder_bias=dict_class != "JumpReluAutoEncoder",
     )
+    if dict_class == "JumpReluAutoEncoder":  # relu(pre · [pre > θ]) = pre · [pre > max(θ, 0)]
+        threshold = _tensor(state, "threshold", (d_latent,), weights_path)
+        ours["code_activation.threshold"] = threshold.to(torch.float32).clamp_min(0)
+        return _config(d_in, d_latent, "jumprelu", {}, source, model=model), ours
+    k = _int_setting(state.get("k", trainer.get("k")), "k", weights_path)
+    if dict_class == "AutoEncoderTopK":
+        return _config(d_in, d_latent, "topk", {"k": k}, source, model=model), ours
+    # relu(pre) · [relu(pre) > θ] = relu(pre) · [pre > θ] for every θ: our BatchTopK's inference codes
+    ours["code_activation.threshold"] = _tensor(state, "threshold", (), weights_path).to(torch.float32).clone()
+    return _config(d_in, d_latent, "batchtopk", {"k": k}, source, model=model), ours
 
 
 def _shape_of(state: Tensors, key: str, path: Path) -> tuple[int, int]:
@@ -531,14 +605,14 @@ def _shape_of(state: Tensors, key: str, path: Path) -> tuple[int, int]:
 def _read_overcomplete(path: Path, activation: str | None, k: int | None) -> tuple[dict[str, Any], Tensors]:
     """An overcomplete SAE's state dict (``torch.save(sae.state_dict(), ...)`` or safetensors).
 
-    Written from overcomplete/sae/base.py, dictionary.py, modules.py and topk_sae.py:
-    codes are ``relu(encoder(x))`` (``TopKSAE``: their TopK), reconstructions
-    ``codes @ dictionary`` with no bias, and the dictionary in use is
-    ``normalize_l2(_weights) · exp(multiplier)`` (``DictionaryLayer.get_dictionary``,
-    with the default normalisation ``"l2"``: the state dict does not record another).
-    The encoder is the default ``MLPEncoder`` of ``encoder_module="linear"`` (one
-    ``nn.Linear``) or a ``TieableEncoder`` (``SAE.untied()``, or ``SAE.tied()``, whose
-    weight is the dictionary's transpose).
+    Written from overcomplete/sae/base.py, dictionary.py, modules.py, topk_sae.py and
+    jump_sae.py: codes are ``relu(encoder(x))`` (``TopKSAE``: their TopK; ``JumpSAE``:
+    those at least ``exp(thresholds)``), reconstructions ``codes @ dictionary`` with no
+    bias, and the dictionary in use is ``normalize_l2(_weights) · exp(multiplier)``
+    (``DictionaryLayer.get_dictionary``, with the default normalisation ``"l2"``: the
+    state dict does not record another). The encoder is the default ``MLPEncoder`` of
+    ``encoder_module="linear"`` (one ``nn.Linear``) or a ``TieableEncoder``
+    (``SAE.untied()``, or ``SAE.tied()``, whose weight is the dictionary's transpose).
     """
     state = _read_tensors(path)
     d_latent, d_in = _shape_of(state, "dictionary._weights", path)
@@ -551,20 +625,35 @@ def _read_overcomplete(path: Path, activation: str | None, k: int | None) -> tup
         weight_key, bias_key = "encoder.weight", "encoder.bias"
     else:
         weight_key, bias_key = None, "encoder.bias"
-    known = {"dictionary._weights", "dictionary.multiplier", bias_key, *([weight_key] if weight_key else [])}
+    known = {
+        "dictionary._weights",
+        "dictionary.multiplier",
+        "thresholds",
+        bias_key,
+        *([weight_key] if weight_key else []),
+    }
     _refuse_others(state, known, path, "an overcomplete SAE with a linear encoder and an l2 dictionary")
     encoder_weight = _tensor(state, weight_key, (d_latent, d_in), path) if weight_key else dictionary
     bias = _tensor(state, bias_key, (d_latent,), path) if bias_key in state else torch.zeros(d_latent)
-    if activation not in ("relu", "topk"):
-        raise ValueError(
-            f"{str(path)!r} is an overcomplete state dict, which does not record its class: pass "
-            f"activation='relu' for an SAE or activation='topk' with k=<its top_k> for a TopKSAE, got {activation!r}"
+    jump = "thresholds" in state  # a JumpSAE
+    activation = "jumprelu" if jump and activation is None else activation
+    if activation not in ("relu", "topk", "jumprelu") or (activation == "jumprelu") != jump:
+        wanted = (
+            "its 'thresholds' make it a JumpSAE, activation='jumprelu'"
+            if jump
+            else "pass activation='relu' for an SAE or activation='topk' with k=<its top_k> for a TopKSAE"
         )
-    settings: dict[str, Any] = {}
-    if activation == "topk":
-        settings["k"] = _int_setting(k, "k (the TopKSAE's top_k)", path)
-    elif k is not None:
+        raise ValueError(
+            f"{str(path)!r} is an overcomplete state dict, which does not record its class: {wanted}; got "
+            f"activation={activation!r} (a BatchTopKSAE keeps its threshold outside its state dict: not readable)"
+        )
+    if k is not None and activation != "topk":
         raise ValueError(f"k goes with activation='topk', got k={k!r} with activation={activation!r}")
+    settings = {"k": _int_setting(k, "k (the TopKSAE's top_k)", path)} if activation == "topk" else {}
     ours = _our_state(encoder_weight, bias, dictionary.T, torch.zeros(d_in), subtracts_decoder_bias=True)
-    source = {"library": "overcomplete", "files": [path.name], "class": "TopKSAE" if activation == "topk" else "SAE"}
+    if jump:  # codes kept where relu(pre) ≥ exp(t) > 0, i.e. pre > the float just below exp(t)
+        floor = torch.exp(_tensor(state, "thresholds", (d_latent,), path).to(torch.float32))
+        ours["code_activation.threshold"] = torch.nextafter(floor, torch.full_like(floor, -torch.inf))
+    kind = {"relu": "SAE", "topk": "TopKSAE", "jumprelu": "JumpSAE"}[activation]
+    source = {"library": "overcomplete", "files": [path.name], "class": kind}
     return _config(d_in, d_latent, activation, settings, source), ours

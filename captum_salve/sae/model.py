@@ -339,7 +339,8 @@ class SparseAutoencoder(nn.Module):
             path: The SAE's folder, or an overcomplete state-dict file.
             device: Where to put it (default: the CPU).
             activation: For an overcomplete state dict only, which does not record its
-                class: ``"relu"`` (``SAE``) or ``"topk"`` (``TopKSAE``).
+                class: ``"relu"`` (``SAE``) or ``"topk"`` (``TopKSAE``); a ``JumpSAE`` is
+                recognised by its ``thresholds``.
             k: With ``activation="topk"``, the ``TopKSAE``'s ``top_k``.
 
         Raises:

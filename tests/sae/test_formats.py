@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from captum_salve import SparseAutoencoder
@@ -23,7 +23,7 @@ D_IN, D_SAE = 6, 10
 
 
 def _random(*shape: int, seed: int) -> Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 
 
 def _inputs() -> Tensor:
@@ -95,6 +95,8 @@ def _saelens_forward(cfg: dict, t: dict[str, Tensor], x: Tensor) -> tuple[Tensor
     k = cfg.get("k", (cfg.get("activation_fn_kwargs") or {}).get("k"))
     topk = cfg["architecture"] == "topk" or cfg.get("activation_fn_str") == "topk"
     codes = _topk_then_relu(hidden_pre, k) if topk else hidden_pre.relu()  # topk_sae.py:69-70
+    if cfg["architecture"] == "jumprelu":
+        codes = codes * (hidden_pre > t["threshold"])  # jumprelu_sae.py:144-148
     acts = codes / norms if rescale else codes  # topk_sae.py:263
     if cfg.get("finetuning_scaling_factor"):
         acts = acts * t["scaling_factor"]  # 5.11.0 sae.py:459, the factor renamed at loading (:364)
@@ -146,6 +148,16 @@ def test_a_pre_6_saelens_config_with_a_finetuning_scaling_factor(tmp_path):
     _assert_same_numbers(sae, x, *_saelens_forward(cfg, tensors, x))
 
 
+def test_a_saelens_jumprelu_sae_with_thresholds_of_either_sign(tmp_path):
+    # jumprelu_sae.py:126 threshold (d_sae,); Gemma Scope's files do not subtract b_dec
+    cfg = _saelens_v6_cfg("jumprelu", apply_b_dec_to_input=False)
+    tensors = {**_saelens_tensors(seed=40), "threshold": _random(D_SAE, seed=44)}  # some below 0
+    sae = SparseAutoencoder.load(_write_saelens(tmp_path, cfg, tensors))
+    assert sae.activation == "jumprelu"
+    x = _inputs()
+    _assert_same_numbers(sae, x, *_saelens_forward(cfg, tensors, x))
+
+
 def test_a_saelens_hook_becomes_our_site_only_when_it_is_one_of_our_site_keys(tmp_path):
     tensors = _saelens_tensors()
     theirs = SparseAutoencoder.load(_write_saelens(tmp_path / "a", _saelens_v6_cfg("standard"), tensors))
@@ -171,37 +183,41 @@ def test_saelens_sae_that_cannot_be_represented_is_refused(tmp_path, change, mes
         SparseAutoencoder.load(tmp_path)
 
 
-def test_saving_in_the_saelens_layout_loads_back_bit_for_bit(tmp_path):
-    for activation, k in (("relu", None), ("topk", 3)):
-        sae = SparseAutoencoder(D_IN, D_SAE, activation, k=k, site="layer3:spatial_mean", model="resnet18")
-        with torch.no_grad():
-            sae.encoder.bias.normal_()
-            sae.decoder.bias.normal_()
-        sae.metadata["note"] = "kept"
-        folder = sae.save(tmp_path / activation, layout="saelens")
-        assert sorted(p.name for p in folder.iterdir()) == ["cfg.json", "sae_weights.safetensors"]
-        cfg = json.loads((folder / "cfg.json").read_text())
-        assert cfg["architecture"] == ("standard" if k is None else "topk") and cfg.get("k") == k
-        assert cfg["metadata"]["hook_name"] == "layer3:spatial_mean" and cfg["metadata"]["sae_lens_version"] >= "6"
-        loaded = SparseAutoencoder.load(folder)
-        assert loaded.config() == sae.config() and loaded.metadata == {"note": "kept"}
-        x = _inputs()
-        with torch.no_grad():
-            assert torch.equal(loaded.encode(x), sae.encode(x))
-            assert torch.equal(loaded.decode(sae.encode(x)), sae.decode(sae.encode(x)))
-        from_cfg = _saelens_forward(cfg, {n: t for n, t in _saelens_tensors_of(folder).items()}, x)
-        _assert_same_numbers(loaded, x, *from_cfg)  # and SAELens's own formula on the files agrees
-
-
-def _saelens_tensors_of(folder: Path) -> dict[str, Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(folder / "sae_weights.safetensors"))
+@pytest.mark.parametrize(
+    ("activation", "k", "architecture"),
+    [("relu", None, "standard"), ("topk", 3, "topk"), ("jumprelu", None, "jumprelu"), ("batchtopk", 3, "jumprelu")],
+)
+def test_saving_in_the_saelens_layout_loads_back_bit_for_bit(tmp_path, activation, k, architecture):
+    sae = SparseAutoencoder(D_IN, D_SAE, activation, k=k, site="layer3:spatial_mean", model="resnet18")
+    with torch.no_grad():
+        sae.encoder.bias.normal_()
+        sae.decoder.bias.normal_()
+        if activation in ("jumprelu", "batchtopk"):
+            sae.code_activation.threshold.copy_(_random(*sae.code_activation.threshold.shape, seed=5).abs())
+    sae.metadata["note"] = "kept"
+    folder = sae.save(tmp_path / activation, layout="saelens")
+    assert sorted(p.name for p in folder.iterdir()) == ["cfg.json", "sae_weights.safetensors"]
+    cfg = json.loads((folder / "cfg.json").read_text())
+    assert cfg["architecture"] == architecture and cfg.get("k") == (k if activation == "topk" else None)
+    assert cfg["metadata"]["hook_name"] == "layer3:spatial_mean" and cfg["metadata"]["sae_lens_version"] >= "6"
+    loaded = SparseAutoencoder.load(folder)
+    assert loaded.config() == sae.config() and loaded.metadata == {"note": "kept"}
+    x = _inputs()
+    with torch.no_grad():
+        assert torch.equal(loaded.encode(x), sae.encode(x))
+        assert torch.equal(loaded.decode(sae.encode(x)), sae.decode(sae.encode(x)))
+    written = load_file(str(folder / "sae_weights.safetensors"))
+    _assert_same_numbers(loaded, x, *_saelens_forward(cfg, written, x))  # SAELens's formula on the files agrees
 
 
 def test_an_sae_without_a_saelens_architecture_is_not_saved_in_that_layout(tmp_path):
     with pytest.raises(ValueError, match="activation 'linear' has no SAELens architecture"):
         SparseAutoencoder(D_IN, D_SAE, "linear").save(tmp_path, layout="saelens")
+    below_zero = SparseAutoencoder(D_IN, D_SAE, "jumprelu")
+    with torch.no_grad():
+        below_zero.code_activation.threshold[2] = -0.5
+    with pytest.raises(ValueError, match="threshold below 0 keeps negative codes, which SAELens's JumpReLU"):
+        below_zero.save(tmp_path, layout="saelens")
     assert not any(tmp_path.iterdir())
     with pytest.raises(ValueError, match=r"layout must be one of \('captum_salve', 'saelens'\), got 'sparsify'"):
         SparseAutoencoder(D_IN, D_SAE).save(tmp_path, layout="sparsify")
@@ -338,6 +354,45 @@ def test_a_dictionary_learning_topk_autoencoder_keeps_its_k(tmp_path):
     _assert_same_numbers(sae, x, codes, codes @ state["decoder.weight"].T + state["b_dec"])  # :120
 
 
+def test_a_dictionary_learning_jumprelu_autoencoder_does_not_subtract_b_dec(tmp_path):
+    state = {  # dictionary.py:306 threshold (dict_size,), W_enc (activation_dim, dict_size), W_dec (dict_size, ...)
+        "W_enc": _random(D_IN, D_SAE, seed=80),
+        "b_enc": _random(D_SAE, seed=81) * 0.1,
+        "W_dec": _random(D_SAE, D_IN, seed=82) * 0.3,
+        "b_dec": _random(D_IN, seed=83),
+        "threshold": _random(D_SAE, seed=84),  # some below 0
+    }
+    sae = SparseAutoencoder.load(_write_dictionary_learning(tmp_path, "JumpReluAutoEncoder", state))
+    assert sae.activation == "jumprelu"
+    x = _inputs()
+    pre_jump = x @ state["W_enc"] + state["b_enc"]  # :316, apply_b_dec_to_input False (:308)
+    codes = torch.relu(pre_jump * (pre_jump > state["threshold"]))  # :318
+    _assert_same_numbers(sae, x, codes, codes @ state["W_dec"] + state["b_dec"])  # :326
+
+
+@pytest.mark.parametrize("threshold", [0.4, -1.0])  # trained, and the -1 it starts at
+@pytest.mark.parametrize("dict_class", ["BatchTopKSAE", "MatryoshkaBatchTopKSAE"])
+def test_a_dictionary_learning_batchtopk_sae_encodes_with_its_threshold(tmp_path, dict_class, threshold):
+    # trainers/batch_top_k.py:24-25 and matryoshka_batch_top_k.py:49-56: k, threshold, group_sizes buffers
+    encoder, bias, decoder = _random(D_SAE, D_IN, seed=90), _random(D_SAE, seed=91) * 0.1, _random(D_IN, D_SAE, seed=92)
+    state = {
+        "k": torch.tensor(4, dtype=torch.int),
+        "threshold": torch.tensor(threshold),
+        "b_dec": _random(D_IN, seed=93),
+    }
+    if dict_class == "BatchTopKSAE":  # nn.Linear encoder and decoder
+        state |= {"encoder.weight": encoder, "encoder.bias": bias, "decoder.weight": decoder}
+    else:  # parameters W_enc (activation_dim, dict_size), W_dec (dict_size, activation_dim)
+        state |= {"W_enc": encoder.T.contiguous(), "b_enc": bias, "W_dec": decoder.T.contiguous()}
+        state["group_sizes"] = torch.tensor([4, 6])
+    sae = SparseAutoencoder.load(_write_dictionary_learning(tmp_path, dict_class, state))
+    assert (sae.activation, sae.code_activation.k) == ("batchtopk", 4)
+    x = _inputs()
+    post_relu = torch.relu((x - state["b_dec"]) @ encoder.T + bias)  # batch_top_k.py:40, matryoshka :75
+    codes = post_relu * (post_relu > threshold)  # batch_top_k.py:43, matryoshka :79 (use_threshold=True)
+    _assert_same_numbers(sae, x, codes, codes @ decoder.T + state["b_dec"])  # batch_top_k.py:63, matryoshka :102
+
+
 def test_a_gated_dictionary_learning_autoencoder_is_refused(tmp_path):
     state = {"decoder_bias": torch.zeros(D_IN), "encoder.weight": torch.zeros(D_SAE, D_IN)}
     _write_dictionary_learning(tmp_path, "GatedAutoEncoder", state)
@@ -390,6 +445,8 @@ def _overcomplete_forward(state: dict[str, Tensor], x: Tensor, top_k: int | None
     else:
         pre = x @ dictionary.T  # modules.py:528, tied
     codes = torch.relu(pre)  # modules.py:144
+    if "thresholds" in state:  # jump_sae.py:295-298 relu, then :39 output[x < threshold] = 0
+        codes = codes.masked_fill(codes < torch.exp(state["thresholds"]), 0.0)
     if top_k is not None:
         top = torch.topk(codes, top_k, dim=-1)  # topk_sae.py:89
         codes = torch.zeros_like(codes).scatter(-1, top.indices, top.values)
@@ -408,6 +465,20 @@ def test_an_overcomplete_state_dict_gives_overcomplete_codes_and_reconstructions
     assert sae.metadata["source"] == source
     x = _inputs()
     _assert_same_numbers(sae, x, *_overcomplete_forward(state, x, k))
+
+
+def test_an_overcomplete_jumpsae_keeps_codes_at_exactly_its_threshold(tmp_path):
+    state = _overcomplete_state("untied") | {"thresholds": _random(D_SAE, seed=74) * 0.5}  # jump_sae.py:273
+    floor = torch.exp(state["thresholds"])  # :295
+    with torch.no_grad():  # input 0 puts pre-activation l at exactly its floor, for every l
+        state["encoder.weight"][:, 0] = floor
+        state["encoder.weight"][:, 1:] = torch.randn(D_SAE, D_IN - 1)
+    torch.save(state, tmp_path / "jump.pt")
+    sae = SparseAutoencoder.load(tmp_path / "jump.pt")
+    assert (sae.activation, sae.metadata["source"]["class"]) == ("jumprelu", "JumpSAE")
+    x = torch.cat([torch.eye(D_IN)[:1], _inputs()])
+    _assert_same_numbers(sae, x, *_overcomplete_forward(state, x, None))
+    assert torch.equal(sae.encode(x)[0].detach(), floor)  # every code kept at its floor, though not above it
 
 
 def test_an_overcomplete_state_dict_needs_its_class_named(tmp_path):
