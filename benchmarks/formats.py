@@ -100,7 +100,17 @@ def _version(name: str) -> str:
 
 
 def _saelens(folder: Path, x: Tensor) -> Iterator[Comparison]:
-    from sae_lens import SAE, StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
+    from sae_lens import (
+        SAE,
+        BatchTopKTrainingSAE,
+        BatchTopKTrainingSAEConfig,
+        JumpReLUSAE,
+        JumpReLUSAEConfig,
+        StandardSAE,
+        StandardSAEConfig,
+        TopKSAE,
+        TopKSAEConfig,
+    )
 
     library = _version("sae-lens")
     saes = {
@@ -108,17 +118,36 @@ def _saelens(folder: Path, x: Tensor) -> Iterator[Comparison]:
         "topk, rescale_acts_by_decoder_norm, no b_dec on the input": TopKSAE(
             TopKSAEConfig(d_in=D_IN, d_sae=D_SAE, k=K, rescale_acts_by_decoder_norm=True, apply_b_dec_to_input=False)
         ),
+        "jumprelu, thresholds of either sign, no b_dec on the input": JumpReLUSAE(
+            JumpReLUSAEConfig(d_in=D_IN, d_sae=D_SAE, apply_b_dec_to_input=False)
+        ),
+        "batchtopk (saved for inference as jumprelu)": BatchTopKTrainingSAE(
+            BatchTopKTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, k=K)
+        ),
     }
     for seed, (kind, sae) in enumerate(saes.items()):
         _randomise(sae, seed)
-        sae.save_model(folder / f"saelens-{seed}")
+        if isinstance(sae, BatchTopKTrainingSAE):
+            sae.topk_threshold.fill_(8.0)
+            sae.save_inference_model(folder / f"saelens-{seed}")
+            sae = SAE.load_from_disk(folder / f"saelens-{seed}")  # its inference codes, not one batch's TopK
+        else:
+            sae.save_model(folder / f"saelens-{seed}")
         ours = SparseAutoencoder.load(folder / f"saelens-{seed}")
         with torch.no_grad():
             yield _compare(library, kind, ours, x, sae.encode(x), sae.decode)
-            # ours written in SAELens's layout, read by SAELens
-            ours.save(folder / f"ours-{seed}", layout="saelens")
-            theirs = SAE.load_from_disk(folder / f"ours-{seed}")
-            yield _compare(library, f"{kind}: ours saved, SAELens loaded", ours, x, theirs.encode(x), theirs.decode)
+    for activation, k in (("relu", None), ("topk", K), ("jumprelu", None), ("batchtopk", K)):
+        ours = SparseAutoencoder(D_IN, D_SAE, activation, k=k)
+        _randomise(ours, 40)
+        if activation in ("jumprelu", "batchtopk"):
+            with torch.no_grad():
+                ours.code_activation.threshold.abs_().mul_(10)
+        ours.save(folder / f"ours-{activation}", layout="saelens")
+        theirs = SAE.load_from_disk(folder / f"ours-{activation}")
+        with torch.no_grad():
+            yield _compare(
+                library, f"ours ({activation}) saved, SAELens loaded", ours, x, theirs.encode(x), theirs.decode
+            )
 
 
 def _sparsify(folder: Path, x: Tensor) -> Iterator[Comparison]:
@@ -142,7 +171,9 @@ def _sparsify(folder: Path, x: Tensor) -> Iterator[Comparison]:
 
 
 def _dictionary_learning(folder: Path, x: Tensor) -> Iterator[Comparison]:
-    from dictionary_learning.dictionary import AutoEncoder, AutoEncoderNew
+    from dictionary_learning.dictionary import AutoEncoder, AutoEncoderNew, JumpReluAutoEncoder
+    from dictionary_learning.trainers.batch_top_k import BatchTopKSAE
+    from dictionary_learning.trainers.matryoshka_batch_top_k import MatryoshkaBatchTopKSAE
     from dictionary_learning.trainers.top_k import AutoEncoderTopK
 
     library = _version("dictionary-learning")
@@ -150,9 +181,14 @@ def _dictionary_learning(folder: Path, x: Tensor) -> Iterator[Comparison]:
         "AutoEncoder": AutoEncoder(D_IN, D_SAE),
         "AutoEncoderNew": AutoEncoderNew(D_IN, D_SAE),
         "AutoEncoderTopK": AutoEncoderTopK(D_IN, D_SAE, K),
+        "BatchTopKSAE": BatchTopKSAE(D_IN, D_SAE, K),
+        "MatryoshkaBatchTopKSAE": MatryoshkaBatchTopKSAE(D_IN, D_SAE, K, group_sizes=[64, 128]),
+        "JumpReluAutoEncoder": JumpReluAutoEncoder(D_IN, D_SAE),
     }
     for seed, (dict_class, sae) in enumerate(saes.items(), start=20):
         _randomise(sae, seed)
+        if "BatchTopK" in dict_class:
+            sae.threshold.fill_(8.0)  # a trained threshold keeps about k codes a row
         where = folder / f"dictionary-learning-{dict_class}"
         where.mkdir()
         # as dictionary_learning/training.py writes a trainer's folder: config.json, then the final ae.pt
@@ -165,15 +201,20 @@ def _dictionary_learning(folder: Path, x: Tensor) -> Iterator[Comparison]:
 
 
 def _overcomplete(folder: Path, x: Tensor) -> Iterator[Comparison]:
-    from overcomplete.sae import SAE, TopKSAE
+    from overcomplete.sae import SAE, JumpSAE, TopKSAE
 
     library = _version("overcomplete")
-    for seed, (kind, sae, k) in enumerate(
-        [("SAE", SAE(D_IN, D_SAE), None), ("TopKSAE", TopKSAE(D_IN, D_SAE, top_k=K), K)], start=30
-    ):
+    saes = [
+        ("SAE", SAE(D_IN, D_SAE), "relu", None),
+        ("TopKSAE", TopKSAE(D_IN, D_SAE, top_k=K), "topk", K),
+        ("JumpSAE", JumpSAE(D_IN, D_SAE), None, None),  # recognised by its thresholds
+    ]
+    for seed, (kind, sae, activation, k) in enumerate(saes, start=30):
         _randomise(sae, seed)  # the dictionary's rows far from unit norm, its multiplier ≠ 0
+        if kind == "JumpSAE":
+            sae.thresholds.data.add_(2.0)  # exp(θ) about 7: a third of the codes kept
         torch.save(sae.state_dict(), folder / f"overcomplete-{kind}.pt")
-        ours = SparseAutoencoder.load(folder / f"overcomplete-{kind}.pt", activation="topk" if k else "relu", k=k)
+        ours = SparseAutoencoder.load(folder / f"overcomplete-{kind}.pt", activation=activation, k=k)
         sae.eval()
         with torch.no_grad():
             yield _compare(library, kind, ours, x, sae.encode(x)[1], sae.decode)
