@@ -356,12 +356,12 @@ class SparseAutoencoder(nn.Module):
         """
         path, device = Path(path), as_device(device) if device is not None else None
         layout = layout_of(path)
-        if layout != "overcomplete" and (activation is not None or k is not None):
-            raise ValueError(
-                "activation and k describe an overcomplete state dict, which does not record them; "
-                f"{str(path)!r} is a {layout} SAE, whose files record its own (got activation={activation!r}, k={k!r})"
-            )
         if layout == "captum_salve":
+            if activation is not None or k is not None:
+                raise ValueError(
+                    f"activation and k describe an overcomplete state dict; {str(path)!r} is an SAE of ours, "
+                    f"whose {CONFIG_FILE} records its own (got activation={activation!r}, k={k!r})"
+                )
             sae = cls._load_own(path)
         else:
             cfg, state = read_foreign(path, layout, activation=activation, k=k)

@@ -538,6 +538,9 @@ def test_a_weights_file_without_its_config_is_named(tmp_path):
 
 
 def test_activation_and_k_are_refused_for_a_layout_that_records_them(tmp_path):
-    _write_saelens(tmp_path, _saelens_v6_cfg("standard"), _saelens_tensors())
-    with pytest.raises(ValueError, match="activation and k describe an overcomplete state dict"):
-        SparseAutoencoder.load(tmp_path, activation="topk", k=3)
+    _write_saelens(tmp_path / "saelens", _saelens_v6_cfg("standard"), _saelens_tensors())
+    with pytest.raises(ValueError, match="activation and k describe an overcomplete state dict.*a saelens SAE's"):
+        SparseAutoencoder.load(tmp_path / "saelens", activation="topk", k=3)
+    SparseAutoencoder(D_IN, D_SAE).save(tmp_path / "ours")
+    with pytest.raises(ValueError, match="an SAE of ours, whose cfg.json records its own"):
+        SparseAutoencoder.load(tmp_path / "ours", activation="relu")
