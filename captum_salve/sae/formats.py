@@ -294,7 +294,11 @@ def _read_saelens(folder: Path) -> tuple[dict[str, Any], Tensors]:
     Written from sae_lens/saes/{sae,standard_sae,topk_sae,jumprelu_sae}.py and
     sae_lens/loading/pretrained_sae_loaders.py (``handle_pre_6_0_config``,
     ``read_sae_components_from_disk``): ``W_enc`` (d_in, d_sae), ``W_dec`` (d_sae, d_in),
-    ``sae_in = x − b_dec · apply_b_dec_to_input``.
+    ``sae_in = x − b_dec · apply_b_dec_to_input``. ``normalize_activations`` of
+    ``"expected_average_only_in"`` (or ``"covariance_whitening"``) acts only while SAELens
+    trains, which folds it into the weights when it ends; SAELens applies nothing to a
+    folder it loads, and neither do we. Tensors of any float dtype are read exactly and
+    computed in float32.
     """
     cfg_path, weights_path = (folder / name for name in LAYOUTS["saelens"])
     raw = _read_json(cfg_path)

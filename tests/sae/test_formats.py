@@ -103,8 +103,10 @@ def _saelens_forward(cfg: dict, t: dict[str, Tensor], x: Tensor) -> tuple[Tensor
     return codes, acts @ t["W_dec"] + t["b_dec"]  # standard_sae.py:78
 
 
-def test_a_saelens_standard_sae_gives_saelens_codes_and_reconstructions(tmp_path):
-    cfg, tensors = _saelens_v6_cfg("standard"), _saelens_tensors()
+# expected_average_only_in scales inputs only while SAELens trains; the factor is folded in when training ends
+@pytest.mark.parametrize("normalize_activations", ["none", "expected_average_only_in"])
+def test_a_saelens_standard_sae_gives_saelens_codes_and_reconstructions(tmp_path, normalize_activations):
+    cfg, tensors = _saelens_v6_cfg("standard", normalize_activations=normalize_activations), _saelens_tensors()
     sae = SparseAutoencoder.load(_write_saelens(tmp_path, cfg, tensors))
     assert (sae.activation, sae.d_in, sae.d_latent) == ("relu", D_IN, D_SAE)
     x = _inputs()
@@ -259,9 +261,11 @@ def _write_sparsify(folder: Path, cfg: dict, tensors: dict[str, Tensor]) -> Path
     return folder
 
 
-def test_a_sparsify_sae_gives_sparsify_codes_and_reconstructions(tmp_path):
-    tensors = _sparsify_tensors()
-    sae = SparseAutoencoder.load(_write_sparsify(tmp_path / "layers.6", _sparsify_cfg(), tensors))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # sparsify saves in the model's dtype
+def test_a_sparsify_sae_gives_sparsify_codes_and_reconstructions(tmp_path, dtype):
+    saved = {name: t.to(dtype) for name, t in _sparsify_tensors().items()}
+    sae = SparseAutoencoder.load(_write_sparsify(tmp_path / "layers.6", _sparsify_cfg(), saved))
+    tensors = {name: t.float() for name, t in saved.items()}  # read exactly, computed in float32
     assert (sae.activation, sae.code_activation.k, sae.site) == ("topk", 3, "head_input")
     assert sae.metadata["source"]["hookpoint"] == "layers.6"
     x = _inputs()
