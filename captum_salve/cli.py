@@ -56,7 +56,7 @@ from captum_salve.pipeline import (
 )
 from captum_salve.pipeline.discover import near_chance
 from captum_salve.report import read_summaries, write_report
-from captum_salve.sae import VARIANTS, SAEConfig, SparseAutoencoder, train_saes
+from captum_salve.sae import VARIANTS, SAEConfig, SparseAutoencoder, code_activation, train_saes
 from captum_salve.sae.train import CHECKPOINT_FILE, checkpoint_folder
 from captum_salve.sites import as_device
 from captum_salve.store import ActivationStore, write_activations
@@ -171,6 +171,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--latents", type=int, default=256)
     train.add_argument("--activation", choices=tuple(VARIANTS), default="relu")
     train.add_argument("--k", type=int, help="features kept per input (topk, batchtopk)")
+    train.add_argument(
+        "--aux-k", type=int, help="dead latents in the AuxK loss (topk, batchtopk; default 0: resampling only)"
+    )
     train.add_argument("--l1", type=float, help="sparsity strength (an L0 weight for jumprelu); default the variant's")
     train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument("--epochs", type=int, default=40)
@@ -516,7 +519,8 @@ def _collect(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     store = ActivationStore.open(args.store)
-    configs = [SAEConfig(args.latents, args.activation, args.k, args.l1, args.lr, seed) for seed in args.seed]
+    variant = code_activation(args.activation, k=args.k, aux_k=args.aux_k)
+    configs = [SAEConfig(args.latents, variant, l1=args.l1, lr=args.lr, seed=seed) for seed in args.seed]
     folders = [args.out] if len(configs) == 1 else [args.out / f"seed{seed}" for seed in args.seed]
     checkpoints = [checkpoint_folder(folder) for folder in folders]
     with launched(args.device) as device:

@@ -17,15 +17,20 @@ from captum_salve.distributed import ProcessGroup, launched
 from captum_salve.sae import train as train_module
 from captum_salve.store import ActivationStore
 
-CONFIGS = [train_module.SAEConfig(16, "relu", seed=1), train_module.SAEConfig(16, "topk", k=4, seed=2)]
+CONFIGS = [
+    train_module.SAEConfig(16, "relu", seed=1),
+    train_module.SAEConfig(16, "topk", k=4, seed=2),
+    train_module.SAEConfig(16, "jumprelu", seed=3),
+]
+NAMES = ("relu", "topk", "jumprelu")
 SETTINGS = dict(epochs=2, batch_size=50, shuffle_seed=3, progress=False)
 
 
 def weights_of(results: list) -> dict[str, torch.Tensor]:
-    """Every tensor of the trained SAEs, named ``<relu|topk>.<parameter>``."""
+    """Every tensor of the trained SAEs, named ``<relu|topk|jumprelu>.<parameter>``."""
     return {
         f"{name}.{key}": value.contiguous()
-        for (sae, _), name in zip(results, ("relu", "topk"), strict=True)
+        for (sae, _), name in zip(results, NAMES, strict=True)
         for key, value in sae.state_dict().items()
     }
 
@@ -44,7 +49,7 @@ def main(store: str, out: str, crash: bool) -> None:
                     raise SystemExit(3)
 
             train_module._save_checkpoint = save_then_stop
-        folders = [Path(out) / "relu.training", Path(out) / "topk.training"]
+        folders = [Path(out) / f"{name}.training" for name in NAMES]
         resume = all((folder / train_module.CHECKPOINT_FILE).is_file() for folder in folders)
         results = train_module.train_saes(
             ActivationStore.open(store), CONFIGS, checkpoint_dirs=folders, resume=resume, **SETTINGS

@@ -36,6 +36,7 @@ from captum_salve import (
     sae_metrics,
 )
 from captum_salve.models import default_cam_layer, find_head, module_name, token_layout
+from captum_salve.sae import VARIANTS, code_activation
 from tests.helpers import random_sae, small_torchvision_vit
 
 CLASSES = 5
@@ -132,6 +133,29 @@ def sae_for(model: nn.Module, x: Tensor) -> SparseAutoencoder:
         sae.decoder.weight[:, FEATURE] = d
         sae.encoder.weight[FEATURE] = d
         sae.encoder.bias[FEATURE] = d @ sae.decoder.bias  # z = d·a: the input centring cancels
+    return sae
+
+
+def variant_sae_for(model: nn.Module, x: Tensor, activation: str) -> SparseAutoencoder:
+    """:func:`sae_for`'s SAE as another variant, with feature ``FEATURE``'s code open on every image of ``x``.
+
+    The other features never open (their pre-activations are −1000), and ``FEATURE``'s is
+    shifted to at least 1 (TopK variants keep 1 code), so the variant's code of ``FEATURE``
+    is its pre-activation and steering with it must equal the "project" edit exactly.
+    """
+    linear = sae_for(model, x)
+    settings = VARIANTS[activation].default_settings(linear.d_latent)
+    variant = code_activation(activation, **(settings | {"k": 1} if "k" in settings else settings))
+    sae = SparseAutoencoder(linear.d_in, linear.d_latent, variant)
+    sae.load_state_dict(linear.state_dict(), strict=False)  # the variant's own state is kept
+    others = [latent for latent in range(sae.d_latent) if latent != FEATURE]
+    with torch.no_grad():
+        a = collect_activations(model, x, progress=False).features
+        sae.encoder.weight[others] = 0.0
+        sae.encoder.bias[others] = -1000.0
+        if activation != "linear":
+            sae.encoder.bias[FEATURE] += 1.0 - sae.pre_activation(a)[:, FEATURE].min().clamp_max(0)
+        assert torch.equal(sae.encode(a)[:, FEATURE], sae.pre_activation(a)[:, FEATURE])
     return sae
 
 
@@ -243,9 +267,11 @@ class _Restore(nn.Module):
         return torch.cat([exposed.kept, rearrange(maps, "n c h w -> n (h w) c")], dim=1)
 
 
-def grad_fam_difference(model: nn.Module, sae: SparseAutoencoder, x: Tensor, channels_last: bool) -> float:
-    """Largest difference between Grad-FAM at the default layer and Captum's LayerGradCam there."""
-    targets = [0, 1, 5, 7]
+def grad_fam_difference(
+    model: nn.Module, sae: SparseAutoencoder, x: Tensor, channels_last: bool, targets: tuple = (0, 1, 5, 7)
+) -> float:
+    """Largest difference between Grad-FAM at the default layer and Captum's LayerGradCam there, for ``targets``."""
+    targets = list(targets)
     ours = GradFAM(model, None, sae).attribute(x, target=targets)
     exposed_model = copy.deepcopy(model)
     layer = default_cam_layer(exposed_model)
@@ -288,6 +314,16 @@ def test_metrics_and_sweeps_agree_with_the_edited_models_outputs(name):
 def test_grad_fam_at_the_default_layer_equals_captum(name):
     model = build(name)
     grad_fam_difference(model, sae_for(model, images()), images(4), _channels_last(name))
+
+
+@pytest.mark.parametrize("activation", VARIANTS)
+def test_every_sae_variant_keeps_the_equalities_where_its_code_is_open(activation):
+    model = build("timm resnet18")
+    sae = variant_sae_for(model, images(), activation)
+    project_edit_difference(model, sae, images())
+    alpha_crit_difference(model, sae, images())
+    metrics_and_sweep_difference(model, sae, images())
+    grad_fam_difference(model, sae, images(4), channels_last=False, targets=(FEATURE,) * 4)
 
 
 @pytest.mark.parametrize("name", DEFAULT_LAYERS)

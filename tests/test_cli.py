@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from captum_salve import SparseAutoencoder, edit_model
+from captum_salve import ActivationStore, SparseAutoencoder, edit_model
 from captum_salve.cli import main
 from captum_salve.models import create_model, find_head
-from tests.helpers import assert_one_line_error, image_tree
+from tests.helpers import assert_one_line_error, image_tree, labelled_clusters
 
 # timm's tiny test networks: a real ResNet and a real ViT, small enough for a CPU test.
 SMALL_RESNET = "test_resnet"
@@ -255,3 +255,14 @@ def test_pretrained_imagenet_head_keeps_the_rows_of_imagenette_folders(monkeypat
     assert torch.equal(model.fc.bias, downloaded.fc.bias[[701, 0]])
     with pytest.raises(ValueError, match=r"\['cats'\] are not ImageNet-1k WordNet ids.*--checkpoint"):
         cli_module._pretrained_for(SMALL_RESNET, ["cats", "n01440764"], {})
+
+
+def test_train_builds_the_named_variant_with_its_settings(tmp_path, capsys):
+    acts = labelled_clusters(120, 8, 4, scale=3.0, spread=0.3)[1]
+    store = ActivationStore.from_set(acts, tmp_path / "store")
+    train = ["train", "--store", str(store.path), "--latents", "16", "--epochs", "1", "--quiet", "--device", "cpu"]
+    assert main([*train, "--activation", "topk", "--k", "3", "--aux-k", "5", "--out", str(tmp_path / "sae")]) == 0
+    sae = SparseAutoencoder.load(tmp_path / "sae")
+    assert sae.code_activation.settings() == {"k": 3, "aux_k": 5, "resample": True}
+    assert main([*train, "--activation", "relu", "--aux-k", "5", "--out", str(tmp_path / "bad")]) == 2
+    assert "activation 'relu' takes no settings, got ['aux_k']" in capsys.readouterr().err

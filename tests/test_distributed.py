@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from captum_salve import ActivationSet, ActivationStore, SparseAutoencoder
 from captum_salve.cli import main
 from captum_salve.sae.train import CHECKPOINT_FILE, train_saes
-from tests.distributed_worker import CONFIGS, SETTINGS, weights_of
+from tests.distributed_worker import CONFIGS, NAMES, SETTINGS, weights_of
 from tests.helpers import REPO, image_tree, labelled_clusters
 
 pytestmark = pytest.mark.slow
@@ -61,7 +61,7 @@ def test_ranks_agree_equal_micro_batches_and_resume_after_a_kill(tmp_path):
     micro_batches = weights_of(train_saes(store, CONFIGS, micro_batches=2, **SETTINGS))
     assert all(torch.equal(rank0[k], v) for k, v in micro_batches.items())
     full_batch = weights_of(train_saes(store, CONFIGS, **SETTINGS))
-    for variant, bound in (("relu", 1e-4), ("topk", 1e-6)):
+    for variant, bound in (("relu", 1e-4), ("topk", 1e-6), ("jumprelu", 1e-4)):
         ours = {k: v for k, v in rank0.items() if k.startswith(variant)}
         difference = _relative_difference(ours, {k: full_batch[k] for k in ours})
         print(f"{variant}: two ranks vs one full-batch process, relative L2 difference {difference:.2e}")
@@ -71,7 +71,7 @@ def test_ranks_agree_equal_micro_batches_and_resume_after_a_kill(tmp_path):
     killed.mkdir()
     assert _torchrun(worker, str(store.path), str(killed), "--crash").returncode != 0
     assert not (killed / "rank0.safetensors").exists()
-    assert all((killed / f"{name}.training" / CHECKPOINT_FILE).is_file() for name in ("relu", "topk"))
+    assert all((killed / f"{name}.training" / CHECKPOINT_FILE).is_file() for name in NAMES)
     assert _torchrun(worker, str(store.path), str(killed)).returncode == 0
     resumed = load_file(killed / "rank0.safetensors")
     assert all(torch.equal(resumed[k], rank0[k]) for k in rank0)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
+from torch.nn.functional import normalize
 
 from captum_salve.activations import ActivationSet
 from captum_salve.analysis.profiles import RankBy, class_profile, select_feature
@@ -25,6 +26,9 @@ __all__ = ["SeedStudy", "match_features", "seed_study"]
 def match_features(reference: SparseAutoencoder, other: SparseAutoencoder) -> tuple[Tensor, Tensor]:
     """Match the features of two SAEs by decoder cosine similarity (Hungarian assignment).
 
+    The cosines are of the decoder columns divided by their norms, so SAEs whose
+    columns are not unit norm (loaded from another library) are matched alike.
+
     Returns:
         (index, similarity): ``other``'s feature matched to each of ``reference``'s,
         and the absolute cosine similarity of each pair.
@@ -38,7 +42,8 @@ def match_features(reference: SparseAutoencoder, other: SparseAutoencoder) -> tu
     for name, sae in (("reference", reference), ("other", other)):
         check_finite(sae.decoder_weight.detach(), f"{name}'s decoder")
     with torch.no_grad():
-        cosine = (reference.decoder_weight.T @ other.decoder_weight).abs().cpu().double()
+        units = [normalize(sae.decoder_weight.detach().double(), dim=0) for sae in (reference, other)]
+        cosine = (units[0].T @ units[1]).abs().cpu()
     rows, columns = linear_sum_assignment(cosine.numpy(), maximize=True)
     index = torch.as_tensor(columns)[torch.as_tensor(rows).argsort()]
     return index, cosine[torch.arange(len(index)), index]

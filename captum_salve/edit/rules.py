@@ -9,7 +9,8 @@ A rule holds every form of its edit, so they cannot drift apart:
   :func:`~captum_salve.alpha_crit` solves exactly.
 
 With ``s = −1`` to suppress and ``s = +1`` to enhance, and features l with unit
-decoder columns ``d_l``, code affine parts ``z_l(a) = e_l · a + β_l`` and strengths α_l:
+decoder directions ``d_l``, code affine parts ``z_l(a) = e_l · a + β_l`` (scaled by the
+decoder column's norm where it is not 1, see :meth:`FeatureDirections.from_sae`) and strengths α_l:
 
 - ``"salve"`` (:class:`ScaleColumns`, the paper's Eq. 1): ``W'[:, j] = W[:, j] · Π_l f_lj``
   with ``f_lj = 1 + s α_l |d_lj|``, clipped at 0 when suppressing; ``b`` unchanged.
@@ -109,15 +110,27 @@ class FeatureDirections:
 
     @classmethod
     def from_sae(cls, sae: SparseAutoencoder, features: int | Sequence[int] | Tensor) -> FeatureDirections:
-        """The decoder columns and encoder rows of some SAE features.
+        """The unit decoder directions ``d_l / ‖d_l‖`` of some SAE features, and their encoder rows times ``‖d_l‖``.
+
+        A column of norm other than 1 (an SAE from another library) moves its norm
+        into the code, so ``z_l d_l`` (what the "project" rule adds) is unchanged and
+        the "salve" rule reads ``|d_lj|`` of a unit direction. A zero column stays zero.
 
         Raises:
             ValueError: A feature index is out of range or not an integer, or none is given.
+
+        Example:
+            >>> directions = FeatureDirections.from_sae(sae, [12, 40])
+            >>> directions.decoder.norm(dim=0)
+            tensor([1.0000, 1.0000])
         """
         index = sae.feature_index(features)
         with torch.no_grad():
             rows, offset = sae.affine_code(index)
-            return cls(sae.decoder_weight[:, index].detach().clone(), rows.detach().clone(), offset.detach().clone())
+            columns = sae.decoder_weight[:, index].detach()
+            norms = columns.norm(dim=0)
+            norms = torch.where(norms > 0, norms, torch.ones_like(norms))
+            return cls(columns / norms, rows.detach() * norms[:, None], offset.detach() * norms)
 
     @classmethod
     def from_vectors(cls, vectors: Tensor, *, mean: Tensor, code_scale: Tensor | float = 1.0) -> FeatureDirections:

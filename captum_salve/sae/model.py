@@ -6,7 +6,7 @@ import json
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from captum_salve.activations import ActivationSet
 from captum_salve.checks import check_int, non_finite_error, shape_of
 from captum_salve.files import atomic_path, ensure_directory
+from captum_salve.sae.formats import SaveLayout, layout_of, read_foreign, write_saelens
 from captum_salve.sae.variants import ActivationName, CodeActivation, code_activation, variant_from_config
 from captum_salve.sites import HEAD_INPUT, as_device
 from captum_salve.store import CHUNK_ROWS, Rows, RowStatistics, as_rows
@@ -91,10 +92,11 @@ def _read_config(path: Path) -> dict[str, Any]:
 class SparseAutoencoder(nn.Module):
     r"""A sparse autoencoder over activation vectors, ``z = act(E (a - b_d) + b_e)``, ``a_hat = D z + b_d``.
 
-    The decoder's columns (``decoder_weight[:, l]``) are the feature directions and
-    are kept at unit L2 norm. Subtracting the decoder bias before encoding centres
-    the input; it folds into the encoder bias, so the model is the paper's
-    ``z = act(E a + b_e')``.
+    The decoder's columns (``decoder_weight[:, l]``) are the feature directions;
+    training keeps them at unit L2 norm, while an SAE loaded from another library
+    keeps the norms it was saved with (code that needs directions divides by them).
+    Subtracting the decoder bias before encoding centres the input; it folds into
+    the encoder bias, so the model is the paper's ``z = act(E a + b_e')``.
 
     Args:
         d_in: Width M of the activations.
@@ -150,7 +152,7 @@ class SparseAutoencoder(nn.Module):
 
     @property
     def decoder_weight(self) -> Tensor:
-        """D, (d_in, d_latent): column l is feature l's unit-norm direction."""
+        """D, (d_in, d_latent): column l is feature l's direction (unit norm when trained here)."""
         return self.decoder.weight
 
     def active_threshold(self, statistics: RowStatistics) -> float:
@@ -274,21 +276,37 @@ class SparseAutoencoder(nn.Module):
             "model": self.model,
         }
 
-    def save(self, directory: str | Path) -> Path:
-        """Write ``model.safetensors`` and ``cfg.json`` into ``directory`` (each file atomically).
+    def save(self, directory: str | Path, *, layout: SaveLayout = "captum_salve") -> Path:
+        """Write the SAE into ``directory``, each file atomically.
 
-        ``cfg.json`` holds the constructor arguments (the site and model included)
-        and :attr:`metadata`, a JSON-able dict for anything else worth keeping
-        (training settings, the final epoch's metrics). The weights file carries the
-        same config in its header, so a save interrupted between the two files
-        leaves weights that still load with their own config.
+        ``layout="captum_salve"`` (the default) writes ``model.safetensors`` and
+        ``cfg.json``: the constructor arguments (the site and model included) and
+        :attr:`metadata`, a JSON-able dict for anything else worth keeping (training
+        settings, the final epoch's metrics). The weights file carries the same config
+        in its header, so a save interrupted between the two files leaves weights that
+        still load with their own config.
+
+        ``layout="saelens"`` writes ``sae_weights.safetensors`` and ``cfg.json`` as
+        SAELens 6 does (see :func:`~captum_salve.sae.formats.write_saelens`), for
+        SAELens-based tools; :meth:`load` reads it back to the same codes and
+        reconstructions, bit for bit, with the same config and metadata.
+
+        Raises:
+            ValueError: A weight is NaN or Inf (nothing is written), the layout is
+                unknown, or the SAE has no counterpart in that layout.
 
         Example:
             >>> sae.save("saes/resnet18-head")
             PosixPath('saes/resnet18-head')
+            >>> sae.save("saes/resnet18-head-saelens", layout="saelens")    # SAE.load_from_disk(...) in SAELens
+            PosixPath('saes/resnet18-head-saelens')
         """
+        if layout not in get_args(SaveLayout):
+            raise ValueError(f"layout must be one of {get_args(SaveLayout)}, got {layout!r}")
         for name, tensor in self.state_dict().items():  # checked before the folder's files are touched
             check_finite(tensor, f"the SAE's {name!r}", f"; it was not saved to {str(directory)!r}")
+        if layout == "saelens":
+            return write_saelens(self, directory)
         directory = ensure_directory(directory)
         cfg = {"format_version": FORMAT_VERSION, **self.config(), "metadata": self.metadata}
         with atomic_path(directory / WEIGHTS_FILE) as tmp:
@@ -298,31 +316,83 @@ class SparseAutoencoder(nn.Module):
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path, *, device: torch.device | str | None = None) -> SparseAutoencoder:
-        """Load an SAE written by :meth:`save` (this version's files and version 1's).
+    def load(
+        cls,
+        path: str | Path,
+        *,
+        device: torch.device | str | None = None,
+        activation: ActivationName | None = None,
+        k: int | None = None,
+    ) -> SparseAutoencoder:
+        """Load an SAE written by :meth:`save`, or saved by SAELens, sparsify, dictionary_learning or overcomplete.
 
-        The config is checked against the tensors.
+        The layout is recognised by the files present (see
+        :func:`~captum_salve.sae.formats.layout_of`): a folder with ``model.safetensors``
+        (ours, this version's files and version 1's), ``sae_weights.safetensors``
+        (SAELens), ``sae.safetensors`` (sparsify) or ``ae.pt`` (dictionary_learning),
+        or an overcomplete state-dict file. Another library's conventions are folded
+        into our weights (:mod:`captum_salve.sae.formats` lists them), so ``encode``
+        and ``decode`` give that library's codes and reconstructions; its decoder
+        columns keep the norms they were saved with. ``metadata["source"]`` names the
+        library and keeps its config; its hook point becomes :attr:`site` only if it
+        is one of our site keys (set ``sae.site`` yourself otherwise).
 
-        Nothing is unpickled: weights come from safetensors, the config from JSON.
-        The config stored in the weights file's header wins over ``cfg.json`` when
-        they differ (a save interrupted after the weights), with a warning.
-        A version-1 file named its site in ``metadata["site"]`` (default the head input).
+        Nothing is unpickled: weights come from safetensors, or ``.pt`` files read with
+        ``torch.load(weights_only=True)``; configs from JSON. In our layout the config
+        stored in the weights file's header wins over ``cfg.json`` when they differ (a
+        save interrupted after the weights), with a warning; a version-1 file named
+        its site in ``metadata["site"]`` (default the head input).
+
+        Args:
+            path: The SAE's folder, or an overcomplete state-dict file.
+            device: Where to put it (default: the CPU).
+            activation: For an overcomplete state dict only, which does not record its
+                class: ``"relu"`` (``SAE``) or ``"topk"`` (``TopKSAE``); a ``JumpSAE`` is
+                recognised by its ``thresholds``.
+            k: With ``activation="topk"``, the ``TopKSAE``'s ``top_k``.
 
         Raises:
             FileNotFoundError: A file is missing.
-            ValueError: A file is not valid safetensors or JSON, the config and the
-                tensors disagree, the format is unknown, or a weight is NaN or Inf.
+            ValueError: A file is not valid safetensors, torch or JSON, the config and
+                the tensors disagree, the format is unknown, the SAE computes something
+                this model cannot represent, or a weight is NaN or Inf.
+
+        Example:
+            >>> sae = SparseAutoencoder.load("saes/resnet18-head")
+            >>> from_saelens = SparseAutoencoder.load("saelens-sae")        # cfg.json + sae_weights.safetensors
+            >>> from_overcomplete = SparseAutoencoder.load("topk_sae.pt", activation="topk", k=16)
         """
-        directory, device = Path(directory), as_device(device) if device is not None else None
-        if directory.is_file():
-            raise ValueError(
-                f"{str(directory)!r} is a file; pass the SAE's folder, which holds {CONFIG_FILE} and {WEIGHTS_FILE}"
-            )
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            if not (directory / name).is_file():
-                raise FileNotFoundError(
-                    f"{str(directory / name)!r} is missing; an SAE directory holds {CONFIG_FILE} and {WEIGHTS_FILE}"
+        path, device = Path(path), as_device(device) if device is not None else None
+        layout = layout_of(path)
+        if layout == "captum_salve":
+            if activation is not None or k is not None:
+                raise ValueError(
+                    f"activation and k describe an overcomplete state dict; {str(path)!r} is an SAE of ours, "
+                    f"whose {CONFIG_FILE} records its own (got activation={activation!r}, k={k!r})"
                 )
+            sae = cls._load_own(path)
+        else:
+            cfg, state = read_foreign(path, layout, activation=activation, k=k)
+            try:
+                sae = cls._from_config(cfg, cfg["site"], cfg["model"])
+            except ValueError as error:
+                raise ValueError(f"{str(path)!r} does not describe an SAE of ours: {error}") from None
+            sae.load_state_dict(state)
+            sae._check_loaded(str(path))
+            sae.metadata = cfg["metadata"]
+        return sae.to(device) if device is not None else sae
+
+    @classmethod
+    def _from_config(cls, cfg: dict[str, Any], site: str, model: str | None) -> SparseAutoencoder:
+        return cls(cfg["d_in"], cfg["d_latent"], variant_from_config(cfg), site=site, model=model)
+
+    def _check_loaded(self, where: str) -> None:
+        for name, tensor in self.state_dict().items():
+            damaged = "; the file is damaged or was saved from a diverged SAE"
+            check_finite(tensor, f"{where!r} tensor {name!r}", damaged)
+
+    @classmethod
+    def _load_own(cls, directory: Path) -> SparseAutoencoder:
         path = directory / WEIGHTS_FILE
         try:
             with safe_open(str(path), framework="pt") as handle:
@@ -335,7 +405,7 @@ class SparseAutoencoder(nn.Module):
             warnings.warn(
                 f"{str(directory / CONFIG_FILE)!r} does not describe {str(path)!r} (an interrupted save?); "
                 "loading the weights with the config stored in their own file",
-                stacklevel=2,
+                stacklevel=3,
             )
             cfg = json.loads(embedded)
         version = cfg.get("format_version")
@@ -343,16 +413,13 @@ class SparseAutoencoder(nn.Module):
             raise ValueError(f"{CONFIG_FILE} has format_version {version!r}; this version reads {READABLE_VERSIONS}")
         metadata = cfg.get("metadata", {})
         site = cfg.get("site", metadata.get("site", HEAD_INPUT))
-        model = cfg.get("model", metadata.get("model"))
-        sae = cls(cfg["d_in"], cfg["d_latent"], variant_from_config(cfg), site=site, model=model)
+        sae = cls._from_config(cfg, site, cfg.get("model", metadata.get("model")))
         expected = {name: tuple(t.shape) for name, t in sae.state_dict().items()}
         if expected != found:
             raise ValueError(
                 f"the tensors in {str(path)!r} do not match {CONFIG_FILE}: expected {expected}, found {found}"
             )
         load_model(sae, str(path))
-        for name, tensor in sae.state_dict().items():
-            damaged = "; the file is damaged or was saved from a diverged SAE"
-            check_finite(tensor, f"{str(path)!r} tensor {name!r}", damaged)
+        sae._check_loaded(str(path))
         sae.metadata = metadata
-        return sae.to(device) if device is not None else sae
+        return sae

@@ -44,6 +44,16 @@ def test_match_features_maximises_total_similarity_like_exhaustive_search(seed):
     torch.testing.assert_close(similarity, cosine[torch.arange(5), index])
 
 
+def test_match_features_compares_directions_whatever_the_decoder_column_norms():
+    reference = random_sae(8, d_latent=6, seed=1)
+    other = SparseAutoencoder(8, 6, "relu")  # as loaded from another library: columns of norms 0.1 to 5
+    with torch.no_grad():
+        other.decoder.weight.copy_(reference.decoder_weight * torch.tensor([0.1, 5.0, 1.0, 2.0, 0.5, 3.0]))
+    index, similarity = match_features(reference, other)
+    assert torch.equal(index, torch.arange(6))
+    torch.testing.assert_close(similarity, torch.ones(6, dtype=torch.float64))
+
+
 def test_match_features_needs_the_same_shapes():
     with pytest.raises(ValueError, match="same d_in and d_latent"):
         match_features(random_sae(5, d_latent=4, seed=0), random_sae(5, d_latent=6, seed=0))

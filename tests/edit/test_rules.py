@@ -122,3 +122,22 @@ def test_directions_from_vectors_give_centred_scaled_codes():
     torch.testing.assert_close(directions.decoder[:, 0], torch.tensor([0.0, 0.6, 0.8], dtype=torch.float64))
     code = a.double() @ directions.encoder.T + directions.offset
     torch.testing.assert_close(code, torch.tensor([[2.0 * 0.6]], dtype=torch.float64))
+
+
+def test_directions_from_an_sae_with_non_unit_columns_are_unit_with_the_norm_moved_into_the_code():
+    sae = SparseAutoencoder(5, 4, "relu")  # as loaded from another library
+    with torch.no_grad():
+        sae.decoder.weight.mul_(torch.tensor([0.5, 3.0, 1.0, 0.0]))  # feature 3's column is zero
+        sae.decoder.bias.normal_()
+    directions = FeatureDirections.from_sae(sae, [1, 3])
+    torch.testing.assert_close(directions.decoder.norm(dim=0), torch.tensor([1.0, 0.0]))
+    a = torch.randn(7, 5)
+    alphas = torch.tensor([0.7, 2.0])
+    codes = sae.pre_activation(a)[:, [1, 3]].detach()
+    # "project" adds α z_l(a) d_l with the SAE's own code and column, whatever their scale
+    pushed = a - (codes * alphas) @ sae.decoder_weight[:, [1, 3]].detach().T
+    torch.testing.assert_close(ProjectOut().activations(a, directions, alphas, -1.0), pushed)
+    # "salve" scales by |d| of the unit direction (the zero column's factor is 1)
+    unit = sae.decoder_weight[:, 1].detach() / sae.decoder_weight[:, 1].detach().norm()
+    salve = RULES["salve"].activations(a, directions, alphas, -1.0)
+    torch.testing.assert_close(salve, a * (1 - 0.7 * unit.abs()).clamp_min(0))

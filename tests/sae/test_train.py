@@ -8,7 +8,7 @@ import torch
 from captum_salve import ActivationSet, SparseAutoencoder, sae_metrics, train_sae
 from captum_salve.sae import train as train_module
 from captum_salve.sae.train import SAEConfig, _resample_dead, train_saes
-from captum_salve.sae.variants import BatchTopK, TopK
+from captum_salve.sae.variants import VARIANTS, BatchTopK, TopK
 from captum_salve.store import ActivationStore, as_rows
 from tests.helpers import labelled_clusters
 
@@ -40,7 +40,8 @@ def test_same_seed_gives_bit_identical_weights():
 
 @pytest.mark.parametrize(
     "activation, k",
-    [("relu", None), ("topk", 4), ("linear", None), ("batchtopk", 4), ("jumprelu", None), (TopK(4, aux_k=8), None)],
+    [(name, 4 if "k" in VARIANTS[name].default_settings(24) else None) for name in VARIANTS]
+    + [(TopK(4, aux_k=8), None)],
 )
 def test_interrupted_then_resumed_run_equals_uninterrupted(tmp_path, monkeypatch, activation, k):
     acts = _clustered()
