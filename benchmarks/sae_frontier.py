@@ -24,6 +24,14 @@ Then, per variant both libraries have, whether our frontier is on or above the p
 (:func:`frontier_margins`: at each point of the peer's Pareto frontier, our frontier's
 explained variance at that L0, interpolated linearly in log L0, minus the peer's).
 
+The pairs (ours ↔ overcomplete 0.3.0): ``linear`` ↔ ``SAE`` with an identity output
+activation (it has no linear-code class); ``relu`` ↔ ``SAE`` with ``mse_l1``; ``topk``
+(resampling dead latents) ↔ ``TopKSAE``; ``topk+auxk`` (``TopK(k, aux_k=128,
+resample=False)``) ↔ ``TopKSAE`` with ``top_k_auxiliary_loss``; ``batchtopk`` ↔
+``BatchTopKSAE`` (``top_k = k × batch``); ``jumprelu`` ↔ ``JumpSAE`` with an L0 penalty
+through its ``heaviside``. overcomplete 0.3.0 has no Matryoshka SAE; a variant without a
+counterpart is shown alone. Its ``RATopKSAE`` (archetypal) waits for ours.
+
 How the peer is trained, and what differs from ours:
 
 - Its SAEs have no decoder bias, so they get the rows centred on the training mean and
@@ -40,7 +48,24 @@ How the peer is trained, and what differs from ours:
 - The same objective where both have an L1 term: ours is
   ``(‖a − â‖²/s² + l1 Σ|z|/s) / B`` (s² the data's total variance, B the batch), the
   peer's ``mse_l1`` is ``mean (x − x̂)² + p Σ|z|`` over the batch, which on the scaled
-  rows is the same loss when ``p = l1 / (B √M)`` (M = 512).
+  rows is the same loss when ``p = l1 / (B √M)`` (M = 512). Likewise the L0 penalty of
+  the JumpReLU pair: ours ``(‖a − â‖²/s² + l1 · #open) / B``, the peer's
+  ``mean (x − x̂)² + (l1 / B) · Σ H(pre − θ)``.
+- The AuxK losses differ: ours reconstructs the residual from the ``aux_k`` largest
+  pre-activations among latents dead for an epoch's rows, weighted 1/32 and scaled by
+  the residual's variance; the peer's from the top half of the latents the top k left
+  out (dead or not), weighted 0.1 on its mean squared error.
+- BatchTopK: the peer keeps ``k × 256`` codes per batch, also in the short last batch
+  of an epoch (68 rows), and infers with a running threshold of momentum 0.9; ours keeps
+  ``k × rows`` and infers with a running mean of momentum 0.01.
+- JumpReLU: the peer learns ``log θ`` (starting at θ = e⁻³ = 0.05 of the spread) with a
+  Silverman kernel; ours θ itself (from 0.001 of the spread) with a rectangle kernel. Both
+  use our bandwidth, 0.1 of the spread (with the peer's default, 0.001, its thresholds move
+  less still). Adam moves θ (ours) or log θ (the peer's) by at most ``lr`` a step, so over
+  these 240 steps L0 follows ``l1`` only up to that bound: ours from 133 to 81 as ``l1``
+  goes from 1e-4 to 1e-2 (no further for larger ones), the peer's from 130 to 128.
+- Ours fuses Adam's step (one kernel, torch ≥ 2.4 on the CPU); the peer gets
+  ``torch.optim.Adam(model.parameters(), lr)``, as overcomplete's README builds it.
 
 Install the peer beside the package, never into it (``pip install overcomplete==0.3.0``,
 the ``bench`` extra; it imports OpenCV and scikit-image, and its
@@ -66,6 +91,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from types import ModuleType
 
 import torch
@@ -79,6 +105,7 @@ from captum_salve.models import find_head
 from captum_salve.sae import SparseAutoencoder, sae_metrics, train_sae
 from captum_salve.sae.metrics import ReconstructionStats
 from captum_salve.sae.train import _seeded
+from captum_salve.sae.variants import TopK
 from captum_salve.store import RowStatistics
 from captum_salve.zoo import digits_classifier
 
@@ -86,12 +113,15 @@ D_LATENT = 256
 BATCH_SIZE = 256
 LR = 1e-3
 
-# (our variant, setting name, train_sae keywords, the peer's class or None); settings in order of sparsity
-SETTINGS: list[tuple[str, str, dict, str | None]] = [
-    *[("linear", f"l1={l1:g}", {"activation": "linear", "l1": l1}, "SAE (identity)") for l1 in (0.02, 0.05, 0.2)],
-    *[("relu", f"l1={l1:g}", {"activation": "relu", "l1": l1}, "SAE") for l1 in (0.01, 0.03, 0.05, 0.1, 0.3)],
-    *[("topk", f"k={k}", {"activation": "topk", "k": k}, "TopKSAE") for k in (8, 16, 32)],
-]
+LINEAR_L1 = (0.02, 0.05, 0.2)
+RELU_L1 = (0.01, 0.03, 0.05, 0.1, 0.3)
+JUMPRELU_L1 = (1e-4, 3e-4, 1e-3, 1e-2)
+TOPK_K = (8, 16, 32)
+# overcomplete's AuxK reconstructs the residual from the top half of the latents the top k left out;
+# ours from the aux_k largest of the dead ones: given as many.
+AUX_K = D_LATENT // 2
+# Our JumpReLU's straight-through bandwidth, 0.1 × the data's spread, in the peer's units (spread 1).
+JUMP_BANDWIDTH = 0.1
 
 
 @dataclass(frozen=True)
@@ -103,12 +133,14 @@ class Setting:
         name: The setting, e.g. ``"k=16"``.
         ours: :func:`~captum_salve.sae.train_sae` keywords (``activation``, ``k``, ``l1``).
         peer: The peer's class shown in the table, None when it has no counterpart.
+        sparsity: ``l1`` or ``k``, from which the peer's setting follows.
     """
 
     variant: str
     name: str
     ours: dict
     peer: str | None
+    sparsity: float
 
     @property
     def key(self) -> tuple[str, str]:
@@ -189,8 +221,24 @@ class Result:
 
 
 def settings() -> list[Setting]:
-    """Every setting of :data:`SETTINGS`."""
-    return [Setting(*row) for row in SETTINGS]
+    """Every variant at each of its sparsity settings, in order of sparsity within a variant."""
+    return [
+        *[
+            Setting("linear", f"l1={l1:g}", {"activation": "linear", "l1": l1}, "SAE (identity)", l1)
+            for l1 in LINEAR_L1
+        ],
+        *[Setting("relu", f"l1={l1:g}", {"activation": "relu", "l1": l1}, "SAE", l1) for l1 in RELU_L1],
+        *[Setting("topk", f"k={k}", {"activation": "topk", "k": k}, "TopKSAE", k) for k in TOPK_K],
+        *[
+            Setting("topk+auxk", f"k={k}", {"activation": TopK(k, aux_k=AUX_K, resample=False)}, "TopKSAE + AuxK", k)
+            for k in TOPK_K
+        ],
+        *[Setting("batchtopk", f"k={k}", {"activation": "batchtopk", "k": k}, "BatchTopKSAE", k) for k in TOPK_K],
+        *[
+            Setting("jumprelu", f"l1={l1:g}", {"activation": "jumprelu", "l1": l1}, "JumpSAE + L0", l1)
+            for l1 in JUMPRELU_L1
+        ],
+    ]
 
 
 def import_overcomplete() -> ModuleType | None:
@@ -258,18 +306,31 @@ def peer_penalty(l1: float, batch_size: int, width: int) -> float:
 
 def peer_model(sae: ModuleType, setting: Setting, width: int, batch_size: int) -> tuple[nn.Module, Callable]:
     """The peer's SAE and loss (overcomplete's signature) for one setting."""
-    losses = sae.losses
-    if setting.variant == "linear":
-        encoder = sae.MLPEncoder(width, D_LATENT, nb_blocks=0, norm_layer=nn.Identity, output_activation=nn.Identity)
-        model = sae.SAE(width, D_LATENT, encoder_module=encoder)
-    elif setting.variant == "relu":
-        model = sae.SAE(width, D_LATENT)
-    elif setting.variant == "topk":
-        return sae.TopKSAE(width, D_LATENT, top_k=setting.ours["k"]), _mse
-    else:
-        raise ValueError(f"no peer for variant {setting.variant!r}")
-    penalty = peer_penalty(setting.ours["l1"], batch_size, width)
-    return model, lambda *args: losses.mse_l1(*args, penalty=penalty)
+    variant, k = setting.variant, int(setting.sparsity)
+    if variant in ("linear", "relu"):
+        encoder = None
+        if variant == "linear":
+            encoder = sae.MLPEncoder(
+                width, D_LATENT, nb_blocks=0, norm_layer=nn.Identity, output_activation=nn.Identity
+            )
+        penalty = peer_penalty(setting.sparsity, batch_size, width)
+        return sae.SAE(width, D_LATENT, encoder_module=encoder), partial(sae.losses.mse_l1, penalty=penalty)
+    if variant == "topk":
+        return sae.TopKSAE(width, D_LATENT, top_k=k), _mse
+    if variant == "topk+auxk":
+        return sae.TopKSAE(width, D_LATENT, top_k=k), sae.losses.top_k_auxiliary_loss
+    if variant == "batchtopk":
+        return sae.BatchTopKSAE(width, D_LATENT, top_k=k * batch_size), _mse
+    if variant == "jumprelu":
+        model = sae.JumpSAE(width, D_LATENT, bandwidth=JUMP_BANDWIDTH)
+        penalty = setting.sparsity / batch_size  # ours: (‖a − â‖²/s² + l1 · #open codes) / B
+
+        def loss(x: Tensor, x_hat: Tensor, pre: Tensor, *_: Tensor) -> Tensor:
+            opened = sae.heaviside(pre, torch.exp(model.thresholds), model.kernel_fn, model.bandwidth)
+            return _mse(x, x_hat) + penalty * opened.sum()
+
+        return model, loss
+    raise ValueError(f"no peer for variant {variant!r}")
 
 
 def _mse(x: Tensor, x_hat: Tensor, *_: Tensor) -> Tensor:
@@ -599,7 +660,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 def _warm_up(acts: DemoActs, peer: ModuleType | None) -> None:
     """One short training of each library first, so that no timed call pays for first-call set-up."""
-    relu = Setting("relu", "warm-up", {"activation": "relu", "l1": 0.05}, "SAE")
+    relu = Setting("relu", "warm-up", {"activation": "relu", "l1": 0.05}, "SAE", 0.05)
     train_ours(relu, acts.train, 0, 1)
     if peer is not None:
         train_peer(peer, relu, PeerScale.of(acts.train.features).to_peer(acts.train.features), 0, 1)

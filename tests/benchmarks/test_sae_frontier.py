@@ -28,7 +28,7 @@ from benchmarks.sae_frontier import (
 )
 from captum_salve import ActivationSet, SparseAutoencoder, train_sae
 
-RELU = Setting("relu", "l1=0.05", {"activation": "relu", "l1": 0.05}, "SAE")
+RELU = Setting("relu", "l1=0.05", {"activation": "relu", "l1": 0.05}, "SAE", 0.05)
 
 
 def test_pareto_frontier_keeps_the_points_no_other_point_beats_in_order_of_l0():
@@ -172,8 +172,8 @@ def _result(setting: Setting, library: str, points: list[tuple[float, float]], s
 
 
 def test_table_and_verdicts_of_two_libraries_and_a_variant_without_a_peer():
-    k8, k16 = (Setting("topk", f"k={k}", {"activation": "topk", "k": k}, "TopKSAE") for k in (8, 16))
-    alone = Setting("matryoshka", "k=8", {}, None)
+    k8, k16 = (Setting("topk", f"k={k}", {"activation": "topk", "k": k}, "TopKSAE", k) for k in (8, 16))
+    alone = Setting("matryoshka", "k=8", {}, None, 8)
     results = [
         _result(k8, "ours", [(8, 0.8), (8, 0.9)], [2.0, 3.0]),
         _result(k8, "overcomplete", [(8, 0.8), (8, 0.8)], [1.0, 2.0]),
@@ -201,7 +201,7 @@ def test_run_trains_and_measures_both_libraries_with_overcomplete():
     if peer is None:
         pytest.skip("overcomplete is not installed (pip install overcomplete==0.3.0)")
     acts = _demo_acts(rows=600, width=16, classes=3)
-    topk = Setting("topk", "k=4", {"activation": "topk", "k": 4}, "TopKSAE")
+    topk = Setting("topk", "k=4", {"activation": "topk", "k": 4}, "TopKSAE", 4)
     results = run(acts, [RELU, topk], seeds=2, epochs=2, peer=peer)
     assert [(r.setting.variant, r.library) for r in results] == [
         ("relu", "ours"),
