@@ -166,14 +166,8 @@ class SparseAutoencoder(nn.Module):
         return self.code_activation.relative_active_threshold * statistics.spread
 
     def pre_activation(self, a: Tensor) -> Tensor:
-        """The affine part of the encoder, ``E (a - b_d) + b_e``, with ``a`` cast to the SAE's dtype.
-
-        Computed as ``E a + (b_e − E b_d)``: the same map without an (N, M) subtraction, and in
-        training without the (N, d) × (d, M) product autograd would spend on ``b_d``'s gradient
-        through the encoder's input.
-        """
-        weight = self.encoder.weight
-        return nn.functional.linear(a.to(weight.dtype), weight, self.encoder.bias - weight @ self.decoder.bias)
+        """The affine part of the encoder, ``E (a - b_d) + b_e``, with ``a`` cast to the SAE's dtype."""
+        return self.encoder(a.to(self.decoder.bias.dtype) - self.decoder.bias)
 
     def encode(self, a: Tensor) -> Tensor:
         """Codes z, (N, d_latent), in the SAE's dtype."""

@@ -418,7 +418,13 @@ class _TrainingForward(nn.Module):
         self.sae = sae
 
     def forward(self, a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        pre = self.sae.pre_activation(a)
+        # pre_activation's E (a − b_d) + b_e as E a + (b_e − E b_d): autograd then gets b_d's gradient
+        # from a (d,) vector instead of an (N, d) × (d, M) product through the encoder's input, one of
+        # a step's five large products. The two differ by float32 rounding; inference keeps the first
+        # form, which other libraries' SAEs compute too (bit-equal loading, sae.formats).
+        encoder = self.sae.encoder
+        weight = encoder.weight
+        pre = nn.functional.linear(a.to(weight.dtype), weight, encoder.bias - weight @ self.sae.decoder.bias)
         z = self.sae.code_activation.training_codes(pre)
         return self.sae.decode(z), z, pre
 
