@@ -30,7 +30,8 @@ Methods (the rows):
 
 The validation rule, for α and for DFR's C alike: the candidate with the highest
 cue-conflicting accuracy among those whose clean accuracy is within 3 points of the
-unedited model's, the first such in the order given (smallest α, strongest regularisation).
+unedited model's overall and within 5 points on every single class, the first such in the
+order given (smallest α, strongest regularisation).
 
 Held-out variants are only reported: never choose a default by them.
 
@@ -65,6 +66,9 @@ from captum_salve.sae.model import SparseAutoencoder
 SELECTION_SEED, VALIDATION_SEED, BALANCED_SEED = 1000, 1001, 1002
 FEATURE_COUNTS = (1, 2, 3)
 CLEAN_TOLERANCE = 0.03
+# Chosen on the tuning canvases among none, 3, 5 and 8 points: the most cue-conflicting accuracy with every
+# canvas's worst class falling no more than under DFR's rule (about 7 points; benchmarks/README.md).
+CLASS_LIMIT = 0.05
 DFR_C = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 RANDOM_SEEDS = 3
 
@@ -116,20 +120,32 @@ def affine_head(weight: Tensor, bias: Tensor) -> Logits:
     return lambda a: torch.addmm(bias, a, weight.T)
 
 
-def choose(candidates: Sequence[Logits], validation: CueActs, reference: Logits, tolerance: float) -> int:
+def choose(
+    candidates: Sequence[Logits],
+    validation: CueActs,
+    reference: Logits,
+    tolerance: float,
+    class_limit: float | None = None,
+) -> int:
     """The validation rule: which candidate head to keep.
 
     The first candidate of highest cue-conflicting accuracy among those whose clean
-    accuracy is within ``tolerance`` of ``reference``'s (none within: the first).
+    accuracy is within ``tolerance`` of ``reference``'s and, with ``class_limit``, whose
+    clean accuracy on every single class is within ``class_limit`` of ``reference``'s
+    (none within: the first).
 
     Example:
-        >>> i = choose([edited(alpha) for alpha in alphas], validation, unedited, 0.03)
+        >>> i = choose([edited(alpha) for alpha in alphas], validation, unedited, 0.03, 0.05)
     """
     floor = validation.scores(reference)["no-cue accuracy"] - tolerance - 1e-12
+    class_floor = validation.clean_per_class(reference) - (class_limit or 0.0) - 1e-12
     best, best_score = 0, -1.0
     for i, logits in enumerate(candidates):
         scores = validation.scores(logits)
-        if scores["no-cue accuracy"] >= floor and scores["cue-conflicting accuracy"] > best_score:
+        within = scores["no-cue accuracy"] >= floor
+        if class_limit is not None:
+            within = within and bool((validation.clean_per_class(logits) >= class_floor).all())
+        if within and scores["cue-conflicting accuracy"] > best_score:
             best, best_score = i, scores["cue-conflicting accuracy"]
     return best
 
@@ -208,10 +224,11 @@ def gated_project(weight: Tensor, bias: Tensor, directions: FeatureDirections, a
     return lambda a: head(a - alpha * (a @ e.T + beta).clamp_min(0) @ d.T)
 
 
-def measure(name: str, group: str, canvas: CanvasConfig, out: Path) -> tuple[list[dict], dict]:
-    """The rows of one canvas, and the facts beside them (features, inactive share, suppression goal)."""
+def measure(name: str, group: str, canvas: CanvasConfig, out: Path, model_seed: int = 0) -> tuple[list[dict], dict]:
+    """The rows of one canvas's classifier of ``model_seed``, and the facts beside them (features, suppression goal)."""
     start = time.perf_counter()
-    run = variant_run(name, canvas, out)
+    run = variant_run(name, canvas, out, model_seed)
+    label = name if model_seed == 0 else f"{name} (model seed {model_seed})"
     model, sae = run.model, run.sae
     weight, bias = head_tensors64(head_of(model))
     unedited = affine_head(weight, bias)
@@ -225,7 +242,7 @@ def measure(name: str, group: str, canvas: CanvasConfig, out: Path) -> tuple[lis
     def row(method: str, logits: Logits, **extra) -> dict:
         drop = float((test.clean_per_class(logits) - before).min())
         return {
-            "variant": name,
+            "variant": label,
             "group": group,
             "method": method,
             **test.scores(logits),
@@ -237,7 +254,7 @@ def measure(name: str, group: str, canvas: CanvasConfig, out: Path) -> tuple[lis
     for k in FEATURE_COUNTS:
         features = reliance.top(k)
         edits = [affine_head(*HeadEdit.of(sae, features, a, rule="project").weights(model)) for a in alphas]
-        i = choose(edits, validation, unedited, CLEAN_TOLERANCE)
+        i = choose(edits, validation, unedited, CLEAN_TOLERANCE, CLASS_LIMIT)
         salve[k] = (features, alphas[i], validation.scores(edits[i])["cue-conflicting accuracy"])
         rows.append(row(f"SALVE k={k}", edits[i], features=features, alpha=alphas[i]))
     k = max(FEATURE_COUNTS, key=lambda n: (salve[n][2], -n))
@@ -248,7 +265,7 @@ def measure(name: str, group: str, canvas: CanvasConfig, out: Path) -> tuple[lis
     rows.append(_random_row(row, weight, bias, sae, features, alpha, run.train_acts))
     fit_x, fit_y, fit_cued = balanced_set(model, canvas, BALANCED_SEED)
     dfr = [affine_head(*dfr_head(fit_x, fit_y, c)) for c in DFR_C]
-    i = choose(dfr, validation, unedited, CLEAN_TOLERANCE)
+    i = choose(dfr, validation, unedited, CLEAN_TOLERANCE, CLASS_LIMIT)
     rows.append(row("DFR", dfr[i], C=DFR_C[i], fit_images=len(fit_y)))
     try:
         from concept_erasure import LeaceEraser
@@ -258,13 +275,13 @@ def measure(name: str, group: str, canvas: CanvasConfig, out: Path) -> tuple[lis
         eraser = LeaceEraser.fit(fit_x, fit_cued.double()[:, None])
         rows.append(row("LEACE", affine_head(*leace_head(weight, bias, eraser))))
     facts = {
-        "variant": name,
+        "variant": label,
         "group": group,
         "cue features (top 3 by cue_reliance)": reliance.top(3),
         "inactive": inactive_effect(test, unedited, directions, alpha, weight, bias),
         "suppression goal": _goal_count(run),
     }
-    print(f"{name}: {time.perf_counter() - start:.0f} s", flush=True)
+    print(f"{label}: {time.perf_counter() - start:.0f} s", flush=True)
     return rows, facts
 
 
@@ -366,10 +383,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--variant", action="append", choices=names, help="repeatable; default: every variant")
     parser.add_argument("--out", type=Path, required=True, help="folder for the runs (shared with benchmarks.cues)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--model-seed", type=int, default=0, help="classifiers of another seed (held out)")
     args = parser.parse_args(argv)
     rows, facts = [], []
     for name, group, canvas in chosen_canvases(args.variant):
-        canvas_rows, canvas_facts = measure(name, group, canvas, args.out)
+        canvas_rows, canvas_facts = measure(name, group, canvas, args.out, args.model_seed)
         rows += canvas_rows
         facts.append(canvas_facts)
     result = {"rows": rows, "facts": facts, "aim": aim(rows)}

@@ -65,7 +65,7 @@ def test_cue_acts_score_a_tiny_head_as_a_loop_does():
     assert acts.clean_per_class(logits).tolist() == pytest.approx(per_class)
 
 
-def test_choose_keeps_the_first_best_candidate_within_the_clean_tolerance():
+def test_choose_keeps_the_first_best_candidate_within_the_clean_tolerance_and_class_limit():
     labels = torch.tensor([0, 0, 1, 1])
     a = torch.eye(2, dtype=torch.float64)[labels]
     acts = CueActs(labels, {"none": a, "conflicting": a.flip(1)}, (0,))
@@ -76,6 +76,9 @@ def test_choose_keeps_the_first_best_candidate_within_the_clean_tolerance():
     assert choose(heads, acts, heads[0], 0.03) == 0
     assert choose(heads, acts, heads[0], 0.5) == 2
     assert choose(heads, acts, heads[0], 1.0) == 1
+    # the constant head keeps half the clean images but loses every image of class 1
+    assert choose(heads, acts, heads[0], 0.5, class_limit=0.5) == 0
+    assert choose(heads, acts, heads[0], 0.5, class_limit=1.0) == 2
 
 
 def test_dfr_head_folds_the_standardisation_into_the_head():
