@@ -49,20 +49,31 @@ class ReconstructionStats:
         # squared error, variance about the mean, active codes
         self.sums = torch.zeros(3, dtype=torch.float64, device=mean.device)
         self.fired = torch.zeros(d_latent, dtype=torch.bool, device=mean.device)
+        self._zero = torch.zeros((), dtype=torch.float64, device=mean.device)
 
     @torch.no_grad()
-    def update(self, a: Tensor, a_hat: Tensor, z: Tensor, squared_error: Tensor | None = None) -> None:
+    def update(self, a: Tensor, a_hat: Tensor, z: Tensor, squared_error: Tensor | None = None) -> Tensor:
         """Add one batch: activations, their reconstructions and codes.
 
         ``squared_error``, the batch's ``Σ‖a − â‖²`` when the caller has it already (training's
         loss does), saves computing it again.
+
+        Returns:
+            (d,) bool: the latents active in this batch (training counts rows since each fired).
         """
-        active = z.abs() > self.active_threshold
-        self.fired |= active.any(dim=0)
-        squared_error = (a - a_hat).double().pow(2).sum() if squared_error is None else squared_error.double()
-        spread = torch.zeros_like(squared_error) if self.total_variance is not None else (a.double() - self.mean)
-        self.sums += torch.stack([squared_error, spread.pow(2).sum(), active.sum().double()])
+        if len(z) == 0:  # a rank's empty share of the last batch
+            return torch.zeros_like(self.fired)
+        magnitude = z.abs()
+        # A latent fired if its largest |z| passed the threshold: a (d,) comparison, cheaper than any() over (N, d).
+        fired = magnitude.amax(dim=0) > self.active_threshold
+        self.fired |= fired
+        if squared_error is None:
+            squared_error = (a - a_hat).double().pow(2).sum()
+        variance = self._zero if self.total_variance is not None else (a.double() - self.mean).pow(2).sum()
+        active = (magnitude > self.active_threshold).sum()
+        self.sums += torch.stack([squared_error.double(), variance, active.double()])
         self.rows += len(a)
+        return fired
 
     def summary(self) -> dict[str, float]:
         """``mse`` (mean over rows of ``‖a − â‖²``), ``explained_variance``, ``l0`` and ``dead_fraction``."""

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from captum_salve import ActivationSet, SparseAutoencoder, sae_metrics
+from captum_salve.sae.metrics import ReconstructionStats
 
 
 def test_metrics_match_a_hand_computation():
@@ -84,3 +85,14 @@ def test_a_linear_saes_activity_scales_with_the_data():
         metrics = sae_metrics(scaled, ActivationSet(a * scale))
         assert metrics["l0"] == original["l0"] and metrics["dead_fraction"] == original["dead_fraction"]
         assert metrics["explained_variance"] == pytest.approx(original["explained_variance"], rel=1e-5)
+
+
+def test_reconstruction_stats_count_codes_above_the_threshold_and_ignore_an_empty_batch():
+    stats = ReconstructionStats(torch.zeros(2), 4, 0.5)
+    a, a_hat = torch.tensor([[1.0, 1.0], [0.0, 2.0]]), torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    stats.update(a, a_hat, torch.tensor([[0.6, -0.7, 0.5, 0.0], [0.1, -0.2, 0.0, 0.0]]))
+    stats.update(a[:0], a_hat[:0], torch.zeros(0, 4))
+    stats.update(a[:1], a[:1], torch.tensor([[0.0, 0.0, 0.0, -0.51]]))
+    assert stats.fired.tolist() == [True, True, False, True]
+    assert stats.rows == 3
+    assert stats.sums.tolist() == [5.0, 8.0, 3.0]  # squared error, variance about 0, codes with |z| > 0.5
