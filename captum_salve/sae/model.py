@@ -252,8 +252,12 @@ class SparseAutoencoder(nn.Module):
 
     @torch.no_grad()
     def normalize_decoder_(self) -> None:
-        """Rescale every decoder column to unit L2 norm (in place)."""
-        self.decoder.weight.div_(self.decoder.weight.norm(dim=0, keepdim=True).clamp_min(1e-12))
+        """Bring the decoder back into its variant's dictionary of unit-norm columns (in place, after every step).
+
+        By default the columns are rescaled; a variant whose atoms are built otherwise
+        keeps them valid its own way (:meth:`~captum_salve.sae.variants.CodeActivation.constrain_decoder_`).
+        """
+        self.code_activation.constrain_decoder_(self)
 
     def config(self) -> dict:
         """The constructor arguments, as written to ``cfg.json``."""

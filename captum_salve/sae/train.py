@@ -437,16 +437,20 @@ class _Run:
         variant, l1, lr, seed = config.checked()
         self.rows, self.group, self.variant = rows, group, variant
         self.generator = torch.Generator().manual_seed(seed)
-        sae = SparseAutoencoder(rows.dim, config.d_latent, variant)
+        sae = SparseAutoencoder(rows.dim, config.d_latent, variant).to(device)
         with torch.no_grad():
             directions = torch.randn(rows.dim, config.d_latent, generator=self.generator)
-            sae.decoder.weight.copy_(directions / directions.norm(dim=0, keepdim=True))
+            atoms = sae.code_activation.set_atoms_(sae, torch.arange(config.d_latent), directions.T.to(device))
             sae.decoder.bias.copy_(statistics.mean.float())
-            sae.encoder.weight.copy_(sae.decoder.weight.T)
+            sae.encoder.weight.copy_(atoms)
             sae.encoder.bias.zero_()
+            sample = None
+            if sample_rows := sae.code_activation.sample_rows:  # drawn only when asked: the others' streams stay
+                index = torch.randperm(len(rows), generator=self.generator)[:sample_rows]
+                sample = rows.rows(index).to(device, torch.float32)
+            sae.code_activation.prepare(sae, statistics, sample)
         sae.site, sae.model = rows.site, rows.model
-        sae.code_activation.prepare(sae, statistics)
-        self.sae = sae.to(device)
+        self.sae = sae
         self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=lr)
         self.l1, self.mean = l1, statistics.mean.to(device, torch.float32)
         self.total_variance = statistics.total_variance
@@ -564,14 +568,13 @@ def _resample_dead(
     residual = pool - a_hat
     weights = residual.pow(2).sum(dim=1).double().cpu().square() + 1e-12
     chosen = torch.multinomial(weights, len(dead), replacement=len(dead) > len(pool), generator=generator)
-    directions = residual[chosen.to(pool.device)]
-    directions = directions / directions.norm(dim=1, keepdim=True).clamp_min(1e-12)
     alive_norm = sae.encoder.weight[fired].norm(dim=1).mean() if fired.any() else torch.tensor(1.0)
-    sae.decoder.weight[:, dead] = directions.T
-    sae.encoder.weight[dead] = directions * alive_norm * sae.code_activation.resample_encoder_scale
+    atoms = sae.code_activation.set_atoms_(sae, dead, residual[chosen.to(pool.device)])
+    sae.encoder.weight[dead] = atoms * alive_norm * sae.code_activation.resample_encoder_scale
     sae.encoder.bias[dead] = 0.0
     # Adam's running moments belong to the old latents: restart them.
-    for param, index_dim in ((sae.decoder.weight, 1), (sae.encoder.weight, 0), (sae.encoder.bias, 0)):
+    decoder = sae.code_activation.atom_parameters(sae)
+    for param, index_dim in (*decoder, (sae.encoder.weight, 0), (sae.encoder.bias, 0)):
         for moment in ("exp_avg", "exp_avg_sq"):
             state = optimizer.state.get(param, {})
             if moment in state:

@@ -2,9 +2,11 @@
 
 A variant is one small class: its name (as written to ``cfg.json``), the code
 function, the threshold above which a code counts as active, its default sparsity
-strength, the loss it trains with, and any state of its own (a JumpReLU's
-thresholds). Adding a variant is one subclass registered in :data:`VARIANTS`; the
-model, training, metrics and the command line read everything else from here.
+strength, the loss it trains with, any state of its own (a JumpReLU's thresholds),
+and, when its dictionary is not a free matrix of unit columns, how the decoder is
+built, started and kept valid.
+Adding a variant is one subclass registered in :data:`VARIANTS`; the model, training,
+metrics and the command line read everything else from here.
 
 The variants and what an edit means for them: every edit rule reads a feature's
 *pre-activation* ``e_l · a + β_l`` (:meth:`~captum_salve.sae.SparseAutoencoder.affine_code`),
@@ -142,8 +144,45 @@ class CodeActivation(nn.Module, ABC):
     def attach(self, sae: SparseAutoencoder) -> None:
         """Create the state this variant keeps for ``sae`` (called once, by the SAE's constructor)."""
 
-    def prepare(self, sae: SparseAutoencoder, statistics: RowStatistics) -> None:
-        """Set what depends on the data's scale before training starts (or resumes)."""
+    @property
+    def sample_rows(self) -> int:
+        """Training rows :meth:`prepare` reads, drawn at random with the run's generator; 0 (the default): none."""
+        return 0
+
+    def prepare(self, sae: SparseAutoencoder, statistics: RowStatistics, sample: Tensor | None = None) -> None:
+        """Set what depends on the data before training starts (or resumes); called without gradients.
+
+        Args:
+            sae: The SAE at its start: atoms at random directions (:meth:`set_atoms_`), the
+                decoder bias at the data mean, encoder rows equal to the atoms. A variant
+                whose start depends on the data replaces it here.
+            statistics: The training rows' statistics (their mean and scale).
+            sample: (n, M) rows drawn with the run's seeded generator, on the SAE's
+                device, when :attr:`sample_rows` asks for them (n is at most that many); else None.
+        """
+
+    def set_atoms_(self, sae: SparseAutoencoder, latents: Tensor, directions: Tensor) -> Tensor:
+        """Point the decoder's atoms ``latents`` at ``directions`` ((n, M) rows), as near as the dictionary allows.
+
+        Training starts every atom this way (at random directions) and resampling
+        restarts dead ones (at badly reconstructed rows). By default the atoms are
+        the directions scaled to unit length. Called without gradients.
+
+        Returns:
+            (n, M) the unit atoms set, which the encoder rows of these latents start from.
+        """
+        atoms = directions / directions.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        sae.decoder.weight[:, latents] = atoms.T
+        return atoms
+
+    def atom_parameters(self, sae: SparseAutoencoder) -> list[tuple[Tensor, int]]:
+        """The decoder's trained tensors, each with the dimension that indexes latents (what resampling restarts)."""
+        return [(sae.decoder.weight, 1)]
+
+    def constrain_decoder_(self, sae: SparseAutoencoder) -> None:
+        """Bring the decoder back into the variant's dictionary after a step: by default, unit-norm columns."""
+        weight = sae.decoder.weight
+        weight.div_(weight.norm(dim=0, keepdim=True).clamp_min(1e-12))
 
     def training_codes(self, pre: Tensor) -> Tensor:
         """The codes during training, with the gradients training needs; by default :meth:`forward`'s."""
@@ -396,7 +435,7 @@ class JumpReLU(CodeActivation):
         self.threshold = nn.Parameter(torch.zeros(sae.d_latent))
 
     @override
-    def prepare(self, sae: SparseAutoencoder, statistics: RowStatistics) -> None:
+    def prepare(self, sae: SparseAutoencoder, statistics: RowStatistics, sample: Tensor | None = None) -> None:
         self.bandwidth = self.relative_bandwidth * statistics.spread
         with torch.no_grad():
             self.threshold.fill_(self.relative_initial_threshold * statistics.spread)
