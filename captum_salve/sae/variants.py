@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
@@ -42,6 +42,7 @@ __all__ = [
     "CodeActivation",
     "JumpReLU",
     "Linear",
+    "Matryoshka",
     "ReLU",
     "TopK",
     "TrainingBatch",
@@ -49,7 +50,7 @@ __all__ = [
     "variant_from_config",
 ]
 
-ActivationName = Literal["linear", "relu", "topk", "batchtopk", "jumprelu"]
+ActivationName = Literal["linear", "relu", "topk", "batchtopk", "jumprelu", "matryoshka"]
 
 
 @dataclass
@@ -463,8 +464,89 @@ class JumpReLU(CodeActivation):
         self.threshold.clamp_(min=self.bandwidth / 2)
 
 
+class Matryoshka(BatchTopK):
+    r"""Nested dictionaries (Bussmann et al. 2025): every prefix of the latents reconstructs the input on its own.
+
+    For each prefix size m in ``prefixes`` the first m latents are a dictionary of
+    their own, ``â_m = D_{:m} z_{:m} + b_d``, and the loss is the mean over the prefixes
+    of their scale-free errors ``‖a − â_m‖² / s²`` (the last prefix is the whole
+    dictionary), plus AuxK when ``aux_k`` is set. Early latents must reconstruct
+    without the later ones, so they learn the broad directions and later ones refine
+    them, and a latent's index says how coarse it is. The codes are BatchTopK's, chosen
+    over the whole dictionary and inferred with its threshold; the reported MSE and
+    explained variance are the whole dictionary's.
+
+    The mean rather than the paper's sum: with one prefix it is BatchTopK's loss, and
+    the AuxK term keeps its 1/32 weight against reconstruction whatever the number of
+    prefixes (Adam's steps do not depend on the loss's overall scale, so that weight
+    is all the choice changes).
+
+    The default prefixes halve from the whole dictionary down to a sixteenth,
+    ``d/16, d/8, d/4, d/2, d`` (at least 1): each level doubles the one before, as the
+    nesting sizes of Matryoshka representation learning (Kusupati et al. 2022, 8, 16, …,
+    2048) that the paper builds on do; the coarsest of a 256-latent SAE has 16 latents,
+    about one per class of the demo heads.
+
+    Args:
+        k: Codes kept per row, on average over a batch.
+        aux_k: Dead latents in the AuxK reconstruction; 0 turns AuxK off.
+        resample: Resample latents that did not fire in an epoch.
+        prefixes: Increasing prefix sizes, the last the SAE's ``d_latent``; None (the
+            default): the halving sizes above, fixed when the SAE is built.
+
+    Example:
+        >>> sae = SparseAutoencoder(512, 256, "matryoshka", k=16)
+        >>> sae.code_activation.prefixes
+        (16, 32, 64, 128, 256)
+    """
+
+    name = "matryoshka"
+
+    def __init__(
+        self, k: int, aux_k: int = 0, resample: bool = True, prefixes: list[int] | tuple[int, ...] | None = None
+    ) -> None:
+        super().__init__(k, aux_k, resample)
+        self.prefixes = None if prefixes is None else _check_prefixes(prefixes)
+
+    @override
+    def attach(self, sae: SparseAutoencoder) -> None:
+        super().attach(sae)
+        if self.prefixes is None:
+            self.prefixes = tuple(sorted({max(1, sae.d_latent >> shift) for shift in range(5)}))
+        if self.prefixes[-1] != sae.d_latent:
+            raise ValueError(
+                f"prefixes (of activation 'matryoshka') must end with d_latent={sae.d_latent} "
+                f"(the whole dictionary), got {list(self.prefixes)}"
+            )
+
+    @override
+    def loss(self, batch: TrainingBatch) -> Tensor:
+        decoder = batch.sae.decoder_weight
+        residual, start, errors = batch.a - batch.sae.decoder.bias, 0, []
+        for stop in self.prefixes[:-1]:
+            residual = residual - batch.z[:, start:stop] @ decoder[:, start:stop].T
+            errors.append(residual.pow(2).sum())
+            start = stop
+        errors.append(batch.squared_error)
+        return super().loss(replace(batch, squared_error=torch.stack(errors).mean()))
+
+    @override
+    def settings(self) -> dict:
+        prefixes = None if self.prefixes is None else list(self.prefixes)
+        return {**super().settings(), "prefixes": prefixes}
+
+
+def _check_prefixes(prefixes: Any) -> tuple[int, ...]:
+    if not isinstance(prefixes, (list, tuple)) or not prefixes:
+        raise ValueError(f"prefixes (of activation 'matryoshka') must be a list of sizes, got {prefixes!r}")
+    sizes = tuple(check_int(size, "prefixes (of activation 'matryoshka')", 1) for size in prefixes)
+    if any(b <= a for a, b in zip(sizes, sizes[1:], strict=False)):
+        raise ValueError(f"prefixes (of activation 'matryoshka') must increase, got {list(sizes)}")
+    return sizes
+
+
 VARIANTS: dict[str, type[CodeActivation]] = {
-    variant.name: variant for variant in (Linear, ReLU, TopK, BatchTopK, JumpReLU)
+    variant.name: variant for variant in (Linear, ReLU, TopK, BatchTopK, JumpReLU, Matryoshka)
 }
 
 

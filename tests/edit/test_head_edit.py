@@ -67,7 +67,10 @@ def test_project_rule_on_a_linear_sae_equals_editing_the_head_input(family, mode
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("activation, k", [("relu", None), ("jumprelu", None), ("topk", 1), ("batchtopk", 3)])
+@pytest.mark.parametrize(
+    "activation, k",
+    [("relu", None), ("jumprelu", None), ("topk", 1), ("batchtopk", 3), ("matryoshka", 3)],
+)
 def test_project_rule_equals_the_gated_edit_where_the_code_is_active(timm_resnet, activation, k):
     images = torch.rand(16, 3, 32, 32)
     sae = random_sae(512, activation, d_latent=12, k=k, seed=0)

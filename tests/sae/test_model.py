@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import save_model
 
 from captum_salve import SparseAutoencoder
+from captum_salve.sae.variants import Matryoshka
 
 
 def test_affine_code_is_the_pre_activation():
@@ -43,9 +44,9 @@ def test_bad_constructor_arguments():
         SparseAutoencoder(4, 8).encode(torch.randn(2, 5))
 
 
-@pytest.mark.parametrize("variant", ["batchtopk", "jumprelu"])
+@pytest.mark.parametrize("variant", ["batchtopk", "matryoshka", "jumprelu"])
 def test_a_variants_own_state_is_saved_and_loaded_with_the_weights(tmp_path, variant):
-    sae = SparseAutoencoder(5, 7, variant, k=3 if variant == "batchtopk" else None)
+    sae = SparseAutoencoder(5, 7, variant, k=None if variant == "jumprelu" else 3)
     with torch.no_grad():
         sae.code_activation.threshold.copy_(torch.rand_like(sae.code_activation.threshold))
         sae.encoder.bias.normal_()
@@ -53,6 +54,13 @@ def test_a_variants_own_state_is_saved_and_loaded_with_the_weights(tmp_path, var
     assert torch.equal(loaded.code_activation.threshold, sae.code_activation.threshold)
     a = torch.randn(20, 5)
     assert torch.equal(loaded.encode(a), sae.encode(a)) and (sae.encode(a) == 0).any()
+
+
+def test_matryoshka_prefixes_are_saved_in_the_config(tmp_path):
+    sae = SparseAutoencoder(5, 8, Matryoshka(2, prefixes=[2, 5, 8]))
+    loaded = SparseAutoencoder.load(sae.save(tmp_path / "sae"))
+    assert loaded.code_activation.prefixes == (2, 5, 8)
+    assert json.loads((tmp_path / "sae" / "cfg.json").read_text())["prefixes"] == [2, 5, 8]
 
 
 def test_save_load_round_trip(tmp_path):

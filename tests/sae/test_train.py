@@ -40,7 +40,15 @@ def test_same_seed_gives_bit_identical_weights():
 
 @pytest.mark.parametrize(
     "activation, k",
-    [("relu", None), ("topk", 4), ("linear", None), ("batchtopk", 4), ("jumprelu", None), (TopK(4, aux_k=8), None)],
+    [
+        ("relu", None),
+        ("topk", 4),
+        ("linear", None),
+        ("batchtopk", 4),
+        ("jumprelu", None),
+        (TopK(4, aux_k=8), None),
+        ("matryoshka", 4),
+    ],
 )
 def test_interrupted_then_resumed_run_equals_uninterrupted(tmp_path, monkeypatch, activation, k):
     acts = _clustered()
@@ -123,7 +131,8 @@ def _same_weights(first: SparseAutoencoder, second: SparseAutoencoder) -> bool:
 
 @pytest.mark.parametrize("shuffle", ["exact", "blocks"])
 @pytest.mark.parametrize(
-    "activation, resamples", [("relu", False), ("topk", True), (BatchTopK(4, aux_k=16, resample=False), False)]
+    "activation, resamples",
+    [("relu", False), ("topk", True), (BatchTopK(4, aux_k=16, resample=False), False)],
 )
 def test_a_store_trains_the_bit_identical_sae(tmp_path, shuffle, activation, resamples):
     acts = _clustered(n=601)

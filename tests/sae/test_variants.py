@@ -10,9 +10,11 @@ from hypothesis import given, settings, strategies as st
 
 from captum_salve import SparseAutoencoder, sae_metrics, train_sae
 from captum_salve.sae import VARIANTS, ActivationName, CodeActivation, code_activation
-from captum_salve.sae.variants import BatchTopK, TopK, TrainingBatch
+from captum_salve.sae.variants import BatchTopK, Matryoshka, TopK, TrainingBatch
 from captum_salve.store import RowStatistics
 from tests.helpers import labelled_clusters
+
+TOPK_FAMILY = ("topk", "batchtopk", "matryoshka")
 
 
 @settings(max_examples=25, deadline=None)
@@ -20,14 +22,14 @@ from tests.helpers import labelled_clusters
     n=st.integers(1, 6),
     d_in=st.integers(1, 12),
     d_latent=st.integers(1, 20),
-    activation=st.sampled_from(["linear", "relu", "topk", "batchtopk", "jumprelu"]),
+    activation=st.sampled_from(list(VARIANTS)),
     data=st.data(),
 )
 def test_codes_obey_their_activation(n, d_in, d_latent, activation, data):
-    k = data.draw(st.integers(1, d_latent)) if "topk" in activation else None
+    k = data.draw(st.integers(1, d_latent)) if activation in TOPK_FAMILY else None
     sae = SparseAutoencoder(d_in, d_latent, activation, k=k)
     threshold = data.draw(st.floats(0.0, 1.0))
-    if activation in ("batchtopk", "jumprelu"):
+    if activation in ("batchtopk", "matryoshka", "jumprelu"):
         sae.code_activation.threshold.data.fill_(threshold)
     a = torch.randn(n, d_in)
     a_hat, z = sae(a)
@@ -39,7 +41,7 @@ def test_codes_obey_their_activation(n, d_in, d_latent, activation, data):
         torch.testing.assert_close(z, pre.clamp_min(0))
     elif activation == "jumprelu":
         torch.testing.assert_close(z, pre * (pre > threshold))
-    elif activation == "batchtopk":
+    elif activation in ("batchtopk", "matryoshka"):
         torch.testing.assert_close(z, pre.clamp_min(0) * (pre > threshold))
     else:
         assert ((z != 0).sum(dim=1) <= k).all() and (z >= 0).all()
@@ -172,10 +174,45 @@ def test_topk_resampling_starts_latents_strong_enough_to_enter_the_top_k(monkeyp
     assert gentle[-1]["dead_fraction"] > 0.15 and gentle[-2]["resampled"] > 0.15 * 96
 
 
-@pytest.mark.parametrize("variant", ["relu", "topk", "batchtopk", "jumprelu"])
+@pytest.mark.parametrize("variant", ["relu", "topk", "batchtopk", "jumprelu", "matryoshka"])
 def test_every_variant_trains_to_a_sparse_reconstruction(variant):
     acts = labelled_clusters(400, 16, 8, scale=3.0, spread=0.3, offset=5.0, seed=1)[1]
-    k = 4 if variant in ("topk", "batchtopk") else None
+    k = 4 if variant in TOPK_FAMILY else None
     sae, history = train_sae(acts, 32, activation=variant, k=k, epochs=15, batch_size=64, progress=False)
     metrics = sae_metrics(sae, acts)  # as the trained SAE encodes: BatchTopK with its threshold
     assert metrics["explained_variance"] > 0.7 and metrics["l0"] < 20, metrics  # a linear SAE's L0 is 31.7 here
+
+
+def test_matryoshka_loss_is_the_mean_of_every_prefixs_own_reconstruction_error():
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(5, 8, Matryoshka(2, prefixes=[1, 3, 8]))
+    with torch.no_grad():
+        sae.decoder.bias.normal_()
+    a = torch.randn(6, 5)
+    pre = sae.pre_activation(a)
+    z = sae.code_activation.training_codes(pre)
+    a_hat = sae.decode(z)
+    squared_error = (a - a_hat).pow(2).sum()
+    batch = TrainingBatch(sae, a, pre, z, a_hat, squared_error, torch.tensor(2.0), 0.0, torch.zeros(8, dtype=bool))
+    errors = []
+    for m in (1, 3, 8):  # by hand: the first m latents alone, row by row
+        error = 0.0
+        for row in range(6):
+            a_hat_m = sae.decoder.bias.detach() + sum(z[row, j] * sae.decoder_weight[:, j] for j in range(m))
+            error += (a[row] - a_hat_m).pow(2).sum()
+        errors.append(error)
+    torch.testing.assert_close(sae.code_activation.loss(batch), sum(errors) / 3 / 2.0)
+    # one prefix, the whole dictionary: BatchTopK's loss
+    assert torch.equal(Matryoshka(2, prefixes=[8]).loss(batch), BatchTopK(2).loss(batch))
+
+
+def test_matryoshka_prefixes_halve_down_to_a_sixteenth_and_must_end_with_the_dictionary():
+    assert SparseAutoencoder(4, 256, "matryoshka", k=8).code_activation.prefixes == (16, 32, 64, 128, 256)
+    assert SparseAutoencoder(4, 12, "matryoshka", k=2).code_activation.prefixes == (1, 3, 6, 12)
+    assert SparseAutoencoder(4, 12, "matryoshka", k=2).config()["prefixes"] == [1, 3, 6, 12]  # JSON in cfg.json
+    with pytest.raises(ValueError, match=r"must end with d_latent=12 \(the whole dictionary\), got \[4, 8\]"):
+        SparseAutoencoder(4, 12, Matryoshka(2, prefixes=[4, 8]))
+    with pytest.raises(ValueError, match=r"prefixes \(of activation 'matryoshka'\) must increase, got \[4, 4, 12\]"):
+        Matryoshka(2, prefixes=[4, 4, 12])
+    with pytest.raises(ValueError, match=r"must be a list of sizes, got 12"):
+        Matryoshka(2, prefixes=12)
