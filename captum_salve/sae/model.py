@@ -150,7 +150,7 @@ class SparseAutoencoder(nn.Module):
 
     @property
     def decoder_weight(self) -> Tensor:
-        """D, (d_in, d_latent): column l is feature l's unit-norm direction."""
+        """D, (d_in, d_latent): column l is feature l's unit-norm direction (an archetypal SAE's computed atoms)."""
         return self.decoder.weight
 
     def active_threshold(self, statistics: RowStatistics) -> float:

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_model
 
 from captum_salve import SparseAutoencoder
-from captum_salve.sae.variants import Matryoshka
+from captum_salve.sae.variants import Archetypal, Matryoshka
 
 
 def test_affine_code_is_the_pre_activation():
@@ -54,6 +54,28 @@ def test_a_variants_own_state_is_saved_and_loaded_with_the_weights(tmp_path, var
     assert torch.equal(loaded.code_activation.threshold, sae.code_activation.threshold)
     a = torch.randn(20, 5)
     assert torch.equal(loaded.encode(a), sae.encode(a)) and (sae.encode(a) == 0).any()
+
+
+def test_an_archetypal_sae_saves_its_anchors_mixture_and_relaxation_and_loads_bit_identically(tmp_path):
+    sae = SparseAutoencoder(5, 7, Archetypal(3, anchors=9, delta=0.3))
+    hull = sae.decoder.parametrizations.weight
+    with torch.no_grad():
+        hull[0].anchors.normal_()
+        hull.original0.uniform_()
+        hull.original1.normal_()
+        sae.normalize_decoder_()
+        sae.encoder.bias.normal_()
+        sae.decoder.bias.normal_()
+    loaded = SparseAutoencoder.load(sae.save(tmp_path / "sae"))
+    cfg = json.loads((tmp_path / "sae" / "cfg.json").read_text())
+    assert (cfg["activation"], cfg["k"], cfg["anchors"], cfg["delta"]) == ("archetypal", 3, 9, 0.3)
+    assert sorted(loaded.state_dict()) == sorted(sae.state_dict())
+    for name, tensor in sae.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name]), name
+    a = torch.randn(20, 5)
+    z = sae.encode(a)
+    assert torch.equal(loaded.encode(a), z) and torch.equal(loaded.decode(z), sae.decode(z))
+    assert torch.equal(loaded.decoder_weight, sae.decoder_weight)
 
 
 def test_matryoshka_prefixes_are_saved_in_the_config(tmp_path):
