@@ -170,7 +170,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, required=True, help="SAE folder (with several seeds: one per seed inside)")
     train.add_argument("--latents", type=int, default=256)
     train.add_argument("--activation", choices=tuple(VARIANTS), default="relu")
-    train.add_argument("--k", type=int, help="features kept per input (topk, batchtopk)")
+    train.add_argument("--k", type=int, help="features kept per input (topk, batchtopk, matryoshka, archetypal)")
     train.add_argument("--l1", type=float, help="sparsity strength (an L0 weight for jumprelu); default the variant's")
     train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument("--epochs", type=int, default=40)

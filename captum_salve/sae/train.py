@@ -105,9 +105,13 @@ def train_sae(
     ``l1`` suits activations of any magnitude (it equals the paper's λ = ``l1 · s``
     up to the constant factor ``1/s²``). Each variant adds or changes terms
     (:meth:`~captum_salve.sae.variants.CodeActivation.loss`): a JumpReLU's ``l1``
-    weighs an L0 count, a TopK SAE adds the AuxK loss. The decoder bias starts at
+    weighs an L0 count, a TopK SAE adds the AuxK loss, a Matryoshka SAE averages the
+    errors of its nested prefixes (the history's MSE and EV are still the whole
+    dictionary's). The decoder bias starts at
     the data mean, decoder columns start random and are renormalised to unit length
-    after every step, and the encoder starts as the decoder's transpose. For variants
+    after every step, and the encoder starts as the decoder's transpose (an archetypal
+    SAE starts and constrains its atoms its own way, from a seeded sample of the rows:
+    :meth:`~captum_salve.sae.variants.CodeActivation.prepare`). For variants
     that resample (ReLU; TopK with ``resample``), latents that never fired during an
     epoch are resampled at its end (except after the last epoch) towards inputs that
     are reconstructed worst.
@@ -125,8 +129,9 @@ def train_sae(
             or an (N, M) tensor (the SAE's site is then the head input).
         d_latent: Number of SAE features.
         activation: A name of :data:`~captum_salve.sae.VARIANTS` (``"linear"``, ``"relu"``,
-            ``"topk"``, ``"batchtopk"``, ``"jumprelu"``) or a
-            :class:`~captum_salve.sae.variants.CodeActivation`.
+            ``"topk"``, ``"batchtopk"``, ``"jumprelu"``, ``"matryoshka"``, ``"archetypal"``) or a
+            :class:`~captum_salve.sae.variants.CodeActivation` (``Archetypal(16, delta=0.05)``
+            for settings beyond ``k``).
         k: Features kept per input for the TopK family.
         l1: Sparsity strength on the scale-free loss (an L0 weight for ``"jumprelu"``);
             default the variant's ``default_l1``.
