@@ -170,9 +170,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, required=True, help="SAE folder (with several seeds: one per seed inside)")
     train.add_argument("--latents", type=int, default=256)
     train.add_argument("--activation", choices=tuple(VARIANTS), default="relu")
-    train.add_argument("--k", type=int, help="features kept per input (topk, batchtopk)")
+    train.add_argument("--k", type=int, help="features kept per input (topk, batchtopk, matryoshka, archetypal)")
     train.add_argument(
-        "--aux-k", type=int, help="dead latents in the AuxK loss (topk, batchtopk; default 0: resampling only)"
+        "--aux-k", type=int, help="dead latents in the AuxK loss (the TopK family; default 0: resampling only)"
     )
     train.add_argument("--l1", type=float, help="sparsity strength (an L0 weight for jumprelu); default the variant's")
     train.add_argument("--lr", type=float, default=1e-3)

@@ -29,7 +29,8 @@ class PipelineConfig(Record):
         sae_activation: The SAE variant the analysis uses (a "linear" SAE, the
             paper's, is always trained too, for comparison).
         sae_epochs: SAE training epochs.
-        topk: k for a variant of the TopK family ("topk", "batchtopk"; default: the variant's own for this width).
+        topk: k for a variant of the TopK family ("topk", "batchtopk", "matryoshka", "archetypal"; default:
+            the variant's own for this width). Their other settings are their defaults.
         rule: Edit rule of the control stage (the paper's "salve" is always measured too).
         goal: What suppressing a class must achieve; the control stage, :func:`select_edit`
             and the report all read it.

@@ -152,7 +152,11 @@ class SparseAutoencoder(nn.Module):
 
     @property
     def decoder_weight(self) -> Tensor:
-        """D, (d_in, d_latent): column l is feature l's direction (unit norm when trained here)."""
+        """D, (d_in, d_latent): column l is feature l's direction.
+
+        Unit norm when trained here (an archetypal SAE's are its computed atoms); an SAE
+        loaded from another library keeps the norms it was saved with.
+        """
         return self.decoder.weight
 
     def active_threshold(self, statistics: RowStatistics) -> float:
@@ -254,10 +258,12 @@ class SparseAutoencoder(nn.Module):
 
     @torch.no_grad()
     def normalize_decoder_(self) -> None:
-        """Rescale every decoder column to unit L2 norm (in place)."""
-        weight = self.decoder.weight
-        # Σ w² then √ rather than vector_norm(dim=0): its strided reduction over columns is ~8× slower on the CPU.
-        weight.div_(weight.square().sum(dim=0, keepdim=True).sqrt_().clamp_min_(1e-12))
+        """Bring the decoder back into its variant's dictionary of unit-norm columns (in place, after every step).
+
+        By default the columns are rescaled; a variant whose atoms are built otherwise
+        keeps them valid its own way (:meth:`~captum_salve.sae.variants.CodeActivation.constrain_decoder_`).
+        """
+        self.code_activation.constrain_decoder_(self)
 
     def config(self) -> dict:
         """The constructor arguments, as written to ``cfg.json``."""

@@ -106,9 +106,13 @@ def train_sae(
     ``l1`` suits activations of any magnitude (it equals the paper's λ = ``l1 · s``
     up to the constant factor ``1/s²``). Each variant adds or changes terms
     (:meth:`~captum_salve.sae.variants.CodeActivation.loss`): a JumpReLU's ``l1``
-    weighs an L0 count, a TopK SAE adds the AuxK loss. The decoder bias starts at
+    weighs an L0 count, a TopK SAE adds the AuxK loss, a Matryoshka SAE averages the
+    errors of its nested prefixes (the history's MSE and EV are still the whole
+    dictionary's). The decoder bias starts at
     the data mean, decoder columns start random and are renormalised to unit length
-    after every step, and the encoder starts as the decoder's transpose. For variants
+    after every step, and the encoder starts as the decoder's transpose (an archetypal
+    SAE starts and constrains its atoms its own way, from a seeded sample of the rows:
+    :meth:`~captum_salve.sae.variants.CodeActivation.prepare`). For variants
     that resample (ReLU; TopK with ``resample``), latents that never fired during an
     epoch are resampled at its end (except after the last epoch) towards inputs that
     are reconstructed worst.
@@ -126,8 +130,9 @@ def train_sae(
             or an (N, M) tensor (the SAE's site is then the head input).
         d_latent: Number of SAE features.
         activation: A name of :data:`~captum_salve.sae.VARIANTS` (``"linear"``, ``"relu"``,
-            ``"topk"``, ``"batchtopk"``, ``"jumprelu"``) or a
-            :class:`~captum_salve.sae.variants.CodeActivation`.
+            ``"topk"``, ``"batchtopk"``, ``"jumprelu"``, ``"matryoshka"``, ``"archetypal"``) or a
+            :class:`~captum_salve.sae.variants.CodeActivation` (``Archetypal(16, delta=0.05)``
+            for settings beyond ``k``).
         k: Features kept per input for the TopK family.
         l1: Sparsity strength on the scale-free loss (an L0 weight for ``"jumprelu"``);
             default the variant's ``default_l1``.
@@ -444,16 +449,20 @@ class _Run:
         variant, l1, lr, seed = config.checked()
         self.rows, self.group, self.variant = rows, group, variant
         self.generator = torch.Generator().manual_seed(seed)
-        sae = SparseAutoencoder(rows.dim, config.d_latent, variant)
+        sae = SparseAutoencoder(rows.dim, config.d_latent, variant).to(device)
         with torch.no_grad():
             directions = torch.randn(rows.dim, config.d_latent, generator=self.generator)
-            sae.decoder.weight.copy_(directions / directions.norm(dim=0, keepdim=True))
+            atoms = sae.code_activation.set_atoms_(sae, torch.arange(config.d_latent), directions.T.to(device))
             sae.decoder.bias.copy_(statistics.mean.float())
-            sae.encoder.weight.copy_(sae.decoder.weight.T)
+            sae.encoder.weight.copy_(atoms)
             sae.encoder.bias.zero_()
+            sample = None
+            if sample_rows := sae.code_activation.sample_rows:  # drawn only when asked: the others' streams stay
+                index = torch.randperm(len(rows), generator=self.generator)[:sample_rows]
+                sample = rows.rows(index).to(device, torch.float32)
+            sae.code_activation.prepare(sae, statistics, sample)
         sae.site, sae.model = rows.site, rows.model
-        sae.code_activation.prepare(sae, statistics)
-        self.sae = sae.to(device)
+        self.sae = sae
         self.optimizer = _adam(list(self.sae.parameters()), lr, device)
         self.l1, self.mean = l1, statistics.mean.to(device, torch.float32)
         self.total_variance = statistics.total_variance
@@ -581,14 +590,13 @@ def _resample_dead(
     residual = pool - a_hat
     weights = residual.pow(2).sum(dim=1).double().cpu().square() + 1e-12
     chosen = torch.multinomial(weights, len(dead), replacement=len(dead) > len(pool), generator=generator)
-    directions = residual[chosen.to(pool.device)]
-    directions = directions / directions.norm(dim=1, keepdim=True).clamp_min(1e-12)
     alive_norm = sae.encoder.weight[fired].norm(dim=1).mean() if fired.any() else torch.tensor(1.0)
-    sae.decoder.weight[:, dead] = directions.T
-    sae.encoder.weight[dead] = directions * alive_norm * sae.code_activation.resample_encoder_scale
+    atoms = sae.code_activation.set_atoms_(sae, dead, residual[chosen.to(pool.device)])
+    sae.encoder.weight[dead] = atoms * alive_norm * sae.code_activation.resample_encoder_scale
     sae.encoder.bias[dead] = 0.0
     # Adam's running moments belong to the old latents: restart them.
-    for param, index_dim in ((sae.decoder.weight, 1), (sae.encoder.weight, 0), (sae.encoder.bias, 0)):
+    decoder = sae.code_activation.atom_parameters(sae)
+    for param, index_dim in (*decoder, (sae.encoder.weight, 0), (sae.encoder.bias, 0)):
         for moment in ("exp_avg", "exp_avg_sq"):
             state = optimizer.state.get(param, {})
             if moment in state:
@@ -631,9 +639,14 @@ def _load_checkpoint(directory: Path, run: _Run) -> tuple[int, int]:
     device = run.mean.device
     run.sae.load_state_dict({name[4:]: t for name, t in tensors.items() if name.startswith("sae.")})
     state: dict[int, dict] = {}
+    params = list(run.sae.parameters())
     for name, value in tensors.items():
         if name.startswith("optim."):
             _, index, key = name.split(".", 2)
+            param = params[int(index)]
+            # A moment takes its parameter's memory layout, as Adam creates it: the fused step walks both alike.
+            if value.shape == param.shape:
+                value = torch.empty_like(param, dtype=value.dtype).copy_(value)
             state.setdefault(int(index), {})[key] = value
     run.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     run.generator.set_state(tensors["generator"])

@@ -2,9 +2,11 @@
 
 A variant is one small class: its name (as written to ``cfg.json``), the code
 function, the threshold above which a code counts as active, its default sparsity
-strength, the loss it trains with, and any state of its own (a JumpReLU's
-thresholds). Adding a variant is one subclass registered in :data:`VARIANTS`; the
-model, training, metrics and the command line read everything else from here.
+strength, the loss it trains with, any state of its own (a JumpReLU's thresholds),
+and, when its dictionary is not a free matrix of unit columns, how the decoder is
+built, started and kept valid (an archetypal SAE's atoms are mixtures of data points).
+Adding a variant is one subclass registered in :data:`VARIANTS`; the model, training,
+metrics and the command line read everything else from here.
 
 The variants and what an edit means for them: every edit rule reads a feature's
 *pre-activation* ``e_l · a + β_l`` (:meth:`~captum_salve.sae.SparseAutoencoder.affine_code`),
@@ -13,21 +15,24 @@ which is linear in the activations for every variant. The "project" edit removes
 every variant; where a variant's code is zero (ReLU below 0, a JumpReLU below its
 threshold, a latent outside the top k), the SAE itself would report no activity
 while the edit still moves the activations along ``d_l`` by the (negative or
-small) pre-activation.
+small) pre-activation. The edits read the decoder through
+:attr:`~captum_salve.sae.SparseAutoencoder.decoder_weight`, which for an archetypal
+SAE is its computed atoms, so they need nothing of their own for any variant.
 """
 
 from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 from typing_extensions import override
 
-from captum_salve.checks import check_int
+from captum_salve.checks import check_int, check_real
 
 if TYPE_CHECKING:
     from captum_salve.sae.model import SparseAutoencoder
@@ -36,10 +41,12 @@ if TYPE_CHECKING:
 __all__ = [
     "VARIANTS",
     "ActivationName",
+    "Archetypal",
     "BatchTopK",
     "CodeActivation",
     "JumpReLU",
     "Linear",
+    "Matryoshka",
     "ReLU",
     "TopK",
     "TrainingBatch",
@@ -47,7 +54,7 @@ __all__ = [
     "variant_from_config",
 ]
 
-ActivationName = Literal["linear", "relu", "topk", "batchtopk", "jumprelu"]
+ActivationName = Literal["linear", "relu", "topk", "batchtopk", "jumprelu", "matryoshka", "archetypal"]
 
 
 @dataclass
@@ -142,8 +149,46 @@ class CodeActivation(nn.Module, ABC):
     def attach(self, sae: SparseAutoencoder) -> None:
         """Create the state this variant keeps for ``sae`` (called once, by the SAE's constructor)."""
 
-    def prepare(self, sae: SparseAutoencoder, statistics: RowStatistics) -> None:
-        """Set what depends on the data's scale before training starts (or resumes)."""
+    @property
+    def sample_rows(self) -> int:
+        """Training rows :meth:`prepare` reads, drawn at random with the run's generator; 0 (the default): none."""
+        return 0
+
+    def prepare(self, sae: SparseAutoencoder, statistics: RowStatistics, sample: Tensor | None = None) -> None:
+        """Set what depends on the data before training starts (or resumes); called without gradients.
+
+        Args:
+            sae: The SAE at its start: atoms at random directions (:meth:`set_atoms_`), the
+                decoder bias at the data mean, encoder rows equal to the atoms. A variant
+                whose start depends on the data replaces it here.
+            statistics: The training rows' statistics (their mean and scale).
+            sample: (n, M) rows drawn with the run's seeded generator, on the SAE's
+                device, when :attr:`sample_rows` asks for them (n is at most that many); else None.
+        """
+
+    def set_atoms_(self, sae: SparseAutoencoder, latents: Tensor, directions: Tensor) -> Tensor:
+        """Point the decoder's atoms ``latents`` at ``directions`` ((n, M) rows), as near as the dictionary allows.
+
+        Training starts every atom this way (at random directions) and resampling
+        restarts dead ones (at badly reconstructed rows). By default the atoms are
+        the directions scaled to unit length. Called without gradients.
+
+        Returns:
+            (n, M) the unit atoms set, which the encoder rows of these latents start from.
+        """
+        atoms = directions / directions.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        sae.decoder.weight[:, latents] = atoms.T
+        return atoms
+
+    def atom_parameters(self, sae: SparseAutoencoder) -> list[tuple[Tensor, int]]:
+        """The decoder's trained tensors, each with the dimension that indexes latents (what resampling restarts)."""
+        return [(sae.decoder.weight, 1)]
+
+    def constrain_decoder_(self, sae: SparseAutoencoder) -> None:
+        """Bring the decoder back into the variant's dictionary after a step: by default, unit-norm columns."""
+        weight = sae.decoder.weight
+        # Σ w² then √ rather than vector_norm(dim=0): its strided reduction over columns is ~8× slower on the CPU.
+        weight.div_(weight.square().sum(dim=0, keepdim=True).sqrt_().clamp_min_(1e-12))
 
     def training_codes(self, pre: Tensor) -> Tensor:
         """The codes during training, with the gradients training needs; by default :meth:`forward`'s."""
@@ -396,7 +441,7 @@ class JumpReLU(CodeActivation):
         self.threshold = nn.Parameter(torch.zeros(sae.d_latent))
 
     @override
-    def prepare(self, sae: SparseAutoencoder, statistics: RowStatistics) -> None:
+    def prepare(self, sae: SparseAutoencoder, statistics: RowStatistics, sample: Tensor | None = None) -> None:
         self.bandwidth = self.relative_bandwidth * statistics.spread
         with torch.no_grad():
             self.threshold.fill_(self.relative_initial_threshold * statistics.spread)
@@ -424,8 +469,287 @@ class JumpReLU(CodeActivation):
         self.threshold.clamp_(min=self.bandwidth / 2)
 
 
+class Matryoshka(BatchTopK):
+    r"""Nested dictionaries (Bussmann et al. 2025): every prefix of the latents reconstructs the input on its own.
+
+    For each prefix size m in ``prefixes`` the first m latents are a dictionary of
+    their own, ``â_m = D_{:m} z_{:m} + b_d``, and the loss is the mean over the prefixes
+    of their scale-free errors ``‖a − â_m‖² / s²`` (the last prefix is the whole
+    dictionary), plus AuxK when ``aux_k`` is set. Early latents must reconstruct
+    without the later ones, so they learn the broad directions and later ones refine
+    them, and a latent's index says how coarse it is. The codes are BatchTopK's, chosen
+    over the whole dictionary and inferred with its threshold; the reported MSE and
+    explained variance are the whole dictionary's.
+
+    The mean rather than the paper's sum: with one prefix it is BatchTopK's loss, and
+    the AuxK term keeps its 1/32 weight against reconstruction whatever the number of
+    prefixes (Adam's steps do not depend on the loss's overall scale, so that weight
+    is all the choice changes).
+
+    The default prefixes halve from the whole dictionary down to a sixteenth,
+    ``d/16, d/8, d/4, d/2, d`` (at least 1): each level doubles the one before, as the
+    nesting sizes of Matryoshka representation learning (Kusupati et al. 2022, 8, 16, …,
+    2048) that the paper builds on do; the coarsest of a 256-latent SAE has 16 latents,
+    about one per class of the demo heads.
+
+    Args:
+        k: Codes kept per row, on average over a batch.
+        aux_k: Dead latents in the AuxK reconstruction; 0 turns AuxK off.
+        resample: Resample latents that did not fire in an epoch.
+        prefixes: Increasing prefix sizes, the last the SAE's ``d_latent``; None (the
+            default): the halving sizes above, fixed when the SAE is built.
+
+    Example:
+        >>> sae = SparseAutoencoder(512, 256, "matryoshka", k=16)
+        >>> sae.code_activation.prefixes
+        (16, 32, 64, 128, 256)
+    """
+
+    name = "matryoshka"
+
+    def __init__(
+        self, k: int, aux_k: int = 0, resample: bool = True, prefixes: list[int] | tuple[int, ...] | None = None
+    ) -> None:
+        super().__init__(k, aux_k, resample)
+        self.prefixes = None if prefixes is None else _check_prefixes(prefixes)
+
+    @override
+    def attach(self, sae: SparseAutoencoder) -> None:
+        super().attach(sae)
+        if self.prefixes is None:
+            self.prefixes = tuple(sorted({max(1, sae.d_latent >> shift) for shift in range(5)}))
+        if self.prefixes[-1] != sae.d_latent:
+            raise ValueError(
+                f"prefixes (of activation 'matryoshka') must end with d_latent={sae.d_latent} "
+                f"(the whole dictionary), got {list(self.prefixes)}"
+            )
+
+    @override
+    def loss(self, batch: TrainingBatch) -> Tensor:
+        decoder = batch.sae.decoder_weight
+        residual, start, errors = batch.a - batch.sae.decoder.bias, 0, []
+        for stop in self.prefixes[:-1]:
+            residual = residual - batch.z[:, start:stop] @ decoder[:, start:stop].T
+            errors.append(residual.pow(2).sum())
+            start = stop
+        errors.append(batch.squared_error)
+        return super().loss(replace(batch, squared_error=torch.stack(errors).mean()))
+
+    @override
+    def settings(self) -> dict:
+        prefixes = None if self.prefixes is None else list(self.prefixes)
+        return {**super().settings(), "prefixes": prefixes}
+
+
+def _check_prefixes(prefixes: Any) -> tuple[int, ...]:
+    if not isinstance(prefixes, (list, tuple)) or not prefixes:
+        raise ValueError(f"prefixes (of activation 'matryoshka') must be a list of sizes, got {prefixes!r}")
+    sizes = tuple(check_int(size, "prefixes (of activation 'matryoshka')", 1) for size in prefixes)
+    if any(b <= a for a, b in zip(sizes, sizes[1:], strict=False)):
+        raise ValueError(f"prefixes (of activation 'matryoshka') must increase, got {list(sizes)}")
+    return sizes
+
+
+class Archetypal(TopK):
+    r"""The relaxed archetypal SAE (RA-SAE, Fel et al. 2025): atoms near the convex hull of data points, TopK codes.
+
+    Atom l is ``(W_l C + Λ_l) / ‖W_l C + Λ_l‖``. The anchors C are k-means centroids of
+    :attr:`sample_rows` training rows drawn with the run's generator, centred by the data
+    mean (the SAE subtracts its decoder bias, which starts at that mean, before
+    encoding, so its atoms describe centred rows); W, (d, anchors), is row-stochastic,
+    so ``W_l C`` is a point of their convex hull; the relaxation Λ_l lets the atom leave
+    the hull by at most ``δ`` times the anchors' root-mean-square norm. Dividing by the
+    norm keeps the unit-length decoder columns every SAE here has; it makes
+    overcomplete's learnt scale of the dictionary redundant (the codes carry every
+    scale), so an atom's direction lies in the cone of the relaxed hull. A dictionary
+    tied to the data is what makes the features of different seeds agree.
+
+    The decoder weight is a :mod:`torch.nn.utils.parametrize` parametrisation, so
+    :attr:`~captum_salve.sae.SparseAutoencoder.decoder_weight` is the computed atoms for
+    every reader (edits, profiles, seed matching). The trained tensors are W and Λ
+    (``decoder.parametrizations.weight.original0`` and ``original1``) and the anchors a
+    buffer (``decoder.parametrizations.weight.0.anchors``), all saved with the weights.
+    After every step W's rows are projected onto the simplex (the Euclidean projection,
+    Duchi et al. 2008, where overcomplete's ``RelaxedArchetypalDictionary`` rescales the
+    rows of ``relu(W)``, which can leave a row of zeros) and Λ's rows are shortened to
+    the bound. Before training the anchors are random points.
+
+    Training starts atom l at anchor l (W the identity, Λ = 0, as in overcomplete) and
+    the encoder at the atoms times the one scale that reconstructs the sample best:
+    TopK codes grow with the encoder's scale, and k codes along atoms aligned with a row
+    (as data points are) overshoot it many times over, which otherwise costs half of a
+    40-epoch run on the demo (explained variance −217 after the first epoch, 0.82 with
+    the scale). A resampled atom goes to the anchor best aligned with the row it is
+    pointed at, a different anchor for each atom resampled together, with Λ = 0.
+
+    Args:
+        k: Codes kept per input.
+        aux_k: Dead latents in the AuxK reconstruction; 0 turns AuxK off.
+        resample: Resample latents that did not fire in an epoch (each to an anchor).
+        anchors: Number of anchors; None (the default): ``d_latent``, fixed when the SAE is built.
+        delta: The bound on ``‖Λ_l‖``, as a multiple of the anchors' root-mean-square norm (0: atoms in the hull).
+
+    Example:
+        >>> sae, _ = train_sae(acts, 256, activation="archetypal", k=16)
+        >>> mixture = sae.decoder.parametrizations.weight.original0
+        >>> bool((mixture >= 0).all()), mixture.sum(1)    # every atom mixes the anchors
+        (True, tensor([1.0000, 1.0000, ...]))
+    """
+
+    name = "archetypal"
+    rows_per_anchor: ClassVar[int] = 16
+    kmeans_iterations: ClassVar[int] = 50
+
+    def __init__(
+        self, k: int, aux_k: int = 0, resample: bool = True, anchors: int | None = None, delta: float = 0.1
+    ) -> None:
+        super().__init__(k, aux_k, resample)
+        self.anchors = None if anchors is None else check_int(anchors, "anchors (of activation 'archetypal')", 1)
+        self.delta = check_real(delta, "delta (of activation 'archetypal')", 0.0)
+
+    @override
+    def attach(self, sae: SparseAutoencoder) -> None:
+        super().attach(sae)
+        if self.anchors is None:
+            self.anchors = sae.d_latent
+        if self.anchors < sae.d_latent:
+            raise ValueError(
+                f"anchors (of activation 'archetypal') must be at least d_latent={sae.d_latent}, "
+                f"so that every atom starts at an anchor of its own, got {self.anchors}"
+            )
+        parametrize.register_parametrization(sae.decoder, "weight", _RelaxedHull(torch.randn(self.anchors, sae.d_in)))
+
+    @property
+    @override
+    def sample_rows(self) -> int:
+        return self.rows_per_anchor * self.anchors
+
+    @override
+    def prepare(self, sae: SparseAutoencoder, statistics: RowStatistics, sample: Tensor | None = None) -> None:
+        if sample is None or len(sample) < self.anchors:
+            rows = 0 if sample is None else len(sample)
+            raise ValueError(f"an archetypal SAE with {self.anchors} anchors needs as many training rows, got {rows}")
+        centred = sample - statistics.mean.to(sample)
+        centroids = _kmeans(centred, self.anchors, self.kmeans_iterations)
+        hull, mixture, relaxation = _hull(sae)
+        # An atom's direction does not depend on the anchors' overall scale: at unit root-mean-square norm, Λ
+        # and δ are relative to them, and Λ trains at the pace of a free unit decoder column at any data scale.
+        hull.anchors.copy_(centroids / centroids.pow(2).sum(1).mean().sqrt().clamp_min(1e-12))
+        mixture.copy_(torch.eye(*mixture.shape))
+        relaxation.zero_()
+        atoms = sae.decoder_weight.T
+        # k codes along atoms aligned with the row overshoot it many times over; TopK codes scale with the encoder,
+        # so the encoder starts at the one scale that reconstructs the sample best.
+        a_hat = self(centred @ atoms.T) @ atoms
+        scale = (centred * a_hat).sum() / a_hat.pow(2).sum() if a_hat.any() else 1.0
+        sae.encoder.weight.copy_(atoms * scale)
+
+    @override
+    def set_atoms_(self, sae: SparseAutoencoder, latents: Tensor, directions: Tensor) -> Tensor:
+        hull, mixture, relaxation = _hull(sae)
+        mixture[latents] = hull.vertices(directions).to(mixture)
+        relaxation[latents] = 0.0
+        return sae.decoder_weight[:, latents].T
+
+    @override
+    def atom_parameters(self, sae: SparseAutoencoder) -> list[tuple[Tensor, int]]:
+        _, mixture, relaxation = _hull(sae)
+        return [(mixture, 0), (relaxation, 0)]
+
+    @override
+    def constrain_decoder_(self, sae: SparseAutoencoder) -> None:
+        hull, mixture, relaxation = _hull(sae)
+        mixture.copy_(_onto_simplex(mixture))
+        bound = self.delta * hull.anchors.pow(2).sum(1).mean().sqrt()  # δ after prepare: the anchors' scale is 1
+        relaxation.mul_((bound / relaxation.norm(dim=1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0))
+
+    @override
+    def settings(self) -> dict:
+        return {**super().settings(), "anchors": self.anchors, "delta": self.delta}
+
+
+class _RelaxedHull(nn.Module):
+    """An archetypal SAE's ``decoder.weight`` (M, d): unit atoms ``W_l C + Λ_l`` as columns, from (W, Λ)."""
+
+    def __init__(self, anchors: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("anchors", anchors)
+
+    def forward(self, mixture: Tensor, relaxation: Tensor) -> Tensor:
+        atoms = mixture @ self.anchors + relaxation
+        return (atoms / atoms.norm(dim=1, keepdim=True).clamp_min(1e-12)).T
+
+    def right_inverse(self, weight: Tensor) -> tuple[Tensor, Tensor]:
+        """(W, Λ) of the atoms nearest ``weight``'s columns among the hull's vertices (distinct anchors, Λ = 0)."""
+        # Λ contiguous: Adam's fused step and its restored state assume a tensor's plain row-major layout.
+        return self.vertices(weight.T).to(weight), torch.zeros(weight.T.shape, dtype=weight.dtype, device=weight.device)
+
+    def vertices(self, directions: Tensor) -> Tensor:
+        """One-hot rows of W, (n, anchors): the anchor best aligned with each direction, a different one for each.
+
+        Greedy in order: each direction takes the best aligned anchor no earlier one took (n ≤ anchors).
+        """
+        anchors = self.anchors
+        cosine = nn.functional.normalize(directions.to(anchors), dim=1) @ nn.functional.normalize(anchors, dim=1).T
+        free = torch.ones(len(anchors), dtype=torch.bool, device=anchors.device)
+        chosen = []
+        for row in cosine:
+            best = row.masked_fill(~free, -torch.inf).argmax()
+            free[best] = False
+            chosen.append(best)
+        index = torch.stack(chosen) if chosen else torch.zeros(0, dtype=torch.long, device=anchors.device)
+        return nn.functional.one_hot(index, len(anchors)).to(anchors.dtype)
+
+
+def _hull(sae: SparseAutoencoder) -> tuple[_RelaxedHull, Tensor, Tensor]:
+    """(the parametrisation, W, Λ) of an archetypal SAE's decoder."""
+    weight = sae.decoder.parametrizations.weight
+    return weight[0], weight.original0, weight.original1
+
+
+def _onto_simplex(rows: Tensor) -> Tensor:
+    """The Euclidean projection of each row onto the probability simplex (Duchi et al. 2008)."""
+    ordered = rows.sort(dim=1, descending=True).values
+    excess = ordered.cumsum(dim=1) - 1
+    count = torch.arange(1, rows.shape[1] + 1, device=rows.device, dtype=rows.dtype)
+    support = (ordered - excess / count > 0).sum(dim=1, keepdim=True)
+    shift = excess.gather(1, support - 1) / support
+    return (rows - shift).clamp_min(0)
+
+
+@torch.no_grad()
+def _kmeans(rows: Tensor, clusters: int, iterations: int, chunk_rows: int = 4096) -> Tensor:
+    """Lloyd's k-means, (clusters, M) centroids, started at the first ``clusters`` rows (Forgy's start).
+
+    ``rows`` come in random order, so the start is a random choice of them. A
+    cluster left empty restarts at the row farthest from its centroid. Sums are
+    one-hot products, not scatter-adds, so they are deterministic on a GPU too.
+    """
+    centroids = rows[:clusters].clone()
+    for _ in range(iterations):
+        assignment, distance = [], []
+        for chunk in rows.split(chunk_rows):
+            squared = centroids.pow(2).sum(1) - 2 * chunk @ centroids.T
+            best = squared.min(dim=1)
+            assignment.append(best.indices)
+            distance.append(best.values + chunk.pow(2).sum(1))
+        assignment, distance = torch.cat(assignment), torch.cat(distance)
+        sums, counts = torch.zeros_like(centroids), torch.zeros(clusters, dtype=rows.dtype, device=rows.device)
+        for chunk, owner in zip(rows.split(chunk_rows), assignment.split(chunk_rows), strict=True):
+            one_hot = nn.functional.one_hot(owner, clusters).to(rows.dtype)
+            sums += one_hot.T @ chunk
+            counts += one_hot.sum(0)
+        empty = (counts == 0).nonzero().squeeze(1)
+        updated = sums / counts.clamp_min(1)[:, None]
+        updated[empty] = rows[distance.topk(len(empty)).indices]
+        if torch.equal(updated, centroids):
+            break
+        centroids = updated
+    return centroids
+
+
 VARIANTS: dict[str, type[CodeActivation]] = {
-    variant.name: variant for variant in (Linear, ReLU, TopK, BatchTopK, JumpReLU)
+    variant.name: variant for variant in (Linear, ReLU, TopK, BatchTopK, JumpReLU, Matryoshka, Archetypal)
 }
 
 

@@ -67,14 +67,18 @@ def test_project_rule_on_a_linear_sae_equals_editing_the_head_input(family, mode
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("activation, k", [("relu", None), ("jumprelu", None), ("topk", 1), ("batchtopk", 3)])
+@pytest.mark.parametrize(
+    "activation, k",
+    [("relu", None), ("jumprelu", None), ("topk", 1), ("batchtopk", 3), ("matryoshka", 3), ("archetypal", 1)],
+)
 def test_project_rule_equals_the_gated_edit_where_the_code_is_active(timm_resnet, activation, k):
     images = torch.rand(16, 3, 32, 32)
     sae = random_sae(512, activation, d_latent=12, k=k, seed=0)
     acts = collect_activations(timm_resnet, images, progress=False)
+    top_1 = activation in ("topk", "archetypal")
     with torch.no_grad():  # put feature 5's threshold mid-way through the data (for top-1: its lead over the rest)
         pre = sae.pre_activation(acts.features)
-        lead = pre[:, 5] - torch.cat([pre[:, :5], pre[:, 6:]], 1).max(1).values if activation == "topk" else pre[:, 5]
+        lead = pre[:, 5] - torch.cat([pre[:, :5], pre[:, 6:]], 1).max(1).values if top_1 else pre[:, 5]
         sae.encoder.bias[5] -= lead.median() + 1e-3
     active = sae.encode(acts.features)[:, 5] > 0
     assert 0 < active.sum() < len(active)  # both cases occur

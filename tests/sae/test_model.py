@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import save_model
 
 from captum_salve import SparseAutoencoder
+from captum_salve.sae.variants import Archetypal, Matryoshka
 
 
 def test_affine_code_is_the_pre_activation():
@@ -43,9 +44,9 @@ def test_bad_constructor_arguments():
         SparseAutoencoder(4, 8).encode(torch.randn(2, 5))
 
 
-@pytest.mark.parametrize("variant", ["batchtopk", "jumprelu"])
+@pytest.mark.parametrize("variant", ["batchtopk", "matryoshka", "jumprelu"])
 def test_a_variants_own_state_is_saved_and_loaded_with_the_weights(tmp_path, variant):
-    sae = SparseAutoencoder(5, 7, variant, k=3 if variant == "batchtopk" else None)
+    sae = SparseAutoencoder(5, 7, variant, k=None if variant == "jumprelu" else 3)
     with torch.no_grad():
         sae.code_activation.threshold.copy_(torch.rand_like(sae.code_activation.threshold))
         sae.encoder.bias.normal_()
@@ -53,6 +54,35 @@ def test_a_variants_own_state_is_saved_and_loaded_with_the_weights(tmp_path, var
     assert torch.equal(loaded.code_activation.threshold, sae.code_activation.threshold)
     a = torch.randn(20, 5)
     assert torch.equal(loaded.encode(a), sae.encode(a)) and (sae.encode(a) == 0).any()
+
+
+def test_an_archetypal_sae_saves_its_anchors_mixture_and_relaxation_and_loads_bit_identically(tmp_path):
+    sae = SparseAutoencoder(5, 7, Archetypal(3, anchors=9, delta=0.3))
+    hull = sae.decoder.parametrizations.weight
+    with torch.no_grad():
+        hull[0].anchors.normal_()
+        hull.original0.uniform_()
+        hull.original1.normal_()
+        sae.normalize_decoder_()
+        sae.encoder.bias.normal_()
+        sae.decoder.bias.normal_()
+    loaded = SparseAutoencoder.load(sae.save(tmp_path / "sae"))
+    cfg = json.loads((tmp_path / "sae" / "cfg.json").read_text())
+    assert (cfg["activation"], cfg["k"], cfg["anchors"], cfg["delta"]) == ("archetypal", 3, 9, 0.3)
+    assert sorted(loaded.state_dict()) == sorted(sae.state_dict())
+    for name, tensor in sae.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name]), name
+    a = torch.randn(20, 5)
+    z = sae.encode(a)
+    assert torch.equal(loaded.encode(a), z) and torch.equal(loaded.decode(z), sae.decode(z))
+    assert torch.equal(loaded.decoder_weight, sae.decoder_weight)
+
+
+def test_matryoshka_prefixes_are_saved_in_the_config(tmp_path):
+    sae = SparseAutoencoder(5, 8, Matryoshka(2, prefixes=[2, 5, 8]))
+    loaded = SparseAutoencoder.load(sae.save(tmp_path / "sae"))
+    assert loaded.code_activation.prefixes == (2, 5, 8)
+    assert json.loads((tmp_path / "sae" / "cfg.json").read_text())["prefixes"] == [2, 5, 8]
 
 
 def test_save_load_round_trip(tmp_path):

@@ -8,7 +8,7 @@ import torch
 from captum_salve import ActivationSet, SparseAutoencoder, sae_metrics, train_sae
 from captum_salve.sae import train as train_module
 from captum_salve.sae.train import SAEConfig, _resample_dead, train_saes
-from captum_salve.sae.variants import VARIANTS, BatchTopK, TopK
+from captum_salve.sae.variants import VARIANTS, Archetypal, BatchTopK, TopK
 from captum_salve.store import ActivationStore, as_rows
 from tests.helpers import labelled_clusters
 
@@ -124,7 +124,8 @@ def _same_weights(first: SparseAutoencoder, second: SparseAutoencoder) -> bool:
 
 @pytest.mark.parametrize("shuffle", ["exact", "blocks"])
 @pytest.mark.parametrize(
-    "activation, resamples", [("relu", False), ("topk", True), (BatchTopK(4, aux_k=16, resample=False), False)]
+    "activation, resamples",
+    [("relu", False), ("topk", True), (BatchTopK(4, aux_k=16, resample=False), False), (Archetypal(4), True)],
 )
 def test_a_store_trains_the_bit_identical_sae(tmp_path, shuffle, activation, resamples):
     acts = _clustered(n=601)
@@ -135,7 +136,7 @@ def test_a_store_trains_the_bit_identical_sae(tmp_path, shuffle, activation, res
     from_store, store_history = train_sae(store, 96, buffer_blocks=3, **settings)
     assert _same_weights(from_memory, from_store)
     assert memory_history == store_history
-    # topk kills latents here, so its resampling pool was read from the store too
+    # topk and archetypal kill latents here, so their resampling pools were read from the store too
     assert (sum(h["resampled"] for h in memory_history) > 0) == resamples
 
 
