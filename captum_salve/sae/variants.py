@@ -259,8 +259,8 @@ class TopK(CodeActivation):
     Latents that stop winning get no gradient and die. Two remedies, both settings:
 
     - ``resample`` (the default): at the end of every epoch but the last, latents that
-      never fired are pointed at the rows reconstructed worst, with encoder rows as
-      strong as the live ones' (a weaker start never reaches the top k).
+      never fired are pointed at the rows reconstructed worst, with encoder rows half as
+      strong as the live ones' (the L1 recipe's fifth never reaches the top k).
     - AuxK (Gao et al. 2024): the ``aux_k`` largest pre-activations among the dead
       latents reconstruct the main reconstruction's residual ``e = a − â``, and the loss
       adds ``(1/32) · ‖e − D_dead z_aux‖² / ‖e − ē‖²`` (the residual's own scale), so dead
@@ -282,8 +282,9 @@ class TopK(CodeActivation):
 
     name = "topk"
     default_l1 = 0.0
-    # A new latent must beat the k winners to fire at all, so it starts as strong as they are.
-    resample_encoder_scale = 1.0
+    # A new latent must compete with the k winners to fire at all: 0.2 leaves it dead, the live rows'
+    # full strength lets a BatchTopK latent take a batch's codes and diverge; half is neither (demo head input).
+    resample_encoder_scale = 0.5
     aux_coefficient: ClassVar[float] = 1 / 32
 
     def __init__(self, k: int, aux_k: int = 0, resample: bool = True) -> None:

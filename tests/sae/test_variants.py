@@ -168,10 +168,10 @@ def test_topk_resampling_starts_latents_strong_enough_to_enter_the_top_k(monkeyp
     acts = labelled_clusters(600, 16, 4, scale=3.0, spread=0.5, offset=2.0, seed=3)[1]
     settings = dict(activation="topk", k=8, epochs=12, batch_size=64, progress=False)
     _, history = train_sae(acts, 96, **settings)
-    assert history[-1]["dead_fraction"] == 0.0
     monkeypatch.setattr(TopK, "resample_encoder_scale", 0.2)  # the ReLU recipe's gentle start
     _, gentle = train_sae(acts, 96, **settings)
-    assert gentle[-1]["dead_fraction"] > 0.15 and gentle[-2]["resampled"] > 0.15 * 96
+    assert history[-1]["dead_fraction"] < 0.1 and gentle[-1]["dead_fraction"] > 0.2
+    assert gentle[-2]["resampled"] > 0.2 * 96  # resampled every epoch, and still dead
 
 
 @pytest.mark.parametrize("variant", ["relu", "topk", "batchtopk", "jumprelu", "matryoshka", "archetypal"])
