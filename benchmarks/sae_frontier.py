@@ -29,8 +29,10 @@ activation (it has no linear-code class); ``relu`` ↔ ``SAE`` with ``mse_l1``; 
 (resampling dead latents) ↔ ``TopKSAE``; ``topk+auxk`` (``TopK(k, aux_k=128,
 resample=False)``) ↔ ``TopKSAE`` with ``top_k_auxiliary_loss``; ``batchtopk`` ↔
 ``BatchTopKSAE`` (``top_k = k × batch``); ``jumprelu`` ↔ ``JumpSAE`` with an L0 penalty
-through its ``heaviside``. overcomplete 0.3.0 has no Matryoshka SAE; a variant without a
-counterpart is shown alone. Its ``RATopKSAE`` (archetypal) waits for ours.
+through its ``heaviside``; ``archetypal`` ↔ ``RATopKSAE`` with its defaults (δ = 1, a learnt
+multiplier) and every scaled training row a point of its hull (ours: k-means centroids, δ =
+0.1 of their scale, unit atoms). overcomplete 0.3.0 has no Matryoshka SAE; a variant without
+a counterpart is shown alone.
 
 How the peer is trained, and what differs from ours:
 
@@ -238,6 +240,8 @@ def settings() -> list[Setting]:
             Setting("jumprelu", f"l1={l1:g}", {"activation": "jumprelu", "l1": l1}, "JumpSAE + L0", l1)
             for l1 in JUMPRELU_L1
         ],
+        *[Setting("matryoshka", f"k={k}", {"activation": "matryoshka", "k": k}, None, k) for k in TOPK_K],
+        *[Setting("archetypal", f"k={k}", {"activation": "archetypal", "k": k}, "RATopKSAE", k) for k in TOPK_K],
     ]
 
 
@@ -304,9 +308,9 @@ def peer_penalty(l1: float, batch_size: int, width: int) -> float:
     return l1 / (batch_size * math.sqrt(width))
 
 
-def peer_model(sae: ModuleType, setting: Setting, width: int, batch_size: int) -> tuple[nn.Module, Callable]:
-    """The peer's SAE and loss (overcomplete's signature) for one setting."""
-    variant, k = setting.variant, int(setting.sparsity)
+def peer_model(sae: ModuleType, setting: Setting, x: Tensor, batch_size: int) -> tuple[nn.Module, Callable]:
+    """The peer's SAE and loss (overcomplete's signature) for one setting; ``x``, the scaled training rows."""
+    variant, k, width = setting.variant, int(setting.sparsity), x.shape[1]
     if variant in ("linear", "relu"):
         encoder = None
         if variant == "linear":
@@ -321,6 +325,8 @@ def peer_model(sae: ModuleType, setting: Setting, width: int, batch_size: int) -
         return sae.TopKSAE(width, D_LATENT, top_k=k), sae.losses.top_k_auxiliary_loss
     if variant == "batchtopk":
         return sae.BatchTopKSAE(width, D_LATENT, top_k=k * batch_size), _mse
+    if variant == "archetypal":  # its defaults (δ 1, a learnt multiplier), every training row a point of the hull
+        return sae.RATopKSAE(width, D_LATENT, points=x, top_k=k), _mse
     if variant == "jumprelu":
         model = sae.JumpSAE(width, D_LATENT, bandwidth=JUMP_BANDWIDTH)
         penalty = setting.sparsity / batch_size  # ours: (‖a − â‖²/s² + l1 · #open codes) / B
@@ -342,7 +348,7 @@ def train_peer(
 ) -> nn.Module:
     """Train the peer's SAE of a setting on scaled rows ``x`` with its own loop (see the module docstring)."""
     torch.manual_seed(seed)
-    model, criterion = peer_model(sae, setting, x.shape[1], batch_size)
+    model, criterion = peer_model(sae, setting, x, batch_size)
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
     with contextlib.redirect_stdout(io.StringIO()):
         sae.train_sae(
