@@ -39,7 +39,10 @@ __all__ = ["CHECKPOINT_FILE", "SAEConfig", "Shuffle", "checkpoint_folder", "trai
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 Shuffle = Literal["exact", "blocks"]
+# Resampling reads at most this many rows, and at most this share of an epoch's, so it costs at most
+# an eighth of an epoch's forward passes however small the data.
 _RESAMPLE_POOL = 4096
+_RESAMPLE_POOL_SHARE = 1 / 8
 _DEAD_AFTER_ROWS = 10_000_000
 
 
@@ -529,7 +532,8 @@ class _Run:
         metrics = {"loss": float(self.loss_sum) / len(self.rows), **self.stats.summary()}
         resampled = 0
         if self.variant.resamples_dead and epoch < epochs - 1:
-            chosen = torch.randperm(len(self.rows), generator=self.generator)[:_RESAMPLE_POOL]
+            pool_rows = max(1, min(_RESAMPLE_POOL, int(len(self.rows) * _RESAMPLE_POOL_SHARE)))
+            chosen = torch.randperm(len(self.rows), generator=self.generator)[:pool_rows]
             if not fired.all():  # the pool is read only when a latent is dead; the generator moves on either way
                 pool = self.rows.rows(chosen).to(fired.device)
                 resampled = _resample_dead(self.sae, self.optimizer, pool, fired, self.generator)
