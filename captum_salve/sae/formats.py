@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from captum_salve.files import atomic_path, ensure_directory
+from captum_salve.sae.variants import BatchTopK, JumpReLU, ReLU, TopK
 from captum_salve.sites import HEAD_INPUT, Site
 
 if TYPE_CHECKING:
@@ -404,9 +405,12 @@ def write_saelens(sae: SparseAutoencoder, directory: str | Path) -> Path:
     """Write ``sae`` as SAELens writes an SAE: ``cfg.json`` and ``sae_weights.safetensors`` (each atomically).
 
     The config is SAELens 6's: ``architecture`` ``"standard"`` for ReLU codes,
-    ``"topk"`` with ``k``, ``"jumprelu"`` for JumpReLU and BatchTopK codes (SAELens
-    saves a BatchTopK SAE for inference as a JumpReLU with its one threshold for
-    every latent); ``apply_b_dec_to_input`` true, no normalisation. Our site and model
+    ``"topk"`` with ``k`` (an archetypal SAE's computed atoms as its decoder),
+    ``"jumprelu"`` for JumpReLU and BatchTopK codes (SAELens saves a BatchTopK SAE for
+    inference as a JumpReLU with its one threshold for every latent; a Matryoshka SAE
+    infers as one); ``apply_b_dec_to_input`` true, no normalisation. Read back, an
+    archetypal SAE is the TopK SAE and a Matryoshka SAE the JumpReLU SAE that compute
+    its codes and reconstructions. Our site and model
     go to ``metadata.hook_name`` and ``metadata.model_name``, and our config and
     metadata to ``metadata.captum_salve``, from which
     :meth:`~captum_salve.SparseAutoencoder.load` restores them.
@@ -427,23 +431,24 @@ def write_saelens(sae: SparseAutoencoder, directory: str | Path) -> Path:
         "b_dec": sae.decoder.bias.detach().clone(),
     }
     extra: dict[str, Any] = {}
-    if sae.activation == "relu":
+    variant = sae.code_activation
+    if isinstance(variant, ReLU):
         architecture = "standard"
-    elif sae.activation == "topk":
-        architecture, extra = "topk", {"k": sae.code_activation.k, "rescale_acts_by_decoder_norm": False}
-    elif sae.activation in ("jumprelu", "batchtopk"):
-        architecture, threshold = "jumprelu", sae.code_activation.threshold.detach()
-        if sae.activation == "jumprelu" and bool((threshold < 0).any()):
+    elif isinstance(variant, (JumpReLU, BatchTopK)):  # a Matryoshka SAE infers as the BatchTopK it is
+        architecture, threshold = "jumprelu", variant.threshold.detach()
+        if isinstance(variant, JumpReLU) and bool((threshold < 0).any()):
             raise ValueError(
                 "a JumpReLU SAE with a threshold below 0 keeps negative codes, which SAELens's JumpReLU "
                 "(relu(pre) · [pre > θ]) zeroes; save it with layout='captum_salve'"
             )
         tensors["threshold"] = threshold.expand(sae.d_latent).clone()  # batchtopk: relu(pre) · [pre > θ] as is
+    elif isinstance(variant, TopK):  # an archetypal SAE's atoms are written as the decoder they compute
+        architecture, extra = "topk", {"k": variant.k, "rescale_acts_by_decoder_norm": False}
     else:
         raise ValueError(
-            f"an SAE with activation {sae.activation!r} has no SAELens architecture (SAELens writes 'relu' codes "
-            "as 'standard', 'topk' as 'topk', 'jumprelu' and 'batchtopk' as 'jumprelu'); save it with "
-            "layout='captum_salve'"
+            f"an SAE with activation {sae.activation!r} has no SAELens architecture (SAELens writes ReLU codes "
+            "as 'standard', the TopK family as 'topk', JumpReLU and BatchTopK (Matryoshka) codes as 'jumprelu'); "
+            "save it with layout='captum_salve'"
         )
     cfg = {
         "d_in": sae.d_in,

@@ -212,6 +212,28 @@ def test_saving_in_the_saelens_layout_loads_back_bit_for_bit(tmp_path, activatio
     _assert_same_numbers(loaded, x, *_saelens_forward(cfg, written, x))  # SAELens's formula on the files agrees
 
 
+@pytest.mark.parametrize(
+    "activation, architecture, read_as", [("matryoshka", "jumprelu", "jumprelu"), ("archetypal", "topk", "topk")]
+)
+def test_matryoshka_and_archetypal_saes_are_saved_as_the_saelens_sae_that_computes_their_codes(
+    tmp_path, activation, architecture, read_as
+):
+    sae = SparseAutoencoder(D_IN, D_SAE, activation, k=3)
+    with torch.no_grad():
+        sae.encoder.bias.copy_(_random(D_SAE, seed=4))
+        if activation == "matryoshka":
+            sae.code_activation.threshold.fill_(0.1)
+    folder = sae.save(tmp_path / activation, layout="saelens")
+    assert json.loads((folder / "cfg.json").read_text())["architecture"] == architecture
+    loaded = SparseAutoencoder.load(folder)
+    x = _inputs()
+    with torch.no_grad():
+        assert loaded.activation == read_as and torch.equal(loaded.encode(x), sae.encode(x))
+        assert torch.equal(loaded.decoder_weight, sae.decoder_weight)  # an archetypal SAE's computed atoms
+        # the same numbers; the archetypal atoms are computed in a transposed layout, so the product rounds apart
+        torch.testing.assert_close(loaded.decode(sae.encode(x)), sae.decode(sae.encode(x)), rtol=1e-6, atol=1e-6)
+
+
 def test_an_sae_without_a_saelens_architecture_is_not_saved_in_that_layout(tmp_path):
     with pytest.raises(ValueError, match="activation 'linear' has no SAELens architecture"):
         SparseAutoencoder(D_IN, D_SAE, "linear").save(tmp_path, layout="saelens")
