@@ -97,7 +97,7 @@ class RowStatistics:
     @classmethod
     def of(cls, rows: Tensor, shift: Tensor | float = 0.0) -> RowStatistics:
         """The statistics of an (n, M) block of rows about ``shift``."""
-        centred = rows.double()
+        centred = rows.to(torch.float64, copy=True)  # a copy even of float64 rows, which are changed in place next
         centred -= shift  # in place: one float64 copy of the rows
         total = centred.sum(dim=0)
         return cls(len(rows), total, centred.square_().sum(dim=0), shift)  # squared in place: one float64 copy

@@ -212,3 +212,12 @@ def test_bad_configs_and_data_orders_are_named(tmp_path):
         call = dict(configs=[SAEConfig(4)], progress=False) | kwargs
         with pytest.raises(error, match=message):
             train_saes(acts, **call)
+
+
+def test_float64_activations_train_and_are_left_as_they_were():
+    acts = _clustered(n=200).features.double()
+    before = acts.clone()
+    sae, history = train_sae(acts, 8, epochs=2, batch_size=64, progress=False)
+    assert torch.equal(acts, before)  # the statistics once centred a float64 input in place
+    as_float32, _ = train_sae(acts.float(), 8, epochs=2, batch_size=64, progress=False)
+    assert all(torch.equal(t, as_float32.state_dict()[name]) for name, t in sae.state_dict().items())
