@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from benchmarks.results import markdown_table
 from captum_salve.analysis import class_profile, cross_class_features, cue_reliance
 from captum_salve.data import CUE_VARIANTS, CanvasConfig, DigitsCanvas
 from captum_salve.pipeline import PipelineConfig, digits_inputs
@@ -132,23 +133,20 @@ def measure(name: str, group: str, canvas: CanvasConfig, out: Path, seeds: int, 
 
 def table(rows: list[dict]) -> str:
     """The rows as one Markdown table."""
-    lines = [
-        "| variant | group | cue classes | accuracy: test / no cue / cue-conflicting | flip rate | SAE seed | "
-        "cue feature (effect, turns on) | its cross-class rank (classes) | cross-class top (classes) | "
-        "its cue_reliance rank |",
-        "|---|---|---|---|---:|---:|---|---:|---|---:|",
-    ]
+    header = ["variant", "group", "cue classes", "accuracy: test / no cue / cue-conflicting", "flip rate"]
+    header += ["SAE seed", "cue feature (effect, turns on)", "its cross-class rank (classes)"]
+    header += ["cross-class top (classes)", "its cue_reliance rank"]
+    cells = []
     for row in rows:
         effect, turns_on = row["its effect / turns on"]
-        lines.append(
-            f"| {row['variant']} | {row['group']} | {tuple(row['cue classes'])} | "
-            f"{row['test accuracy']:.1%} / {row['no-cue accuracy']:.1%} / {row['cue-conflicting accuracy']:.1%} | "
-            f"{row['flip rate']:.1%} | "
-            f"{row['sae seed']} | f{row['cue feature']} ({effect:.2f}, {turns_on:.0%}) | "
-            f"{row['its cross-class rank']} {tuple(row['its cross-class classes'])} | "
-            f"f{row['cross-class top']} {tuple(row['cross-class top classes'])} | {row['its cue_reliance rank']} |"
+        accuracies = (row["test accuracy"], row["no-cue accuracy"], row["cue-conflicting accuracy"])
+        cells.append(
+            [row["variant"], row["group"], str(tuple(row["cue classes"])), " / ".join(f"{a:.1%}" for a in accuracies)]
+            + [f"{row['flip rate']:.1%}", str(row["sae seed"]), f"f{row['cue feature']} ({effect:.2f}, {turns_on:.0%})"]
+            + [f"{row['its cross-class rank']} {tuple(row['its cross-class classes'])}"]
+            + [f"f{row['cross-class top']} {tuple(row['cross-class top classes'])}", str(row["its cue_reliance rank"])]
         )
-    return "\n".join(lines)
+    return markdown_table(header, "llllrrlrlr", cells)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from benchmarks.timing import Timings
 
-__all__ = ["Measurement", "Row", "Settings", "Target"]
+__all__ = ["Measurement", "Row", "Settings", "Target", "markdown_table"]
+
+
+def markdown_table(header: Sequence[str], alignment: str, rows: Iterable[Sequence[str]]) -> str:
+    """A Markdown table: the header, one ``l`` (left) or ``r`` (right) per column, and rows of cell strings.
+
+    Example:
+        >>> print(markdown_table(["name", "value"], "lr", [["a", "1.0"]]))
+        | name | value |
+        |---|---:|
+        | a | 1.0 |
+    """
+    rule = "".join("---:|" if side == "r" else "---|" for side in alignment)
+    return "\n".join([f"| {' | '.join(header)} |", f"|{rule}", *(f"| {' | '.join(row)} |" for row in rows)])
 
 
 @dataclass(frozen=True)

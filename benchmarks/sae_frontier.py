@@ -99,6 +99,7 @@ from types import ModuleType
 import torch
 from torch import Tensor, nn
 
+from benchmarks.results import markdown_table
 from benchmarks.timing import Timings, time_interleaved
 from captum_salve.activations import ActivationSet, collect_activations
 from captum_salve.analysis import match_features
@@ -535,23 +536,21 @@ def time_ratio(ours: Sequence[float], peer: Sequence[float]) -> float:
 
 def table(results: Sequence[Result]) -> str:
     """One Markdown row per library and setting: means over seeds, stability, seconds and the time ratio."""
-    lines = [
-        "| variant | setting | library (class) | EV | L0 | dead | spliced acc | stability | train s | time ours/peer |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    header = ["variant", "setting", "library (class)", "EV", "L0", "dead", "spliced acc", "stability", "train s"]
     peers = {r.setting.key: r for r in results if r.library != "ours"}
+    cells = []
     for r in results:
         library = "ours" if r.library == "ours" else f"overcomplete ({r.setting.peer})"
         stability = f"{seed_stability(r.directions):.3f}" if len(r.directions) > 1 else "—"
         ratio = "—"
         if r.library == "ours" and r.setting.key in peers:
             ratio = f"{time_ratio(r.seconds, peers[r.setting.key].seconds):.2f}"
-        lines.append(
-            f"| {r.setting.variant} | {r.setting.name} | {library} | {r.mean('explained_variance'):.3f} "
-            f"| {r.mean('l0'):.1f} | {r.mean('dead_fraction'):.1%} | {r.mean('spliced_accuracy'):.1%} "
-            f"| {stability} | {statistics.median(r.seconds):.2f} | {ratio} |"
+        cells.append(
+            [r.setting.variant, r.setting.name, library, f"{r.mean('explained_variance'):.3f}", f"{r.mean('l0'):.1f}"]
+            + [f"{r.mean('dead_fraction'):.1%}", f"{r.mean('spliced_accuracy'):.1%}", stability]
+            + [f"{statistics.median(r.seconds):.2f}", ratio]
         )
-    return "\n".join(lines)
+    return markdown_table([*header, "time ours/peer"], "lllrrrrrrr", cells)
 
 
 def verdicts(results: Sequence[Result]) -> list[dict]:
@@ -588,25 +587,23 @@ def verdicts(results: Sequence[Result]) -> list[dict]:
 
 def verdict_table(rows: Sequence[dict]) -> str:
     """:func:`verdicts` as a Markdown table."""
-    lines = [
-        "| variant | peer | ours on or above its frontier | worst margin (at peer L0) | peer points below our L0 "
-        "| time ours/peer | dead max: ours / peer |",
-        "|---|---|---|---:|---:|---:|---|",
-    ]
+    header = ["variant", "peer", "ours on or above its frontier", "worst margin (at peer L0)"]
+    header += ["peer points below our L0", "time ours/peer", "dead max: ours / peer"]
+    cells = []
     for row in rows:
+        ours = f"{row['largest dead fraction (ours)']:.1%}"
         if row["peer"] is None:
-            lines.append(f"| {row['variant']} | — | — | — | — | — | {row['largest dead fraction (ours)']:.1%} / — |")
+            cells.append([row["variant"], *["—"] * 5, f"{ours} / —"])
             continue
         margins = row["margins (peer L0, peer EV, ours - peer)"]
         compared = [(m, l0) for l0, _, m in margins if m is not None]
         worst = f"{min(compared)[0]:+.3f} ({min(compared)[1]:.1f})" if compared else "—"
         verdict = ("yes" if row["on or above the peer's frontier"] else "NO") if compared else "not compared"
-        lines.append(
-            f"| {row['variant']} | {row['peer']} | {verdict} | {worst} | {len(margins) - len(compared)} "
-            f"| {row['time ratio ours/peer']:.2f} | {row['largest dead fraction (ours)']:.1%} / "
-            f"{row['largest dead fraction (peer)']:.1%} |"
+        cells.append(
+            [row["variant"], row["peer"], verdict, worst, str(len(margins) - len(compared))]
+            + [f"{row['time ratio ours/peer']:.2f}", f"{ours} / {row['largest dead fraction (peer)']:.1%}"]
         )
-    return "\n".join(lines)
+    return markdown_table(header, "lllrrrl", cells)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

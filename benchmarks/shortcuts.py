@@ -53,6 +53,7 @@ from sklearn.linear_model import LogisticRegression
 from torch import Tensor, nn
 
 from benchmarks.cues import chosen_canvases, cue_scores, variant_run
+from benchmarks.results import markdown_table
 from captum_salve.activations import collect_activations
 from captum_salve.analysis import control_directions, cue_reliance
 from captum_salve.analysis.sweeps import DEFAULT_EDIT_ALPHAS
@@ -338,18 +339,14 @@ def _goal_count(run) -> dict:
 
 def table(rows: list[dict]) -> str:
     """The rows as one Markdown table."""
-    lines = [
-        "| variant | group | method | cue-conflicting acc | flip rate | clean acc | worst class clean drop "
-        "| test acc |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+    header = ["variant", "group", "method", "cue-conflicting acc", "flip rate", "clean acc"]
+    header += ["worst class clean drop", "test acc"]
+    cells = [
+        [r["variant"], r["group"], r["method"], f"{r['cue-conflicting accuracy']:.1%}", f"{r['flip rate']:.1%}"]
+        + [f"{r['no-cue accuracy']:.1%}", f"{r['worst class drop']:+.1%}", f"{r['test accuracy']:.1%}"]
+        for r in rows
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['variant']} | {r['group']} | {r['method']} | {r['cue-conflicting accuracy']:.1%} | "
-            f"{r['flip rate']:.1%} | {r['no-cue accuracy']:.1%} | {r['worst class drop']:+.1%} | "
-            f"{r['test accuracy']:.1%} |"
-        )
-    return "\n".join(lines)
+    return markdown_table(header, "lllrrrrr", cells)
 
 
 def aim(rows: list[dict]) -> list[dict]:
