@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import timm
 import torch
@@ -19,6 +21,7 @@ from captum_salve import (
     train_sae,
 )
 from captum_salve.attr import render_maps
+from captum_salve.sae import VARIANTS, code_activation
 from tests.helpers import random_sae
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -85,6 +88,19 @@ def test_sae_training_on_the_gpu_is_reproducible():
     for name, tensor in first.state_dict().items():
         assert torch.equal(tensor, second.state_dict()[name]), name
     assert history[-1]["explained_variance"] > history[0]["explained_variance"]
+
+
+@pytest.mark.parametrize("activation", VARIANTS)
+def test_every_variant_trains_reproducibly_on_the_gpu_and_encodes_there_as_on_the_cpu(activation):
+    acts = torch.randn(512, 32) + 3
+    variant = code_activation(activation, **VARIANTS[activation].default_settings(48))
+    runs = [train_sae(acts, 48, activation=variant, epochs=3, device=CUDA, progress=False, seed=4) for _ in range(2)]
+    (first, history), (second, _) = runs
+    for name, tensor in first.state_dict().items():
+        assert tensor.device.type == "cuda" and torch.equal(tensor, second.state_dict()[name]), name
+    assert history[-1]["explained_variance"] > history[0]["explained_variance"]
+    on_cpu = copy.deepcopy(first).cpu()
+    torch.testing.assert_close(first.encode(acts.to(CUDA)).cpu(), on_cpu.encode(acts), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -159,6 +159,7 @@ def test_collect_reads_the_images_as_the_flags_say_over_the_checkpoints_config(c
     torch.save(model.state_dict(), weights / "model.pth")
     (weights / "args.yaml").write_text(yaml.safe_dump({"input_size": [3, 48, 48], "mean": [0.2], "std": [0.3]}))
     argv = ["collect", "--model", RESNET, "--checkpoint", weights / "model.pth", "--data", data, "--quiet"]
+    argv += ["--device", "cpu"]  # compared with a CPU forward below; a GPU's TF32 convolutions round differently
     code, _, err = cli(capsys, *argv, "--mean", "0.5", "--crop-pct", "1", "--out", tmp_path / "store")
     assert code == 0, err
 
