@@ -1,7 +1,7 @@
 """From codes to findings: class profiles, α sweeps, the control goal and edit selection, controls, seeds, cues."""
 
 from captum_salve.analysis.controls import control_directions
-from captum_salve.analysis.cues import CueReliance, cue_reliance
+from captum_salve.analysis.cues import CueEdit, CueReliance, choose_cue_edit, cue_reliance
 from captum_salve.analysis.goal import ControlGoal
 from captum_salve.analysis.profiles import (
     ClassProfile,
@@ -28,6 +28,7 @@ __all__ = [
     "ClassProfile",
     "ControlGoal",
     "CrossClassFeature",
+    "CueEdit",
     "CueReliance",
     "EditChoice",
     "RankBy",
@@ -35,6 +36,7 @@ __all__ = [
     "SweepResult",
     "alpha_50",
     "alpha_sweep",
+    "choose_cue_edit",
     "class_profile",
     "control_directions",
     "cross_class_features",

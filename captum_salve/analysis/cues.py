@@ -1,21 +1,25 @@
-"""A suspected shortcut, confirmed with labels: the SAE features a cue moves on paired images."""
+"""A suspected shortcut: the SAE features a cue moves on paired images, and their removal with chosen strengths."""
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from captum_salve.activations import collect_activations
-from captum_salve.checks import check_int, shape_of
+from captum_salve.activations import ActivationSet, collect_activations
+from captum_salve.analysis.sweeps import DEFAULT_EDIT_ALPHAS
+from captum_salve.checks import check_fraction, check_int, check_strengths, shape_of
+from captum_salve.edit.head_edit import HeadEdit, head_of, head_tensors64
+from captum_salve.edit.rules import DEFAULT_RULE, EditRule, EditRuleName
 from captum_salve.models import model_input
 from captum_salve.sae.model import SparseAutoencoder, check_finite
 from captum_salve.sites import Site
 from captum_salve.store import RowStatistics
 
-__all__ = ["CueReliance", "cue_reliance"]
+__all__ = ["CueEdit", "CueReliance", "choose_cue_edit", "cue_reliance"]
 
 
 @dataclass(frozen=True)
@@ -153,4 +157,162 @@ def cue_reliance(
         mean_change=mean_change[order].float(),
         turns_on=turns_on[order].float(),
         pairs=len(on),
+    )
+
+
+@dataclass(frozen=True)
+class CueEdit:
+    """The suppression of a cue's features that :func:`choose_cue_edit` chose, with what it did on its images.
+
+    Attributes:
+        features: The searched features, in the order given.
+        edit: The head edit: each of ``features`` with its own strength (0: left as it is).
+        conflicting_accuracy: Accuracy on the cue-conflicting images, before and after the edit.
+        clean_accuracy: Accuracy on the clean images, before and after.
+        worst_class_change: The most negative change of one class's clean accuracy.
+
+    Example:
+        >>> choice = choose_cue_edit(model, sae, reliance.top(8), clean, conflicting)
+        >>> choose_cue_edit(model, sae, [120, 61, 35], clean, conflicting)    # feature: strength
+        CueEdit(120: 2.61, 61: 2.61, 35: 0.1; cue-conflicting 85.5% → 89.2%, clean 97.8% → 98.0%, worst class -1.6%)
+        >>> unbiased = choice.edit.apply(model)
+    """
+
+    features: tuple[int, ...]
+    edit: HeadEdit
+    conflicting_accuracy: tuple[float, float]
+    clean_accuracy: tuple[float, float]
+    worst_class_change: float
+
+    def __repr__(self) -> str:
+        strengths = ", ".join(f"{f}: {a:.3g}" for f, a in zip(self.features, self.edit.alpha.tolist(), strict=True))
+        (conflicting, conflicting_after), (clean, clean_after) = self.conflicting_accuracy, self.clean_accuracy
+        return (
+            f"CueEdit({strengths}; cue-conflicting {conflicting:.1%} → {conflicting_after:.1%}, "
+            f"clean {clean:.1%} → {clean_after:.1%}, worst class {self.worst_class_change:+.1%})"
+        )
+
+
+class _CueScore:
+    """Scores a head edit on clean and cue-conflicting head inputs: the objective and the limits."""
+
+    def __init__(self, model: nn.Module, edit: HeadEdit, clean: ActivationSet, conflicting: ActivationSet) -> None:
+        weight, bias = head_tensors64(head_of(model))
+        self._curves, self._labels = [], []
+        for rows in (clean, conflicting):
+            a = rows.features.detach().to(weight.device, torch.float64)
+            self._curves.append(edit.rule.logit_curve(weight, bias, edit.directions, a, edit.sign))
+            self._labels.append(rows.labels.to(weight.device))
+        self.classes = max(int(weight.shape[0]), int(clean.labels.max()) + 1)
+
+    def __call__(self, alphas: Tensor) -> tuple[float, float, Tensor]:
+        """(conflicting accuracy, clean accuracy, (K,) clean accuracy per class) at strengths ``alphas``."""
+        right = [
+            (curve(alphas).argmax(1) == labels).double()
+            for curve, labels in zip(self._curves, self._labels, strict=True)
+        ]
+        counts = torch.bincount(self._labels[0], minlength=self.classes).double()
+        per_class = torch.zeros_like(counts).index_add_(0, self._labels[0], right[0]) / counts.clamp_min(1)
+        return float(right[1].mean()), float(right[0].mean()), per_class
+
+
+def choose_cue_edit(
+    model: nn.Module,
+    sae: SparseAutoencoder,
+    features: Sequence[int],
+    clean: ActivationSet,
+    conflicting: ActivationSet,
+    *,
+    rule: EditRuleName | EditRule = DEFAULT_RULE,
+    alphas: Sequence[float] = DEFAULT_EDIT_ALPHAS,
+    clean_tolerance: float = 0.03,
+    class_limit: float = 0.05,
+    rounds: int = 4,
+) -> CueEdit:
+    """Choose how strongly to suppress each of a cue's features, on validation images the cue conflicts with.
+
+    The search maximises accuracy on ``conflicting`` (images where the cue points to a
+    wrong class: the cue on images of other classes, and the cue's classes without it)
+    while clean accuracy stays within ``clean_tolerance`` of the unedited model's overall
+    and within ``class_limit`` on every single class. It starts from the best edit of a
+    prefix of ``features`` (the first k, for every k) at one strength from ``alphas``,
+    then moves one feature's strength at a time to any value of ``alphas`` (or 0) while
+    that helps, at most ``rounds`` passes (0: one strength only). Ties keep the earlier
+    candidate: fewer features, smaller strengths. No edit within the limits: all strengths 0.
+
+    Use images the edit will not be scored on: the choice fits them.
+
+    Args:
+        model: The classifier; its head is edited.
+        sae: An SAE of the head input.
+        features: Candidate features, most suspected first (e.g. ``cue_reliance(...).top(8)``).
+        clean: Head inputs and labels of validation images without the cue.
+        conflicting: Head inputs and labels of cue-conflicting validation images.
+        rule: The edit rule (default: "project", whose edit equals steering the head input).
+        alphas: The strengths searched, > 0 (0 is always a candidate).
+        clean_tolerance: Largest loss of overall clean accuracy allowed, a fraction.
+        class_limit: Largest loss of one class's clean accuracy allowed, a fraction.
+        rounds: Passes of the one-feature-at-a-time search.
+
+    Returns:
+        The chosen edit and its validation figures.
+
+    Raises:
+        ValueError: A feature out of range or repeated, activations of another width or without
+            labels, a strength below 0, a tolerance outside [0, 1], negative rounds.
+
+    Example:
+        >>> reliance = cue_reliance(model, sae, with_cue, without_cue)
+        >>> clean = collect_activations(model, clean_images, labels=clean_labels)
+        >>> conflicting = collect_activations(model, conflicting_images, labels=conflicting_labels)
+        >>> choice = choose_cue_edit(model, sae, reliance.top(8), clean, conflicting)
+        >>> choice.conflicting_accuracy          # (before, after) on the validation images
+    """
+    strengths = [float(a) for a in check_strengths(alphas) if a > 0]
+    clean_tolerance = check_fraction(clean_tolerance, "clean_tolerance")
+    class_limit = check_fraction(class_limit, "class_limit")
+    rounds = check_int(rounds, "rounds", least=0)
+    edit = HeadEdit.of(sae, list(features), 0.0, rule=rule)
+    for name, rows in (("clean", clean), ("conflicting", conflicting)):
+        if not isinstance(rows, ActivationSet) or rows.labels is None or len(rows) == 0:
+            raise ValueError(f"{name} must be an ActivationSet of head inputs with labels, got {shape_of(rows)}")
+        if rows.dim != edit.directions.width:
+            raise ValueError(f"{name} has {rows.dim}-dimensional rows; the SAE's features are {edit.directions.width}")
+    score = _CueScore(model, edit, clean, conflicting)
+    count = edit.directions.count
+    zero = torch.zeros(count, dtype=torch.float64)
+    before_conflicting, before_clean, before_class = score(zero)
+
+    def value(alphas: Tensor) -> float | None:
+        """Conflicting accuracy, or None where the clean limits are broken."""
+        conflicting_acc, clean_acc, per_class = score(alphas)
+        within = clean_acc >= before_clean - clean_tolerance - 1e-12
+        within = within and bool((per_class >= before_class - class_limit - 1e-12).all())
+        return conflicting_acc if within else None
+
+    best, best_value = zero, before_conflicting
+    for k in range(1, count + 1):
+        for alpha in strengths:
+            trial = torch.cat([torch.full((k,), alpha, dtype=torch.float64), zero[k:]])
+            found = value(trial)
+            if found is not None and found > best_value:
+                best, best_value = trial, found
+    for _ in range(rounds):
+        improved = False
+        for feature in range(count):
+            for alpha in [0.0, *strengths]:
+                trial = best.clone()
+                trial[feature] = alpha
+                found = value(trial)
+                if found is not None and found > best_value:
+                    best, best_value, improved = trial, found, True
+        if not improved:
+            break
+    after_conflicting, after_clean, after_class = score(best)
+    return CueEdit(
+        tuple(int(f) for f in sae.feature_index(list(features))),
+        HeadEdit(edit.directions, best, edit.mode, edit.rule),
+        (before_conflicting, after_conflicting),
+        (before_clean, after_clean),
+        float((after_class - before_class).min()),
     )

@@ -1,13 +1,13 @@
-"""cue_reliance: exact on a model whose head reads the pixels, and equal to a loop over the pairs."""
+"""cue_reliance: exact on a model whose head reads the pixels, and equal to a loop over the pairs; choose_cue_edit."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from captum_salve import CueReliance, SparseAutoencoder, cue_reliance
+from captum_salve import ActivationSet, CueReliance, HeadEdit, SparseAutoencoder, choose_cue_edit, cue_reliance
 from captum_salve.store import RowStatistics
-from tests.helpers import PixelClassifier, random_sae
+from tests.helpers import HeadOnly, PixelClassifier, identity_sae, random_sae
 
 SIDE = 4
 D_IN = 3 * SIDE * SIDE
@@ -113,3 +113,120 @@ def test_mistakes_are_named(timm_resnet):
     broken[3, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="the activations of without_cue holds 1 non-finite value"):
         cue_reliance(pixels, sae, with_cue, broken)
+
+
+# ---- choose_cue_edit ----------------------------------------------------------------------
+
+
+def _shortcut(n: int = 60, seed: int = 0) -> tuple[HeadOnly, ActivationSet, ActivationSet]:
+    """A head whose class 0 leans on a cue (coordinate 2), clean rows, and rows where the cue lies on class 1.
+
+    Coordinates 0 and 1 carry the two classes, 2 the cue, 3 noise; the head reads class 0
+    as ``a_0 + 2 a_2``, so the cue on a class-1 row makes it class 0.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 2
+    clean = torch.zeros(n, 4)
+    clean[torch.arange(n), labels] = 1.0
+    clean += 0.1 * torch.rand(n, 4, generator=generator)
+    conflicting = clean.clone()
+    conflicting[labels == 1, 2] += 1.0
+    model = HeadOnly.from_weights(torch.tensor([[1.0, 0.0, 2.0, 0.0], [0.0, 1.0, 0.0, 0.0]]), torch.zeros(2))
+    return model, ActivationSet(clean, labels), ActivationSet(conflicting, labels)
+
+
+def _accuracies(model, rows: ActivationSet) -> tuple[float, torch.Tensor]:
+    """Overall and per-class accuracy of a model's real forward on head inputs."""
+    with torch.no_grad():
+        right = (model(rows.features).argmax(1) == rows.labels).double()
+    per_class = torch.stack([right[rows.labels == k].mean() for k in range(int(rows.labels.max()) + 1)])
+    return float(right.mean()), per_class
+
+
+def test_choose_cue_edit_removes_a_planted_cue_and_reports_what_the_edited_model_does():
+    model, clean, conflicting = _shortcut()
+    sae = identity_sae(4)  # feature l is coordinate l
+    choice = choose_cue_edit(model, sae, [2, 3], clean, conflicting, alphas=[0.25, 0.5, 1.0, 2.0])
+    assert choice.conflicting_accuracy == (0.5, 1.0) and choice.clean_accuracy == (1.0, 1.0)
+    assert choice.edit.alpha[1] == 0  # the noise feature is left as it is: it does not help
+    edited = choice.edit.apply(model)
+    assert _accuracies(edited, conflicting)[0] == 1.0 and _accuracies(edited, clean)[0] == 1.0
+    assert _accuracies(model, conflicting)[0] == 0.5  # the model itself is untouched
+    assert choice.worst_class_change == 0.0 and choice.features == (2, 3)
+    assert repr(choice).startswith("CueEdit(2: 1, 3: 0; cue-conflicting 50.0% → 100.0%, clean 100.0% → 100.0%")
+
+
+def _random_problem(seed: int):
+    """A random head on 6 coordinates, a ReLU SAE whose feature l is coordinate l, and a cue on coordinates 4 and 5.
+
+    The clean rows are labelled mostly by the head, and the cue is small on them; the
+    conflicting rows are the same rows with the cue added, labelled the same.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    model = HeadOnly.from_weights(torch.randn(3, 6, generator=generator), torch.randn(3, generator=generator))
+    sae = identity_sae(6, "relu")
+    clean = torch.rand(90, 6, generator=generator) * torch.tensor([3.0, 3.0, 3.0, 3.0, 0.3, 0.3])
+    with torch.no_grad():  # the head's own predictions, a tenth of them changed
+        labels = torch.where(torch.rand(90, generator=generator) < 0.9, model(clean).argmax(1), torch.arange(90) % 3)
+    cue = torch.tensor([0.0, 0.0, 0.0, 0.0, 2.0, 2.0])
+    return model, sae, ActivationSet(clean, labels), ActivationSet(clean + cue, labels)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_one_strength_is_the_best_prefix_and_strength_found_by_a_loop_over_edited_models(seed):
+    model, sae, clean, conflicting = _random_problem(seed)
+    features, alphas, limits = [5, 1, 4], [0.25, 0.5, 1.0, 2.0], {"clean_tolerance": 0.1, "class_limit": 0.2}
+    choice = choose_cue_edit(model, sae, features, clean, conflicting, alphas=alphas, rounds=0, **limits)
+    clean_before, class_before = _accuracies(model, clean)
+    best, best_value = [0.0, 0.0, 0.0], _accuracies(model, conflicting)[0]
+    for k in range(1, 4):
+        for alpha in alphas:
+            edited = HeadEdit.of(sae, features[:k], alpha).apply(model)
+            clean_after, class_after = _accuracies(edited, clean)
+            within = clean_after >= clean_before - 0.1 - 1e-12 and bool((class_after >= class_before - 0.2).all())
+            if within and _accuracies(edited, conflicting)[0] > best_value:
+                best, best_value = [alpha] * k + [0.0] * (3 - k), _accuracies(edited, conflicting)[0]
+    assert choice.edit.alpha.tolist() == best
+    assert choice.conflicting_accuracy[1] == pytest.approx(best_value)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_per_feature_strengths_never_score_below_one_strength_and_keep_the_limits(seed):
+    model, sae, clean, conflicting = _random_problem(seed)
+    features, limits = [5, 1, 4, 2], {"clean_tolerance": 0.05, "class_limit": 0.1}
+    one = choose_cue_edit(model, sae, features, clean, conflicting, rounds=0, **limits)
+    each = choose_cue_edit(model, sae, features, clean, conflicting, **limits)
+    assert each.conflicting_accuracy[1] >= one.conflicting_accuracy[1]
+    edited = each.edit.apply(model)
+    (clean_before, class_before), (clean_after, class_after) = _accuracies(model, clean), _accuracies(edited, clean)
+    assert clean_after >= clean_before - 0.05 - 1e-12 and bool((class_after >= class_before - 0.1 - 1e-12).all())
+    assert each.conflicting_accuracy[1] == pytest.approx(_accuracies(edited, conflicting)[0])
+    assert each.worst_class_change == pytest.approx(float((class_after - class_before).min()))
+
+
+def test_per_feature_strengths_reach_the_second_cue_feature_past_a_class_feature():
+    model, sae, clean, conflicting = _random_problem(0)
+    limits = {"clean_tolerance": 0.05, "class_limit": 0.1}
+    one = choose_cue_edit(model, sae, [5, 1, 4, 2], clean, conflicting, rounds=0, **limits)
+    each = choose_cue_edit(model, sae, [5, 1, 4, 2], clean, conflicting, **limits)
+    # one strength stops at the prefix [5]: the prefixes through the class coordinate 1 break the limits
+    assert one.edit.alpha[1:].tolist() == [0.0, 0.0, 0.0] and one.edit.alpha[0] > 0
+    assert each.edit.alpha[1] == 0 and each.edit.alpha[2] > 0  # the cue's other coordinate, past the class one
+    assert each.conflicting_accuracy[1] > one.conflicting_accuracy[1] + 0.1
+
+
+def test_choose_cue_edit_names_the_argument_that_is_wrong():
+    model, clean, conflicting = _shortcut()
+    sae = identity_sae(4)
+    with pytest.raises(ValueError, match="conflicting must be an ActivationSet of head inputs with labels"):
+        choose_cue_edit(model, sae, [2], clean, ActivationSet(conflicting.features))
+    with pytest.raises(ValueError, match="clean has 3-dimensional rows"):
+        choose_cue_edit(model, sae, [2], ActivationSet(clean.features[:, :3], clean.labels), conflicting)
+    with pytest.raises(ValueError, match="alphas"):
+        choose_cue_edit(model, sae, [2], clean, conflicting, alphas=[1.0, -1.0])
+    with pytest.raises(ValueError, match="rounds"):
+        choose_cue_edit(model, sae, [2], clean, conflicting, rounds=-1)
+    with pytest.raises(ValueError, match="class_limit"):
+        choose_cue_edit(model, sae, [2], clean, conflicting, class_limit=1.5)
+    with pytest.raises(ValueError, match="repeat"):
+        choose_cue_edit(model, sae, [2, 2], clean, conflicting)
