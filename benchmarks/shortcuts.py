@@ -14,24 +14,26 @@ flips, and clean accuracy (no cue) overall and per class. The data are drawn apa
 
 Methods (the rows):
 
-- ``SALVE k=1..3``: the top k features of :func:`~captum_salve.analysis.cue_reliance` on the
-  selection pairs, suppressed together under ``rule="project"`` at one α. No cue label is
-  used beyond choosing the features and α. ``SALVE`` is the k whose validation score is
-  best (ties: fewer features).
-- ``SALVE gated (hook)``: the same features and α, removing only the active part
-  ``α·relu(z_l)·d_l``; not linear in the head input, so a run-time hook and not a weight edit.
-- ``random directions``: as ``SALVE``, with k random unit directions whose codes have the
-  feature's root-mean-square (:func:`~captum_salve.analysis.control_directions`), averaged
+- ``SALVE``: :func:`~captum_salve.analysis.choose_cue_edit` on the validation images: the
+  top 8 features of :func:`~captum_salve.analysis.cue_reliance` on the selection pairs,
+  suppressed together under ``rule="project"``, each at its own strength. No cue label is
+  used beyond choosing the features and the strengths.
+- ``SALVE one α``: the same search stopped after its first stage (``rounds=0``): the best
+  prefix of the 8 features at one shared strength.
+- ``SALVE gated (hook)``: SALVE's features and strengths, removing only the active part
+  ``α_l·relu(z_l)·d_l``; not linear in the head input, so a run-time hook and not a weight edit.
+- ``random directions``: as ``SALVE``, with random unit directions whose codes have the
+  features' root-mean-square (:func:`~captum_salve.analysis.control_directions`), averaged
   over seeds.
 - ``DFR`` (Kirichenko et al. 2022): the last layer refitted by logistic regression on head
   inputs of a group-balanced subset (each class × cue present/absent group equally large).
 - ``LEACE`` (Belrose et al. 2023, ``concept-erasure``): the eraser of the cue label, fitted
   on the same subset, folded into the head (:func:`leace_head`).
 
-The validation rule, for α and for DFR's C alike: the candidate with the highest
-cue-conflicting accuracy among those whose clean accuracy is within 3 points of the
-unedited model's overall and within 5 points on every single class, the first such in the
-order given (smallest α, strongest regularisation).
+The validation rule, for SALVE's strengths and DFR's C alike: the highest cue-conflicting
+accuracy among the candidates whose clean accuracy is within 3 points of the unedited
+model's overall and within 5 points on every single class (for DFR the first such in the
+order given, the strongest regularisation).
 
 Held-out variants are only reported: never choose a default by them.
 
@@ -54,22 +56,17 @@ from torch import Tensor, nn
 
 from benchmarks.cues import chosen_canvases, cue_scores, variant_run
 from benchmarks.results import markdown_table
-from captum_salve.activations import collect_activations
-from captum_salve.analysis import control_directions, cue_reliance
-from captum_salve.analysis.sweeps import DEFAULT_EDIT_ALPHAS
+from captum_salve.activations import ActivationSet, collect_activations
+from captum_salve.analysis import choose_cue_edit, control_directions, cue_reliance
+from captum_salve.analysis.cues import CLASS_LIMIT, CLEAN_TOLERANCE
 from captum_salve.data import CUE_VARIANTS, CanvasConfig, CueMode, DigitsCanvas
 from captum_salve.edit import FeatureDirections, HeadEdit
 from captum_salve.edit.head_edit import head_of, head_tensors64
-from captum_salve.edit.rules import ProjectOut
 from captum_salve.pipeline.control import ControlResult, GoalCount, control
 from captum_salve.sae.model import SparseAutoencoder
 
 SELECTION_SEED, VALIDATION_SEED, BALANCED_SEED = 1000, 1001, 1002
-FEATURE_COUNTS = (1, 2, 3)
-CLEAN_TOLERANCE = 0.03
-# Chosen on the tuning canvases among none, 3, 5 and 8 points: the most cue-conflicting accuracy with every
-# canvas's worst class falling no more than under DFR's rule (about 7 points; benchmarks/README.md).
-CLASS_LIMIT = 0.05
+CANDIDATES = 8
 DFR_C = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 RANDOM_SEEDS = 3
 
@@ -215,14 +212,14 @@ def random_directions(sae: SparseAutoencoder, features: Sequence[int], acts, see
 _PARTS = (("decoder", 1), ("encoder", 0), ("offset", 0))
 
 
-def gated_project(weight: Tensor, bias: Tensor, directions: FeatureDirections, alpha: float) -> Logits:
-    """The head after removing only the active part of each code, ``a − α Σ relu(z_l(a)) d_l``.
+def gated_project(weight: Tensor, bias: Tensor, directions: FeatureDirections, alphas: Tensor) -> Logits:
+    """The head after removing only the active part of each code, ``a − Σ α_l relu(z_l(a)) d_l``.
 
     Not linear in ``a``, so a run-time hook, not a weight edit.
     """
     d, e, beta = (t.double() for t in (directions.decoder, directions.encoder, directions.offset))
-    head = affine_head(weight, bias)
-    return lambda a: head(a - alpha * (a @ e.T + beta).clamp_min(0) @ d.T)
+    head, alphas = affine_head(weight, bias), alphas.double()
+    return lambda a: head(a - ((a @ e.T + beta).clamp_min(0) * alphas) @ d.T)
 
 
 def measure(name: str, group: str, canvas: CanvasConfig, out: Path, model_seed: int = 0) -> tuple[list[dict], dict]:
@@ -238,7 +235,6 @@ def measure(name: str, group: str, canvas: CanvasConfig, out: Path, model_seed: 
     validation = CueActs.of(model, canvas, "train", VALIDATION_SEED, ("none", "conflicting"))
     test = CueActs.of(model, canvas, "test", 0, ("config", "none", "conflicting"))
     before = test.clean_per_class(unedited)
-    alphas = [0.0, *DEFAULT_EDIT_ALPHAS]
 
     def row(method: str, logits: Logits, **extra) -> dict:
         drop = float((test.clean_per_class(logits) - before).min())
@@ -251,19 +247,16 @@ def measure(name: str, group: str, canvas: CanvasConfig, out: Path, model_seed: 
             **extra,
         }
 
-    rows, salve = [row("unedited", unedited)], {}
-    for k in FEATURE_COUNTS:
-        features = reliance.top(k)
-        edits = [affine_head(*HeadEdit.of(sae, features, a, rule="project").weights(model)) for a in alphas]
-        i = choose(edits, validation, unedited, CLEAN_TOLERANCE, CLASS_LIMIT)
-        salve[k] = (features, alphas[i], validation.scores(edits[i])["cue-conflicting accuracy"])
-        rows.append(row(f"SALVE k={k}", edits[i], features=features, alpha=alphas[i]))
-    k = max(FEATURE_COUNTS, key=lambda n: (salve[n][2], -n))
-    features, alpha, _ = salve[k]
-    directions = FeatureDirections.from_sae(sae, features)
-    rows.append(row("SALVE", affine_head(*HeadEdit.of(sae, features, alpha, rule="project").weights(model)), k=k))
-    rows.append(row("SALVE gated (hook)", gated_project(weight, bias, directions, alpha), k=k))
-    rows.append(_random_row(row, weight, bias, sae, features, alpha, run.train_acts))
+    features = reliance.top(CANDIDATES)
+    clean, conflicting = (
+        ActivationSet(validation.features[mode], validation.labels) for mode in ("none", "conflicting")
+    )
+
+    one_alpha, edit = (choose_cue_edit(model, sae, features, clean, conflicting, rounds=r).edit for r in (0, 4))
+    rows = [row("unedited", unedited), row("SALVE one α", affine_head(*one_alpha.weights(model)))]
+    rows.append(row("SALVE", affine_head(*edit.weights(model)), features=features, alpha=edit.alpha.tolist()))
+    rows.append(row("SALVE gated (hook)", gated_project(weight, bias, edit.directions, edit.alpha)))
+    rows.append(_random_row(row, weight, bias, sae, features, edit.alpha, run.train_acts))
     fit_x, fit_y, fit_cued = balanced_set(model, canvas, BALANCED_SEED)
     dfr = [affine_head(*dfr_head(fit_x, fit_y, c)) for c in DFR_C]
     i = choose(dfr, validation, unedited, CLEAN_TOLERANCE, CLASS_LIMIT)
@@ -278,8 +271,10 @@ def measure(name: str, group: str, canvas: CanvasConfig, out: Path, model_seed: 
     facts = {
         "variant": label,
         "group": group,
-        "cue features (top 3 by cue_reliance)": reliance.top(3),
-        "inactive": inactive_effect(test, unedited, directions, alpha, weight, bias),
+        "cue features (top 8 by cue_reliance)": features,
+        "SALVE's strengths": edit.alpha.tolist(),
+        "SALVE one α's strengths": one_alpha.alpha.tolist(),
+        "inactive": inactive_effect(test, unedited, edit, weight, bias),
         "suppression goal": _goal_count(run),
     }
     print(f"{label}: {time.perf_counter() - start:.0f} s", flush=True)
@@ -300,27 +295,23 @@ def _random_row(row, weight, bias, sae, features, alpha, acts) -> dict:
     return {**scores[0], **mean, "seeds": RANDOM_SEEDS}
 
 
-def inactive_effect(
-    test: CueActs, unedited: Logits, directions: FeatureDirections, alpha: float, weight: Tensor, bias: Tensor
-) -> dict:
+def inactive_effect(test: CueActs, unedited: Logits, edit: HeadEdit, weight: Tensor, bias: Tensor) -> dict:
     """Where the "project" edit pushes: test images on which an edited feature's code affine part is negative.
 
     There ``−α z_l d_l`` adds ``α |z_l| d_l``: evidence the code never carried. Reported on
-    the no-cue and cue-conflicting test images together: the share of images with at least
-    one such feature, and accuracy on those images unedited, under the weight edit and
-    under the gated hook.
+    the no-cue and cue-conflicting test images together, over the features of non-zero
+    strength: the share of images with at least one such feature, and accuracy on those
+    images unedited, under the weight edit and under the gated hook.
     """
     a = torch.cat([test.features["none"], test.features["conflicting"]])
     labels = test.labels.repeat(2)
-    codes = a @ directions.encoder.double().T + directions.offset.double()
+    edited = edit.alpha > 0
+    codes = (a @ edit.directions.encoder.double().T + edit.directions.offset.double())[:, edited]
     pushed = (codes < 0).any(dim=1)
-    edit = ProjectOut().weights(
-        weight, bias, directions, torch.full((directions.count,), alpha, dtype=torch.float64), -1.0
-    )
     heads = {
         "unedited": unedited,
-        "project": affine_head(*edit),
-        "gated": gated_project(weight, bias, directions, alpha),
+        "project": affine_head(*edit.rule.weights(weight, bias, edit.directions, edit.alpha, edit.sign)),
+        "gated": gated_project(weight, bias, edit.directions, edit.alpha),
     }
     return {
         "share of images": float(pushed.double().mean()),

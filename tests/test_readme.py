@@ -66,16 +66,28 @@ def test_readme_store_example_runs_on_a_small_model(tmp_path, monkeypatch, timm_
 
 
 def test_readme_shortcut_example_runs_on_a_small_model(timm_resnet):
-    """The Python block of "Suspected shortcuts", on 8 image pairs, with a random model and SAE in its namespace."""
+    """The Python blocks of "Suspected shortcuts", on 8 image pairs and 24 validation images each, in order.
+
+    A random model and SAE are in their namespace.
+    """
     section = (REPO / "README.md").read_text().split("### Suspected shortcuts", 1)[1].split("### Beyond memory", 1)[0]
-    [block] = re.findall(r"```python\n(.*?)```", section, flags=re.S)
-    block = block.replace("with_cue.images, without_cue.images", "with_cue.images[:8], without_cue.images[:8]")
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert len(blocks) == 2  # find the cue's features, then remove them
+    block = "\n".join(blocks).replace(
+        "with_cue.images, without_cue.images", "with_cue.images[:8], without_cue.images[:8]"
+    )
+    small = 'torch.utils.data.Subset(DigitsCanvas("train", seed=1001, cue=cue), range(24))'
+    block = block.replace('DigitsCanvas("train", seed=1001, cue=cue)', small)
     import captum_salve
     from tests.helpers import random_sae
 
     sae = random_sae(512, "relu", d_latent=16, seed=0)
     profile = captum_salve.ClassProfile(torch.rand(4, 16), torch.full((4,), 5), torch.ones(16))
-    namespace = {"salve": captum_salve, "model": timm_resnet, "sae": sae, "profile": profile}
+    namespace = {"salve": captum_salve, "model": timm_resnet, "sae": sae, "profile": profile, "torch": torch}
     exec(compile(block, "README.md", "exec"), namespace)
     reliance = namespace["reliance"]
     assert reliance.pairs == 8 and sorted(reliance.features.tolist()) == list(range(16))
+    choice, unbiased = namespace["choice"], namespace["unbiased"]
+    assert choice.features == tuple(reliance.top(8)) and len(namespace["clean"]) == 24
+    edited_weight = choice.edit.weights(timm_resnet)[0].to(unbiased.fc.weight.dtype)
+    assert unbiased is not timm_resnet and torch.equal(unbiased.fc.weight, edited_weight)

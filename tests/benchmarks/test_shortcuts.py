@@ -119,7 +119,7 @@ def test_gated_project_removes_only_the_active_part_of_the_code():
     directions = FeatureDirections.from_vectors(torch.tensor([1.0, 0.0]), mean=torch.zeros(2))  # code z(a) = a_0
     weight, bias = torch.tensor([[1.0, 2.0], [3.0, -1.0]], dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
     a = torch.tensor([[2.0, 1.0], [-2.0, 1.0]], dtype=torch.float64)
-    gated = gated_project(weight, bias, directions, 0.5)(a)
+    gated = gated_project(weight, bias, directions, torch.tensor([0.5], dtype=torch.float64))(a)
     projected = ProjectOut().activations(a, directions, torch.tensor([0.5], dtype=torch.float64), -1.0)
     torch.testing.assert_close(gated[0], projected[0] @ weight.T)  # active: the same as "project"
     torch.testing.assert_close(gated[1], a[1] @ weight.T)  # inactive: untouched (project would add 0.5·2·d)
