@@ -178,10 +178,8 @@ class CueEdit:
         worst_class_change: The most negative change of one class's clean accuracy.
 
     Example:
-        >>> choice = choose_cue_edit(model, sae, reliance.top(8), clean, conflicting)
         >>> choose_cue_edit(model, sae, [120, 61, 35], clean, conflicting)    # feature: strength
         CueEdit(120: 2.61, 61: 2.61, 35: 0.1; cue-conflicting 85.5% → 89.2%, clean 97.8% → 98.0%, worst class -1.6%)
-        >>> unbiased = choice.edit.apply(model)
     """
 
     features: tuple[int, ...]
@@ -251,7 +249,7 @@ def choose_cue_edit(
     Args:
         model: The classifier; its head is edited.
         sae: An SAE of the head input.
-        features: Candidate features, most suspected first (e.g. ``cue_reliance(...).top(8)``).
+        features: Candidate features, most suspected first (e.g. ``cue_reliance(...).top(8)``), each once.
         clean: Head inputs and labels of validation images without the cue.
         conflicting: Head inputs and labels of cue-conflicting validation images.
         rule: The edit rule (default: "project", whose edit equals steering the head input).
@@ -264,26 +262,29 @@ def choose_cue_edit(
         The chosen edit and its validation figures.
 
     Raises:
-        ValueError: A feature out of range or repeated, activations of another width or without
-            labels, a strength below 0, a tolerance outside [0, 1], negative rounds.
+        ValueError: A feature out of range or repeated, an SAE of another site, activations of
+            another width, without labels or not finite, a strength below 0, a tolerance outside
+            [0, 1], negative rounds.
 
     Example:
         >>> reliance = cue_reliance(model, sae, with_cue, without_cue)
-        >>> clean = collect_activations(model, clean_images, labels=clean_labels)
-        >>> conflicting = collect_activations(model, conflicting_images, labels=conflicting_labels)
+        >>> clean = collect_activations(model, DigitsCanvas("train", seed=1001, cue="none"))    # (image, label)s
+        >>> conflicting = collect_activations(model, DigitsCanvas("train", seed=1001, cue="conflicting"))
         >>> choice = choose_cue_edit(model, sae, reliance.top(8), clean, conflicting)
         >>> choice.conflicting_accuracy          # (before, after) on the validation images
+        >>> unbiased = choice.edit.apply(model)  # a copy with the edited head
     """
     strengths = [float(a) for a in check_strengths(alphas) if a > 0]
     clean_tolerance = check_fraction(clean_tolerance, "clean_tolerance")
     class_limit = check_fraction(class_limit, "class_limit")
     rounds = check_int(rounds, "rounds", least=0)
-    edit = HeadEdit.of(sae, list(features), 0.0, rule=rule)
+    edit = HeadEdit.of(sae, features, 0.0, rule=rule)
     for name, rows in (("clean", clean), ("conflicting", conflicting)):
         if not isinstance(rows, ActivationSet) or rows.labels is None or len(rows) == 0:
             raise ValueError(f"{name} must be an ActivationSet of head inputs with labels, got {shape_of(rows)}")
         if rows.dim != edit.directions.width:
             raise ValueError(f"{name} has {rows.dim}-dimensional rows; the SAE's features are {edit.directions.width}")
+        check_finite(rows.features, name, "check those images")
     score = _CueScore(model, edit, clean, conflicting)
     count = edit.directions.count
     zero = torch.zeros(count, dtype=torch.float64)
@@ -316,7 +317,7 @@ def choose_cue_edit(
             break
     after_conflicting, after_clean, after_class = score(best)
     return CueEdit(
-        tuple(int(f) for f in sae.feature_index(list(features))),
+        tuple(int(f) for f in sae.feature_index(features)),
         HeadEdit(edit.directions, best, edit.mode, edit.rule),
         (before_conflicting, after_conflicting),
         (before_clean, after_clean),

@@ -230,3 +230,8 @@ def test_choose_cue_edit_names_the_argument_that_is_wrong():
         choose_cue_edit(model, sae, [2], clean, conflicting, class_limit=1.5)
     with pytest.raises(ValueError, match="repeat"):
         choose_cue_edit(model, sae, [2, 2], clean, conflicting)
+    broken = clean.features.clone()
+    broken[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="clean holds 1 non-finite value"):
+        choose_cue_edit(model, sae, [2], ActivationSet(broken, clean.labels), conflicting)
+    assert choose_cue_edit(model, sae, 2, clean, conflicting).features == (2,)  # one feature as an int
