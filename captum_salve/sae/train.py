@@ -503,13 +503,13 @@ class _Run:
                 )
                 loss = self.sae.code_activation.loss(batch) / batch_rows
                 # DDP averages over ranks; scaling by their number makes the step the global batch's mean.
-                (loss * self.group.size if self.group.active else loss).backward()
+                (loss * self.group.size).backward()
             fired |= self.stats.update(a, a_hat.detach(), z.detach(), squared_error.detach())
             self.loss_sum.add_(loss.detach(), alpha=batch_rows)
         self.optimizer.step()
         self.sae.normalize_decoder_()
         self.sae.code_activation.after_step()
-        fired = self.group.sum_(fired.int()) > 0 if self.group.active else fired
+        fired = self.group.sum_(fired.int()) > 0  # fired on any rank (alone: unchanged)
         self.rows_since_fired.add_(batch_rows).masked_fill_(fired, 0)
 
     def postfix(self) -> dict:
