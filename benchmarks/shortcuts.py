@@ -60,7 +60,7 @@ from benchmarks.cues import chosen_canvases, cue_scores, variant_run
 from benchmarks.results import markdown_table
 from captum_salve.activations import ActivationSet, collect_activations
 from captum_salve.analysis import choose_cue_edit, control_directions, cue_reliance
-from captum_salve.analysis.cues import CLASS_LIMIT, CLEAN_TOLERANCE
+from captum_salve.analysis.cues import CLASS_LIMIT, CLEAN_TOLERANCE, within_clean_limits
 from captum_salve.data import CUE_VARIANTS, CanvasConfig, CueMode, DigitsCanvas
 from captum_salve.edit import FeatureDirections, HeadEdit
 from captum_salve.edit.head_edit import head_of, head_tensors64
@@ -138,15 +138,13 @@ def choose(
     Example:
         >>> i = choose([edited(alpha) for alpha in alphas], validation, unedited, 0.03, 0.05)
     """
-    floor = validation.scores(reference)["no-cue accuracy"] - tolerance - 1e-12
-    class_floor = validation.clean_per_class(reference) - (class_limit or 0.0) - 1e-12
+    before = (validation.scores(reference)["no-cue accuracy"], validation.clean_per_class(reference))
+    limit = 1.0 if class_limit is None else class_limit  # no class can lose more than all of it
     best, best_score = 0, -1.0
     for i, logits in enumerate(candidates):
         scores = validation.scores(logits)
-        within = scores["no-cue accuracy"] >= floor
-        if class_limit is not None:
-            within = within and bool((validation.clean_per_class(logits) >= class_floor).all())
-        if within and scores["cue-conflicting accuracy"] > best_score:
+        after = (scores["no-cue accuracy"], validation.clean_per_class(logits))
+        if within_clean_limits(after, before, tolerance, limit) and scores["cue-conflicting accuracy"] > best_score:
             best, best_score = i, scores["cue-conflicting accuracy"]
     return best
 

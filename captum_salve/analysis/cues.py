@@ -19,7 +19,15 @@ from captum_salve.sae.model import SparseAutoencoder, check_finite
 from captum_salve.sites import Site
 from captum_salve.store import RowStatistics
 
-__all__ = ["CLASS_LIMIT", "CLEAN_TOLERANCE", "CueEdit", "CueReliance", "choose_cue_edit", "cue_reliance"]
+__all__ = [
+    "CLASS_LIMIT",
+    "CLEAN_TOLERANCE",
+    "CueEdit",
+    "CueReliance",
+    "choose_cue_edit",
+    "cue_reliance",
+    "within_clean_limits",
+]
 
 # choose_cue_edit's limits on clean accuracy, overall and per class. The per-class limit was chosen on the
 # shortcut benchmark's tuning canvases among none, 3, 5 and 8 points: the most cue-conflicting accuracy with
@@ -220,6 +228,26 @@ class _CueScore:
         return float(right[1].mean()), float(right[0].mean()), per_class
 
 
+def within_clean_limits(
+    after: tuple[float, Tensor],
+    before: tuple[float, Tensor],
+    clean_tolerance: float = CLEAN_TOLERANCE,
+    class_limit: float = CLASS_LIMIT,
+) -> bool:
+    """Whether an edit keeps clean accuracy: overall within ``clean_tolerance``, each class within ``class_limit``.
+
+    ``after`` and ``before`` are (overall accuracy, (K,) accuracy per class) on the same
+    clean images, with and without the edit. The rule :func:`choose_cue_edit` keeps.
+
+    Example:
+        >>> within_clean_limits((0.95, torch.tensor([0.9, 1.0])), (0.97, torch.tensor([0.96, 0.98])))
+        False
+    """
+    (clean, per_class), (clean_before, class_before) = after, before
+    within = clean >= clean_before - clean_tolerance - 1e-12
+    return within and bool((per_class >= class_before - class_limit - 1e-12).all())
+
+
 def choose_cue_edit(
     model: nn.Module,
     sae: SparseAutoencoder,
@@ -293,8 +321,7 @@ def choose_cue_edit(
     def value(alphas: Tensor) -> float | None:
         """Conflicting accuracy, or None where the clean limits are broken."""
         conflicting_acc, clean_acc, per_class = score(alphas)
-        within = clean_acc >= before_clean - clean_tolerance - 1e-12
-        within = within and bool((per_class >= before_class - class_limit - 1e-12).all())
+        within = within_clean_limits((clean_acc, per_class), (before_clean, before_class), clean_tolerance, class_limit)
         return conflicting_acc if within else None
 
     best, best_value = zero, before_conflicting

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from captum_salve import ActivationSet, CueReliance, HeadEdit, SparseAutoencoder, choose_cue_edit, cue_reliance
+from captum_salve.analysis.cues import within_clean_limits
 from captum_salve.store import RowStatistics
 from tests.helpers import HeadOnly, PixelClassifier, identity_sae, random_sae
 
@@ -235,3 +236,11 @@ def test_choose_cue_edit_names_the_argument_that_is_wrong():
     with pytest.raises(ValueError, match="clean holds 1 non-finite value"):
         choose_cue_edit(model, sae, [2], ActivationSet(broken, clean.labels), conflicting)
     assert choose_cue_edit(model, sae, 2, clean, conflicting).features == (2,)  # one feature as an int
+
+
+def test_within_clean_limits_allows_exactly_the_tolerance_overall_and_the_limit_per_class():
+    before = (0.9, torch.tensor([0.8, 1.0]))
+    assert within_clean_limits((0.87, torch.tensor([0.75, 0.95])), before, 0.03, 0.05)  # both at their bound
+    assert not within_clean_limits((0.86, torch.tensor([0.8, 1.0])), before, 0.03, 0.05)  # overall past it
+    assert not within_clean_limits((0.9, torch.tensor([0.74, 1.0])), before, 0.03, 0.05)  # one class past it
+    assert within_clean_limits((0.9, torch.tensor([0.0, 1.0])), before, 0.03, 1.0)  # a limit of 1: any class loss
